@@ -1,0 +1,264 @@
+//! The composition root: builds the HSM, the store and the domain from the configuration, and
+//! runs `init` and `serve`.
+
+use std::{
+    fs,
+    io::Write,
+    net::SocketAddr,
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use crate::{
+    config::{self, Config, ConfigError, DEV_TOKEN_LABEL},
+    domain::{
+        clock::SystemClock,
+        error::Error as DomainError,
+        key::MasterKeyVersion,
+        ports::{Store, StoreError},
+        secret::Pin,
+        service::{self, Keys, KeysConfig},
+    },
+    grpc,
+    hsm::{self, Pkcs11Config, Pkcs11Hsm, StartError},
+    store::SledStore,
+};
+
+/// The first master key version.
+const FIRST_VERSION: MasterKeyVersion = MasterKeyVersion(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("HSM: {0}")]
+    Hsm(#[from] StartError),
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+    #[error("{0}")]
+    Refused(String),
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> AppError {
+    let context = context.into();
+    move |source| AppError::Io { context, source }
+}
+
+/// What `init` and `serve` share.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub data_dir: PathBuf,
+    pub config: PathBuf,
+    pub dev: bool,
+}
+
+impl Options {
+    pub fn new(data_dir: PathBuf, config: Option<PathBuf>, dev: bool) -> Self {
+        let config = config.unwrap_or_else(|| config::default_path(&data_dir));
+        Self { data_dir, config, dev }
+    }
+
+    fn db_path(&self) -> PathBuf {
+        self.data_dir.join("db")
+    }
+
+    fn softhsm_dir(&self) -> PathBuf {
+        self.data_dir.join("softhsm")
+    }
+}
+
+/// Points SoftHSM2 at its configuration before any thread exists (the environment is
+/// process-wide and SoftHSM2 reads it when the module initializes).
+fn prepare_environment(opts: &Options) -> Result<(), AppError> {
+    let conf = if opts.dev {
+        Some(absolute(&opts.softhsm_dir())?.join("softhsm2.conf"))
+    } else if opts.config.exists() {
+        Config::load(&opts.config, true)?.hsm.softhsm2_conf
+    } else {
+        None
+    };
+    if let Some(conf) = conf {
+        // SAFETY: called from `init`/`serve` before the runtime or any other thread starts.
+        unsafe { std::env::set_var("SOFTHSM2_CONF", conf) };
+    }
+    Ok(())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, AppError> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(io("starting the async runtime"))
+}
+
+fn absolute(path: &Path) -> Result<PathBuf, AppError> {
+    std::path::absolute(path).map_err(io(format!("resolving {}", path.display())))
+}
+
+fn private_dir(path: &Path) -> Result<(), AppError> {
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(path).map_err(io(format!("creating {}", path.display())))
+}
+
+/// Writes a file readable by its owner only; refuses to overwrite.
+fn private_file(path: &Path, contents: &[u8]) -> Result<(), AppError> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(format!("creating {}", path.display())))?;
+    f.write_all(contents).and_then(|()| f.sync_all()).map_err(io(format!("writing {}", path.display())))
+}
+
+fn random_pin() -> Pin {
+    let mut bytes = zeroize::Zeroizing::new([0u8; 16]);
+    getrandom::fill(bytes.as_mut()).expect("the OS random number generator works");
+    Pin::new(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn pkcs11_config(config: &Config) -> Result<Pkcs11Config, AppError> {
+    Ok(Pkcs11Config {
+        module: config.module_path()?,
+        token_label: config.hsm.token_label.clone(),
+        pin: config.pin()?,
+        sessions: config.hsm.sessions,
+    })
+}
+
+/// `keyward init`: prints the root key once on stdout.
+pub fn init(opts: &Options) -> Result<(), AppError> {
+    prepare_environment(opts)?;
+    let root_key = runtime()?.block_on(async {
+        if opts.dev { init_dev(opts).await } else { provision(opts, &Config::load(&opts.config, false)?).await }
+    })?;
+    println!("{}", root_key.expose());
+    Ok(())
+}
+
+/// Makes a development token inside the data directory, its configuration, and then the
+/// master key, database and root key (also written to `DATA_DIR/root.key`, mode 0600).
+async fn init_dev(opts: &Options) -> Result<crate::domain::secret::KeyString, AppError> {
+    if opts.config.exists() || opts.db_path().exists() {
+        return Err(AppError::Refused(format!(
+            "{} is already initialized; init refuses to overwrite it",
+            opts.data_dir.display()
+        )));
+    }
+    private_dir(&opts.data_dir)?;
+    let softhsm = absolute(&opts.softhsm_dir())?;
+    let tokens = softhsm.join("tokens");
+    private_dir(&tokens)?;
+    let template = include_str!("../softhsm/softhsm2.conf.template");
+    let conf_path = softhsm.join("softhsm2.conf");
+    private_file(&conf_path, template.replace("@TOKENDIR@", &tokens.display().to_string()).as_bytes())?;
+    let (user_pin, so_pin) = (random_pin(), random_pin());
+    let pin_file = softhsm.join("user.pin");
+    private_file(&pin_file, format!("{}\n", user_pin.expose()).as_bytes())?;
+    private_file(&softhsm.join("so.pin"), format!("{}\n", so_pin.expose()).as_bytes())?;
+
+    let mut config = Config::default();
+    config.hsm.module = Some(config.module_path()?);
+    config.hsm.token_label = DEV_TOKEN_LABEL.into();
+    config.hsm.pin_file = Some(pin_file);
+    config.hsm.softhsm2_conf = Some(conf_path);
+    let text = toml::to_string_pretty(&config).map_err(|e| AppError::Refused(format!("encoding keyward.toml: {e}")))?;
+    private_file(&opts.config, format!("# keyward development instance, written by `keyward init --dev`\n{text}").as_bytes())?;
+
+    let mut pkcs11 = pkcs11_config(&config)?;
+    pkcs11.pin = user_pin;
+    hsm::init_dev_token(&pkcs11, &so_pin)?;
+    let root = provision(opts, &config).await?;
+    private_file(&opts.data_dir.join("root.key"), format!("{}\n", root.expose()).as_bytes())?;
+    tracing::info!(data_dir = %opts.data_dir.display(), "development instance initialized; root key in root.key");
+    Ok(root)
+}
+
+/// Creates master key v1 in the token and a new database with the root key.
+async fn provision(opts: &Options, config: &Config) -> Result<crate::domain::secret::KeyString, AppError> {
+    let db = opts.db_path();
+    if db.exists() {
+        return Err(AppError::Refused(format!("a database already exists at {}; init refuses to overwrite it", db.display())));
+    }
+    let pkcs11 = pkcs11_config(config)?;
+    hsm::create_master_key(&pkcs11, FIRST_VERSION)?;
+    let hsm = Pkcs11Hsm::open(pkcs11)?;
+    hsm.require_master_key(FIRST_VERSION)?;
+    private_dir(&db)?;
+    let store = SledStore::open(&db)?;
+    let created = service::bootstrap(&hsm, &store, &SystemClock, FIRST_VERSION).await;
+    store.close();
+    hsm.close();
+    let created = created?;
+    tracing::info!(root_key_id = %created.record.id, "master key {FIRST_VERSION} and root key created");
+    Ok(created.key)
+}
+
+/// `keyward serve`: runs until SIGINT or SIGTERM, then drains and exits.
+pub fn serve(opts: &Options, listen: Option<SocketAddr>, addr_file: Option<PathBuf>) -> Result<(), AppError> {
+    prepare_environment(opts)?;
+    runtime()?.block_on(async {
+        if opts.dev && !opts.config.exists() {
+            let _root = init_dev(opts).await?;
+            println!("root key written to {}", opts.data_dir.join("root.key").display());
+        }
+        run_server(opts, listen, addr_file).await
+    })
+}
+
+async fn run_server(opts: &Options, listen: Option<SocketAddr>, addr_file: Option<PathBuf>) -> Result<(), AppError> {
+    let config = Config::load(&opts.config, false)?;
+    if config.hsm.token_label == DEV_TOKEN_LABEL && !opts.dev {
+        return Err(AppError::Refused(format!(
+            "{} uses the development token {DEV_TOKEN_LABEL:?}; serve it with --dev",
+            opts.data_dir.display()
+        )));
+    }
+    let hsm = Pkcs11Hsm::open(pkcs11_config(&config)?)?;
+    let db = opts.db_path();
+    if !db.exists() {
+        return Err(AppError::Refused(format!("no database at {}: run `keyward init` first", db.display())));
+    }
+    let store = SledStore::open(&db)?;
+    let master = store
+        .master()?
+        .ok_or_else(|| AppError::Refused("the database has no master key record: was `keyward init` interrupted?".into()))?;
+    hsm.require_master_key(master.current)?;
+    let keys_config = KeysConfig {
+        auth_cache_capacity: config.server.auth_cache_capacity,
+        auth_cache_ttl: std::time::Duration::from_millis(config.server.auth_cache_ttl_ms),
+    };
+    let keys = Arc::new(Keys::new(Arc::new(hsm.clone()), Arc::new(store.clone()), Arc::new(SystemClock), master, keys_config));
+    keys.self_test().await?;
+
+    let listen = listen.or(config.listen).unwrap_or_else(|| config::DEFAULT_LISTEN.parse().expect("a valid default"));
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(io(format!("listening on {listen}")))?;
+    let local = listener.local_addr().map_err(io("reading the bound address"))?;
+    if let Some(path) = &addr_file {
+        let tmp = path.with_extension("tmp");
+        fs::write(&tmp, format!("{local}\n")).and_then(|()| fs::rename(&tmp, path)).map_err(io(format!("writing {}", path.display())))?;
+    }
+    tracing::info!(address = %local, "keyward serving");
+    let served = grpc::serve(keys, listener, config.server.limits(), shutdown_signal()).await;
+    store.close();
+    hsm.close();
+    served.map_err(|e| AppError::Refused(format!("server error: {e}")))?;
+    tracing::info!("keyward stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}

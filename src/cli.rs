@@ -1,0 +1,76 @@
+//! The command line: `keyward init` and `keyward serve`.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{app, telemetry};
+
+#[derive(Parser, Debug)]
+#[command(name = "keyward", version, about = "Self-hosted API-key service with its master key in a PKCS#11 HSM")]
+struct Cli {
+    /// Log output format (logs go to stderr; filter with RUST_LOG).
+    #[arg(long, value_enum, default_value = "text", env = "KEYWARD_LOG_FORMAT", global = true)]
+    log_format: telemetry::LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create the master key in the HSM and the database with a root key (printed once).
+    Init(InitArgs),
+    /// Serve the gRPC API.
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug)]
+struct Common {
+    /// Data directory: database, configuration (keyward.toml) and, with --dev, the SoftHSM2 token.
+    #[arg(long, env = "KEYWARD_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Configuration file (default: DATA_DIR/keyward.toml).
+    #[arg(long, env = "KEYWARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Development mode: a SoftHSM2 token inside DATA_DIR, made on first use.
+    #[arg(long)]
+    dev: bool,
+}
+
+#[derive(Args, Debug)]
+struct InitArgs {
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Address to listen on [default: 127.0.0.1:50051, or `listen` in the configuration].
+    #[arg(long, env = "KEYWARD_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Write the bound address to this file once serving (useful with port 0).
+    #[arg(long)]
+    addr_file: Option<PathBuf>,
+}
+
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    let result = match cli.command {
+        Command::Init(a) => app::init(&app::Options::new(a.common.data_dir, a.common.config, a.common.dev)),
+        Command::Serve(a) => {
+            let opts = app::Options::new(a.common.data_dir, a.common.config, a.common.dev);
+            app::serve(&opts, a.listen, a.addr_file)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "keyward stopped");
+            eprintln!("keyward: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

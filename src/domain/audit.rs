@@ -1,0 +1,63 @@
+//! Audit events: who did what to which key, when and from where. Written in the same
+//! transaction as the change they describe. Never holds a secret.
+
+use std::{fmt, time::SystemTime};
+
+use super::key::KeyId;
+
+/// Who acted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Actor {
+    /// An authenticated caller, named by its key id.
+    Key(KeyId),
+    /// keyward itself (e.g. `init`, a sweeper).
+    System(String),
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Actor::Key(id) => write!(f, "key:{id}"),
+            Actor::System(name) => write!(f, "system:{name}"),
+        }
+    }
+}
+
+/// What was done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuditAction {
+    KeyCreated,
+    KeyRevoked,
+}
+
+impl AuditAction {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AuditAction::KeyCreated => "key.created",
+            AuditAction::KeyRevoked => "key.revoked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [AuditAction::KeyCreated, AuditAction::KeyRevoked].into_iter().find(|a| a.as_str() == s)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditEvent {
+    pub at: SystemTime,
+    pub actor: Actor,
+    pub action: AuditAction,
+    pub target: Option<KeyId>,
+    /// The network address of the caller, as keyward saw it.
+    pub client_addr: Option<String>,
+    /// Free text from the request (a revocation reason, say).
+    pub reason: Option<String>,
+}
+
+/// An audit event as stored, with its place in the trail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordedEvent {
+    pub seq: u64,
+    pub event: AuditEvent,
+}

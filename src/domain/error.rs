@@ -1,0 +1,35 @@
+//! The domain's error: what went wrong, in terms a caller can act on. Never holds a secret.
+
+use std::borrow::Cow;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    /// The request is malformed; `field` names the offending request field.
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument { field: &'static str, reason: Cow<'static, str> },
+    /// The caller presented no credential, or one that does not verify.
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    /// The caller is known but lacks the permission.
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A dependency (HSM, store) cannot serve right now; retrying later may work.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
+}
+
+impl Error {
+    pub fn invalid(field: &'static str, reason: impl Into<Cow<'static, str>>) -> Self {
+        Self::InvalidArgument { field, reason: reason.into() }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

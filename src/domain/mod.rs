@@ -1,0 +1,16 @@
+//! The core of keyward: keys, their string format, verification rules and the use cases.
+//! Nothing here imports tonic, sled or cryptoki: the outside world comes in through `ports`.
+
+pub mod audit;
+pub mod clock;
+pub mod error;
+pub mod key;
+pub mod key_format;
+pub mod policy;
+pub mod ports;
+pub mod scope;
+pub mod secret;
+pub mod service;
+pub mod validate;
+
+mod auth_cache;

@@ -1,0 +1,105 @@
+//! Wire types ⇄ domain types, in one place.
+
+use std::time::SystemTime;
+
+use prost_types::Timestamp;
+
+use crate::{
+    domain::{
+        error::{Error, Result},
+        key::{KeyRecord, KeyState},
+        policy::VerifyCode,
+        service::{NewKey, Verification},
+    },
+    proto,
+};
+
+pub fn timestamp(t: SystemTime) -> Timestamp {
+    Timestamp::from(t)
+}
+
+fn time(field: &'static str, ts: Option<Timestamp>) -> Result<Option<SystemTime>> {
+    ts.map(|ts| SystemTime::try_from(ts).map_err(|_| Error::invalid(field, "is not a valid timestamp")))
+        .transpose()
+}
+
+pub fn new_key(req: proto::CreateKeyRequest) -> Result<NewKey> {
+    Ok(NewKey {
+        expires_at: time("expires_at", req.expires_at)?,
+        name: req.name,
+        prefix: req.prefix,
+        scopes: req.scopes,
+        metadata: req.metadata.into_iter().collect(),
+    })
+}
+
+fn key_state(state: KeyState) -> proto::KeyState {
+    match state {
+        KeyState::Active => proto::KeyState::Active,
+        KeyState::Revoked => proto::KeyState::Revoked,
+    }
+}
+
+pub fn key_info(r: &KeyRecord) -> proto::KeyInfo {
+    proto::KeyInfo {
+        key_id: r.id.to_string(),
+        name: r.name.clone(),
+        prefix: r.prefix.clone(),
+        scopes: r.scopes.clone(),
+        state: key_state(r.state) as i32,
+        created_at: Some(timestamp(r.created_at)),
+        expires_at: r.expires_at.map(timestamp),
+        revoked_at: r.revoked_at.map(timestamp),
+        metadata: r.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        revoke_reason: r.revoke_reason.clone().unwrap_or_default(),
+    }
+}
+
+fn verify_code(code: VerifyCode) -> proto::VerifyCode {
+    match code {
+        VerifyCode::Valid => proto::VerifyCode::Valid,
+        VerifyCode::Invalid => proto::VerifyCode::Invalid,
+        VerifyCode::Revoked => proto::VerifyCode::Revoked,
+        VerifyCode::Expired => proto::VerifyCode::Expired,
+        VerifyCode::InsufficientScope => proto::VerifyCode::InsufficientScope,
+    }
+}
+
+pub fn verification(v: Verification) -> proto::VerifyKeyResponse {
+    let mut response = proto::VerifyKeyResponse {
+        valid: v.code == VerifyCode::Valid,
+        code: verify_code(v.code) as i32,
+        ..Default::default()
+    };
+    if let Some(r) = v.record {
+        response.key_id = r.id.to_string();
+        response.name = r.name;
+        response.scopes = r.scopes;
+        response.metadata = r.metadata.into_iter().collect();
+        response.expires_at = r.expires_at.map(timestamp);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_timestamp_is_invalid_argument_naming_the_field() {
+        let req = proto::CreateKeyRequest {
+            name: "x".into(),
+            expires_at: Some(Timestamp { seconds: 1, nanos: -5 }),
+            ..Default::default()
+        };
+        assert!(matches!(new_key(req), Err(Error::InvalidArgument { field: "expires_at", .. })));
+    }
+
+    #[test]
+    fn only_valid_sets_valid() {
+        for code in [VerifyCode::Invalid, VerifyCode::Revoked, VerifyCode::Expired, VerifyCode::InsufficientScope] {
+            assert!(!verification(Verification { code, record: None }).valid);
+        }
+        assert!(verification(Verification { code: VerifyCode::Valid, record: None }).valid);
+    }
+}

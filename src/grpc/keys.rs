@@ -1,0 +1,62 @@
+//! `keyward.v1.KeyService`: the admin plane.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::{auth, convert};
+use crate::{
+    domain::{
+        ports::{Hsm, Store},
+        service::Keys,
+    },
+    proto::{self, key_service_server::KeyService},
+};
+
+pub struct KeyApi<H, S> {
+    keys: Arc<Keys<H, S>>,
+}
+
+impl<H, S> KeyApi<H, S> {
+    pub fn new(keys: Arc<Keys<H, S>>) -> Self {
+        Self { keys }
+    }
+}
+
+#[tonic::async_trait]
+impl<H: Hsm, S: Store> KeyService for KeyApi<H, S> {
+    async fn create_key(&self, request: Request<proto::CreateKeyRequest>) -> Result<Response<proto::CreateKeyResponse>, Status> {
+        let (caller, ctx) = auth::caller(&self.keys, &request).await?;
+        let new = convert::new_key(request.into_inner())?;
+        let created = self.keys.create(&caller, new, &ctx).await?;
+        tracing::info!(key_id = %created.record.id, actor = %caller.key_id, "key created");
+        Ok(Response::new(proto::CreateKeyResponse {
+            key: created.key.expose().to_owned(),
+            info: Some(convert::key_info(&created.record)),
+        }))
+    }
+
+    async fn get_key(&self, request: Request<proto::GetKeyRequest>) -> Result<Response<proto::KeyInfo>, Status> {
+        let (caller, _) = auth::caller(&self.keys, &request).await?;
+        let record = self.keys.get(&caller, &request.get_ref().key_id)?;
+        Ok(Response::new(convert::key_info(&record)))
+    }
+
+    async fn list_keys(&self, request: Request<proto::ListKeysRequest>) -> Result<Response<proto::ListKeysResponse>, Status> {
+        let (caller, _) = auth::caller(&self.keys, &request).await?;
+        let req = request.get_ref();
+        let (keys, next) = self.keys.list(&caller, req.page_size, &req.page_token)?;
+        Ok(Response::new(proto::ListKeysResponse {
+            keys: keys.iter().map(convert::key_info).collect(),
+            next_page_token: next.unwrap_or_default(),
+        }))
+    }
+
+    async fn revoke_key(&self, request: Request<proto::RevokeKeyRequest>) -> Result<Response<proto::KeyInfo>, Status> {
+        let (caller, ctx) = auth::caller(&self.keys, &request).await?;
+        let req = request.get_ref();
+        let record = self.keys.revoke(&caller, &req.key_id, &req.reason, &ctx).await?;
+        tracing::info!(key_id = %record.id, actor = %caller.key_id, "key revoked");
+        Ok(Response::new(convert::key_info(&record)))
+    }
+}

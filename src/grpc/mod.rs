@@ -1,0 +1,124 @@
+//! The gRPC edge: keyward's services, health, reflection (v1 and v1alpha), and the limits and
+//! graceful drain of the server that carries them. Wire types end in this module.
+
+mod auth;
+mod convert;
+mod keys;
+mod status;
+mod verify;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+pub use self::{keys::KeyApi, verify::VerifyApi};
+use crate::{
+    domain::{
+        ports::{Hsm, Store},
+        service::Keys,
+    },
+    proto::{self, key_service_server::KeyServiceServer, verify_service_server::VerifyServiceServer},
+};
+
+/// The services whose health is reported (besides the server as a whole, "").
+const SERVICES: [&str; 2] = ["keyward.v1.KeyService", "keyward.v1.VerifyService"];
+
+/// Limits of the server; the defaults are documented in the README.
+#[derive(Clone, Debug)]
+pub struct ServerLimits {
+    pub max_message_bytes: usize,
+    pub request_timeout: Duration,
+    pub max_concurrent_streams: u32,
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 64 * 1024,
+            request_timeout: Duration::from_secs(10),
+            max_concurrent_streams: 256,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Keeps health in step with the HSM: `NOT_SERVING` while the token is unreachable.
+async fn track_health<H: Hsm, S: Store>(keys: Arc<Keys<H, S>>, reporter: HealthReporter) {
+    let mut serving = None;
+    loop {
+        let now = keys.is_healthy();
+        if serving != Some(now) {
+            let status = if now { ServingStatus::Serving } else { ServingStatus::NotServing };
+            for name in std::iter::once("").chain(SERVICES) {
+                reporter.set_service_status(name, status).await;
+            }
+            if serving.is_some() {
+                tracing::warn!(?status, "health changed");
+            }
+            serving = Some(now);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Serves until `shutdown` resolves, then stops accepting, drains in-flight calls for up to
+/// `limits.shutdown_grace`, and returns.
+pub async fn serve<H: Hsm, S: Store>(
+    keys: Arc<Keys<H, S>>,
+    listener: TcpListener,
+    limits: ServerLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let health_task = tokio::spawn(track_health(keys.clone(), reporter));
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1().expect("the embedded descriptor sets are valid");
+    let reflection_v1alpha = reflection().build_v1alpha().expect("the embedded descriptor sets are valid");
+
+    let max = limits.max_message_bytes;
+    let key_api = KeyServiceServer::new(KeyApi::new(keys.clone())).max_decoding_message_size(max);
+    let verify_api = VerifyServiceServer::new(VerifyApi::new(keys)).max_decoding_message_size(max);
+
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new connections, draining in-flight calls");
+        let _ = drain_tx.send(());
+    };
+    let server = tonic::transport::Server::builder()
+        .timeout(limits.request_timeout)
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(key_api)
+        .add_service(verify_api)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+
+    tokio::pin!(server);
+    let deadline = async move {
+        if drain_rx.await.is_ok() {
+            tokio::time::sleep(limits.shutdown_grace).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let result = tokio::select! {
+        r = &mut server => r,
+        _ = deadline => {
+            tracing::warn!(grace = ?limits.shutdown_grace, "drain deadline passed; closing remaining calls");
+            Ok(())
+        }
+    };
+    health_task.abort();
+    result
+}

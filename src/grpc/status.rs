@@ -1,0 +1,36 @@
+//! The one mapping from domain errors to gRPC statuses.
+
+use tonic::{Code, Status};
+
+use crate::domain::error::Error;
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        let code = match &e {
+            Error::InvalidArgument { .. } => Code::InvalidArgument,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::NotFound(_) => Code::NotFound,
+            Error::AlreadyExists(_) => Code::AlreadyExists,
+            Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::Unavailable(_) => Code::Unavailable,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
+        };
+        if code == Code::Unavailable {
+            tracing::warn!(error = %e, "request could not be served");
+        }
+        Status::new(code, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_argument_names_the_field() {
+        let status = Status::from(Error::invalid("expires_at", "must be in the future"));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.message(), "invalid expires_at: must be in the future");
+    }
+}

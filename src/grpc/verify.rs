@@ -1,0 +1,35 @@
+//! `keyward.v1.VerifyService`: the data plane.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::{auth, convert};
+use crate::{
+    domain::{
+        ports::{Hsm, Store},
+        service::Keys,
+    },
+    proto::{self, verify_service_server::VerifyService},
+};
+
+pub struct VerifyApi<H, S> {
+    keys: Arc<Keys<H, S>>,
+}
+
+impl<H, S> VerifyApi<H, S> {
+    pub fn new(keys: Arc<Keys<H, S>>) -> Self {
+        Self { keys }
+    }
+}
+
+#[tonic::async_trait]
+impl<H: Hsm, S: Store> VerifyService for VerifyApi<H, S> {
+    async fn verify_key(&self, request: Request<proto::VerifyKeyRequest>) -> Result<Response<proto::VerifyKeyResponse>, Status> {
+        let (caller, _) = auth::caller(&self.keys, &request).await?;
+        let req = request.into_inner();
+        let verification = self.keys.verify(&caller, &req.key, &req.required_scopes).await?;
+        tracing::debug!(code = ?verification.code, key_id = ?verification.record.as_ref().map(|r| r.id), "key verified");
+        Ok(Response::new(convert::verification(verification)))
+    }
+}

@@ -1,0 +1,355 @@
+//! `Hsm` over PKCS#11: a pool of logged-in sessions, every call on a blocking thread, bounded
+//! by a semaphore of the pool's size; token loss marks the adapter unhealthy and a background
+//! thread re-initializes (Finalize, Initialize, Login, find keys) with backoff.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use cryptoki::{
+    context::{CInitializeArgs, CInitializeFlags, Pkcs11},
+    error::{Error as CkError, RvError},
+    mechanism::Mechanism,
+    object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle},
+    session::{Session, UserType},
+    slot::Slot,
+    types::AuthPin,
+};
+use tokio::sync::Semaphore;
+
+use super::rv;
+use crate::domain::{
+    key::{DIGEST_LEN, Digest, MasterKeyVersion},
+    ports::{Hsm, HsmError},
+    secret::{Pin, SECRET_LEN, Secret, SensitiveBytes},
+};
+
+const LABEL_PREFIX: &str = "keyward-master-v";
+
+/// Where the token is and how to log in. `Debug` never shows the PIN.
+#[derive(Clone, Debug)]
+pub struct Pkcs11Config {
+    pub module: PathBuf,
+    pub token_label: String,
+    pub pin: Pin,
+    /// Sessions in the pool: the most HSM calls in flight at once.
+    pub sessions: usize,
+}
+
+/// Why the HSM could not be opened at startup: each a clear message for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot load the PKCS#11 module {path}: {reason}")]
+    Module { path: String, reason: String },
+    #[error("no token labelled {0:?} is present (is the token initialized, and SOFTHSM2_CONF right?)")]
+    TokenMissing(String),
+    #[error("{0} tokens are labelled {1:?}; labels must be unique")]
+    TokenAmbiguous(usize, String),
+    #[error("the HSM PIN is wrong (CKR_PIN_INCORRECT)")]
+    PinIncorrect,
+    #[error("the HSM PIN is locked (CKR_PIN_LOCKED)")]
+    PinLocked,
+    #[error("master key {0} is missing from the token")]
+    MasterKeyMissing(MasterKeyVersion),
+    #[error("master key {0} exists {1} times on the token; it must be unique")]
+    MasterKeyDuplicated(MasterKeyVersion, usize),
+    #[error("master key {0} already exists on the token")]
+    MasterKeyExists(MasterKeyVersion),
+    #[error("PKCS#11: {0}")]
+    Pkcs11(String),
+}
+
+impl From<CkError> for StartError {
+    fn from(e: CkError) -> Self {
+        match e {
+            CkError::Pkcs11(RvError::PinIncorrect, _) => StartError::PinIncorrect,
+            CkError::Pkcs11(RvError::PinLocked, _) => StartError::PinLocked,
+            other => StartError::Pkcs11(other.to_string()),
+        }
+    }
+}
+
+/// A live connection to the token: its slot, the master key handles, a pool of sessions.
+struct Connection {
+    slot: Slot,
+    keys: HashMap<MasterKeyVersion, ObjectHandle>,
+    idle: Mutex<Vec<Session>>,
+}
+
+struct Inner {
+    config: Pkcs11Config,
+    ctx: Pkcs11,
+    /// `None` while reconnecting. Calls hold the read lock; reconnect takes the write lock, so
+    /// it runs only when no session is in use.
+    conn: RwLock<Option<Connection>>,
+    healthy: AtomicBool,
+    reconnecting: AtomicBool,
+    operations: AtomicU64,
+}
+
+/// The PKCS#11 HSM adapter. Cheap to clone.
+#[derive(Clone)]
+pub struct Pkcs11Hsm {
+    inner: Arc<Inner>,
+    permits: Arc<Semaphore>,
+}
+
+pub(super) fn initialize(ctx: &Pkcs11) -> Result<(), CkError> {
+    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+pub(super) fn load_module(config: &Pkcs11Config) -> Result<Pkcs11, StartError> {
+    let ctx = Pkcs11::new(&config.module)
+        .map_err(|e| StartError::Module { path: config.module.display().to_string(), reason: e.to_string() })?;
+    initialize(&ctx)?;
+    Ok(ctx)
+}
+
+pub(super) fn find_token(ctx: &Pkcs11, label: &str) -> Result<Slot, StartError> {
+    let mut found = Vec::new();
+    for slot in ctx.get_slots_with_token()? {
+        if ctx.get_token_info(slot)?.label().trim_end() == label {
+            found.push(slot);
+        }
+    }
+    match found.as_slice() {
+        [slot] => Ok(*slot),
+        [] => Err(StartError::TokenMissing(label.to_owned())),
+        many => Err(StartError::TokenAmbiguous(many.len(), label.to_owned())),
+    }
+}
+
+pub(super) fn login(session: &Session, pin: &Pin) -> Result<(), StartError> {
+    match session.login(UserType::User, Some(&AuthPin::from(pin.expose()))) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Every master key on the token, by version; fails on a version present more than once.
+pub(super) fn find_master_keys(session: &Session) -> Result<HashMap<MasterKeyVersion, ObjectHandle>, StartError> {
+    let template = [Attribute::Class(ObjectClass::SECRET_KEY), Attribute::KeyType(KeyType::GENERIC_SECRET)];
+    let mut by_version: HashMap<MasterKeyVersion, Vec<ObjectHandle>> = HashMap::new();
+    for handle in session.find_objects(&template)? {
+        let attrs = session.get_attributes(handle, &[AttributeType::Label])?;
+        let Some(Attribute::Label(label)) = attrs.first() else { continue };
+        let version = std::str::from_utf8(label)
+            .ok()
+            .and_then(|l| l.strip_prefix(LABEL_PREFIX))
+            .and_then(|n| n.parse::<u32>().ok());
+        if let Some(v) = version {
+            by_version.entry(MasterKeyVersion(v)).or_default().push(handle);
+        }
+    }
+    by_version
+        .into_iter()
+        .map(|(v, handles)| match handles.as_slice() {
+            [one] => Ok((v, *one)),
+            many => Err(StartError::MasterKeyDuplicated(v, many.len())),
+        })
+        .collect()
+}
+
+impl Inner {
+    fn connect(&self) -> Result<Connection, StartError> {
+        let slot = find_token(&self.ctx, &self.config.token_label)?;
+        let session = self.ctx.open_ro_session(slot)?;
+        login(&session, &self.config.pin)?;
+        let keys = find_master_keys(&session)?;
+        Ok(Connection { slot, keys, idle: Mutex::new(vec![session]) })
+    }
+
+    /// Runs `op` on an idle session (opening one if none is idle).
+    fn with_session<T>(
+        self: &Arc<Self>,
+        op: impl FnOnce(&Session, &Connection) -> Result<T, CkError>,
+    ) -> Result<T, HsmError> {
+        let guard = self.conn.read().unwrap_or_else(|e| e.into_inner());
+        let Some(conn) = guard.as_ref() else {
+            return Err(HsmError::Unavailable("reconnecting to the token".into()));
+        };
+        let pooled = conn.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let session = match pooled {
+            Some(s) => s,
+            None => match self.ctx.open_ro_session(conn.slot) {
+                Ok(s) => s,
+                Err(e) => return Err(self.fail(guard, &e)),
+            },
+        };
+        self.operations.fetch_add(1, Ordering::Relaxed);
+        match op(&session, conn) {
+            Ok(value) => {
+                conn.idle.lock().unwrap_or_else(|e| e.into_inner()).push(session);
+                Ok(value)
+            }
+            Err(e) if rv::is_connection_lost(&e) => {
+                drop(session);
+                Err(self.fail(guard, &e))
+            }
+            Err(e) => {
+                conn.idle.lock().unwrap_or_else(|e| e.into_inner()).push(session);
+                Err(rv::classify(&e))
+            }
+        }
+    }
+
+    /// Records a failure; if it means the token is gone, starts reconnecting.
+    fn fail(self: &Arc<Self>, guard: std::sync::RwLockReadGuard<'_, Option<Connection>>, e: &CkError) -> HsmError {
+        drop(guard);
+        if rv::is_connection_lost(e) {
+            tracing::warn!(error = %e, "HSM connection lost; reconnecting");
+            self.start_reconnect();
+        }
+        rv::classify(e)
+    }
+
+    fn start_reconnect(self: &Arc<Self>) {
+        self.healthy.store(false, Ordering::SeqCst);
+        if self.reconnecting.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let inner = self.clone();
+        let spawned = std::thread::Builder::new().name("keyward-hsm-reconnect".into()).spawn(move || {
+            let mut delay = Duration::from_millis(10);
+            loop {
+                match inner.reconnect_once() {
+                    Ok(()) => {
+                        tracing::info!("HSM reconnected");
+                        inner.healthy.store(true, Ordering::SeqCst);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "HSM reconnect failed");
+                        std::thread::sleep(delay);
+                        delay = (delay * 2).min(Duration::from_secs(1));
+                    }
+                }
+            }
+            inner.reconnecting.store(false, Ordering::SeqCst);
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the HSM reconnect thread");
+            self.reconnecting.store(false, Ordering::SeqCst);
+        }
+    }
+
+    fn reconnect_once(&self) -> Result<(), StartError> {
+        let mut conn = self.conn.write().unwrap_or_else(|e| e.into_inner());
+        // Close our sessions, then finalize: no session is in use while we hold the lock.
+        *conn = None;
+        if let Err(e) = self.ctx.clone().finalize() {
+            tracing::debug!(error = %e, "C_Finalize during reconnect");
+        }
+        initialize(&self.ctx)?;
+        *conn = Some(self.connect()?);
+        Ok(())
+    }
+}
+
+impl Pkcs11Hsm {
+    /// Loads the module, finds the token by label, logs in and finds the master keys.
+    pub fn open(config: Pkcs11Config) -> Result<Self, StartError> {
+        let ctx = load_module(&config)?;
+        let sessions = config.sessions.max(1);
+        let inner = Arc::new(Inner {
+            config,
+            ctx,
+            conn: RwLock::new(None),
+            healthy: AtomicBool::new(false),
+            reconnecting: AtomicBool::new(false),
+            operations: AtomicU64::new(0),
+        });
+        let conn = inner.connect()?;
+        *inner.conn.write().unwrap_or_else(|e| e.into_inner()) = Some(conn);
+        inner.healthy.store(true, Ordering::SeqCst);
+        Ok(Self { inner, permits: Arc::new(Semaphore::new(sessions)) })
+    }
+
+    /// Fails unless master key `version` is on the token exactly once.
+    pub fn require_master_key(&self, version: MasterKeyVersion) -> Result<(), StartError> {
+        let guard = self.inner.conn.read().unwrap_or_else(|e| e.into_inner());
+        match guard.as_ref() {
+            Some(conn) if conn.keys.contains_key(&version) => Ok(()),
+            _ => Err(StartError::MasterKeyMissing(version)),
+        }
+    }
+
+    /// HSM operations performed so far (for tests and metrics).
+    pub fn operations(&self) -> u64 {
+        self.inner.operations.load(Ordering::Relaxed)
+    }
+
+    /// Closes every session and finalizes the module.
+    pub fn close(&self) {
+        let mut conn = self.inner.conn.write().unwrap_or_else(|e| e.into_inner());
+        *conn = None;
+        self.inner.healthy.store(false, Ordering::SeqCst);
+        if let Err(e) = self.inner.ctx.clone().finalize() {
+            tracing::debug!(error = %e, "C_Finalize at close");
+        }
+    }
+
+    /// Runs `op` on a pooled session on a blocking thread.
+    async fn run<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Session, &Connection) -> Result<T, CkError> + Send + 'static,
+    ) -> Result<T, HsmError> {
+        if !self.inner.healthy.load(Ordering::Relaxed) {
+            return Err(HsmError::Unavailable("the token is unreachable; reconnecting".into()));
+        }
+        let _permit = self.permits.acquire().await.map_err(|_| HsmError::Unavailable("the HSM is closed".into()))?;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.with_session(op))
+            .await
+            .map_err(|e| HsmError::Failed(format!("HSM task failed: {e}")))?
+    }
+}
+
+fn key_handle(conn: &Connection, version: MasterKeyVersion) -> Result<ObjectHandle, CkError> {
+    // A version the token lacks is a bad argument, not a lost connection.
+    conn.keys.get(&version).copied().ok_or(CkError::Pkcs11(RvError::ArgumentsBad, cryptoki::context::Function::SignInit))
+}
+
+impl Hsm for Pkcs11Hsm {
+    async fn random_secret(&self) -> Result<Secret, HsmError> {
+        self.run(|session, _| {
+            let mut bytes = zeroize::Zeroizing::new([0u8; SECRET_LEN]);
+            session.generate_random_slice(bytes.as_mut())?;
+            Ok(Secret::from_bytes(*bytes))
+        })
+        .await
+    }
+
+    async fn digest(&self, version: MasterKeyVersion, input: SensitiveBytes) -> Result<Digest, HsmError> {
+        let mac = self.run(move |session, conn| session.sign(&Mechanism::Sha256Hmac, key_handle(conn, version)?, input.expose())).await?;
+        let mac = <[u8; DIGEST_LEN]>::try_from(mac.as_slice())
+            .map_err(|_| HsmError::Failed(format!("HMAC of unexpected length {}", mac.len())))?;
+        Ok(Digest { version, mac })
+    }
+
+    async fn verify(&self, input: SensitiveBytes, digest: &Digest) -> Result<bool, HsmError> {
+        let digest = digest.clone();
+        self.run(move |session, conn| {
+            let key = key_handle(conn, digest.version)?;
+            match session.verify(&Mechanism::Sha256Hmac, key, input.expose(), &digest.mac) {
+                Ok(()) => Ok(true),
+                Err(CkError::Pkcs11(RvError::SignatureInvalid | RvError::SignatureLenRange, _)) => Ok(false),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+    }
+
+    fn is_healthy(&self) -> bool {
+        self.inner.healthy.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,20 @@
+//! keyward: a self-hosted API-key service. Keys are issued, verified and revoked over gRPC; the
+//! master HMAC key lives in a PKCS#11 HSM; metadata and the audit trail live in sled.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod grpc;
+pub mod hsm;
+pub mod store;
+pub mod telemetry;
+
+/// Generated protobuf and gRPC code for `keyward.v1`.
+pub mod proto {
+    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+    tonic::include_proto!("keyward.v1");
+
+    /// The encoded descriptor set, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("keyward_descriptor");
+}

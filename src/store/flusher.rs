@@ -1,0 +1,111 @@
+//! Group commit: writers that committed a transaction wait for a flush that began after their
+//! commit; one flusher thread serves them all with one `fsync` per batch.
+
+use std::{
+    sync::{Arc, Condvar, Mutex},
+    thread::JoinHandle,
+};
+
+use tokio::sync::watch;
+
+use crate::domain::ports::StoreError;
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Flushed {
+    /// Every ticket up to here is durable.
+    upto: u64,
+    /// A flush covering tickets up to here failed: those writes were not acknowledged.
+    failed_upto: u64,
+}
+
+#[derive(Default)]
+struct Pending {
+    issued: u64,
+    stop: bool,
+}
+
+pub struct Flusher {
+    pending: Arc<(Mutex<Pending>, Condvar)>,
+    flushed: watch::Receiver<Flushed>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Flusher {
+    pub fn start(db: sled::Db) -> Self {
+        let pending = Arc::new((Mutex::new(Pending::default()), Condvar::new()));
+        let (tx, rx) = watch::channel(Flushed::default());
+        let shared = pending.clone();
+        let thread = std::thread::Builder::new()
+            .name("keyward-flush".into())
+            .spawn(move || run(db, &shared, &tx))
+            .expect("spawning the flush thread");
+        Self { pending, flushed: rx, thread: Mutex::new(Some(thread)) }
+    }
+
+    /// Call after a transaction has committed; resolves once it is on disk.
+    pub async fn durable(&self) -> Result<(), StoreError> {
+        let ticket = {
+            let (lock, wake) = &*self.pending;
+            let mut p = lock.lock().unwrap_or_else(|e| e.into_inner());
+            p.issued += 1;
+            wake.notify_one();
+            p.issued
+        };
+        let mut rx = self.flushed.clone();
+        let state = *rx
+            .wait_for(|f| f.upto >= ticket || f.failed_upto >= ticket)
+            .await
+            .map_err(|_| StoreError::Unavailable("the store is closing".into()))?;
+        if state.failed_upto >= ticket {
+            Err(StoreError::Unavailable("flushing to disk failed".into()))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Flushes what is pending and stops the thread.
+    pub fn stop(&self) {
+        {
+            let (lock, wake) = &*self.pending;
+            lock.lock().unwrap_or_else(|e| e.into_inner()).stop = true;
+            wake.notify_one();
+        }
+        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn run(db: sled::Db, pending: &(Mutex<Pending>, Condvar), tx: &watch::Sender<Flushed>) {
+    let (lock, wake) = pending;
+    let mut done = 0u64;
+    loop {
+        let target = {
+            let mut p = lock.lock().unwrap_or_else(|e| e.into_inner());
+            while p.issued == done && !p.stop {
+                p = wake.wait(p).unwrap_or_else(|e| e.into_inner());
+            }
+            if p.issued == done && p.stop {
+                break;
+            }
+            p.issued
+        };
+        match db.flush() {
+            Ok(_) => tx.send_modify(|f| f.upto = target),
+            Err(e) => {
+                tracing::error!(error = %e, "flushing the database failed; pending writes are refused");
+                tx.send_modify(|f| f.failed_upto = target);
+            }
+        }
+        done = target;
+    }
+    if let Err(e) = db.flush() {
+        tracing::error!(error = %e, "final flush failed");
+    }
+}
