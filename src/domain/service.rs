@@ -256,9 +256,10 @@ impl<H: Hsm, S: Store> Keys<H, S> {
 
     /// Verifies a presented key: parse → record → secret (HSM) → policy. A key that does not
     /// prove its secret is `Invalid`, whatever its id's state.
-    pub async fn verify(&self, caller: &Caller, key: &str, required_scopes: &[String]) -> Result<Verification> {
+    pub async fn verify(&self, caller: &Caller, key: &str, client_ip: &str, required_scopes: &[String]) -> Result<Verification> {
         self.authorize(caller, Permission::Verify)?;
         validate::scopes("required_scopes", required_scopes, validate::MAX_SCOPES)?;
+        validate::client_ip(client_ip)?;
         const INVALID: Verification = Verification { code: VerifyCode::Invalid, record: None };
         let Some(parsed) = key_format::parse(key) else {
             return Ok(INVALID);

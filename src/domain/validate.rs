@@ -101,6 +101,14 @@ pub fn page_size(size: i32) -> Result<usize> {
     }
 }
 
+/// The end client's address, if given: an IPv4 or IPv6 address.
+pub fn client_ip(ip: &str) -> Result<Option<std::net::IpAddr>> {
+    if ip.is_empty() {
+        return Ok(None);
+    }
+    ip.parse().map(Some).map_err(|_| Error::invalid("client_ip", "must be an IPv4 or IPv6 address"))
+}
+
 pub fn page_token(token: &str) -> Result<Option<KeyId>> {
     if token.is_empty() {
         return Ok(None);
@@ -137,6 +145,8 @@ mod tests {
         assert_eq!(field_of(page_size(-1).unwrap_err()), "page_size");
         assert_eq!(field_of(page_size(1001).unwrap_err()), "page_size");
         assert_eq!(field_of(page_token("zzz").unwrap_err()), "page_token");
+        assert_eq!(field_of(client_ip("10.0.0.300").unwrap_err()), "client_ip");
+        assert!(client_ip("2001:db8::1").unwrap().is_some());
     }
 
     #[test]

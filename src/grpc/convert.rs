@@ -18,9 +18,18 @@ pub fn timestamp(t: SystemTime) -> Timestamp {
     Timestamp::from(t)
 }
 
+/// Seconds of 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z: the range the Timestamp spec allows.
+const MIN_SECONDS: i64 = -62_135_596_800;
+const MAX_SECONDS: i64 = 253_402_300_799;
+
 fn time(field: &'static str, ts: Option<Timestamp>) -> Result<Option<SystemTime>> {
-    ts.map(|ts| SystemTime::try_from(ts).map_err(|_| Error::invalid(field, "is not a valid timestamp")))
-        .transpose()
+    let Some(ts) = ts else { return Ok(None) };
+    let in_range = (MIN_SECONDS..=MAX_SECONDS).contains(&ts.seconds) && (0..1_000_000_000).contains(&ts.nanos);
+    in_range
+        .then(|| SystemTime::try_from(ts).ok())
+        .flatten()
+        .map(Some)
+        .ok_or_else(|| Error::invalid(field, "is not a valid timestamp (years 1-9999, nanos 0-999999999)"))
 }
 
 pub fn new_key(req: proto::CreateKeyRequest) -> Result<NewKey> {
@@ -93,6 +102,14 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(new_key(req), Err(Error::InvalidArgument { field: "expires_at", .. })));
+    }
+
+    #[test]
+    fn timestamps_outside_the_spec_range_are_refused() {
+        let req = |seconds| proto::CreateKeyRequest { expires_at: Some(Timestamp { seconds, nanos: 0 }), ..Default::default() };
+        assert!(new_key(req(MAX_SECONDS + 1)).is_err());
+        assert!(new_key(req(i64::MIN)).is_err());
+        assert!(new_key(req(2_000_000_000)).unwrap().expires_at.is_some());
     }
 
     #[test]

@@ -75,9 +75,13 @@ pub async fn serve<H: Hsm, S: Store>(
     let (reporter, health) = tonic_health::server::health_reporter();
     let health_task = tokio::spawn(track_health(keys.clone(), reporter));
     let reflection = || {
+        // Both reflection versions list every service, each other included.
         tonic_reflection::server::Builder::configure()
+            .include_reflection_service(false)
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
     };
     let reflection_v1 = reflection().build_v1().expect("the embedded descriptor sets are valid");
     let reflection_v1alpha = reflection().build_v1alpha().expect("the embedded descriptor sets are valid");

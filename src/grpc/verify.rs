@@ -28,7 +28,7 @@ impl<H: Hsm, S: Store> VerifyService for VerifyApi<H, S> {
     async fn verify_key(&self, request: Request<proto::VerifyKeyRequest>) -> Result<Response<proto::VerifyKeyResponse>, Status> {
         let (caller, _) = auth::caller(&self.keys, &request).await?;
         let req = request.into_inner();
-        let verification = self.keys.verify(&caller, &req.key, &req.required_scopes).await?;
+        let verification = self.keys.verify(&caller, &req.key, &req.client_ip, &req.required_scopes).await?;
         tracing::debug!(code = ?verification.code, key_id = ?verification.record.as_ref().map(|r| r.id), "key verified");
         Ok(Response::new(convert::verification(verification)))
     }
