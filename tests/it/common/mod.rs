@@ -1,0 +1,297 @@
+//! The integration-test fixture: a real `keyward` binary serving a real SoftHSM2 token and a
+//! real sled database in a temporary directory, on `127.0.0.1:0`.
+//!
+//! Each instance is its own process: SoftHSM2 reads `SOFTHSM2_CONF` when a process initializes
+//! it, so per-test tokens need per-test processes.
+
+use std::{
+    fs,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use keyward::proto::{
+    self, key_service_client::KeyServiceClient, verify_service_client::VerifyServiceClient,
+};
+use tonic::{
+    Request, Status,
+    metadata::{Ascii, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Channel,
+};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_keyward");
+
+/// Fails (never skips) when SoftHSM2 is missing, saying how to install it.
+pub fn require_softhsm() -> PathBuf {
+    keyward::config::find_softhsm_module().unwrap_or_else(|| {
+        panic!(
+            "SoftHSM2 is not installed: the integration tests need a real PKCS#11 token.\n\
+             Install it with `sudo apt-get install softhsm2` (or run ./scripts/test.sh, which does)."
+        )
+    })
+}
+
+/// Fails when a command-line tool the test drives is missing, saying how to install it.
+pub fn require_tool(tool: &str, install: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([dirs_home().join(".local/bin"), dirs_home().join(".pyenv/shims")])
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("`{tool}` is not installed; install it with `{install}` (or run ./scripts/test.sh)"))
+}
+
+fn dirs_home() -> PathBuf {
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"))
+}
+
+/// Adds `authorization: Bearer <key>` to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            request.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(request)
+    }
+}
+
+pub type KeyClient = KeyServiceClient<InterceptedService<Channel, Bearer>>;
+pub type VerifyClient = VerifyServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// A keyward data directory and, while started, its server process.
+pub struct Instance {
+    _tmp: tempfile::TempDir,
+    pub data_dir: PathBuf,
+    pub root_key: String,
+    pub log_file: PathBuf,
+    server: Option<Child>,
+    addr: Option<SocketAddr>,
+    starts: u32,
+}
+
+impl Instance {
+    /// `keyward init --dev` in a fresh temporary directory.
+    pub fn init() -> Self {
+        require_softhsm();
+        let tmp = tempfile::tempdir().expect("a temporary directory");
+        let data_dir = tmp.path().join("data");
+        let log_file = tmp.path().join("keyward.log");
+        let out = Self::run_keyward(&["init", "--dev", "--data-dir", data_dir.to_str().unwrap()], &log_file);
+        assert!(out.status.success(), "keyward init --dev failed: {}", String::from_utf8_lossy(&out.stderr));
+        let printed = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        let root_key = fs::read_to_string(data_dir.join("root.key")).unwrap().trim().to_owned();
+        assert_eq!(printed, root_key, "init prints the root key it wrote to root.key");
+        Self { _tmp: tmp, data_dir, root_key, log_file, server: None, addr: None, starts: 0 }
+    }
+
+    /// `init` then `start`.
+    pub async fn started() -> Self {
+        let mut instance = Self::init();
+        instance.start().await;
+        instance
+    }
+
+    fn run_keyward(args: &[&str], log_file: &Path) -> Output {
+        let out = Command::new(BIN).args(args).env("RUST_LOG", "trace").output().expect("running keyward");
+        append(log_file, &out.stderr);
+        out
+    }
+
+    /// Runs `keyward <args>` to completion (stderr also appended to the log file).
+    pub fn keyward(&self, args: &[&str]) -> Output {
+        Self::run_keyward(args, &self.log_file)
+    }
+
+    pub fn data_dir_str(&self) -> &str {
+        self.data_dir.to_str().unwrap()
+    }
+
+    /// Starts `keyward serve --dev` on port 0 and waits until it serves.
+    pub async fn start(&mut self) {
+        assert!(self.server.is_none(), "already started");
+        self.starts += 1;
+        let addr_file = self.data_dir.with_file_name(format!("addr.{}", self.starts));
+        let log = fs::OpenOptions::new().create(true).append(true).open(&self.log_file).unwrap();
+        let child = Command::new(BIN)
+            .args(["serve", "--dev", "--data-dir", self.data_dir_str(), "--listen", "127.0.0.1:0", "--addr-file"])
+            .arg(&addr_file)
+            .env("RUST_LOG", "trace")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawning keyward serve");
+        self.server = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(text) = fs::read_to_string(&addr_file) {
+                if let Ok(addr) = text.trim().parse() {
+                    self.addr = Some(addr);
+                    return;
+                }
+            }
+            if let Some(status) = self.server.as_mut().unwrap().try_wait().unwrap() {
+                panic!("keyward serve exited with {status}; log:\n{}", self.logs());
+            }
+            assert!(Instant::now() < deadline, "keyward serve did not start in 30 s; log:\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr.expect("the server was started")
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.server.take().expect("running");
+        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "keyward did not stop within 30 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill(&mut self) {
+        let mut child = self.server.take().expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    pub fn logs(&self) -> String {
+        fs::read_to_string(&self.log_file).unwrap_or_default()
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr())).unwrap().connect().await.expect("connecting to keyward")
+    }
+
+    fn bearer(key: Option<&str>) -> Bearer {
+        Bearer(key.map(|k| format!("Bearer {k}").parse().expect("an ASCII key")))
+    }
+
+    pub async fn keys(&self, bearer: Option<&str>) -> KeyClient {
+        KeyServiceClient::with_interceptor(self.channel().await, Self::bearer(bearer))
+    }
+
+    pub async fn verifier(&self, bearer: Option<&str>) -> VerifyClient {
+        VerifyServiceClient::with_interceptor(self.channel().await, Self::bearer(bearer))
+    }
+
+    pub async fn root_keys(&self) -> KeyClient {
+        self.keys(Some(&self.root_key)).await
+    }
+
+    pub async fn root_verifier(&self) -> VerifyClient {
+        self.verifier(Some(&self.root_key)).await
+    }
+
+    /// Creates a key with these scopes as root; returns (key, key id).
+    pub async fn create_key(&self, name: &str, scopes: &[&str]) -> (String, String) {
+        let created = self
+            .root_keys()
+            .await
+            .create_key(proto::CreateKeyRequest {
+                name: name.into(),
+                scopes: scopes.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            })
+            .await
+            .expect("CreateKey")
+            .into_inner();
+        (created.key, created.info.unwrap().key_id)
+    }
+
+    /// Verifies `key` as root; returns the response.
+    pub async fn verify(&self, key: &str, required: &[&str]) -> proto::VerifyKeyResponse {
+        self.root_verifier()
+            .await
+            .verify_key(proto::VerifyKeyRequest {
+                key: key.into(),
+                required_scopes: required.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            })
+            .await
+            .expect("VerifyKey")
+            .into_inner()
+    }
+
+    pub async fn code(&self, key: &str, required: &[&str]) -> proto::VerifyCode {
+        self.verify(key, required).await.code()
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.server.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn append(path: &Path, bytes: &[u8]) {
+    use std::io::Write;
+    let mut f = fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+    f.write_all(bytes).unwrap();
+}
+
+/// The environment for running SoftHSM2 tools (pkcs11-tool) against an instance's token.
+pub fn softhsm_env(instance: &Instance) -> (String, String) {
+    let conf = instance.data_dir.join("softhsm/softhsm2.conf");
+    let pin = fs::read_to_string(instance.data_dir.join("softhsm/user.pin")).unwrap().trim().to_owned();
+    (conf.to_str().unwrap().to_owned(), pin)
+}
+
+/// Runs `keyward serve --dev` on this data directory expecting it to refuse: returns its exit
+/// status and stderr. Kills it (and fails) if it is still running after 30 s.
+pub fn serve_expecting_refusal(instance: &Instance, dev: bool, env: &[(&str, &str)]) -> (ExitStatus, String) {
+    let mut args = vec!["serve", "--data-dir", instance.data_dir_str(), "--listen", "127.0.0.1:0"];
+    if dev {
+        args.push("--dev");
+    }
+    let mut child = Command::new(BIN)
+        .args(&args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("keyward serve did not refuse to start");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Runs pkcs11-tool against the instance's token, logged in.
+pub fn pkcs11_tool(instance: &Instance, args: &[&str]) -> Output {
+    let tool = require_tool("pkcs11-tool", "sudo apt-get install opensc");
+    let module = require_softhsm();
+    let (conf, pin) = softhsm_env(instance);
+    Command::new(tool)
+        .arg("--module")
+        .arg(module)
+        .args(["--token-label", "keyward-dev", "--login", "--pin", &pin])
+        .args(args)
+        .env("SOFTHSM2_CONF", conf)
+        .output()
+        .expect("running pkcs11-tool")
+}

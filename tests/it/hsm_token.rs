@@ -1,0 +1,26 @@
+//! The master key as the token holds it: sensitive, never extractable, checked with an
+//! independent PKCS#11 client (OpenSC's pkcs11-tool).
+
+use crate::common::{Instance, pkcs11_tool};
+
+#[tokio::test]
+async fn the_master_key_value_cannot_be_read_from_the_token() {
+    let kw = Instance::init();
+    let out = pkcs11_tool(&kw, &["--read-object", "--type", "secrkey", "--label", "keyward-master-v1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the key value was read");
+    assert!(out.stdout.is_empty(), "no key bytes on stdout");
+    assert!(stderr.contains("CKR_ATTRIBUTE_SENSITIVE"), "{stderr}");
+}
+
+#[tokio::test]
+async fn the_master_key_is_a_sensitive_never_extractable_32_byte_secret() {
+    let kw = Instance::init();
+    let out = pkcs11_tool(&kw, &["--list-objects", "--type", "secrkey"]);
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(listing.matches("Secret Key Object").count(), 1, "{listing}");
+    assert!(listing.contains("Generic secret length 32"), "{listing}");
+    assert!(listing.contains("label:      keyward-master-v1"), "{listing}");
+    assert!(listing.contains("sensitive, always sensitive, never extractable, local"), "{listing}");
+}

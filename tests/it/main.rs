@@ -1,0 +1,12 @@
+//! Integration tests: the real `keyward` binary, a real SoftHSM2 token per test, a real sled
+//! database, over gRPC on 127.0.0.1.
+
+mod common;
+
+mod api;
+mod auth;
+mod durability;
+mod grpcurl;
+mod hsm_token;
+mod secrets;
+mod startup;
