@@ -8,6 +8,7 @@ use std::{
     os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
     sync::Arc,
+    time::Duration,
 };
 
 use crate::{
@@ -227,7 +228,7 @@ async fn run_server(opts: &Options, listen: Option<SocketAddr>, addr_file: Optio
     hsm.require_master_key(master.current)?;
     let keys_config = KeysConfig {
         auth_cache_capacity: config.server.auth_cache_capacity,
-        auth_cache_ttl: std::time::Duration::from_millis(config.server.auth_cache_ttl_ms),
+        auth_cache_ttl: Duration::from_millis(config.server.auth_cache_ttl_ms),
     };
     let keys = Arc::new(Keys::new(Arc::new(hsm.clone()), Arc::new(store.clone()), Arc::new(SystemClock), master, keys_config));
     keys.self_test().await?;
@@ -245,6 +246,38 @@ async fn run_server(opts: &Options, listen: Option<SocketAddr>, addr_file: Optio
     hsm.close();
     served.map_err(|e| AppError::Refused(format!("server error: {e}")))?;
     tracing::info!("keyward stopped");
+    Ok(())
+}
+
+/// `keyward bench verify`.
+pub fn bench_verify(target: &str, key_file: &Path, concurrency: usize, connections: usize, duration: Duration) -> Result<(), AppError> {
+    let key = crate::bench::read_key_file(key_file).map_err(AppError::Refused)?;
+    let figures = runtime()?
+        .block_on(crate::bench::verify(target, &key, concurrency, connections, duration))
+        .map_err(AppError::Refused)?;
+    println!("{}", figures.report(&format!("VerifyKey x{concurrency} over {connections} connections")));
+    Ok(())
+}
+
+/// `keyward bench hsm`: raw HMAC verifications through the adapter, on the configured token.
+pub fn bench_hsm(opts: &Options, concurrency: usize, duration: Duration, direct: bool) -> Result<(), AppError> {
+    prepare_environment(opts)?;
+    let config = Config::load(&opts.config, false)?;
+    let sessions = config.hsm.sessions;
+    let hsm = Pkcs11Hsm::open(pkcs11_config(&config)?)?;
+    hsm.require_master_key(FIRST_VERSION)?;
+    let figures = runtime()?
+        .block_on(async {
+            if direct {
+                crate::bench::hsm_direct(&hsm, FIRST_VERSION, concurrency, duration).await
+            } else {
+                crate::bench::hsm(&hsm, FIRST_VERSION, concurrency, duration).await
+            }
+        })
+        .map_err(AppError::Refused)?;
+    hsm.close();
+    let how = if direct { "threads, direct" } else { "tasks through the async adapter" };
+    println!("{}", figures.report(&format!("HSM C_Verify, {concurrency} {how}, {sessions} sessions")));
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! The command line: `keyward init` and `keyward serve`.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -22,6 +22,43 @@ enum Command {
     Init(InitArgs),
     /// Serve the gRPC API.
     Serve(ServeArgs),
+    /// Measure: VerifyKey on a running server, or raw HMAC operations on the HSM.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// VerifyKey calls/s and latency percentiles against a running server.
+    Verify {
+        /// Server address.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        target: String,
+        /// File whose first line is a key with `keyward:*` (e.g. DATA_DIR/root.key).
+        #[arg(long)]
+        key_file: PathBuf,
+        /// Calls in flight at once.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// HTTP/2 connections the calls share.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Raw HMAC-SHA256 verifications per second through keyward's PKCS#11 adapter.
+    Hsm {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Call the module from plain OS threads (no async hop): the raw token ceiling.
+        #[arg(long)]
+        direct: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -63,6 +100,13 @@ pub fn run() -> ExitCode {
         Command::Serve(a) => {
             let opts = app::Options::new(a.common.data_dir, a.common.config, a.common.dev);
             app::serve(&opts, a.listen, a.addr_file)
+        }
+        Command::Bench(BenchCommand::Verify { target, key_file, concurrency, connections, seconds }) => {
+            app::bench_verify(&target, &key_file, concurrency, connections, Duration::from_secs(seconds))
+        }
+        Command::Bench(BenchCommand::Hsm { common, concurrency, seconds, direct }) => {
+            let opts = app::Options::new(common.data_dir, common.config, common.dev);
+            app::bench_hsm(&opts, concurrency, Duration::from_secs(seconds), direct)
         }
     };
     match result {

@@ -2,6 +2,7 @@
 //! master HMAC key lives in a PKCS#11 HSM; metadata and the audit trail live in sled.
 
 pub mod app;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod domain;

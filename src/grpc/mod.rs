@@ -10,7 +10,7 @@ mod verify;
 use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 pub use self::{keys::KeyApi, verify::VerifyApi};
@@ -106,7 +106,7 @@ pub async fn serve<H: Hsm, S: Store>(
         .add_service(reflection_v1alpha)
         .add_service(key_api)
         .add_service(verify_api)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
 
     tokio::pin!(server);
     let deadline = async move {
