@@ -165,7 +165,10 @@ async fn init_dev(opts: &Options) -> Result<crate::domain::secret::KeyString, Ap
     config.hsm.pin_file = Some(pin_file);
     config.hsm.softhsm2_conf = Some(conf_path);
     let text = toml::to_string_pretty(&config).map_err(|e| AppError::Refused(format!("encoding keyward.toml: {e}")))?;
-    private_file(&opts.config, format!("# keyward development instance, written by `keyward init --dev`\n{text}").as_bytes())?;
+    private_file(
+        &opts.config,
+        format!("# keyward development instance, written by `keyward init --dev`\n{text}").as_bytes(),
+    )?;
 
     let mut pkcs11 = pkcs11_config(&config)?;
     pkcs11.pin = user_pin;
@@ -180,7 +183,10 @@ async fn init_dev(opts: &Options) -> Result<crate::domain::secret::KeyString, Ap
 async fn provision(opts: &Options, config: &Config) -> Result<crate::domain::secret::KeyString, AppError> {
     let db = opts.db_path();
     if db.exists() {
-        return Err(AppError::Refused(format!("a database already exists at {}; init refuses to overwrite it", db.display())));
+        return Err(AppError::Refused(format!(
+            "a database already exists at {}; init refuses to overwrite it",
+            db.display()
+        )));
     }
     let pkcs11 = pkcs11_config(config)?;
     hsm::create_master_key(&pkcs11, FIRST_VERSION)?;
@@ -222,15 +228,16 @@ async fn run_server(opts: &Options, listen: Option<SocketAddr>, addr_file: Optio
         return Err(AppError::Refused(format!("no database at {}: run `keyward init` first", db.display())));
     }
     let store = SledStore::open(&db)?;
-    let master = store
-        .master()?
-        .ok_or_else(|| AppError::Refused("the database has no master key record: was `keyward init` interrupted?".into()))?;
+    let master = store.master()?.ok_or_else(|| {
+        AppError::Refused("the database has no master key record: was `keyward init` interrupted?".into())
+    })?;
     hsm.require_master_key(master.current)?;
     let keys_config = KeysConfig {
         auth_cache_capacity: config.server.auth_cache_capacity,
         auth_cache_ttl: Duration::from_millis(config.server.auth_cache_ttl_ms),
     };
-    let keys = Arc::new(Keys::new(Arc::new(hsm.clone()), Arc::new(store.clone()), Arc::new(SystemClock), master, keys_config));
+    let keys =
+        Arc::new(Keys::new(Arc::new(hsm.clone()), Arc::new(store.clone()), Arc::new(SystemClock), master, keys_config));
     keys.self_test().await?;
 
     let listen = listen.or(config.listen).unwrap_or_else(|| config::DEFAULT_LISTEN.parse().expect("a valid default"));
@@ -238,7 +245,9 @@ async fn run_server(opts: &Options, listen: Option<SocketAddr>, addr_file: Optio
     let local = listener.local_addr().map_err(io("reading the bound address"))?;
     if let Some(path) = &addr_file {
         let tmp = path.with_extension("tmp");
-        fs::write(&tmp, format!("{local}\n")).and_then(|()| fs::rename(&tmp, path)).map_err(io(format!("writing {}", path.display())))?;
+        fs::write(&tmp, format!("{local}\n"))
+            .and_then(|()| fs::rename(&tmp, path))
+            .map_err(io(format!("writing {}", path.display())))?;
     }
     tracing::info!(address = %local, "keyward serving");
     let served = grpc::serve(keys, listener, config.server.limits(), shutdown_signal()).await;
@@ -250,7 +259,13 @@ async fn run_server(opts: &Options, listen: Option<SocketAddr>, addr_file: Optio
 }
 
 /// `keyward bench verify`.
-pub fn bench_verify(target: &str, key_file: &Path, concurrency: usize, connections: usize, duration: Duration) -> Result<(), AppError> {
+pub fn bench_verify(
+    target: &str,
+    key_file: &Path,
+    concurrency: usize,
+    connections: usize,
+    duration: Duration,
+) -> Result<(), AppError> {
     let key = crate::bench::read_key_file(key_file).map_err(AppError::Refused)?;
     let figures = runtime()?
         .block_on(crate::bench::verify(target, &key, concurrency, connections, duration))

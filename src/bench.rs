@@ -70,7 +70,13 @@ fn bearer(key: &str) -> Result<tonic::metadata::MetadataValue<tonic::metadata::A
 
 /// Creates one key with the admin key, then runs VerifyKey on it from `concurrency` tasks
 /// over `connections` HTTP/2 connections for `duration`.
-pub async fn verify(target: &str, admin_key: &str, concurrency: usize, connections: usize, duration: Duration) -> Result<Figures, String> {
+pub async fn verify(
+    target: &str,
+    admin_key: &str,
+    concurrency: usize,
+    connections: usize,
+    duration: Duration,
+) -> Result<Figures, String> {
     let endpoint = Channel::from_shared(format!("http://{target}")).map_err(|e| e.to_string())?;
     let mut channels = Vec::new();
     for _ in 0..connections.max(1) {
@@ -83,7 +89,8 @@ pub async fn verify(target: &str, admin_key: &str, concurrency: usize, connectio
         ..Default::default()
     });
     request.metadata_mut().insert("authorization", auth.clone());
-    let created = KeyServiceClient::new(channels[0].clone()).create_key(request).await.map_err(|e| e.to_string())?.into_inner();
+    let created =
+        KeyServiceClient::new(channels[0].clone()).create_key(request).await.map_err(|e| e.to_string())?.into_inner();
     let key = Arc::new(created.key);
 
     let deadline = Instant::now() + duration;
@@ -120,7 +127,12 @@ pub async fn verify(target: &str, admin_key: &str, concurrency: usize, connectio
 }
 
 /// Raw HMAC-SHA256 verifications through the PKCS#11 adapter from `concurrency` tasks.
-pub async fn hsm(hsm: &Pkcs11Hsm, version: MasterKeyVersion, concurrency: usize, duration: Duration) -> Result<Figures, String> {
+pub async fn hsm(
+    hsm: &Pkcs11Hsm,
+    version: MasterKeyVersion,
+    concurrency: usize,
+    duration: Duration,
+) -> Result<Figures, String> {
     let id = KeyId::new_v7();
     let secret = Secret::from_bytes([7; 32]);
     let digest = hsm.digest(version, key_digest_input(id, &secret)).await.map_err(|e| e.to_string())?;
@@ -151,7 +163,12 @@ pub async fn hsm(hsm: &Pkcs11Hsm, version: MasterKeyVersion, concurrency: usize,
 }
 
 /// Raw `C_Verify` calls on `threads` OS threads, no async hop: the HSM's own ceiling.
-pub async fn hsm_direct(hsm: &Pkcs11Hsm, version: MasterKeyVersion, threads: usize, duration: Duration) -> Result<Figures, String> {
+pub async fn hsm_direct(
+    hsm: &Pkcs11Hsm,
+    version: MasterKeyVersion,
+    threads: usize,
+    duration: Duration,
+) -> Result<Figures, String> {
     let id = KeyId::new_v7();
     let secret = Secret::from_bytes([7; 32]);
     let digest = hsm.digest(version, key_digest_input(id, &secret)).await.map_err(|e| e.to_string())?;

@@ -150,9 +150,11 @@ impl Config {
         if let Ok(pin) = std::env::var("KEYWARD_HSM_PIN") {
             return Ok(Pin::new(pin));
         }
-        let path = self.hsm.pin_file.as_ref().ok_or_else(|| {
-            ConfigError::Missing("no HSM PIN: set KEYWARD_HSM_PIN or hsm.pin_file".into())
-        })?;
+        let path = self
+            .hsm
+            .pin_file
+            .as_ref()
+            .ok_or_else(|| ConfigError::Missing("no HSM PIN: set KEYWARD_HSM_PIN or hsm.pin_file".into()))?;
         let text = zeroize::Zeroizing::new(
             std::fs::read_to_string(path)
                 .map_err(|e| ConfigError::Read { path: path.display().to_string(), reason: e.to_string() })?,
@@ -181,7 +183,8 @@ mod tests {
 
     #[test]
     fn file_values_and_environment_overlay() {
-        let mut c: Config = toml::from_str("listen = \"127.0.0.1:7\"\n[hsm]\ntoken_label = \"prod\"\nsessions = 4\n").unwrap();
+        let mut c: Config =
+            toml::from_str("listen = \"127.0.0.1:7\"\n[hsm]\ntoken_label = \"prod\"\nsessions = 4\n").unwrap();
         assert_eq!(c.listen, Some("127.0.0.1:7".parse().unwrap()));
         assert_eq!(c.hsm.sessions, 4);
         c.apply_env(|name| (name == "KEYWARD_HSM_TOKEN_LABEL").then(|| PathBuf::from("other")));

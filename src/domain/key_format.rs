@@ -190,7 +190,7 @@ mod tests {
             format!("9w_{body}"),
             format!("kw-{body}"),
             format!("kw_{}!", &body[1..]),
-            format!("sk_{body}"), // checksum binds the prefix
+            format!("sk_{body}"),                   // checksum binds the prefix
             format!("kw_{}", "z".repeat(BODY_LEN)), // overflows 416 bits
             format!("abcdefghijklmnopq_{body}"),
         ];

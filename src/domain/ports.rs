@@ -33,11 +33,7 @@ pub trait Hsm: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Digest, HsmError>> + Send;
     /// Whether `digest` is the HMAC of `input` under the digest's master key version; the
     /// comparison happens inside the HSM (`C_Verify`).
-    fn verify(
-        &self,
-        input: SensitiveBytes,
-        digest: &Digest,
-    ) -> impl Future<Output = Result<bool, HsmError>> + Send;
+    fn verify(&self, input: SensitiveBytes, digest: &Digest) -> impl Future<Output = Result<bool, HsmError>> + Send;
     /// False while the token is unreachable.
     fn is_healthy(&self) -> bool;
 }
@@ -74,11 +70,7 @@ pub trait Store: Send + Sync + 'static {
     /// Keys in id (creation) order, starting after `after`.
     fn list_keys(&self, after: Option<KeyId>, limit: usize) -> Result<Vec<KeyRecord>, StoreError>;
     /// Adds a new key with its audit event.
-    fn insert_key(
-        &self,
-        record: KeyRecord,
-        event: AuditEvent,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn insert_key(&self, record: KeyRecord, event: AuditEvent) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Reads key `id`, lets `change` decide (it must be pure: it may run more than once), and
     /// writes the result with its audit event. Returns the record as it stands after.
     fn update_key<F>(&self, id: KeyId, change: F) -> impl Future<Output = Result<KeyRecord, Error>> + Send

@@ -50,7 +50,9 @@ pub fn grants(granted: &str, required: &str) -> bool {
     }
     match granted.strip_suffix(":*") {
         // `orders:*` grants `orders:x...` but not `orders` itself.
-        Some(base) => required.len() > base.len() + 1 && required.starts_with(base) && required.as_bytes()[base.len()] == b':',
+        Some(base) => {
+            required.len() > base.len() + 1 && required.starts_with(base) && required.as_bytes()[base.len()] == b':'
+        }
         None => false,
     }
 }

@@ -183,7 +183,9 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         let scopes = validate::scopes("scopes", &new.scopes, validate::MAX_SCOPES)?;
         let expires_at = validate::expires_at(new.expires_at, now)?;
         let metadata = validate::metadata(new.metadata)?;
-        if let Some(escalation) = scopes.iter().find(|s| scope::is_permission(s) && !scope::any_grants(&caller.scopes, s)) {
+        if let Some(escalation) =
+            scopes.iter().find(|s| scope::is_permission(s) && !scope::any_grants(&caller.scopes, s))
+        {
             return Err(Error::PermissionDenied(format!(
                 "cannot grant `{escalation}`: a key may only grant keyward permissions its creator holds"
             )));
@@ -256,7 +258,13 @@ impl<H: Hsm, S: Store> Keys<H, S> {
 
     /// Verifies a presented key: parse → record → secret (HSM) → policy. A key that does not
     /// prove its secret is `Invalid`, whatever its id's state.
-    pub async fn verify(&self, caller: &Caller, key: &str, client_ip: &str, required_scopes: &[String]) -> Result<Verification> {
+    pub async fn verify(
+        &self,
+        caller: &Caller,
+        key: &str,
+        client_ip: &str,
+        required_scopes: &[String],
+    ) -> Result<Verification> {
         self.authorize(caller, Permission::Verify)?;
         validate::scopes("required_scopes", required_scopes, validate::MAX_SCOPES)?;
         validate::client_ip(client_ip)?;
@@ -293,7 +301,12 @@ fn audit(
 
 /// Sets up a new installation once the master key exists in the HSM: records the master state
 /// with its self-test digest, and creates the root key (scope `keyward:*`), returned once.
-pub async fn bootstrap<H: Hsm, S: Store>(hsm: &H, store: &S, clock: &dyn Clock, version: MasterKeyVersion) -> Result<CreatedKey> {
+pub async fn bootstrap<H: Hsm, S: Store>(
+    hsm: &H,
+    store: &S,
+    clock: &dyn Clock,
+    version: MasterKeyVersion,
+) -> Result<CreatedKey> {
     let self_test = hsm.digest(version, self_test_input()).await?;
     let now = clock.now();
     let id = KeyId::new_v7();
@@ -314,13 +327,14 @@ pub async fn bootstrap<H: Hsm, S: Store>(hsm: &H, store: &S, clock: &dyn Clock, 
         digest,
     };
     let event = audit(now, Actor::System("init".into()), AuditAction::KeyCreated, id, &RequestContext::default(), None);
-    store
-        .initialize(MasterState { current: version, self_test }, record.clone(), event)
-        .await
-        .map_err(|e| match e {
-            super::ports::StoreError::AlreadyInitialized => Error::AlreadyExists("the database is already initialized".into()),
+    store.initialize(MasterState { current: version, self_test }, record.clone(), event).await.map_err(
+        |e| match e {
+            super::ports::StoreError::AlreadyInitialized => {
+                Error::AlreadyExists("the database is already initialized".into())
+            }
             other => other.into(),
-        })?;
+        },
+    )?;
     let key = key_format::render(&record.prefix, id, &secret);
     Ok(CreatedKey { key, record })
 }

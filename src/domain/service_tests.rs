@@ -62,7 +62,8 @@ struct Fixture {
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let hsm = Arc::new(FakeHsm::new());
-    let store = Arc::new(CountingStore { inner: SledStore::open(&dir.path().join("db")).unwrap(), reads: AtomicU64::new(0) });
+    let store =
+        Arc::new(CountingStore { inner: SledStore::open(&dir.path().join("db")).unwrap(), reads: AtomicU64::new(0) });
     let clock = Arc::new(ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)));
     let root = bootstrap(&*hsm, &*store, &*clock, MasterKeyVersion(1)).await.unwrap();
     let master = store.master().unwrap().unwrap();
@@ -166,10 +167,7 @@ async fn revocation_is_audited_once_and_idempotent() {
     assert_eq!(first.revoked_at, second.revoked_at);
     let events = f.store.audit_after(0, 100).unwrap();
     let actions: Vec<_> = events.iter().map(|e| (e.seq, e.event.action)).collect();
-    assert_eq!(
-        actions,
-        vec![(1, AuditAction::KeyCreated), (2, AuditAction::KeyCreated), (3, AuditAction::KeyRevoked)]
-    );
+    assert_eq!(actions, vec![(1, AuditAction::KeyCreated), (2, AuditAction::KeyCreated), (3, AuditAction::KeyRevoked)]);
     let revoked = &events[2].event;
     assert_eq!(revoked.actor, Actor::Key(f.root.key_id));
     assert_eq!(revoked.client_addr.as_deref(), Some("127.0.0.1:5000"));
@@ -270,7 +268,10 @@ async fn an_unreachable_hsm_makes_calls_unavailable_not_invalid() {
     f.hsm.down.store(true, Ordering::SeqCst);
     let err = f.keys.verify(&f.root, svc.key.expose(), "", &[]).await.unwrap_err();
     assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
-    assert!(matches!(f.keys.create(&f.root, named("x", &[]), &RequestContext::default()).await, Err(Error::Unavailable(_))));
+    assert!(matches!(
+        f.keys.create(&f.root, named("x", &[]), &RequestContext::default()).await,
+        Err(Error::Unavailable(_))
+    ));
     assert!(!f.keys.is_healthy());
 }
 
@@ -285,7 +286,8 @@ async fn bootstrapping_twice_is_refused() {
 async fn a_self_test_against_another_master_key_fails() {
     let f = fixture().await;
     let other = Arc::new(FakeHsm::new());
-    let keys = Keys::new(other, f.store.clone(), f.clock.clone(), f.store.master().unwrap().unwrap(), KeysConfig::default());
+    let keys =
+        Keys::new(other, f.store.clone(), f.clock.clone(), f.store.master().unwrap().unwrap(), KeysConfig::default());
     assert!(matches!(keys.self_test().await, Err(Error::FailedPrecondition(_))));
 }
 
@@ -299,7 +301,10 @@ async fn bad_requests_name_their_field() {
     assert!(matches!(err, Error::InvalidArgument { field: "required_scopes", .. }));
     let mut past = named("x", &[]);
     past.expires_at = Some(f.clock.now());
-    assert!(matches!(f.keys.create(&f.root, past, &ctx).await, Err(Error::InvalidArgument { field: "expires_at", .. })));
+    assert!(matches!(
+        f.keys.create(&f.root, past, &ctx).await,
+        Err(Error::InvalidArgument { field: "expires_at", .. })
+    ));
     assert!(matches!(f.keys.get(&f.root, "123"), Err(Error::InvalidArgument { field: "key_id", .. })));
     assert!(matches!(f.keys.list(&f.root, 5000, ""), Err(Error::InvalidArgument { field: "page_size", .. })));
 }

@@ -106,7 +106,10 @@ mod tests {
 
     #[test]
     fn timestamps_outside_the_spec_range_are_refused() {
-        let req = |seconds| proto::CreateKeyRequest { expires_at: Some(Timestamp { seconds, nanos: 0 }), ..Default::default() };
+        let req = |seconds| proto::CreateKeyRequest {
+            expires_at: Some(Timestamp { seconds, nanos: 0 }),
+            ..Default::default()
+        };
         assert!(new_key(req(MAX_SECONDS + 1)).is_err());
         assert!(new_key(req(i64::MIN)).is_err());
         assert!(new_key(req(2_000_000_000)).unwrap().expires_at.is_some());

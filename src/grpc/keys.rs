@@ -25,7 +25,10 @@ impl<H, S> KeyApi<H, S> {
 
 #[tonic::async_trait]
 impl<H: Hsm, S: Store> KeyService for KeyApi<H, S> {
-    async fn create_key(&self, request: Request<proto::CreateKeyRequest>) -> Result<Response<proto::CreateKeyResponse>, Status> {
+    async fn create_key(
+        &self,
+        request: Request<proto::CreateKeyRequest>,
+    ) -> Result<Response<proto::CreateKeyResponse>, Status> {
         let (caller, ctx) = auth::caller(&self.keys, &request).await?;
         let new = convert::new_key(request.into_inner())?;
         let created = self.keys.create(&caller, new, &ctx).await?;
@@ -42,7 +45,10 @@ impl<H: Hsm, S: Store> KeyService for KeyApi<H, S> {
         Ok(Response::new(convert::key_info(&record)))
     }
 
-    async fn list_keys(&self, request: Request<proto::ListKeysRequest>) -> Result<Response<proto::ListKeysResponse>, Status> {
+    async fn list_keys(
+        &self,
+        request: Request<proto::ListKeysRequest>,
+    ) -> Result<Response<proto::ListKeysResponse>, Status> {
         let (caller, _) = auth::caller(&self.keys, &request).await?;
         let req = request.get_ref();
         let (keys, next) = self.keys.list(&caller, req.page_size, &req.page_token)?;

@@ -25,7 +25,10 @@ impl<H, S> VerifyApi<H, S> {
 
 #[tonic::async_trait]
 impl<H: Hsm, S: Store> VerifyService for VerifyApi<H, S> {
-    async fn verify_key(&self, request: Request<proto::VerifyKeyRequest>) -> Result<Response<proto::VerifyKeyResponse>, Status> {
+    async fn verify_key(
+        &self,
+        request: Request<proto::VerifyKeyRequest>,
+    ) -> Result<Response<proto::VerifyKeyResponse>, Status> {
         let (caller, _) = auth::caller(&self.keys, &request).await?;
         let req = request.into_inner();
         let verification = self.keys.verify(&caller, &req.key, &req.client_ip, &req.required_scopes).await?;

@@ -20,6 +20,12 @@ pub struct FakeHsm {
     pub down: AtomicBool,
 }
 
+impl Default for FakeHsm {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl FakeHsm {
     pub fn new() -> Self {
         let mut key = [0u8; 32];

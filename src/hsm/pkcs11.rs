@@ -305,7 +305,8 @@ impl Pkcs11Hsm {
     /// `C_Verify` on the calling thread, bypassing the async hop (benchmarks of the raw HSM).
     pub fn verify_blocking(&self, input: &SensitiveBytes, digest: &Digest) -> Result<bool, HsmError> {
         self.inner.with_session(|session, conn| {
-            match session.verify(&Mechanism::Sha256Hmac, key_handle(conn, digest.version)?, input.expose(), &digest.mac) {
+            match session.verify(&Mechanism::Sha256Hmac, key_handle(conn, digest.version)?, input.expose(), &digest.mac)
+            {
                 Ok(()) => Ok(true),
                 Err(CkError::Pkcs11(RvError::SignatureInvalid | RvError::SignatureLenRange, _)) => Ok(false),
                 Err(e) => Err(e),
@@ -347,7 +348,10 @@ impl Pkcs11Hsm {
 
 fn key_handle(conn: &Connection, version: MasterKeyVersion) -> Result<ObjectHandle, CkError> {
     // A version the token lacks is a bad argument, not a lost connection.
-    conn.keys.get(&version).copied().ok_or(CkError::Pkcs11(RvError::ArgumentsBad, cryptoki::context::Function::SignInit))
+    conn.keys
+        .get(&version)
+        .copied()
+        .ok_or(CkError::Pkcs11(RvError::ArgumentsBad, cryptoki::context::Function::SignInit))
 }
 
 impl Hsm for Pkcs11Hsm {
@@ -361,7 +365,9 @@ impl Hsm for Pkcs11Hsm {
     }
 
     async fn digest(&self, version: MasterKeyVersion, input: SensitiveBytes) -> Result<Digest, HsmError> {
-        let mac = self.run(move |session, conn| session.sign(&Mechanism::Sha256Hmac, key_handle(conn, version)?, input.expose())).await?;
+        let mac = self
+            .run(move |session, conn| session.sign(&Mechanism::Sha256Hmac, key_handle(conn, version)?, input.expose()))
+            .await?;
         let mac = <[u8; DIGEST_LEN]>::try_from(mac.as_slice())
             .map_err(|_| HsmError::Failed(format!("HMAC of unexpected length {}", mac.len())))?;
         Ok(Digest { version, mac })

@@ -76,7 +76,9 @@ impl SledStore {
         let open = |name: &str| db.open_tree(name).map_err(unavailable);
         let (keys, audit, meta) = (open("keys")?, open("audit")?, open("meta")?);
         let last_seq = match audit.last().map_err(unavailable)? {
-            Some((k, _)) => u64::from_be_bytes(k.as_ref().try_into().map_err(|_| StoreError::Corrupt("audit sequence".into()))?),
+            Some((k, _)) => {
+                u64::from_be_bytes(k.as_ref().try_into().map_err(|_| StoreError::Corrupt("audit sequence".into()))?)
+            }
             None => 0,
         };
         let flusher = Flusher::start(db.clone());
@@ -229,7 +231,9 @@ impl Store for SledStore {
             .take(limit)
             .map(|item| {
                 let (k, v) = item.map_err(unavailable)?;
-                let seq = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| StoreError::Corrupt("audit sequence".into()))?);
+                let seq = u64::from_be_bytes(
+                    k.as_ref().try_into().map_err(|_| StoreError::Corrupt("audit sequence".into()))?,
+                );
                 Ok(RecordedEvent { seq, event: codec::decode_event(&v)? })
             })
             .collect()

@@ -6,7 +6,11 @@ use tonic::Code;
 use crate::common::Instance;
 
 fn new_key(name: &str, scopes: &[&str]) -> proto::CreateKeyRequest {
-    proto::CreateKeyRequest { name: name.into(), scopes: scopes.iter().map(|s| s.to_string()).collect(), ..Default::default() }
+    proto::CreateKeyRequest {
+        name: name.into(),
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
 }
 
 #[tokio::test]
@@ -46,7 +50,11 @@ async fn a_verify_only_key_may_verify_but_not_manage_keys() {
     let response = kw
         .verifier(Some(&gateway))
         .await
-        .verify_key(proto::VerifyKeyRequest { key: app, required_scopes: vec!["orders:read".into()], ..Default::default() })
+        .verify_key(proto::VerifyKeyRequest {
+            key: app,
+            required_scopes: vec!["orders:read".into()],
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

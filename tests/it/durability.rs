@@ -31,14 +31,20 @@ async fn sigkill_right_after_acknowledgements_loses_nothing() {
                 let mut acked = Vec::new();
                 for i in 0..10 {
                     let created = admin
-                        .create_key(proto::CreateKeyRequest { name: format!("r{round}-w{w}-{i}"), ..Default::default() })
+                        .create_key(proto::CreateKeyRequest {
+                            name: format!("r{round}-w{w}-{i}"),
+                            ..Default::default()
+                        })
                         .await
                         .unwrap()
                         .into_inner();
                     let id = created.info.unwrap().key_id;
                     let revoke = i % 2 == 0;
                     if revoke {
-                        admin.revoke_key(proto::RevokeKeyRequest { key_id: id.clone(), reason: String::new() }).await.unwrap();
+                        admin
+                            .revoke_key(proto::RevokeKeyRequest { key_id: id.clone(), reason: String::new() })
+                            .await
+                            .unwrap();
                     }
                     acked.push((created.key, id, revoke));
                 }
@@ -53,7 +59,11 @@ async fn sigkill_right_after_acknowledgements_loses_nothing() {
         kw.start().await;
         let mut admin = kw.root_keys().await;
         for (key, id, revoked) in &acked {
-            let info = admin.get_key(proto::GetKeyRequest { key_id: id.clone() }).await.expect("acknowledged key survives").into_inner();
+            let info = admin
+                .get_key(proto::GetKeyRequest { key_id: id.clone() })
+                .await
+                .expect("acknowledged key survives")
+                .into_inner();
             let expected = if *revoked { KeyState::Revoked } else { KeyState::Active };
             assert_eq!(info.state(), expected, "round {round}, key {id}");
             let code = if *revoked { VerifyCode::Revoked } else { VerifyCode::Valid };

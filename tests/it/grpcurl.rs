@@ -23,7 +23,11 @@ impl Grpcurl {
             cmd.args(["-d", body]);
         }
         let out = cmd.arg(&self.addr).args(method.split(' ')).output().expect("running grpcurl");
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     fn json(&self, bearer: Option<&str>, method: &str, body: &str) -> Value {
@@ -35,7 +39,10 @@ impl Grpcurl {
     fn error_code(&self, bearer: Option<&str>, method: &str, body: &str) -> String {
         let (ok, _, err) = self.call(bearer, method, body);
         assert!(!ok, "{method} succeeded");
-        err.lines().find_map(|l| l.trim().strip_prefix("Code: ")).unwrap_or_else(|| panic!("no code in {err}")).to_owned()
+        err.lines()
+            .find_map(|l| l.trim().strip_prefix("Code: "))
+            .unwrap_or_else(|| panic!("no code in {err}"))
+            .to_owned()
     }
 }
 
@@ -48,7 +55,12 @@ async fn grpcurl_drives_every_call_through_reflection() {
 
     let (ok, services, err) = g.call(None, "list", "");
     assert!(ok, "{err}");
-    for service in ["keyward.v1.KeyService", "keyward.v1.VerifyService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"] {
+    for service in [
+        "keyward.v1.KeyService",
+        "keyward.v1.VerifyService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+    ] {
         assert!(services.contains(service), "{service} missing from:\n{services}");
     }
     assert_eq!(g.json(None, "grpc.health.v1.Health/Check", "")["status"], "SERVING");
@@ -73,7 +85,8 @@ async fn grpcurl_drives_every_call_through_reflection() {
     assert_eq!(verify(&key, "[]")["code"], "VERIFY_CODE_REVOKED");
 
     let soon = humantime::format_rfc3339_seconds(std::time::SystemTime::now() + std::time::Duration::from_secs(2));
-    let expiring = g.json(root, "keyward.v1.KeyService/CreateKey", &format!(r#"{{"name":"brief","expiresAt":"{soon}"}}"#));
+    let expiring =
+        g.json(root, "keyward.v1.KeyService/CreateKey", &format!(r#"{{"name":"brief","expiresAt":"{soon}"}}"#));
     let expiring_key = expiring["key"].as_str().unwrap().to_owned();
     std::thread::sleep(std::time::Duration::from_millis(2200));
     assert_eq!(verify(&expiring_key, "[]")["code"], "VERIFY_CODE_EXPIRED");
@@ -83,7 +96,12 @@ async fn grpcurl_drives_every_call_through_reflection() {
     let verifier = g.json(root, "keyward.v1.KeyService/CreateKey", r#"{"name":"gw","scopes":["keyward:verify"]}"#);
     let verifier = verifier["key"].as_str().unwrap().to_owned();
     assert_eq!(g.error_code(Some(&verifier), "keyward.v1.KeyService/CreateKey", r#"{"name":"x"}"#), "PermissionDenied");
-    for bad in [r#"{"name":""}"#, r#"{"name":"x","prefix":"NO"}"#, r#"{"name":"x","scopes":[":"]}"#, r#"{"name":"x","expiresAt":"2001-01-01T00:00:00Z"}"#] {
+    for bad in [
+        r#"{"name":""}"#,
+        r#"{"name":"x","prefix":"NO"}"#,
+        r#"{"name":"x","scopes":[":"]}"#,
+        r#"{"name":"x","expiresAt":"2001-01-01T00:00:00Z"}"#,
+    ] {
         assert_eq!(g.error_code(root, "keyward.v1.KeyService/CreateKey", bad), "InvalidArgument", "{bad}");
     }
     assert_eq!(g.error_code(root, "keyward.v1.KeyService/GetKey", r#"{"keyId":"x"}"#), "InvalidArgument");

@@ -41,14 +41,21 @@ async fn no_secret_reaches_logs_database_files_or_errors() {
     let mut admin = kw.root_keys().await;
     for i in 0..3 {
         let created = admin
-            .create_key(proto::CreateKeyRequest { name: format!("svc-{i}"), scopes: vec!["a:b".into()], ..Default::default() })
+            .create_key(proto::CreateKeyRequest {
+                name: format!("svc-{i}"),
+                scopes: vec!["a:b".into()],
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();
         kw.verify(&created.key, &["a:b"]).await;
         kw.verify(&created.key, &["c:d"]).await;
         if i == 0 {
-            admin.revoke_key(proto::RevokeKeyRequest { key_id: created.info.unwrap().key_id, reason: "x".into() }).await.unwrap();
+            admin
+                .revoke_key(proto::RevokeKeyRequest { key_id: created.info.unwrap().key_id, reason: "x".into() })
+                .await
+                .unwrap();
             kw.verify(&created.key, &[]).await;
         }
         // Error paths with the key in hand: as a bad bearer, as a malformed verify request.
@@ -75,13 +82,23 @@ async fn no_secret_reaches_logs_database_files_or_errors() {
         let body = &key[key.find('_').unwrap() + 1..];
         let secret = parsed.secret.expose();
         let digest = store.get_key(parsed.key_id).unwrap().unwrap().digest.mac;
-        for text in [key.as_str(), body, &hex(secret), &hex(&digest), &format!("{:?}", &secret[..4]), &format!("{:?}", &digest[..4])] {
+        for text in [
+            key.as_str(),
+            body,
+            &hex(secret),
+            &hex(&digest),
+            &format!("{:?}", &secret[..4]),
+            &format!("{:?}", &digest[..4]),
+        ] {
             assert!(!logs.contains(text), "secret material in the logs: {}…", &text[..6]);
             for e in &errors {
                 assert!(!e.message().contains(text), "secret material in an error: {e:?}");
             }
         }
-        assert!(!contains(&db_bytes, key.as_bytes()) && !contains(&db_bytes, body.as_bytes()), "a key string in the database");
+        assert!(
+            !contains(&db_bytes, key.as_bytes()) && !contains(&db_bytes, body.as_bytes()),
+            "a key string in the database"
+        );
         assert!(!contains(&db_bytes, secret), "a raw secret in the database");
         assert!(contains(&db_bytes, &digest), "the database holds the HSM digest (sanity check of this search)");
     }

@@ -41,7 +41,8 @@ async fn a_missing_master_key_is_refused() {
 #[tokio::test]
 async fn a_duplicated_master_key_is_refused() {
     let kw = Instance::init();
-    let out = pkcs11_tool(&kw, &["--keygen", "--key-type", "GENERIC:32", "--label", "keyward-master-v1", "--sensitive"]);
+    let out =
+        pkcs11_tool(&kw, &["--keygen", "--key-type", "GENERIC:32", "--label", "keyward-master-v1", "--sensitive"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_refused(&kw, true, &[], "master key v1 exists 2 times");
 }

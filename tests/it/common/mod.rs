@@ -12,9 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use keyward::proto::{
-    self, key_service_client::KeyServiceClient, verify_service_client::VerifyServiceClient,
-};
+use keyward::proto::{self, key_service_client::KeyServiceClient, verify_service_client::VerifyServiceClient};
 use tonic::{
     Request, Status,
     metadata::{Ascii, MetadataValue},
