@@ -222,11 +222,11 @@ async fn run_server(opts: &Options, listen: Option<SocketAddr>, addr_file: Optio
             opts.data_dir.display()
         )));
     }
-    let hsm = Pkcs11Hsm::open(pkcs11_config(&config)?)?;
     let db = opts.db_path();
     if !db.exists() {
         return Err(AppError::Refused(format!("no database at {}: run `keyward init` first", db.display())));
     }
+    let hsm = Pkcs11Hsm::open(pkcs11_config(&config)?)?;
     let store = SledStore::open(&db)?;
     let master = store.master()?.ok_or_else(|| {
         AppError::Refused("the database has no master key record: was `keyward init` interrupted?".into())

@@ -34,7 +34,8 @@ enum BenchCommand {
         /// Server address.
         #[arg(long, default_value = "127.0.0.1:50051")]
         target: String,
-        /// File whose first line is a key with `keyward:*` (e.g. DATA_DIR/root.key).
+        /// File whose first line is a key holding `keyward:keys:create` and `keyward:verify` (e.g.
+        /// DATA_DIR/root.key).
         #[arg(long)]
         key_file: PathBuf,
         /// Calls in flight at once.

