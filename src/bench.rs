@@ -64,6 +64,40 @@ impl Figures {
     }
 }
 
+/// One worker's latencies (µs) of successful calls, and its failed calls.
+#[derive(Default)]
+struct Samples {
+    latencies_us: Vec<u32>,
+    errors: usize,
+}
+
+impl Samples {
+    fn record(&mut self, started: Instant, ok: bool) {
+        if ok {
+            self.latencies_us.push(started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+        } else {
+            self.errors += 1;
+        }
+    }
+}
+
+fn merge(parts: impl IntoIterator<Item = Samples>, elapsed: Duration) -> Figures {
+    let (mut all, mut errors) = (Vec::new(), 0);
+    for part in parts {
+        all.extend(part.latencies_us);
+        errors += part.errors;
+    }
+    Figures::new(all, errors, elapsed)
+}
+
+async fn join_all(tasks: Vec<tokio::task::JoinHandle<Samples>>, start: Instant) -> Result<Figures, String> {
+    let mut parts = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        parts.push(t.await.map_err(|e| e.to_string())?);
+    }
+    Ok(merge(parts, start.elapsed()))
+}
+
 fn bearer(key: &str) -> Result<tonic::metadata::MetadataValue<tonic::metadata::Ascii>, String> {
     format!("Bearer {key}").parse().map_err(|_| "the admin key is not ASCII".to_string())
 }
@@ -100,7 +134,7 @@ pub async fn verify(
         let mut client = VerifyServiceClient::new(channels[i % channels.len()].clone());
         let (key, auth) = (key.clone(), auth.clone());
         tasks.push(tokio::spawn(async move {
-            let (mut latencies, mut errors) = (Vec::new(), 0usize);
+            let mut samples = Samples::default();
             while Instant::now() < deadline {
                 let mut request = tonic::Request::new(proto::VerifyKeyRequest {
                     key: key.to_string(),
@@ -109,21 +143,13 @@ pub async fn verify(
                 });
                 request.metadata_mut().insert("authorization", auth.clone());
                 let t = Instant::now();
-                match client.verify_key(request).await {
-                    Ok(r) if r.get_ref().valid => latencies.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32),
-                    _ => errors += 1,
-                }
+                let ok = matches!(client.verify_key(request).await, Ok(r) if r.get_ref().valid);
+                samples.record(t, ok);
             }
-            (latencies, errors)
+            samples
         }));
     }
-    let (mut all, mut errors) = (Vec::new(), 0);
-    for t in tasks {
-        let (l, e) = t.await.map_err(|e| e.to_string())?;
-        all.extend(l);
-        errors += e;
-    }
-    Ok(Figures::new(all, errors, start.elapsed()))
+    join_all(tasks, start).await
 }
 
 /// Raw HMAC-SHA256 verifications through the PKCS#11 adapter from `concurrency` tasks.
@@ -142,24 +168,16 @@ pub async fn hsm(
     for _ in 0..concurrency.max(1) {
         let (hsm, digest, secret) = (hsm.clone(), digest.clone(), secret.clone());
         tasks.push(tokio::spawn(async move {
-            let (mut latencies, mut errors) = (Vec::new(), 0usize);
+            let mut samples = Samples::default();
             while Instant::now() < deadline {
                 let t = Instant::now();
-                match hsm.verify(key_digest_input(id, &secret), &digest).await {
-                    Ok(true) => latencies.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32),
-                    _ => errors += 1,
-                }
+                let ok = matches!(hsm.verify(key_digest_input(id, &secret), &digest).await, Ok(true));
+                samples.record(t, ok);
             }
-            (latencies, errors)
+            samples
         }));
     }
-    let (mut all, mut errors) = (Vec::new(), 0);
-    for t in tasks {
-        let (l, e) = t.await.map_err(|e| e.to_string())?;
-        all.extend(l);
-        errors += e;
-    }
-    Ok(Figures::new(all, errors, start.elapsed()))
+    join_all(tasks, start).await
 }
 
 /// Raw `C_Verify` calls on `threads` OS threads, no async hop: the HSM's own ceiling.
@@ -178,29 +196,45 @@ pub async fn hsm_direct(
         .map(|_| {
             let (hsm, digest, input) = (hsm.clone(), digest.clone(), key_digest_input(id, &secret));
             std::thread::spawn(move || {
-                let (mut latencies, mut errors) = (Vec::new(), 0usize);
+                let mut samples = Samples::default();
                 while Instant::now() < deadline {
                     let t = Instant::now();
-                    match hsm.verify_blocking(&input, &digest) {
-                        Ok(true) => latencies.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32),
-                        _ => errors += 1,
-                    }
+                    samples.record(t, matches!(hsm.verify_blocking(&input, &digest), Ok(true)));
                 }
-                (latencies, errors)
+                samples
             })
         })
         .collect();
-    let (mut all, mut errors) = (Vec::new(), 0);
+    let mut parts = Vec::with_capacity(handles.len());
     for h in handles {
-        let (l, e) = h.join().map_err(|_| "a bench thread panicked".to_string())?;
-        all.extend(l);
-        errors += e;
+        parts.push(h.join().map_err(|_| "a bench thread panicked".to_string())?);
     }
-    Ok(Figures::new(all, errors, start.elapsed()))
+    Ok(merge(parts, start.elapsed()))
 }
 
 /// Reads a key file's first line.
 pub fn read_key_file(path: &Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
     Ok(text.lines().next().unwrap_or_default().trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_and_rates_come_from_the_recorded_latencies() {
+        let parts = [
+            Samples { latencies_us: (51..=100).rev().map(|ms| ms * 1000).collect(), errors: 1 },
+            Samples { latencies_us: (1..=50).map(|ms| ms * 1000).collect(), errors: 2 },
+        ];
+        let f = merge(parts, Duration::from_secs(4));
+        assert_eq!((f.calls, f.errors), (100, 3));
+        assert_eq!(f.per_second(), 25.0);
+        assert_eq!(f.quantile_ms(0.0), 1.0);
+        assert_eq!(f.quantile_ms(0.5), 51.0);
+        assert_eq!(f.quantile_ms(0.99), 99.0);
+        assert_eq!(f.quantile_ms(1.0), 100.0);
+        assert!(merge([], Duration::from_secs(1)).quantile_ms(0.5).is_nan());
+    }
 }

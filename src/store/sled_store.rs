@@ -57,6 +57,15 @@ impl From<TransactionError<Abort>> for Abort {
     }
 }
 
+impl From<Abort> for StoreError {
+    fn from(a: Abort) -> Self {
+        match a {
+            Abort::Store(e) => e,
+            Abort::Domain(e) => StoreError::Unavailable(e.to_string()),
+        }
+    }
+}
+
 impl From<Abort> for Error {
     fn from(a: Abort) -> Self {
         match a {
@@ -170,10 +179,7 @@ impl Store for SledStore {
             t.append_audit(seq, &event)
         })
         .await
-        .map_err(|a| match a {
-            Abort::Store(e) => e,
-            Abort::Domain(e) => StoreError::Unavailable(e.to_string()),
-        })
+        .map_err(StoreError::from)
     }
 
     async fn update_key<F>(&self, id: KeyId, change: F) -> Result<KeyRecord, Error>
@@ -217,10 +223,7 @@ impl Store for SledStore {
             t.append_audit(seq, &event)
         })
         .await
-        .map_err(|a| match a {
-            Abort::Store(e) => e,
-            Abort::Domain(e) => StoreError::Unavailable(e.to_string()),
-        })
+        .map_err(StoreError::from)
     }
 
     fn audit_after(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
