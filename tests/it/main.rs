@@ -8,5 +8,6 @@ mod auth;
 mod durability;
 mod grpcurl;
 mod hsm_token;
+mod reflection;
 mod secrets;
 mod startup;
