@@ -12,9 +12,9 @@ use tonic::transport::Channel;
 
 use crate::{
     domain::{
-        key::{KeyId, MasterKeyVersion},
+        key::{Digest, KeyId, MasterKeyVersion},
         ports::Hsm,
-        secret::Secret,
+        secret::{Secret, SensitiveBytes},
         service::key_digest_input,
     },
     hsm::Pkcs11Hsm,
@@ -152,6 +152,25 @@ pub async fn verify(
     join_all(tasks, start).await
 }
 
+/// A fixed key id and secret with their digest under `version`: what the HSM runs verify on.
+struct Probe {
+    id: KeyId,
+    secret: Secret,
+    digest: Digest,
+}
+
+impl Probe {
+    async fn new(hsm: &Pkcs11Hsm, version: MasterKeyVersion) -> Result<Self, String> {
+        let (id, secret) = (KeyId::new_v7(), Secret::from_bytes([7; 32]));
+        let digest = hsm.digest(version, key_digest_input(id, &secret)).await.map_err(|e| e.to_string())?;
+        Ok(Self { id, secret, digest })
+    }
+
+    fn input(&self) -> SensitiveBytes {
+        key_digest_input(self.id, &self.secret)
+    }
+}
+
 /// Raw HMAC-SHA256 verifications through the PKCS#11 adapter from `concurrency` tasks.
 pub async fn hsm(
     hsm: &Pkcs11Hsm,
@@ -159,19 +178,16 @@ pub async fn hsm(
     concurrency: usize,
     duration: Duration,
 ) -> Result<Figures, String> {
-    let id = KeyId::new_v7();
-    let secret = Secret::from_bytes([7; 32]);
-    let digest = hsm.digest(version, key_digest_input(id, &secret)).await.map_err(|e| e.to_string())?;
-    let deadline = Instant::now() + duration;
-    let start = Instant::now();
+    let probe = Arc::new(Probe::new(hsm, version).await?);
+    let (start, deadline) = (Instant::now(), Instant::now() + duration);
     let mut tasks = Vec::new();
     for _ in 0..concurrency.max(1) {
-        let (hsm, digest, secret) = (hsm.clone(), digest.clone(), secret.clone());
+        let (hsm, probe) = (hsm.clone(), probe.clone());
         tasks.push(tokio::spawn(async move {
             let mut samples = Samples::default();
             while Instant::now() < deadline {
                 let t = Instant::now();
-                let ok = matches!(hsm.verify(key_digest_input(id, &secret), &digest).await, Ok(true));
+                let ok = matches!(hsm.verify(probe.input(), &probe.digest).await, Ok(true));
                 samples.record(t, ok);
             }
             samples
@@ -187,19 +203,16 @@ pub async fn hsm_direct(
     threads: usize,
     duration: Duration,
 ) -> Result<Figures, String> {
-    let id = KeyId::new_v7();
-    let secret = Secret::from_bytes([7; 32]);
-    let digest = hsm.digest(version, key_digest_input(id, &secret)).await.map_err(|e| e.to_string())?;
-    let deadline = Instant::now() + duration;
-    let start = Instant::now();
+    let probe = Arc::new(Probe::new(hsm, version).await?);
+    let (start, deadline) = (Instant::now(), Instant::now() + duration);
     let handles: Vec<_> = (0..threads.max(1))
         .map(|_| {
-            let (hsm, digest, input) = (hsm.clone(), digest.clone(), key_digest_input(id, &secret));
+            let (hsm, probe) = (hsm.clone(), probe.clone());
             std::thread::spawn(move || {
                 let mut samples = Samples::default();
                 while Instant::now() < deadline {
                     let t = Instant::now();
-                    samples.record(t, matches!(hsm.verify_blocking(&input, &digest), Ok(true)));
+                    samples.record(t, matches!(hsm.verify_blocking(&probe.input(), &probe.digest), Ok(true)));
                 }
                 samples
             })
