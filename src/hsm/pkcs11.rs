@@ -8,7 +8,7 @@ use std::{
     path::PathBuf,
     sync::{
         Arc, Mutex, RwLock,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
@@ -90,7 +90,6 @@ struct Inner {
     conn: RwLock<Option<Connection>>,
     healthy: AtomicBool,
     reconnecting: AtomicBool,
-    operations: AtomicU64,
 }
 
 /// A call waiting for a worker.
@@ -191,7 +190,6 @@ impl Inner {
                 Err(e) => return Err(self.fail(guard, &e)),
             },
         };
-        self.operations.fetch_add(1, Ordering::Relaxed);
         match op(&session, conn) {
             Ok(value) => {
                 conn.idle.lock().unwrap_or_else(|e| e.into_inner()).push(session);
@@ -272,7 +270,6 @@ impl Pkcs11Hsm {
             conn: RwLock::new(None),
             healthy: AtomicBool::new(false),
             reconnecting: AtomicBool::new(false),
-            operations: AtomicU64::new(0),
         });
         let conn = inner.connect()?;
         *inner.conn.write().unwrap_or_else(|e| e.into_inner()) = Some(conn);
@@ -312,11 +309,6 @@ impl Pkcs11Hsm {
                 Err(e) => Err(e),
             }
         })
-    }
-
-    /// HSM operations performed so far (for tests and metrics).
-    pub fn operations(&self) -> u64 {
-        self.inner.operations.load(Ordering::Relaxed)
     }
 
     /// Closes every session and finalizes the module.
