@@ -14,7 +14,7 @@ use std::{
 use crate::{
     config::{self, Config, ConfigError, DEV_TOKEN_LABEL},
     domain::{
-        clock::SystemClock,
+        clock::{Clock, SystemClock},
         error::Error as DomainError,
         key::MasterKeyVersion,
         ports::{Store, StoreError},
@@ -235,10 +235,14 @@ async fn run_server(opts: &Options, listen: Option<SocketAddr>, addr_file: Optio
     let keys_config = KeysConfig {
         auth_cache_capacity: config.server.auth_cache_capacity,
         auth_cache_ttl: Duration::from_millis(config.server.auth_cache_ttl_ms),
+        rate_limiter_capacity: config.policy.rate_limiter_capacity,
+        quota_max_lease: config.policy.quota_max_lease,
     };
-    let keys =
-        Arc::new(Keys::new(Arc::new(hsm.clone()), Arc::new(store.clone()), Arc::new(SystemClock), master, keys_config));
+    let clock = clock(opts)?;
+    let keys = Arc::new(Keys::new(Arc::new(hsm.clone()), Arc::new(store.clone()), clock, master, keys_config));
     keys.self_test().await?;
+    let usage_flush =
+        tokio::spawn(flush_usage_every(keys.clone(), Duration::from_millis(config.policy.usage_flush_ms)));
 
     let listen = listen.or(config.listen).unwrap_or_else(|| config::DEFAULT_LISTEN.parse().expect("a valid default"));
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(io(format!("listening on {listen}")))?;
@@ -250,12 +254,54 @@ async fn run_server(opts: &Options, listen: Option<SocketAddr>, addr_file: Optio
             .map_err(io(format!("writing {}", path.display())))?;
     }
     tracing::info!(address = %local, "keyward serving");
-    let served = grpc::serve(keys, listener, config.server.limits(), shutdown_signal()).await;
+    let served = grpc::serve(keys.clone(), listener, config.server.limits(), shutdown_signal()).await;
+    usage_flush.abort();
+    if let Err(e) = keys.shutdown().await {
+        tracing::error!(error = %e, "returning quota leases and writing usage at shutdown failed");
+    }
     store.close();
     hsm.close();
     served.map_err(|e| AppError::Refused(format!("server error: {e}")))?;
     tracing::info!("keyward stopped");
     Ok(())
+}
+
+/// The clock: the system's, or in `--dev` only, the system's moved by the whole seconds held in
+/// the file `KEYWARD_DEV_CLOCK_OFFSET_FILE` names (read on each use), so tests can move time on
+/// a running server.
+fn clock(opts: &Options) -> Result<Arc<dyn Clock>, AppError> {
+    match std::env::var_os(DEV_CLOCK_ENV) {
+        None => Ok(Arc::new(SystemClock)),
+        Some(_) if !opts.dev => Err(AppError::Refused(format!("{DEV_CLOCK_ENV} is honoured only with --dev"))),
+        Some(path) => {
+            tracing::warn!("development clock: time is moved by the offset in {}", Path::new(&path).display());
+            Ok(Arc::new(OffsetFileClock(PathBuf::from(path))))
+        }
+    }
+}
+
+const DEV_CLOCK_ENV: &str = "KEYWARD_DEV_CLOCK_OFFSET_FILE";
+
+struct OffsetFileClock(PathBuf);
+
+impl Clock for OffsetFileClock {
+    fn now(&self) -> std::time::SystemTime {
+        let offset: i64 = fs::read_to_string(&self.0).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+        let now = std::time::SystemTime::now();
+        let shift = Duration::from_secs(offset.unsigned_abs());
+        if offset >= 0 { now + shift } else { now - shift }
+    }
+}
+
+async fn flush_usage_every(keys: Arc<Keys<Pkcs11Hsm, SledStore>>, every: Duration) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = keys.flush_usage().await {
+            tracing::warn!(error = %e, "writing usage facts failed; this batch is dropped");
+        }
+    }
 }
 
 /// `keyward bench verify`.

@@ -41,6 +41,25 @@ pub struct Config {
     pub listen: Option<SocketAddr>,
     pub hsm: HsmSection,
     pub server: ServerSection,
+    pub policy: PolicySection,
+}
+
+/// Where the per-key policies keep their state.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicySection {
+    /// Keys whose rate-limit state is held in memory at once (least recently used are dropped).
+    pub rate_limiter_capacity: usize,
+    /// Most quota uses leased into memory at once per key: the most a crash can lose per key.
+    pub quota_max_lease: u64,
+    /// How often usage facts (last use, counts) are written: the most a crash can lose.
+    pub usage_flush_ms: u64,
+}
+
+impl Default for PolicySection {
+    fn default() -> Self {
+        Self { rate_limiter_capacity: 100_000, quota_max_lease: 100, usage_flush_ms: 1000 }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

@@ -28,6 +28,9 @@ impl fmt::Display for Actor {
 pub enum AuditAction {
     KeyCreated,
     KeyRevoked,
+    KeyUpdated,
+    KeyDisabled,
+    KeyEnabled,
 }
 
 impl AuditAction {
@@ -35,12 +38,25 @@ impl AuditAction {
         match self {
             AuditAction::KeyCreated => "key.created",
             AuditAction::KeyRevoked => "key.revoked",
+            AuditAction::KeyUpdated => "key.updated",
+            AuditAction::KeyDisabled => "key.disabled",
+            AuditAction::KeyEnabled => "key.enabled",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [AuditAction::KeyCreated, AuditAction::KeyRevoked].into_iter().find(|a| a.as_str() == s)
+        use AuditAction::*;
+        [KeyCreated, KeyRevoked, KeyUpdated, KeyDisabled, KeyEnabled].into_iter().find(|a| a.as_str() == s)
     }
+}
+
+/// One field an update changed, each value in a readable text form (never a secret: a key's
+/// digest is not a field an update can touch).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldChange {
+    pub field: String,
+    pub before: String,
+    pub after: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,6 +69,8 @@ pub struct AuditEvent {
     pub client_addr: Option<String>,
     /// Free text from the request (a revocation reason, say).
     pub reason: Option<String>,
+    /// For an update: each changed field, before and after.
+    pub changes: Vec<FieldChange>,
 }
 
 /// An audit event as stored, with its place in the trail.

@@ -1,7 +1,14 @@
 //! A key's stored record and the small types that name its parts.
 
-use std::{collections::BTreeMap, fmt, str::FromStr, time::SystemTime};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::IpAddr,
+    str::FromStr,
+    time::{Duration, SystemTime},
+};
 
+use ipnet::IpNet;
 use uuid::Uuid;
 
 /// A key's public identifier: a UUIDv7, so ids sort by creation time.
@@ -73,7 +80,55 @@ impl fmt::Debug for Digest {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeyState {
     Active,
+    /// Paused; `EnableKey` makes it active again.
+    Disabled,
+    /// For good.
     Revoked,
+}
+
+/// At most `limit` verifications per `window` (GCRA: a burst of `limit`, then one per window/limit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    pub limit: u32,
+    pub window: Duration,
+}
+
+impl fmt::Display for RateLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} per {:?}", self.limit, self.window)
+    }
+}
+
+/// Every `interval` after the last refill, `remaining` is set to `amount`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refill {
+    pub amount: u64,
+    pub interval: Duration,
+}
+
+impl fmt::Display for Refill {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} every {:?}", self.amount, self.interval)
+    }
+}
+
+/// A key's uses left, as stored. Verifications spend from leases taken out of `remaining` (see
+/// `quota`), so the true count is `remaining` plus what this node holds leased.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quota {
+    pub remaining: u64,
+    pub refill: Option<Refill>,
+    /// When `remaining` was last refilled or set; the next refill is one interval later.
+    pub refilled_at: SystemTime,
+}
+
+/// How a key has been used. Counted in memory and written in batches.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub last_used_at: Option<SystemTime>,
+    pub last_used_ip: Option<IpAddr>,
+    pub valid_count: u64,
+    pub rejected_count: u64,
 }
 
 /// Everything keyward keeps about a key. The secret is not here: only its digest.
@@ -92,6 +147,45 @@ pub struct KeyRecord {
     /// The key that created this one; `None` for the root key made by `keyward init`.
     pub created_by: Option<KeyId>,
     pub digest: Digest,
+    /// Networks the key may be used from; empty means anywhere.
+    pub allowed_cidrs: Vec<IpNet>,
+    pub not_before: Option<SystemTime>,
+    pub rate_limit: Option<RateLimit>,
+    /// `None`: unlimited uses.
+    pub quota: Option<Quota>,
+    pub disabled_at: Option<SystemTime>,
+    pub disable_reason: Option<String>,
+    /// The last admin change (update, disable, enable, revoke).
+    pub updated_at: Option<SystemTime>,
+    pub usage: Usage,
+}
+
+impl KeyRecord {
+    /// A new active key with no policies beyond its scopes.
+    pub fn new(id: KeyId, name: String, prefix: String, scopes: Vec<String>, now: SystemTime, digest: Digest) -> Self {
+        Self {
+            id,
+            name,
+            prefix,
+            scopes,
+            state: KeyState::Active,
+            created_at: now,
+            expires_at: None,
+            revoked_at: None,
+            revoke_reason: None,
+            metadata: BTreeMap::new(),
+            created_by: None,
+            digest,
+            allowed_cidrs: Vec::new(),
+            not_before: None,
+            rate_limit: None,
+            quota: None,
+            disabled_at: None,
+            disable_reason: None,
+            updated_at: None,
+            usage: Usage::default(),
+        }
+    }
 }
 
 #[cfg(test)]

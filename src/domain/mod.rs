@@ -6,11 +6,17 @@ pub mod clock;
 pub mod error;
 pub mod key;
 pub mod key_format;
+pub mod listing;
 pub mod policy;
 pub mod ports;
+pub mod quota;
 pub mod scope;
 pub mod secret;
 pub mod service;
+pub mod update;
+pub mod usage;
 pub mod validate;
+pub mod verify;
 
 mod auth_cache;
+mod ratelimit;

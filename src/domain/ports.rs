@@ -8,6 +8,7 @@ use super::{
     error::Error,
     key::{Digest, KeyId, KeyRecord, MasterKeyVersion},
     secret::{Secret, SensitiveBytes},
+    usage::UsageDelta,
 };
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -60,22 +61,32 @@ pub struct MasterState {
 }
 
 /// A change to a key, decided by the domain from the current record: the new record and the
-/// audit event that describes it, or `None` when nothing needs to change.
-pub type KeyChange = Result<Option<(KeyRecord, AuditEvent)>, Error>;
+/// audit event that describes it (`None` for bookkeeping such as quota leases), or `None` when
+/// nothing needs to change.
+pub type KeyChange = Result<Option<(KeyRecord, Option<AuditEvent>)>, Error>;
+
+/// A key as it was read in an update's transaction, and as it stands after.
+#[derive(Clone, Debug)]
+pub struct Updated {
+    pub before: KeyRecord,
+    pub after: KeyRecord,
+}
 
 /// Key records and the audit trail. Every write is durable before its future resolves, and a
 /// record change and its audit event are written atomically.
 pub trait Store: Send + Sync + 'static {
     fn get_key(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError>;
     /// Keys in id (creation) order, starting after `after`.
-    fn list_keys(&self, after: Option<KeyId>, limit: usize) -> Result<Vec<KeyRecord>, StoreError>;
+    fn scan_keys(&self, after: Option<KeyId>) -> impl Iterator<Item = Result<KeyRecord, StoreError>> + '_;
     /// Adds a new key with its audit event.
     fn insert_key(&self, record: KeyRecord, event: AuditEvent) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Reads key `id`, lets `change` decide (it must be pure: it may run more than once), and
-    /// writes the result with its audit event. Returns the record as it stands after.
-    fn update_key<F>(&self, id: KeyId, change: F) -> impl Future<Output = Result<KeyRecord, Error>> + Send
+    /// writes the result with its audit event. `NotFound` if there is no such key.
+    fn update_key<F>(&self, id: KeyId, change: F) -> impl Future<Output = Result<Updated, Error>> + Send
     where
         F: Fn(&KeyRecord) -> KeyChange + Send + 'static;
+    /// Adds gathered usage to the keys' records (keys since deleted are skipped), durably.
+    fn record_usage(&self, batch: Vec<(KeyId, UsageDelta)>) -> impl Future<Output = Result<(), StoreError>> + Send;
     fn master(&self) -> Result<Option<MasterState>, StoreError>;
     /// Records the master key state and the root key, once: a second call fails.
     fn initialize(

@@ -1,5 +1,6 @@
-//! The use cases: authenticate callers, create, read, list, revoke and verify keys, and set up
-//! a new installation. Works through the `Hsm` and `Store` ports only.
+//! The admin use cases: authenticate callers, create, read, list, update, disable, enable and
+//! revoke keys, and set up a new installation. Verification is in `verify`. Works through the
+//! `Hsm` and `Store` ports only.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration, time::SystemTime};
 
@@ -8,12 +9,17 @@ use super::{
     auth_cache::AuthCache,
     clock::Clock,
     error::{Error, Result},
-    key::{Digest, KeyId, KeyRecord, KeyState, MasterKeyVersion},
+    key::{Digest, KeyId, KeyRecord, KeyState, MasterKeyVersion, Quota, RateLimit, Refill},
     key_format::{self, ParsedKey},
+    listing::{self, ListFilter},
     policy::{self, VerifyCode},
     ports::{Hsm, MasterState, Store},
+    quota::{self, Accounts},
+    ratelimit::RateLimits,
     scope,
     secret::{KeyString, Secret, SensitiveBytes},
+    update::{self, KeyPatch},
+    usage::UsageBuffer,
     validate,
 };
 
@@ -43,6 +49,7 @@ pub enum Permission {
     Verify,
     KeysCreate,
     KeysRead,
+    KeysUpdate,
     KeysRevoke,
 }
 
@@ -52,6 +59,7 @@ impl Permission {
             Permission::Verify => "keyward:verify",
             Permission::KeysCreate => "keyward:keys:create",
             Permission::KeysRead => "keyward:keys:read",
+            Permission::KeysUpdate => "keyward:keys:update",
             Permission::KeysRevoke => "keyward:keys:revoke",
         }
     }
@@ -67,7 +75,8 @@ pub struct Caller {
 /// Facts about the request that go into the audit trail.
 #[derive(Clone, Debug, Default)]
 pub struct RequestContext {
-    pub client_addr: Option<String>,
+    /// The peer's socket address.
+    pub client_addr: Option<std::net::SocketAddr>,
 }
 
 /// A request to create a key, before validation.
@@ -78,6 +87,11 @@ pub struct NewKey {
     pub scopes: Vec<String>,
     pub expires_at: Option<SystemTime>,
     pub metadata: BTreeMap<String, String>,
+    pub allowed_cidrs: Vec<String>,
+    pub not_before: Option<SystemTime>,
+    pub rate_limit: Option<RateLimit>,
+    pub remaining: Option<u64>,
+    pub refill: Option<Refill>,
 }
 
 #[derive(Debug)]
@@ -87,34 +101,40 @@ pub struct CreatedKey {
     pub record: KeyRecord,
 }
 
-#[derive(Debug)]
-pub struct Verification {
-    pub code: VerifyCode,
-    /// Set whenever the secret verified (every code but `Invalid`).
-    pub record: Option<KeyRecord>,
-}
-
 /// Tunables of the use cases.
 #[derive(Clone, Debug)]
 pub struct KeysConfig {
     pub auth_cache_capacity: usize,
     pub auth_cache_ttl: Duration,
+    /// Keys whose rate-limit state is kept in memory at once.
+    pub rate_limiter_capacity: usize,
+    /// The most quota uses leased at a time per key: the most a crash can lose per key.
+    pub quota_max_lease: u64,
 }
 
 impl Default for KeysConfig {
     fn default() -> Self {
-        Self { auth_cache_capacity: 10_000, auth_cache_ttl: Duration::from_secs(300) }
+        Self {
+            auth_cache_capacity: 10_000,
+            auth_cache_ttl: Duration::from_secs(300),
+            rate_limiter_capacity: 100_000,
+            quota_max_lease: quota::DEFAULT_MAX_LEASE,
+        }
     }
 }
 
 pub struct Keys<H, S> {
-    hsm: Arc<H>,
-    store: Arc<S>,
-    clock: Arc<dyn Clock>,
+    pub(super) hsm: Arc<H>,
+    pub(super) store: Arc<S>,
+    pub(super) clock: Arc<dyn Clock>,
     master: MasterState,
     auth_cache: AuthCache,
     /// Verified against for unknown key ids, so that they cost what a wrong secret costs.
-    decoy: Digest,
+    pub(super) decoy: Digest,
+    pub(super) rate_limits: RateLimits,
+    pub(super) accounts: Accounts,
+    pub(super) usage: UsageBuffer,
+    pub(super) config: KeysConfig,
 }
 
 impl<H: Hsm, S: Store> Keys<H, S> {
@@ -122,8 +142,18 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         let mut decoy = [0u8; 32];
         getrandom::fill(&mut decoy).expect("the OS random number generator works");
         let decoy = Digest { version: master.current, mac: decoy };
-        let auth_cache = AuthCache::new(config.auth_cache_capacity, config.auth_cache_ttl);
-        Self { hsm, store, clock, master, auth_cache, decoy }
+        Self {
+            hsm,
+            store,
+            clock,
+            master,
+            auth_cache: AuthCache::new(config.auth_cache_capacity, config.auth_cache_ttl),
+            decoy,
+            rate_limits: RateLimits::new(config.rate_limiter_capacity),
+            accounts: Accounts::new(),
+            usage: UsageBuffer::default(),
+            config,
+        }
     }
 
     /// Verifies the digest made at init: proves the token holds this database's master key.
@@ -142,8 +172,11 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         self.hsm.is_healthy()
     }
 
-    /// Checks a bearer credential. Any failure is `Unauthenticated`, saying no more than that.
-    pub async fn authenticate(&self, bearer: Option<&str>) -> Result<Caller> {
+    /// Checks a bearer credential: a genuine key that is active, in its validity window and, if
+    /// it has an IP allowlist, called from an allowed peer address. (A caller's rate limit and
+    /// quota apply only when its key is checked through `verify`.) Any failure is
+    /// `Unauthenticated`, saying no more than that.
+    pub async fn authenticate(&self, bearer: Option<&str>, ctx: &RequestContext) -> Result<Caller> {
         const INVALID: Error = Error::Unauthenticated("invalid credential");
         let bearer = bearer.ok_or(Error::Unauthenticated("missing credential: send `authorization: Bearer <key>`"))?;
         let parsed = key_format::parse(bearer).ok_or(INVALID)?;
@@ -161,9 +194,11 @@ impl<H: Hsm, S: Store> Keys<H, S> {
                 return Err(INVALID);
             }
         };
-        match policy::evaluate(&record, self.clock.now(), &[]) {
+        let peer = ctx.client_addr.map(|a| a.ip());
+        match policy::evaluate(&record, self.clock.now(), peer, &[]) {
             VerifyCode::Valid => Ok(Caller { key_id: record.id, scopes: record.scopes }),
-            _ => Err(Error::Unauthenticated("credential is revoked or expired")),
+            VerifyCode::IpNotAllowed => Err(Error::Unauthenticated("credential is not allowed from this address")),
+            _ => Err(Error::Unauthenticated("credential is revoked, disabled, expired or not yet valid")),
         }
     }
 
@@ -175,6 +210,16 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         }
     }
 
+    /// A creator may only grant `keyward:` scopes it holds itself.
+    fn check_escalation(caller: &Caller, scopes: &[String]) -> Result<()> {
+        match scopes.iter().find(|s| scope::is_permission(s) && !scope::any_grants(&caller.scopes, s)) {
+            Some(escalation) => Err(Error::PermissionDenied(format!(
+                "cannot grant `{escalation}`: a key may only grant keyward permissions its caller holds"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     pub async fn create(&self, caller: &Caller, new: NewKey, ctx: &RequestContext) -> Result<CreatedKey> {
         self.authorize(caller, Permission::KeysCreate)?;
         let now = self.clock.now();
@@ -182,32 +227,25 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         let prefix = validate::prefix(&new.prefix)?;
         let scopes = validate::scopes("scopes", &new.scopes, validate::MAX_SCOPES)?;
         let expires_at = validate::expires_at(new.expires_at, now)?;
+        validate::validity_window(new.not_before, expires_at)?;
         let metadata = validate::metadata(new.metadata)?;
-        if let Some(escalation) =
-            scopes.iter().find(|s| scope::is_permission(s) && !scope::any_grants(&caller.scopes, s))
-        {
-            return Err(Error::PermissionDenied(format!(
-                "cannot grant `{escalation}`: a key may only grant keyward permissions its creator holds"
-            )));
-        }
+        let allowed_cidrs = validate::allowed_cidrs(&new.allowed_cidrs)?;
+        let rate_limit = validate::rate_limit(new.rate_limit)?;
+        let refill = validate::refill(new.refill)?;
+        let remaining = validate::remaining(new.remaining)?.or(refill.map(|r| r.amount));
+        Self::check_escalation(caller, &scopes)?;
 
         let id = KeyId::new_v7();
         let secret = self.hsm.random_secret().await?;
         let digest = self.hsm.digest(self.master.current, key_digest_input(id, &secret)).await?;
-        let record = KeyRecord {
-            id,
-            name,
-            prefix,
-            scopes,
-            state: KeyState::Active,
-            created_at: now,
-            expires_at,
-            revoked_at: None,
-            revoke_reason: None,
-            metadata,
-            created_by: Some(caller.key_id),
-            digest,
-        };
+        let mut record = KeyRecord::new(id, name, prefix, scopes, now, digest);
+        record.expires_at = expires_at;
+        record.metadata = metadata;
+        record.created_by = Some(caller.key_id);
+        record.allowed_cidrs = allowed_cidrs;
+        record.not_before = new.not_before;
+        record.rate_limit = rate_limit;
+        record.quota = remaining.map(|remaining| Quota { remaining, refill, refilled_at: now });
         let event = audit(now, Actor::Key(caller.key_id), AuditAction::KeyCreated, id, ctx, None);
         self.store.insert_key(record.clone(), event).await?;
         let key = key_format::render(&record.prefix, id, &secret);
@@ -217,22 +255,143 @@ impl<H: Hsm, S: Store> Keys<H, S> {
     pub fn get(&self, caller: &Caller, key_id: &str) -> Result<KeyRecord> {
         self.authorize(caller, Permission::KeysRead)?;
         let id = validate::key_id("key_id", key_id)?;
-        self.store.get_key(id)?.ok_or_else(|| Error::NotFound(format!("key {id}")))
+        let record = self.store.get_key(id)?.ok_or_else(|| Error::NotFound(format!("key {id}")))?;
+        Ok(self.view(record))
     }
 
-    /// One page of keys, oldest first, and the token for the next page if there is one.
-    pub fn list(&self, caller: &Caller, page_size: i32, page_token: &str) -> Result<(Vec<KeyRecord>, Option<String>)> {
+    /// One page of keys matching `filter`, oldest first, and the token for the next page if
+    /// there may be more. A page reads at most `listing::MAX_SCAN` records, so with narrow
+    /// filters it may come back short, or empty, with a token.
+    pub fn list(
+        &self,
+        caller: &Caller,
+        filter: &ListFilter,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<(Vec<KeyRecord>, Option<String>)> {
         self.authorize(caller, Permission::KeysRead)?;
         let size = validate::page_size(page_size)?;
-        let after = validate::page_token(page_token)?;
-        let mut keys = self.store.list_keys(after, size + 1)?;
-        let next = if keys.len() > size {
-            keys.truncate(size);
-            keys.last().map(|k| k.id.to_string())
-        } else {
-            None
+        let after = filter.resume_after(page_token)?;
+        let mut keys = Vec::with_capacity(size);
+        let mut last = None;
+        let mut scanned = 0;
+        for record in self.store.scan_keys(after) {
+            let record = record?;
+            if keys.len() == size || scanned == listing::MAX_SCAN {
+                // There is at least one more record: resume after the last one looked at.
+                return Ok((keys, last.map(|id| filter.token(id))));
+            }
+            scanned += 1;
+            last = Some(record.id);
+            if filter.matches(&record) {
+                keys.push(self.view(record));
+            }
+        }
+        Ok((keys, None))
+    }
+
+    /// Changes the fields `patch.mask` names, audited with each change before and after.
+    pub async fn update(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        patch: KeyPatch,
+        ctx: &RequestContext,
+    ) -> Result<KeyRecord> {
+        self.authorize(caller, Permission::KeysUpdate)?;
+        let id = validate::key_id("key_id", key_id)?;
+        let now = self.clock.now();
+        let patch = update::validate(patch, now)?;
+        if let Some(scopes) = patch.scopes() {
+            Self::check_escalation(caller, scopes)?;
+        }
+        let base = audit(now, Actor::Key(caller.key_id), AuditAction::KeyUpdated, id, ctx, None);
+        // A quota change folds this node's lease back into the stored count first.
+        let gate = patch.touches_quota().then(|| self.accounts.gate(id));
+        let _reserving = match &gate {
+            Some(g) => Some(g.reserving.lock().await),
+            None => None,
         };
-        Ok((keys, next))
+        let returned = gate.as_ref().and_then(|g| g.account().lease.take());
+        let updated = self
+            .store
+            .update_key(id, move |current| {
+                if current.state == KeyState::Revoked {
+                    return Err(Error::FailedPrecondition(format!("key {id} is revoked and cannot change")));
+                }
+                let mut settled = current.clone();
+                if patch.touches_quota() {
+                    settled.quota = quota::settle(current.quota, returned, now);
+                }
+                let (mut next, changes) = update::apply(&settled, &patch, now)?;
+                if changes.is_empty() && settled == *current {
+                    return Ok(None);
+                }
+                next.updated_at = Some(now);
+                let event = (!changes.is_empty()).then(|| AuditEvent { changes, ..base.clone() });
+                Ok(Some((next, event)))
+            })
+            .await;
+        if let Some(g) = &gate {
+            // Folded back or, on failure, given up: a lease is never spent twice.
+            *g.account() = Default::default();
+        }
+        Ok(self.view(updated?.after))
+    }
+
+    /// Pauses a key; disabling a disabled key changes nothing.
+    pub async fn disable(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        reason: &str,
+        ctx: &RequestContext,
+    ) -> Result<KeyRecord> {
+        self.authorize(caller, Permission::KeysUpdate)?;
+        let id = validate::key_id("key_id", key_id)?;
+        let reason = validate::reason(reason)?;
+        let now = self.clock.now();
+        let event = audit(now, Actor::Key(caller.key_id), AuditAction::KeyDisabled, id, ctx, reason.clone());
+        let updated = self
+            .store
+            .update_key(id, move |current| match current.state {
+                KeyState::Revoked => Err(Error::FailedPrecondition(format!("key {id} is revoked"))),
+                KeyState::Disabled => Ok(None),
+                KeyState::Active => {
+                    let mut next = current.clone();
+                    next.state = KeyState::Disabled;
+                    next.disabled_at = Some(now);
+                    next.disable_reason = reason.clone();
+                    next.updated_at = Some(now);
+                    Ok(Some((next, Some(event.clone()))))
+                }
+            })
+            .await?;
+        Ok(self.view(updated.after))
+    }
+
+    /// Resumes a disabled key; enabling an active key changes nothing.
+    pub async fn enable(&self, caller: &Caller, key_id: &str, ctx: &RequestContext) -> Result<KeyRecord> {
+        self.authorize(caller, Permission::KeysUpdate)?;
+        let id = validate::key_id("key_id", key_id)?;
+        let now = self.clock.now();
+        let event = audit(now, Actor::Key(caller.key_id), AuditAction::KeyEnabled, id, ctx, None);
+        let updated = self
+            .store
+            .update_key(id, move |current| match current.state {
+                KeyState::Revoked => Err(Error::FailedPrecondition(format!("key {id} is revoked for good"))),
+                KeyState::Active => Ok(None),
+                KeyState::Disabled => {
+                    let mut next = current.clone();
+                    next.state = KeyState::Active;
+                    next.disabled_at = None;
+                    next.disable_reason = None;
+                    next.updated_at = Some(now);
+                    Ok(Some((next, Some(event.clone()))))
+                }
+            })
+            .await?;
+        Ok(self.view(updated.after))
     }
 
     /// Revokes a key for good; revoking a revoked key changes nothing and succeeds.
@@ -242,7 +401,8 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         let reason = validate::reason(reason)?;
         let now = self.clock.now();
         let event = audit(now, Actor::Key(caller.key_id), AuditAction::KeyRevoked, id, ctx, reason.clone());
-        self.store
+        let updated = self
+            .store
             .update_key(id, move |current| {
                 if current.state == KeyState::Revoked {
                     return Ok(None);
@@ -251,39 +411,30 @@ impl<H: Hsm, S: Store> Keys<H, S> {
                 revoked.state = KeyState::Revoked;
                 revoked.revoked_at = Some(now);
                 revoked.revoke_reason = reason.clone();
-                Ok(Some((revoked, event.clone())))
+                revoked.updated_at = Some(now);
+                Ok(Some((revoked, Some(event.clone()))))
             })
-            .await
+            .await?;
+        Ok(self.view(updated.after))
     }
 
-    /// Verifies a presented key: parse → record → secret (HSM) → policy. A key that does not
-    /// prove its secret is `Invalid`, whatever its id's state.
-    pub async fn verify(
-        &self,
-        caller: &Caller,
-        key: &str,
-        client_ip: &str,
-        required_scopes: &[String],
-    ) -> Result<Verification> {
-        self.authorize(caller, Permission::Verify)?;
-        validate::scopes("required_scopes", required_scopes, validate::MAX_SCOPES)?;
-        validate::client_ip(client_ip)?;
-        const INVALID: Verification = Verification { code: VerifyCode::Invalid, record: None };
-        let Some(parsed) = key_format::parse(key) else {
-            return Ok(INVALID);
-        };
-        let Some(record) = self.store.get_key(parsed.key_id)? else {
-            self.secret_matches(&parsed, &self.decoy).await?;
-            return Ok(INVALID);
-        };
-        if !self.secret_matches(&parsed, &record.digest).await? {
-            return Ok(INVALID);
+    /// A record as this node sees it: usage not yet written added, and the quota with this
+    /// node's lease and any due refill.
+    pub(super) fn view(&self, mut record: KeyRecord) -> KeyRecord {
+        if let Some(delta) = self.usage.peek(record.id) {
+            record.usage.absorb(&delta);
         }
-        let code = policy::evaluate(&record, self.clock.now(), required_scopes);
-        Ok(Verification { code, record: Some(record) })
+        if record.quota.is_some() {
+            let now = self.clock.now();
+            record.quota = match self.accounts.existing(record.id) {
+                Some(gate) => gate.account().effective(record.quota, now),
+                None => quota::settle(record.quota, None, now),
+            };
+        }
+        record
     }
 
-    async fn secret_matches(&self, parsed: &ParsedKey, digest: &Digest) -> Result<bool> {
+    pub(super) async fn secret_matches(&self, parsed: &ParsedKey, digest: &Digest) -> Result<bool> {
         Ok(self.hsm.verify(key_digest_input(parsed.key_id, &parsed.secret), digest).await?)
     }
 }
@@ -296,7 +447,8 @@ fn audit(
     ctx: &RequestContext,
     reason: Option<String>,
 ) -> AuditEvent {
-    AuditEvent { at, actor, action, target: Some(target), client_addr: ctx.client_addr.clone(), reason }
+    let client_addr = ctx.client_addr.map(|a| a.to_string());
+    AuditEvent { at, actor, action, target: Some(target), client_addr, reason, changes: Vec::new() }
 }
 
 /// Sets up a new installation once the master key exists in the HSM: records the master state
@@ -312,20 +464,8 @@ pub async fn bootstrap<H: Hsm, S: Store>(
     let id = KeyId::new_v7();
     let secret = hsm.random_secret().await?;
     let digest = hsm.digest(version, key_digest_input(id, &secret)).await?;
-    let record = KeyRecord {
-        id,
-        name: "root".into(),
-        prefix: key_format::DEFAULT_PREFIX.into(),
-        scopes: vec![ROOT_SCOPE.into()],
-        state: KeyState::Active,
-        created_at: now,
-        expires_at: None,
-        revoked_at: None,
-        revoke_reason: None,
-        metadata: BTreeMap::new(),
-        created_by: None,
-        digest,
-    };
+    let record =
+        KeyRecord::new(id, "root".into(), key_format::DEFAULT_PREFIX.into(), vec![ROOT_SCOPE.into()], now, digest);
     let event = audit(now, Actor::System("init".into()), AuditAction::KeyCreated, id, &RequestContext::default(), None);
     store.initialize(MasterState { current: version, self_test }, record.clone(), event).await.map_err(
         |e| match e {

@@ -11,15 +11,23 @@ use std::{
 
 use super::*;
 use crate::{
-    domain::{audit::RecordedEvent, clock::ManualClock, ports::StoreError},
+    domain::{
+        audit::RecordedEvent,
+        clock::ManualClock,
+        listing::ListFilter,
+        ports::{StoreError, Updated},
+        usage::UsageDelta,
+        verify::VerifyRequest,
+    },
     hsm::fake::FakeHsm,
     store::SledStore,
 };
 
-/// A store that counts reads of key records, to prove which paths touch the database.
+/// A store that counts reads and updates of key records, to prove which paths touch the database.
 struct CountingStore {
     inner: SledStore,
     reads: AtomicU64,
+    updates: AtomicU64,
 }
 
 impl Store for CountingStore {
@@ -27,17 +35,21 @@ impl Store for CountingStore {
         self.reads.fetch_add(1, Ordering::SeqCst);
         self.inner.get_key(id)
     }
-    fn list_keys(&self, after: Option<KeyId>, limit: usize) -> Result<Vec<KeyRecord>, StoreError> {
-        self.inner.list_keys(after, limit)
+    fn scan_keys(&self, after: Option<KeyId>) -> impl Iterator<Item = Result<KeyRecord, StoreError>> + '_ {
+        self.inner.scan_keys(after)
     }
     async fn insert_key(&self, record: KeyRecord, event: AuditEvent) -> Result<(), StoreError> {
         self.inner.insert_key(record, event).await
     }
-    async fn update_key<F>(&self, id: KeyId, change: F) -> Result<KeyRecord>
+    async fn update_key<F>(&self, id: KeyId, change: F) -> Result<Updated>
     where
         F: Fn(&KeyRecord) -> super::super::ports::KeyChange + Send + 'static,
     {
+        self.updates.fetch_add(1, Ordering::SeqCst);
         self.inner.update_key(id, change).await
+    }
+    async fn record_usage(&self, batch: Vec<(KeyId, UsageDelta)>) -> Result<(), StoreError> {
+        self.inner.record_usage(batch).await
     }
     fn master(&self) -> Result<Option<MasterState>, StoreError> {
         self.inner.master()
@@ -62,19 +74,26 @@ struct Fixture {
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let hsm = Arc::new(FakeHsm::new());
-    let store =
-        Arc::new(CountingStore { inner: SledStore::open(&dir.path().join("db")).unwrap(), reads: AtomicU64::new(0) });
+    let store = Arc::new(CountingStore {
+        inner: SledStore::open(&dir.path().join("db")).unwrap(),
+        reads: AtomicU64::new(0),
+        updates: AtomicU64::new(0),
+    });
     let clock = Arc::new(ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)));
     let root = bootstrap(&*hsm, &*store, &*clock, MasterKeyVersion(1)).await.unwrap();
     let master = store.master().unwrap().unwrap();
     let keys = Keys::new(hsm.clone(), store.clone(), clock.clone(), master, KeysConfig::default());
     keys.self_test().await.unwrap();
-    let root = keys.authenticate(Some(root.key.expose())).await.unwrap();
+    let root = keys.authenticate(Some(root.key.expose()), &RequestContext::default()).await.unwrap();
     Fixture { keys, hsm, store, clock, root, _dir: dir }
 }
 
 fn named(name: &str, scopes: &[&str]) -> NewKey {
     NewKey { name: name.into(), scopes: scopes.iter().map(|s| s.to_string()).collect(), ..Default::default() }
+}
+
+fn req<'a>(key: &'a str, client_ip: &'a str, required_scopes: &'a [String]) -> VerifyRequest<'a> {
+    VerifyRequest { key, client_ip, required_scopes, cost: None }
 }
 
 fn strings(s: &[&str]) -> Vec<String> {
@@ -87,7 +106,7 @@ impl Fixture {
     }
 
     async fn code(&self, key: &str, required: &[&str]) -> VerifyCode {
-        self.keys.verify(&self.root, key, "", &strings(required)).await.unwrap().code
+        self.keys.verify(&self.root, req(key, "", &strings(required))).await.unwrap().code
     }
 }
 
@@ -96,7 +115,7 @@ async fn a_created_key_verifies_and_its_scopes_are_enforced() {
     let f = fixture().await;
     let created = f.create("orders", &["orders:*"]).await;
     assert!(created.key.expose().starts_with("kw_"));
-    let v = f.keys.verify(&f.root, created.key.expose(), "203.0.113.9", &strings(&["orders:read"])).await.unwrap();
+    let v = f.keys.verify(&f.root, req(created.key.expose(), "203.0.113.9", &strings(&["orders:read"]))).await.unwrap();
     assert_eq!(v.code, VerifyCode::Valid);
     assert_eq!(v.record.unwrap().id, created.record.id);
     assert_eq!(f.code(created.key.expose(), &["billing:read"]).await, VerifyCode::InsufficientScope);
@@ -127,7 +146,7 @@ async fn unknown_ids_and_wrong_secrets_cost_one_hsm_call_and_say_only_invalid() 
     let wrong_secret = key_format::render("kw", created.record.id, &Secret::from_bytes([2; 32]));
     for key in [unknown, wrong_secret] {
         let before = f.hsm.calls();
-        let v = f.keys.verify(&f.root, key.expose(), "", &[]).await.unwrap();
+        let v = f.keys.verify(&f.root, req(key.expose(), "", &[])).await.unwrap();
         assert_eq!((v.code, v.record.is_none()), (VerifyCode::Invalid, true));
         assert_eq!(f.hsm.calls(), before + 1);
     }
@@ -159,7 +178,7 @@ async fn revocation_is_audited_once_and_idempotent() {
     let f = fixture().await;
     let created = f.create("svc", &[]).await;
     let id = created.record.id.to_string();
-    let ctx = RequestContext { client_addr: Some("127.0.0.1:5000".into()) };
+    let ctx = RequestContext { client_addr: Some("127.0.0.1:5000".parse().unwrap()) };
     let first = f.keys.revoke(&f.root, &id, "leaked in CI logs", &ctx).await.unwrap();
     let second = f.keys.revoke(&f.root, &id, "again", &ctx).await.unwrap();
     assert_eq!(first.state, KeyState::Revoked);
@@ -186,22 +205,22 @@ async fn revoking_an_unknown_key_is_not_found() {
 async fn callers_need_the_permission_for_each_call() {
     let f = fixture().await;
     let verifier_key = f.create("gateway", &["keyward:verify"]).await;
-    let verifier = f.keys.authenticate(Some(verifier_key.key.expose())).await.unwrap();
+    let verifier = f.keys.authenticate(Some(verifier_key.key.expose()), &RequestContext::default()).await.unwrap();
     let ctx = RequestContext::default();
     let err = f.keys.create(&verifier, named("x", &[]), &ctx).await.unwrap_err();
     assert_eq!(err, Error::PermissionDenied("this call needs the `keyward:keys:create` permission".into()));
     assert!(matches!(f.keys.get(&verifier, &verifier_key.record.id.to_string()), Err(Error::PermissionDenied(_))));
-    assert!(f.keys.verify(&verifier, verifier_key.key.expose(), "", &[]).await.is_ok());
+    assert!(f.keys.verify(&verifier, req(verifier_key.key.expose(), "", &[])).await.is_ok());
     let app_key = f.create("app", &["*"]).await;
-    let app = f.keys.authenticate(Some(app_key.key.expose())).await.unwrap();
-    assert!(matches!(f.keys.verify(&app, app_key.key.expose(), "", &[]).await, Err(Error::PermissionDenied(_))));
+    let app = f.keys.authenticate(Some(app_key.key.expose()), &RequestContext::default()).await.unwrap();
+    assert!(matches!(f.keys.verify(&app, req(app_key.key.expose(), "", &[])).await, Err(Error::PermissionDenied(_))));
 }
 
 #[tokio::test]
 async fn a_creator_cannot_grant_keyward_permissions_it_lacks() {
     let f = fixture().await;
     let admin_key = f.create("admin", &["keyward:keys:create", "keyward:verify"]).await;
-    let admin = f.keys.authenticate(Some(admin_key.key.expose())).await.unwrap();
+    let admin = f.keys.authenticate(Some(admin_key.key.expose()), &RequestContext::default()).await.unwrap();
     let ctx = RequestContext::default();
     for escalation in [&["keyward:*"][..], &["keyward:keys:revoke"], &["keyward:keys:*"]] {
         let err = f.keys.create(&admin, named("x", escalation), &ctx).await.unwrap_err();
@@ -214,31 +233,40 @@ async fn a_creator_cannot_grant_keyward_permissions_it_lacks() {
 #[tokio::test]
 async fn authentication_rejects_missing_bad_revoked_and_expired_credentials() {
     let f = fixture().await;
-    assert!(matches!(f.keys.authenticate(None).await, Err(Error::Unauthenticated(_))));
-    assert!(matches!(f.keys.authenticate(Some("kw_nope")).await, Err(Error::Unauthenticated(_))));
+    assert!(matches!(f.keys.authenticate(None, &RequestContext::default()).await, Err(Error::Unauthenticated(_))));
+    assert!(matches!(
+        f.keys.authenticate(Some("kw_nope"), &RequestContext::default()).await,
+        Err(Error::Unauthenticated(_))
+    ));
     let admin = f.create("admin", &["keyward:*"]).await;
-    assert!(f.keys.authenticate(Some(admin.key.expose())).await.is_ok());
+    assert!(f.keys.authenticate(Some(admin.key.expose()), &RequestContext::default()).await.is_ok());
     f.keys.revoke(&f.root, &admin.record.id.to_string(), "", &RequestContext::default()).await.unwrap();
-    assert!(matches!(f.keys.authenticate(Some(admin.key.expose())).await, Err(Error::Unauthenticated(_))));
+    assert!(matches!(
+        f.keys.authenticate(Some(admin.key.expose()), &RequestContext::default()).await,
+        Err(Error::Unauthenticated(_))
+    ));
 
     let mut new = named("temp", &["keyward:*"]);
     new.expires_at = Some(f.clock.now() + Duration::from_secs(5));
     let temp = f.keys.create(&f.root, new, &RequestContext::default()).await.unwrap();
-    assert!(f.keys.authenticate(Some(temp.key.expose())).await.is_ok());
+    assert!(f.keys.authenticate(Some(temp.key.expose()), &RequestContext::default()).await.is_ok());
     f.clock.advance(Duration::from_secs(5));
-    assert!(matches!(f.keys.authenticate(Some(temp.key.expose())).await, Err(Error::Unauthenticated(_))));
+    assert!(matches!(
+        f.keys.authenticate(Some(temp.key.expose()), &RequestContext::default()).await,
+        Err(Error::Unauthenticated(_))
+    ));
 }
 
 #[tokio::test]
 async fn a_known_caller_costs_no_hsm_call_but_a_forged_one_still_does() {
     let f = fixture().await;
     let svc = f.create("svc", &["keyward:verify"]).await;
-    f.keys.authenticate(Some(svc.key.expose())).await.unwrap();
+    f.keys.authenticate(Some(svc.key.expose()), &RequestContext::default()).await.unwrap();
     let before = f.hsm.calls();
-    f.keys.authenticate(Some(svc.key.expose())).await.unwrap();
+    f.keys.authenticate(Some(svc.key.expose()), &RequestContext::default()).await.unwrap();
     assert_eq!(f.hsm.calls(), before, "cached");
     let forged = key_format::render("kw", svc.record.id, &Secret::from_bytes([4; 32]));
-    assert!(f.keys.authenticate(Some(forged.expose())).await.is_err());
+    assert!(f.keys.authenticate(Some(forged.expose()), &RequestContext::default()).await.is_err());
     assert_eq!(f.hsm.calls(), before + 1, "a different secret for the same id goes to the HSM");
 }
 
@@ -250,7 +278,7 @@ async fn listing_pages_through_every_key_in_creation_order() {
     }
     let (mut names, mut token) = (Vec::new(), String::new());
     loop {
-        let (page, next) = f.keys.list(&f.root, 2, &token).unwrap();
+        let (page, next) = f.keys.list(&f.root, &ListFilter::default(), 2, &token).unwrap();
         assert!(page.len() <= 2);
         names.extend(page.into_iter().map(|k| k.name));
         match next {
@@ -266,7 +294,7 @@ async fn an_unreachable_hsm_makes_calls_unavailable_not_invalid() {
     let f = fixture().await;
     let svc = f.create("svc", &[]).await;
     f.hsm.down.store(true, Ordering::SeqCst);
-    let err = f.keys.verify(&f.root, svc.key.expose(), "", &[]).await.unwrap_err();
+    let err = f.keys.verify(&f.root, req(svc.key.expose(), "", &[])).await.unwrap_err();
     assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
     assert!(matches!(
         f.keys.create(&f.root, named("x", &[]), &RequestContext::default()).await,
@@ -295,9 +323,9 @@ async fn a_self_test_against_another_master_key_fails() {
 async fn bad_requests_name_their_field() {
     let f = fixture().await;
     let ctx = RequestContext::default();
-    let err = f.keys.verify(&f.root, "kw_x", "not-an-ip", &[]).await.unwrap_err();
+    let err = f.keys.verify(&f.root, req("kw_x", "not-an-ip", &[])).await.unwrap_err();
     assert!(matches!(err, Error::InvalidArgument { field: "client_ip", .. }));
-    let err = f.keys.verify(&f.root, "kw_x", "", &strings(&["a::b"])).await.unwrap_err();
+    let err = f.keys.verify(&f.root, req("kw_x", "", &strings(&["a::b"]))).await.unwrap_err();
     assert!(matches!(err, Error::InvalidArgument { field: "required_scopes", .. }));
     let mut past = named("x", &[]);
     past.expires_at = Some(f.clock.now());
@@ -306,5 +334,8 @@ async fn bad_requests_name_their_field() {
         Err(Error::InvalidArgument { field: "expires_at", .. })
     ));
     assert!(matches!(f.keys.get(&f.root, "123"), Err(Error::InvalidArgument { field: "key_id", .. })));
-    assert!(matches!(f.keys.list(&f.root, 5000, ""), Err(Error::InvalidArgument { field: "page_size", .. })));
+    assert!(matches!(
+        f.keys.list(&f.root, &ListFilter::default(), 5000, ""),
+        Err(Error::InvalidArgument { field: "page_size", .. })
+    ));
 }

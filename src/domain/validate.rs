@@ -1,10 +1,16 @@
 //! Input rules for requests, each failure naming the request field.
 
-use std::{borrow::Cow, collections::BTreeMap, time::SystemTime};
+use std::{
+    borrow::Cow,
+    collections::BTreeMap,
+    time::{Duration, SystemTime},
+};
+
+use ipnet::IpNet;
 
 use super::{
     error::{Error, Result},
-    key::KeyId,
+    key::{KeyId, RateLimit, Refill},
     key_format, scope,
 };
 
@@ -16,6 +22,15 @@ pub const MAX_METADATA_VALUE_LEN: usize = 1024;
 pub const MAX_REASON_LEN: usize = 512;
 pub const MAX_PAGE_SIZE: u32 = 1000;
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
+pub const MAX_CIDRS: usize = 64;
+pub const MAX_RATE_LIMIT: u32 = 1_000_000;
+pub const MIN_RATE_WINDOW: Duration = Duration::from_millis(1);
+pub const MAX_RATE_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// The most uses a quota or refill may hold: 10^15.
+pub const MAX_USES: u64 = 1_000_000_000_000_000;
+pub const MIN_REFILL_INTERVAL: Duration = Duration::from_secs(1);
+pub const MAX_REFILL_INTERVAL: Duration = Duration::from_secs(366 * 24 * 3600);
+pub const MAX_COST: u32 = 1_000_000;
 
 fn has_control(s: &str) -> bool {
     s.chars().any(char::is_control)
@@ -60,6 +75,81 @@ pub fn expires_at(at: Option<SystemTime>, now: SystemTime) -> Result<Option<Syst
     match at {
         Some(at) if at <= now => Err(Error::invalid("expires_at", "must be in the future")),
         other => Ok(other),
+    }
+}
+
+/// `not_before` must come before `expires_at` when both are set.
+pub fn validity_window(not_before: Option<SystemTime>, expires_at: Option<SystemTime>) -> Result<()> {
+    match (not_before, expires_at) {
+        (Some(nb), Some(exp)) if nb >= exp => Err(Error::invalid("not_before", "must be before expires_at")),
+        _ => Ok(()),
+    }
+}
+
+/// Networks in CIDR form (`10.0.0.0/8`, `2001:db8::/32`) or bare addresses (one host); sorted,
+/// without duplicates. A network with host bits set (`10.0.0.1/8`) is refused as a likely typo.
+pub fn allowed_cidrs(cidrs: &[String]) -> Result<Vec<IpNet>> {
+    const FIELD: &str = "allowed_cidrs";
+    if cidrs.len() > MAX_CIDRS {
+        return Err(Error::invalid(FIELD, format!("at most {MAX_CIDRS} networks")));
+    }
+    let mut out = Vec::with_capacity(cidrs.len());
+    for (i, text) in cidrs.iter().enumerate() {
+        let text = text.trim();
+        let net = match text.parse::<IpNet>() {
+            Ok(net) => net,
+            Err(_) => match text.parse::<std::net::IpAddr>() {
+                Ok(ip) => IpNet::from(ip),
+                Err(_) => {
+                    return Err(Error::invalid(FIELD, format!("#{i} is not an IPv4/IPv6 network or address")));
+                }
+            },
+        };
+        if net.trunc() != net {
+            return Err(Error::invalid(FIELD, format!("#{i} has host bits set; did you mean {}?", net.trunc())));
+        }
+        out.push(net);
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+pub fn rate_limit(limit: Option<RateLimit>) -> Result<Option<RateLimit>> {
+    let Some(l) = limit else { return Ok(None) };
+    if !(1..=MAX_RATE_LIMIT).contains(&l.limit) {
+        return Err(Error::invalid("rate_limit.limit", format!("must be 1-{MAX_RATE_LIMIT}")));
+    }
+    if !(MIN_RATE_WINDOW..=MAX_RATE_WINDOW).contains(&l.window) {
+        return Err(Error::invalid("rate_limit.window", "must be 1ms-24h"));
+    }
+    Ok(Some(l))
+}
+
+pub fn refill(refill: Option<Refill>) -> Result<Option<Refill>> {
+    let Some(r) = refill else { return Ok(None) };
+    if !(1..=MAX_USES).contains(&r.amount) {
+        return Err(Error::invalid("refill.amount", "must be 1-10^15"));
+    }
+    if !(MIN_REFILL_INTERVAL..=MAX_REFILL_INTERVAL).contains(&r.interval) {
+        return Err(Error::invalid("refill.interval", "must be 1s-366 days"));
+    }
+    Ok(Some(r))
+}
+
+pub fn remaining(remaining: Option<u64>) -> Result<Option<u64>> {
+    match remaining {
+        Some(n) if n > MAX_USES => Err(Error::invalid("remaining", "must be at most 10^15")),
+        other => Ok(other),
+    }
+}
+
+/// Uses a verification spends: unset means 1.
+pub fn cost(cost: Option<u32>) -> Result<u64> {
+    match cost {
+        None => Ok(1),
+        Some(c) if c <= MAX_COST => Ok(u64::from(c)),
+        Some(_) => Err(Error::invalid("cost", format!("must be 0-{MAX_COST}"))),
     }
 }
 
@@ -109,13 +199,6 @@ pub fn client_ip(ip: &str) -> Result<Option<std::net::IpAddr>> {
     ip.parse().map(Some).map_err(|_| Error::invalid("client_ip", "must be an IPv4 or IPv6 address"))
 }
 
-pub fn page_token(token: &str) -> Result<Option<KeyId>> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    token.parse().map(Some).map_err(|_| Error::invalid("page_token", "is not a token this server issued"))
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -144,7 +227,22 @@ mod tests {
         assert_eq!(field_of(key_id("key_id", "nope").unwrap_err()), "key_id");
         assert_eq!(field_of(page_size(-1).unwrap_err()), "page_size");
         assert_eq!(field_of(page_size(1001).unwrap_err()), "page_size");
-        assert_eq!(field_of(page_token("zzz").unwrap_err()), "page_token");
+        let nb = Some(now + Duration::from_secs(10));
+        assert_eq!(field_of(validity_window(nb, Some(now)).unwrap_err()), "not_before");
+        assert_eq!(field_of(allowed_cidrs(&["10.0.0.0/33".into()]).unwrap_err()), "allowed_cidrs");
+        assert_eq!(field_of(allowed_cidrs(&["10.0.0.1/8".into()]).unwrap_err()), "allowed_cidrs");
+        assert_eq!(field_of(allowed_cidrs(&["nope".into()]).unwrap_err()), "allowed_cidrs");
+        assert_eq!(field_of(allowed_cidrs(&vec!["10.0.0.1".into(); 65]).unwrap_err()), "allowed_cidrs");
+        let limit = |limit, ms| Some(RateLimit { limit, window: Duration::from_millis(ms) });
+        assert_eq!(field_of(rate_limit(limit(0, 1000)).unwrap_err()), "rate_limit.limit");
+        assert_eq!(field_of(rate_limit(limit(1_000_001, 1000)).unwrap_err()), "rate_limit.limit");
+        assert_eq!(field_of(rate_limit(limit(5, 0)).unwrap_err()), "rate_limit.window");
+        assert_eq!(field_of(rate_limit(limit(5, 86_400_001)).unwrap_err()), "rate_limit.window");
+        let refill_of = |amount, secs| Some(Refill { amount, interval: Duration::from_secs(secs) });
+        assert_eq!(field_of(refill(refill_of(0, 60)).unwrap_err()), "refill.amount");
+        assert_eq!(field_of(refill(refill_of(5, 0)).unwrap_err()), "refill.interval");
+        assert_eq!(field_of(remaining(Some(MAX_USES + 1)).unwrap_err()), "remaining");
+        assert_eq!(field_of(cost(Some(MAX_COST + 1)).unwrap_err()), "cost");
         assert_eq!(field_of(client_ip("10.0.0.300").unwrap_err()), "client_ip");
         assert!(client_ip("2001:db8::1").unwrap().is_some());
     }
@@ -156,5 +254,12 @@ mod tests {
         assert_eq!(scopes("scopes", &["b".into(), "a".into(), "b".into()], 64).unwrap(), vec!["a", "b"]);
         assert_eq!(page_size(0).unwrap(), 100);
         assert_eq!(reason("").unwrap(), None);
+        assert_eq!(cost(None).unwrap(), 1);
+        assert_eq!(cost(Some(0)).unwrap(), 0);
+        let nets =
+            allowed_cidrs(&["2001:db8::/32".into(), "10.1.2.3".into(), "10.0.0.0/8".into(), "10.0.0.0/8".into()])
+                .unwrap();
+        let nets: Vec<String> = nets.iter().map(|n| n.to_string()).collect();
+        assert_eq!(nets, vec!["10.0.0.0/8", "10.1.2.3/32", "2001:db8::/32"]);
     }
 }

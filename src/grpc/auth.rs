@@ -16,13 +16,14 @@ fn bearer<T>(request: &Request<T>) -> Option<&str> {
 }
 
 pub fn context<T>(request: &Request<T>) -> RequestContext {
-    RequestContext { client_addr: request.remote_addr().map(|a| a.to_string()) }
+    RequestContext { client_addr: request.remote_addr() }
 }
 
 /// Authenticates the caller and returns it with the request's audit context.
 pub async fn caller<H: Hsm, S: Store, T>(keys: &Keys<H, S>, request: &Request<T>) -> Result<(Caller, RequestContext)> {
-    let caller = keys.authenticate(bearer(request)).await?;
-    Ok((caller, context(request)))
+    let ctx = context(request);
+    let caller = keys.authenticate(bearer(request), &ctx).await?;
+    Ok((caller, ctx))
 }
 
 #[cfg(test)]

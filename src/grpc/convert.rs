@@ -1,15 +1,18 @@
 //! Wire types ⇄ domain types, in one place.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use prost_types::Timestamp;
 
 use crate::{
     domain::{
         error::{Error, Result},
-        key::{KeyRecord, KeyState},
+        key::{KeyRecord, KeyState, RateLimit, Refill},
+        listing::ListFilter,
         policy::VerifyCode,
-        service::{NewKey, Verification},
+        service::NewKey,
+        update::KeyPatch,
+        verify::Verification,
     },
     proto,
 };
@@ -32,9 +35,42 @@ fn time(field: &'static str, ts: Option<Timestamp>) -> Result<Option<SystemTime>
         .ok_or_else(|| Error::invalid(field, "is not a valid timestamp (years 1-9999, nanos 0-999999999)"))
 }
 
+/// A protobuf Duration as a std one; negative or malformed ones are refused, naming `field`.
+fn duration(field: &'static str, d: Option<prost_types::Duration>) -> Result<Option<Duration>> {
+    let Some(d) = d else { return Ok(None) };
+    let valid = d.seconds >= 0 && (0..1_000_000_000).contains(&d.nanos);
+    valid
+        .then(|| Duration::new(d.seconds as u64, d.nanos as u32))
+        .map(Some)
+        .ok_or_else(|| Error::invalid(field, "must be a non-negative duration"))
+}
+
+fn proto_duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration::try_from(d).unwrap_or(prost_types::Duration { seconds: i64::MAX, nanos: 0 })
+}
+
+fn rate_limit(l: Option<proto::RateLimit>) -> Result<Option<RateLimit>> {
+    let Some(l) = l else { return Ok(None) };
+    let window =
+        duration("rate_limit.window", l.window)?.ok_or_else(|| Error::invalid("rate_limit.window", "is required"))?;
+    Ok(Some(RateLimit { limit: l.limit, window }))
+}
+
+fn refill(r: Option<proto::Refill>) -> Result<Option<Refill>> {
+    let Some(r) = r else { return Ok(None) };
+    let interval =
+        duration("refill.interval", r.interval)?.ok_or_else(|| Error::invalid("refill.interval", "is required"))?;
+    Ok(Some(Refill { amount: r.amount, interval }))
+}
+
 pub fn new_key(req: proto::CreateKeyRequest) -> Result<NewKey> {
     Ok(NewKey {
         expires_at: time("expires_at", req.expires_at)?,
+        not_before: time("not_before", req.not_before)?,
+        rate_limit: rate_limit(req.rate_limit)?,
+        refill: refill(req.refill)?,
+        remaining: req.remaining,
+        allowed_cidrs: req.allowed_cidrs,
         name: req.name,
         prefix: req.prefix,
         scopes: req.scopes,
@@ -42,9 +78,36 @@ pub fn new_key(req: proto::CreateKeyRequest) -> Result<NewKey> {
     })
 }
 
+pub fn key_patch(req: proto::UpdateKeyRequest) -> Result<KeyPatch> {
+    Ok(KeyPatch {
+        mask: req.update_mask.map(|m| m.paths).unwrap_or_default(),
+        expires_at: time("expires_at", req.expires_at)?,
+        not_before: time("not_before", req.not_before)?,
+        rate_limit: rate_limit(req.rate_limit)?,
+        refill: refill(req.refill)?,
+        remaining: req.remaining,
+        allowed_cidrs: req.allowed_cidrs,
+        name: req.name,
+        scopes: req.scopes,
+        metadata: req.metadata.into_iter().collect(),
+    })
+}
+
+pub fn list_filter(req: &proto::ListKeysRequest) -> Result<ListFilter> {
+    let state = match proto::KeyState::try_from(req.state) {
+        Ok(proto::KeyState::Unspecified) => None,
+        Ok(proto::KeyState::Active) => Some(KeyState::Active),
+        Ok(proto::KeyState::Disabled) => Some(KeyState::Disabled),
+        Ok(proto::KeyState::Revoked) => Some(KeyState::Revoked),
+        Err(_) => return Err(Error::invalid("state", "is not a KeyState")),
+    };
+    ListFilter::new(state, &req.prefix, &req.name_contains, &req.scope)
+}
+
 fn key_state(state: KeyState) -> proto::KeyState {
     match state {
         KeyState::Active => proto::KeyState::Active,
+        KeyState::Disabled => proto::KeyState::Disabled,
         KeyState::Revoked => proto::KeyState::Revoked,
     }
 }
@@ -61,6 +124,24 @@ pub fn key_info(r: &KeyRecord) -> proto::KeyInfo {
         revoked_at: r.revoked_at.map(timestamp),
         metadata: r.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         revoke_reason: r.revoke_reason.clone().unwrap_or_default(),
+        allowed_cidrs: r.allowed_cidrs.iter().map(|n| n.to_string()).collect(),
+        not_before: r.not_before.map(timestamp),
+        rate_limit: r.rate_limit.map(|l| proto::RateLimit { limit: l.limit, window: Some(proto_duration(l.window)) }),
+        remaining: r.quota.map(|q| q.remaining),
+        refill: r
+            .quota
+            .and_then(|q| q.refill)
+            .map(|f| proto::Refill { amount: f.amount, interval: Some(proto_duration(f.interval)) }),
+        last_refill_at: r.quota.map(|q| timestamp(q.refilled_at)),
+        usage: Some(proto::Usage {
+            last_used_at: r.usage.last_used_at.map(timestamp),
+            last_used_ip: r.usage.last_used_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            valid_count: r.usage.valid_count,
+            rejected_count: r.usage.rejected_count,
+        }),
+        disabled_at: r.disabled_at.map(timestamp),
+        disable_reason: r.disable_reason.clone().unwrap_or_default(),
+        updated_at: r.updated_at.map(timestamp),
     }
 }
 
@@ -71,6 +152,11 @@ fn verify_code(code: VerifyCode) -> proto::VerifyCode {
         VerifyCode::Revoked => proto::VerifyCode::Revoked,
         VerifyCode::Expired => proto::VerifyCode::Expired,
         VerifyCode::InsufficientScope => proto::VerifyCode::InsufficientScope,
+        VerifyCode::IpNotAllowed => proto::VerifyCode::IpNotAllowed,
+        VerifyCode::RateLimited => proto::VerifyCode::RateLimited,
+        VerifyCode::QuotaExceeded => proto::VerifyCode::QuotaExceeded,
+        VerifyCode::Disabled => proto::VerifyCode::Disabled,
+        VerifyCode::NotYetValid => proto::VerifyCode::NotYetValid,
     }
 }
 
@@ -78,6 +164,8 @@ pub fn verification(v: Verification) -> proto::VerifyKeyResponse {
     let mut response = proto::VerifyKeyResponse {
         valid: v.code == VerifyCode::Valid,
         code: verify_code(v.code) as i32,
+        remaining: v.remaining,
+        retry_after: v.retry_after.map(proto_duration),
         ..Default::default()
     };
     if let Some(r) = v.record {
@@ -117,9 +205,38 @@ mod tests {
 
     #[test]
     fn only_valid_sets_valid() {
-        for code in [VerifyCode::Invalid, VerifyCode::Revoked, VerifyCode::Expired, VerifyCode::InsufficientScope] {
-            assert!(!verification(Verification { code, record: None }).valid);
+        use VerifyCode::*;
+        let v = |code| Verification { code, record: None, remaining: None, retry_after: None };
+        let refused = [
+            Invalid,
+            Revoked,
+            Disabled,
+            NotYetValid,
+            Expired,
+            IpNotAllowed,
+            InsufficientScope,
+            RateLimited,
+            QuotaExceeded,
+        ];
+        for code in refused {
+            assert!(!verification(v(code)).valid);
         }
-        assert!(verification(Verification { code: VerifyCode::Valid, record: None }).valid);
+        assert!(verification(v(Valid)).valid);
+    }
+
+    #[test]
+    fn durations_must_be_present_and_non_negative() {
+        let limit = |window| proto::RateLimit { limit: 5, window };
+        let neg = Some(prost_types::Duration { seconds: -1, nanos: 0 });
+        let field = |r: Result<Option<RateLimit>>| match r {
+            Err(Error::InvalidArgument { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(field(rate_limit(Some(limit(neg)))), "rate_limit.window");
+        assert_eq!(field(rate_limit(Some(limit(None)))), "rate_limit.window");
+        let ok = rate_limit(Some(limit(Some(prost_types::Duration { seconds: 1, nanos: 500_000_000 })))).unwrap();
+        assert_eq!(ok.unwrap().window, Duration::from_millis(1500));
+        let bad_refill = proto::Refill { amount: 1, interval: None };
+        assert!(matches!(refill(Some(bad_refill)), Err(Error::InvalidArgument { field: "refill.interval", .. })));
     }
 }

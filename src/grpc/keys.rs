@@ -51,11 +51,40 @@ impl<H: Hsm, S: Store> KeyService for KeyApi<H, S> {
     ) -> Result<Response<proto::ListKeysResponse>, Status> {
         let (caller, _) = auth::caller(&self.keys, &request).await?;
         let req = request.get_ref();
-        let (keys, next) = self.keys.list(&caller, req.page_size, &req.page_token)?;
+        let filter = convert::list_filter(req)?;
+        let (keys, next) = self.keys.list(&caller, &filter, req.page_size, &req.page_token)?;
         Ok(Response::new(proto::ListKeysResponse {
             keys: keys.iter().map(convert::key_info).collect(),
             next_page_token: next.unwrap_or_default(),
         }))
+    }
+
+    async fn update_key(&self, request: Request<proto::UpdateKeyRequest>) -> Result<Response<proto::KeyInfo>, Status> {
+        let (caller, ctx) = auth::caller(&self.keys, &request).await?;
+        let req = request.into_inner();
+        let key_id = req.key_id.clone();
+        let patch = convert::key_patch(req)?;
+        let record = self.keys.update(&caller, &key_id, patch, &ctx).await?;
+        tracing::info!(key_id = %record.id, actor = %caller.key_id, "key updated");
+        Ok(Response::new(convert::key_info(&record)))
+    }
+
+    async fn disable_key(
+        &self,
+        request: Request<proto::DisableKeyRequest>,
+    ) -> Result<Response<proto::KeyInfo>, Status> {
+        let (caller, ctx) = auth::caller(&self.keys, &request).await?;
+        let req = request.get_ref();
+        let record = self.keys.disable(&caller, &req.key_id, &req.reason, &ctx).await?;
+        tracing::info!(key_id = %record.id, actor = %caller.key_id, "key disabled");
+        Ok(Response::new(convert::key_info(&record)))
+    }
+
+    async fn enable_key(&self, request: Request<proto::EnableKeyRequest>) -> Result<Response<proto::KeyInfo>, Status> {
+        let (caller, ctx) = auth::caller(&self.keys, &request).await?;
+        let record = self.keys.enable(&caller, &request.get_ref().key_id, &ctx).await?;
+        tracing::info!(key_id = %record.id, actor = %caller.key_id, "key enabled");
+        Ok(Response::new(convert::key_info(&record)))
     }
 
     async fn revoke_key(&self, request: Request<proto::RevokeKeyRequest>) -> Result<Response<proto::KeyInfo>, Status> {

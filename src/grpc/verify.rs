@@ -9,6 +9,7 @@ use crate::{
     domain::{
         ports::{Hsm, Store},
         service::Keys,
+        verify::VerifyRequest,
     },
     proto::{self, verify_service_server::VerifyService},
 };
@@ -31,7 +32,18 @@ impl<H: Hsm, S: Store> VerifyService for VerifyApi<H, S> {
     ) -> Result<Response<proto::VerifyKeyResponse>, Status> {
         let (caller, _) = auth::caller(&self.keys, &request).await?;
         let req = request.into_inner();
-        let verification = self.keys.verify(&caller, &req.key, &req.client_ip, &req.required_scopes).await?;
+        let verification = self
+            .keys
+            .verify(
+                &caller,
+                VerifyRequest {
+                    key: &req.key,
+                    client_ip: &req.client_ip,
+                    required_scopes: &req.required_scopes,
+                    cost: req.cost,
+                },
+            )
+            .await?;
         tracing::debug!(code = ?verification.code, key_id = ?verification.record.as_ref().map(|r| r.id), "key verified");
         Ok(Response::new(convert::verification(verification)))
     }

@@ -3,14 +3,15 @@
 
 use std::{
     collections::BTreeMap,
+    net::IpAddr,
     time::{Duration, SystemTime},
 };
 
 use prost::Message;
 
 use crate::domain::{
-    audit::{Actor, AuditAction, AuditEvent},
-    key::{DIGEST_LEN, Digest, KeyId, KeyRecord, KeyState, MasterKeyVersion},
+    audit::{Actor, AuditAction, AuditEvent, FieldChange},
+    key::{DIGEST_LEN, Digest, KeyId, KeyRecord, KeyState, MasterKeyVersion, Quota, RateLimit, Refill, Usage},
     ports::{MasterState, StoreError},
 };
 
@@ -42,6 +43,64 @@ struct StoredKey {
     created_by: Option<Vec<u8>>,
     #[prost(message, optional, tag = "12")]
     digest: Option<StoredDigest>,
+    #[prost(string, repeated, tag = "13")]
+    allowed_cidrs: Vec<String>,
+    #[prost(int64, optional, tag = "14")]
+    not_before: Option<i64>,
+    #[prost(message, optional, tag = "15")]
+    rate_limit: Option<StoredRateLimit>,
+    #[prost(message, optional, tag = "16")]
+    quota: Option<StoredQuota>,
+    #[prost(int64, optional, tag = "17")]
+    disabled_at: Option<i64>,
+    #[prost(string, optional, tag = "18")]
+    disable_reason: Option<String>,
+    #[prost(int64, optional, tag = "19")]
+    updated_at: Option<i64>,
+    #[prost(message, optional, tag = "20")]
+    usage: Option<StoredUsage>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct StoredRateLimit {
+    #[prost(uint32, tag = "1")]
+    limit: u32,
+    #[prost(uint64, tag = "2")]
+    window_nanos: u64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct StoredQuota {
+    #[prost(uint64, tag = "1")]
+    remaining: u64,
+    #[prost(uint64, optional, tag = "2")]
+    refill_amount: Option<u64>,
+    #[prost(uint64, optional, tag = "3")]
+    refill_interval_nanos: Option<u64>,
+    #[prost(int64, tag = "4")]
+    refilled_at: i64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct StoredUsage {
+    #[prost(int64, optional, tag = "1")]
+    last_used_at: Option<i64>,
+    #[prost(string, optional, tag = "2")]
+    last_used_ip: Option<String>,
+    #[prost(uint64, tag = "3")]
+    valid_count: u64,
+    #[prost(uint64, tag = "4")]
+    rejected_count: u64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct StoredChange {
+    #[prost(string, tag = "1")]
+    field: String,
+    #[prost(string, tag = "2")]
+    before: String,
+    #[prost(string, tag = "3")]
+    after: String,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -68,6 +127,8 @@ struct StoredEvent {
     client_addr: Option<String>,
     #[prost(string, optional, tag = "7")]
     reason: Option<String>,
+    #[prost(message, repeated, tag = "8")]
+    changes: Vec<StoredChange>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -135,6 +196,7 @@ pub fn encode_key(r: &KeyRecord) -> Vec<u8> {
         state: match r.state {
             KeyState::Active => 1,
             KeyState::Revoked => 2,
+            KeyState::Disabled => 3,
         },
         created_at: to_nanos(r.created_at),
         expires_at: r.expires_at.map(to_nanos),
@@ -143,6 +205,47 @@ pub fn encode_key(r: &KeyRecord) -> Vec<u8> {
         metadata: r.metadata.clone(),
         created_by: r.created_by.map(|id| id.as_bytes().to_vec()),
         digest: Some(encode_digest(&r.digest)),
+        allowed_cidrs: r.allowed_cidrs.iter().map(|n| n.to_string()).collect(),
+        not_before: r.not_before.map(to_nanos),
+        rate_limit: r.rate_limit.map(|l| StoredRateLimit { limit: l.limit, window_nanos: duration_nanos(l.window) }),
+        quota: r.quota.map(|q| StoredQuota {
+            remaining: q.remaining,
+            refill_amount: q.refill.map(|r| r.amount),
+            refill_interval_nanos: q.refill.map(|r| duration_nanos(r.interval)),
+            refilled_at: to_nanos(q.refilled_at),
+        }),
+        disabled_at: r.disabled_at.map(to_nanos),
+        disable_reason: r.disable_reason.clone(),
+        updated_at: r.updated_at.map(to_nanos),
+        usage: Some(StoredUsage {
+            last_used_at: r.usage.last_used_at.map(to_nanos),
+            last_used_ip: r.usage.last_used_ip.map(|ip| ip.to_string()),
+            valid_count: r.usage.valid_count,
+            rejected_count: r.usage.rejected_count,
+        }),
+    })
+}
+
+fn duration_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn decode_quota(q: StoredQuota) -> Result<Quota, StoreError> {
+    let refill = match (q.refill_amount, q.refill_interval_nanos) {
+        (Some(amount), Some(nanos)) => Some(Refill { amount, interval: Duration::from_nanos(nanos) }),
+        (None, None) => None,
+        _ => return Err(corrupt("key")),
+    };
+    Ok(Quota { remaining: q.remaining, refill, refilled_at: from_nanos(q.refilled_at) })
+}
+
+fn decode_usage(u: Option<StoredUsage>) -> Result<Usage, StoreError> {
+    let Some(u) = u else { return Ok(Usage::default()) };
+    Ok(Usage {
+        last_used_at: u.last_used_at.map(from_nanos),
+        last_used_ip: u.last_used_ip.map(|ip| ip.parse::<IpAddr>().map_err(|_| corrupt("key"))).transpose()?,
+        valid_count: u.valid_count,
+        rejected_count: u.rejected_count,
     })
 }
 
@@ -156,6 +259,7 @@ pub fn decode_key(bytes: &[u8]) -> Result<KeyRecord, StoreError> {
         state: match s.state {
             1 => KeyState::Active,
             2 => KeyState::Revoked,
+            3 => KeyState::Disabled,
             _ => return Err(corrupt("key")),
         },
         created_at: from_nanos(s.created_at),
@@ -165,6 +269,18 @@ pub fn decode_key(bytes: &[u8]) -> Result<KeyRecord, StoreError> {
         metadata: s.metadata,
         created_by: s.created_by.map(|b| key_id(&b, "key")).transpose()?,
         digest: decode_digest(s.digest, "key")?,
+        allowed_cidrs: s
+            .allowed_cidrs
+            .iter()
+            .map(|n| n.parse().map_err(|_| corrupt("key")))
+            .collect::<Result<_, _>>()?,
+        not_before: s.not_before.map(from_nanos),
+        rate_limit: s.rate_limit.map(|l| RateLimit { limit: l.limit, window: Duration::from_nanos(l.window_nanos) }),
+        quota: s.quota.map(decode_quota).transpose()?,
+        disabled_at: s.disabled_at.map(from_nanos),
+        disable_reason: s.disable_reason,
+        updated_at: s.updated_at.map(from_nanos),
+        usage: decode_usage(s.usage)?,
     })
 }
 
@@ -181,6 +297,11 @@ pub fn encode_event(e: &AuditEvent) -> Vec<u8> {
         target: e.target.map(|id| id.as_bytes().to_vec()),
         client_addr: e.client_addr.clone(),
         reason: e.reason.clone(),
+        changes: e
+            .changes
+            .iter()
+            .map(|c| StoredChange { field: c.field.clone(), before: c.before.clone(), after: c.after.clone() })
+            .collect(),
     })
 }
 
@@ -198,6 +319,11 @@ pub fn decode_event(bytes: &[u8]) -> Result<AuditEvent, StoreError> {
         target: s.target.map(|t| key_id(&t, "audit")).transpose()?,
         client_addr: s.client_addr,
         reason: s.reason,
+        changes: s
+            .changes
+            .into_iter()
+            .map(|c| FieldChange { field: c.field, before: c.before, after: c.after })
+            .collect(),
     })
 }
 
@@ -216,20 +342,36 @@ mod tests {
 
     #[test]
     fn records_round_trip_with_nanosecond_times() {
-        let record = KeyRecord {
-            id: KeyId::new_v7(),
-            name: "svc".into(),
-            prefix: "kw".into(),
-            scopes: vec!["a:*".into()],
-            state: KeyState::Revoked,
-            created_at: SystemTime::now(),
-            expires_at: Some(SystemTime::now() + Duration::from_nanos(123_456_789)),
-            revoked_at: Some(SystemTime::UNIX_EPOCH - Duration::from_secs(5)),
-            revoke_reason: Some("leaked".into()),
-            metadata: [("team".to_string(), "a".to_string())].into(),
-            created_by: Some(KeyId::new_v7()),
-            digest: Digest { version: MasterKeyVersion(2), mac: [9; 32] },
+        let digest = Digest { version: MasterKeyVersion(2), mac: [9; 32] };
+        let mut record =
+            KeyRecord::new(KeyId::new_v7(), "svc".into(), "kw".into(), vec!["a:*".into()], SystemTime::now(), digest);
+        assert_eq!(decode_key(&encode_key(&record)).unwrap(), record);
+        record.state = KeyState::Revoked;
+        record.expires_at = Some(SystemTime::now() + Duration::from_nanos(123_456_789));
+        record.revoked_at = Some(SystemTime::UNIX_EPOCH - Duration::from_secs(5));
+        record.revoke_reason = Some("leaked".into());
+        record.metadata = [("team".to_string(), "a".to_string())].into();
+        record.created_by = Some(KeyId::new_v7());
+        record.allowed_cidrs = vec!["10.0.0.0/8".parse().unwrap(), "2001:db8::/32".parse().unwrap()];
+        record.not_before = Some(SystemTime::UNIX_EPOCH + Duration::from_secs(7));
+        record.rate_limit = Some(RateLimit { limit: 100, window: Duration::from_millis(1500) });
+        record.quota = Some(Quota {
+            remaining: 42,
+            refill: Some(Refill { amount: 100, interval: Duration::from_secs(86_400) }),
+            refilled_at: SystemTime::now(),
+        });
+        record.disabled_at = Some(SystemTime::now());
+        record.disable_reason = Some("paused".into());
+        record.updated_at = Some(SystemTime::now());
+        record.usage = Usage {
+            last_used_at: Some(SystemTime::now()),
+            last_used_ip: Some("2001:db8::1".parse().unwrap()),
+            valid_count: 5,
+            rejected_count: 2,
         };
+        assert_eq!(decode_key(&encode_key(&record)).unwrap(), record);
+        record.state = KeyState::Disabled;
+        record.quota = Some(Quota { remaining: 0, refill: None, refilled_at: SystemTime::UNIX_EPOCH });
         assert_eq!(decode_key(&encode_key(&record)).unwrap(), record);
         let event = AuditEvent {
             at: SystemTime::now(),
@@ -238,6 +380,7 @@ mod tests {
             target: Some(record.id),
             client_addr: Some("127.0.0.1:1".into()),
             reason: None,
+            changes: vec![FieldChange { field: "scopes".into(), before: "[a]".into(), after: "[a, b]".into() }],
         };
         assert_eq!(decode_event(&encode_event(&event)).unwrap(), event);
     }

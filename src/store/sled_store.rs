@@ -19,7 +19,8 @@ use crate::domain::{
     audit::{AuditEvent, RecordedEvent},
     error::Error,
     key::{KeyId, KeyRecord},
-    ports::{KeyChange, MasterState, Store, StoreError},
+    ports::{KeyChange, MasterState, Store, StoreError, Updated},
+    usage::UsageDelta,
 };
 
 const MASTER: &[u8] = b"master";
@@ -159,17 +160,15 @@ impl Store for SledStore {
         }
     }
 
-    fn list_keys(&self, after: Option<KeyId>, limit: usize) -> Result<Vec<KeyRecord>, StoreError> {
-        let start = match &after {
-            Some(id) => Bound::Excluded(id.as_bytes().as_slice()),
+    fn scan_keys(&self, after: Option<KeyId>) -> impl Iterator<Item = Result<KeyRecord, StoreError>> + '_ {
+        let start = match after {
+            Some(id) => Bound::Excluded(id.as_bytes().to_vec()),
             None => Bound::Unbounded,
         };
         self.0
             .keys
-            .range::<&[u8], _>((start, Bound::Unbounded))
-            .take(limit)
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
             .map(|item| codec::decode_key(&item.map_err(unavailable)?.1))
-            .collect()
     }
 
     async fn insert_key(&self, record: KeyRecord, event: AuditEvent) -> Result<(), StoreError> {
@@ -182,7 +181,7 @@ impl Store for SledStore {
         .map_err(StoreError::from)
     }
 
-    async fn update_key<F>(&self, id: KeyId, change: F) -> Result<KeyRecord, Error>
+    async fn update_key<F>(&self, id: KeyId, change: F) -> Result<Updated, Error>
     where
         F: Fn(&KeyRecord) -> KeyChange + Send + 'static,
     {
@@ -191,18 +190,34 @@ impl Store for SledStore {
                 let Some(bytes) = t.keys.get(id.as_bytes())? else {
                     return abort(Abort::Domain(Error::NotFound(format!("key {id}"))));
                 };
-                let current = codec::decode_key(&bytes).or_else(|e| abort(Abort::Store(e)))?;
-                match change(&current) {
+                let before = codec::decode_key(&bytes).or_else(|e| abort(Abort::Store(e)))?;
+                match change(&before) {
                     Err(e) => abort(Abort::Domain(e)),
-                    Ok(None) => Ok(current),
-                    Ok(Some((next, event))) => {
-                        t.keys.insert(id.as_bytes(), codec::encode_key(&next))?;
-                        t.append_audit(seq, &event)?;
-                        Ok(next)
+                    Ok(None) => Ok(Updated { after: before.clone(), before }),
+                    Ok(Some((after, event))) => {
+                        t.keys.insert(id.as_bytes(), codec::encode_key(&after))?;
+                        if let Some(event) = event {
+                            t.append_audit(seq, &event)?;
+                        }
+                        Ok(Updated { before, after })
                     }
                 }
             })
             .await?)
+    }
+
+    async fn record_usage(&self, batch: Vec<(KeyId, UsageDelta)>) -> Result<(), StoreError> {
+        self.write(move |t, _| {
+            for (id, delta) in &batch {
+                let Some(bytes) = t.keys.get(id.as_bytes())? else { continue };
+                let mut record = codec::decode_key(&bytes).or_else(|e| abort(Abort::Store(e)))?;
+                record.usage.absorb(delta);
+                t.keys.insert(id.as_bytes(), codec::encode_key(&record))?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(StoreError::from)
     }
 
     fn master(&self) -> Result<Option<MasterState>, StoreError> {

@@ -114,8 +114,11 @@ async fn get_and_list_show_every_key_in_pages() {
     let mut seen = vec![];
     let mut token = String::new();
     loop {
-        let page =
-            admin.list_keys(proto::ListKeysRequest { page_size: 2, page_token: token }).await.unwrap().into_inner();
+        let page = admin
+            .list_keys(proto::ListKeysRequest { page_size: 2, page_token: token, ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
         assert!(page.keys.len() <= 2);
         seen.extend(page.keys.into_iter().map(|k| k.key_id));
         if page.next_page_token.is_empty() {
@@ -150,11 +153,15 @@ async fn malformed_fields_are_invalid_argument_naming_the_field_never_internal()
     }
     let status = admin.get_key(proto::GetKeyRequest { key_id: "nope".into() }).await.unwrap_err();
     assert_eq!((status.code(), status.message().contains("key_id")), (Code::InvalidArgument, true));
-    let status =
-        admin.list_keys(proto::ListKeysRequest { page_size: -1, page_token: String::new() }).await.unwrap_err();
+    let status = admin
+        .list_keys(proto::ListKeysRequest { page_size: -1, page_token: String::new(), ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    let status =
-        admin.list_keys(proto::ListKeysRequest { page_size: 1, page_token: "forged".into() }).await.unwrap_err();
+    let status = admin
+        .list_keys(proto::ListKeysRequest { page_size: 1, page_token: "forged".into(), ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     let status = admin
         .revoke_key(proto::RevokeKeyRequest { key_id: uuid::Uuid::now_v7().to_string(), reason: String::new() })

@@ -1,0 +1,206 @@
+//! Verification, the hot path: parse → secret (HSM) → revoked → disabled → not yet valid →
+//! expired → IP allowlist → scopes → rate limit → quota. A key that does not prove its secret is
+//! `Invalid`, whatever its id's state; only a proven key learns a later code. Also the periodic
+//! work the hot path defers: writing usage facts, and returning quota leases at shutdown.
+
+use std::time::{Duration, SystemTime};
+
+use super::{
+    error::Result,
+    key::{KeyId, KeyRecord},
+    key_format,
+    policy::{self, VerifyCode},
+    ports::{Hsm, Store},
+    quota::{self, Lease, Spend},
+    service::{Caller, Keys, Permission},
+    validate,
+};
+
+/// A VerifyKey request, before validation.
+#[derive(Debug, Default)]
+pub struct VerifyRequest<'a> {
+    pub key: &'a str,
+    pub client_ip: &'a str,
+    pub required_scopes: &'a [String],
+    pub cost: Option<u32>,
+}
+
+#[derive(Debug)]
+pub struct Verification {
+    pub code: VerifyCode,
+    /// Set whenever the secret verified (every code but `Invalid`).
+    pub record: Option<KeyRecord>,
+    /// Uses left, for a key with a quota that got this far.
+    pub remaining: Option<u64>,
+    /// With `RateLimited`: when a call may pass again.
+    pub retry_after: Option<Duration>,
+}
+
+impl Verification {
+    const INVALID: Verification =
+        Verification { code: VerifyCode::Invalid, record: None, remaining: None, retry_after: None };
+}
+
+/// What spending from a quota came to.
+enum Spent {
+    Yes { left: u64 },
+    Exceeded { left: u64 },
+    Unlimited,
+}
+
+impl<H: Hsm, S: Store> Keys<H, S> {
+    pub async fn verify(&self, caller: &Caller, req: VerifyRequest<'_>) -> Result<Verification> {
+        self.authorize(caller, Permission::Verify)?;
+        validate::scopes("required_scopes", req.required_scopes, validate::MAX_SCOPES)?;
+        let client_ip = validate::client_ip(req.client_ip)?;
+        let cost = validate::cost(req.cost)?;
+        let Some(parsed) = key_format::parse(req.key) else {
+            return Ok(Verification::INVALID);
+        };
+        let Some(record) = self.store.get_key(parsed.key_id)? else {
+            self.secret_matches(&parsed, &self.decoy).await?;
+            return Ok(Verification::INVALID);
+        };
+        if !self.secret_matches(&parsed, &record.digest).await? {
+            return Ok(Verification::INVALID);
+        }
+        let now = self.clock.now();
+        let mut verification = Verification {
+            code: policy::evaluate(&record, now, client_ip, req.required_scopes),
+            record: None,
+            remaining: None,
+            retry_after: None,
+        };
+        if verification.code == VerifyCode::Valid {
+            self.check_limits(&record, now, cost, &mut verification).await?;
+        }
+        self.usage.record(record.id, verification.code == VerifyCode::Valid, now, client_ip);
+        verification.record = Some(record);
+        Ok(verification)
+    }
+
+    /// The stateful checks, after every other one passed: rate limit, then quota.
+    async fn check_limits(&self, record: &KeyRecord, now: SystemTime, cost: u64, v: &mut Verification) -> Result<()> {
+        if let Some(limit) = record.rate_limit
+            && let Err(wait) = self.rate_limits.check(record.id, limit)
+        {
+            v.code = VerifyCode::RateLimited;
+            v.retry_after = Some(wait);
+            return Ok(());
+        }
+        if record.quota.is_none() {
+            return Ok(());
+        }
+        if cost == 0 {
+            v.remaining = self.view(record.clone()).quota.map(|q| q.remaining);
+            return Ok(());
+        }
+        match self.spend(record.id, now, cost).await? {
+            Spent::Yes { left } => v.remaining = Some(left),
+            Spent::Exceeded { left } => {
+                v.code = VerifyCode::QuotaExceeded;
+                v.remaining = Some(left);
+            }
+            Spent::Unlimited => {}
+        }
+        Ok(())
+    }
+
+    /// Spends `cost` uses of key `id`'s quota: from this node's lease when it can, else by
+    /// taking a new lease from the store (one durable write per lease).
+    async fn spend(&self, id: KeyId, now: SystemTime, cost: u64) -> Result<Spent> {
+        let gate = self.accounts.gate(id);
+        let local = |gate: &quota::Gate| {
+            let mut account = gate.account();
+            let total = account.stored.map_or(0, |q| q.remaining) + account.lease.map_or(0, |l| l.uses);
+            account.spend_locally(now, cost).map(|r| match r {
+                Ok(left) => Spent::Yes { left },
+                Err(()) => Spent::Exceeded { left: total },
+            })
+        };
+        if let Some(spent) = local(&gate) {
+            return Ok(spent);
+        }
+        let _reserving = gate.reserving.lock().await;
+        if let Some(spent) = local(&gate) {
+            return Ok(spent);
+        }
+        let returned = gate.account().lease.take();
+        let max_lease = self.config.quota_max_lease;
+        let updated = self
+            .store
+            .update_key(id, move |current| {
+                let reservation = quota::reserve(current.quota, returned, now, cost, max_lease);
+                if reservation.stored == current.quota {
+                    return Ok(None);
+                }
+                let mut next = current.clone();
+                next.quota = reservation.stored;
+                Ok(Some((next, None)))
+            })
+            .await;
+        let mut account = gate.account();
+        let updated = match updated {
+            Ok(updated) => updated,
+            Err(e) => {
+                // The write may or may not have landed: give the lease up rather than risk
+                // spending it twice.
+                *account = Default::default();
+                return Err(e);
+            }
+        };
+        let reservation = quota::reserve(updated.before.quota, returned, now, cost, max_lease);
+        account.stored = reservation.stored;
+        let Some(stored) = reservation.stored else {
+            *account = Default::default();
+            return Ok(Spent::Unlimited);
+        };
+        Ok(match reservation.outcome {
+            Spend::Spent { lease } => {
+                account.lease = Some(lease);
+                Spent::Yes { left: stored.remaining + lease.uses }
+            }
+            Spend::Exceeded | Spend::Unlimited => {
+                account.lease = Some(Lease { uses: 0, epoch: stored.refilled_at });
+                Spent::Exceeded { left: stored.remaining }
+            }
+        })
+    }
+
+    /// Writes the usage gathered since the last call. Run periodically and at shutdown.
+    pub async fn flush_usage(&self) -> Result<usize> {
+        let batch: Vec<_> = self.usage.take().into_iter().collect();
+        let n = batch.len();
+        if n > 0 {
+            self.store.record_usage(batch).await?;
+        }
+        Ok(n)
+    }
+
+    /// Folds every quota lease this node holds back into the store, so a clean shutdown loses
+    /// no uses, and writes pending usage.
+    pub async fn shutdown(&self) -> Result<()> {
+        let now = self.clock.now();
+        for (id, gate) in self.accounts.leased() {
+            let _reserving = gate.reserving.lock().await;
+            let returned = gate.account().lease.take();
+            let result = self
+                .store
+                .update_key(id, move |current| {
+                    let settled = quota::settle(current.quota, returned, now);
+                    if settled == current.quota {
+                        return Ok(None);
+                    }
+                    let mut next = current.clone();
+                    next.quota = settled;
+                    Ok(Some((next, None)))
+                })
+                .await;
+            *gate.account() = Default::default();
+            if let Err(e) = result {
+                tracing::warn!(key_id = %id, error = %e, "could not return a quota lease; its unspent uses are lost");
+            }
+        }
+        self.flush_usage().await.map(|_| ())
+    }
+}
