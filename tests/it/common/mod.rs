@@ -120,6 +120,7 @@ impl Instance {
             .args(["serve", "--dev", "--data-dir", self.data_dir_str(), "--listen", "127.0.0.1:0", "--addr-file"])
             .arg(&addr_file)
             .env("RUST_LOG", "trace")
+            .env("KEYWARD_DEV_CLOCK_OFFSET_FILE", self.clock_file())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -140,6 +141,16 @@ impl Instance {
             assert!(Instant::now() < deadline, "keyward serve did not start in 30 s; log:\n{}", self.logs());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    fn clock_file(&self) -> PathBuf {
+        self.data_dir.with_file_name("clock-offset")
+    }
+
+    /// Moves the server's clock forward by `secs` (it reads the offset on every use).
+    pub fn advance_clock(&self, secs: i64) {
+        let now: i64 = fs::read_to_string(self.clock_file()).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+        fs::write(self.clock_file(), (now + secs).to_string()).unwrap();
     }
 
     pub fn addr(&self) -> SocketAddr {
