@@ -256,6 +256,7 @@ async fn run_server(opts: &Options, listen: Option<SocketAddr>, addr_file: Optio
     tracing::info!(address = %local, "keyward serving");
     let served = grpc::serve(keys.clone(), listener, config.server.limits(), shutdown_signal()).await;
     usage_flush.abort();
+    let _ = usage_flush.await;
     if let Err(e) = keys.shutdown().await {
         tracing::error!(error = %e, "returning quota leases and writing usage at shutdown failed");
     }

@@ -333,8 +333,13 @@ impl<H: Hsm, S: Store> Keys<H, S> {
             })
             .await;
         if let Some(g) = &gate {
-            // Folded back or, on failure, given up: a lease is never spent twice.
-            *g.account() = Default::default();
+            let mut account = g.account();
+            match &updated {
+                // Refused inside the transaction: nothing was written, the lease still holds.
+                Err(e) if !matches!(e, Error::Unavailable(_)) => account.lease = returned,
+                // Folded back, or the write's fate is unknown: give it up, never spend it twice.
+                _ => *account = Default::default(),
+            }
         }
         Ok(self.view(updated?.after))
     }

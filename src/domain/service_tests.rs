@@ -534,6 +534,13 @@ async fn updating_the_quota_folds_the_lease_back_first() {
     assert_eq!(last.action, AuditAction::KeyUpdated);
     assert_eq!(last.changes.len(), 1);
     assert_eq!((last.changes[0].before.as_str(), last.changes[0].after.as_str()), ("none", "50 every 60s"));
+    // A refused update keeps the lease: no uses are lost.
+    f.verify_full(k.key.expose(), "", None).await;
+    let err = f.patch(k.record.id, &["remaining"], |p| p.remaining = None).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { field: "remaining", .. }), "{err:?}");
+    assert_eq!(f.remaining(k.record.id), Some(498));
+    f.verify_full(k.key.expose(), "", None).await;
+    assert_eq!(f.remaining(k.record.id), Some(497));
     let updated = f.patch(k.record.id, &["remaining"], |p| p.remaining = Some(2)).await.unwrap();
     assert_eq!(updated.quota.unwrap().remaining, 2);
     let codes = futures_codes(&f, k.key.expose(), 3).await;

@@ -8,6 +8,7 @@ mod auth;
 mod durability;
 mod grpcurl;
 mod hsm_token;
+mod limits;
 mod policies;
 mod reflection;
 mod secrets;

@@ -71,6 +71,8 @@ pub struct Instance {
     server: Option<Child>,
     addr: Option<SocketAddr>,
     starts: u32,
+    /// `RUST_LOG` for the server: `trace` unless a load test asks for less.
+    pub log_filter: &'static str,
 }
 
 impl Instance {
@@ -85,7 +87,16 @@ impl Instance {
         let printed = String::from_utf8(out.stdout).unwrap().trim().to_owned();
         let root_key = fs::read_to_string(data_dir.join("root.key")).unwrap().trim().to_owned();
         assert_eq!(printed, root_key, "init prints the root key it wrote to root.key");
-        Self { _tmp: tmp, data_dir, root_key, log_file, server: None, addr: None, starts: 0 }
+        Self { _tmp: tmp, data_dir, root_key, log_file, server: None, addr: None, starts: 0, log_filter: "trace" }
+    }
+
+    /// `init` then `start`, logging at info: for tests that load the server, where trace
+    /// logging would be most of the work.
+    pub async fn started_quiet() -> Self {
+        let mut instance = Self::init();
+        instance.log_filter = "info";
+        instance.start().await;
+        instance
     }
 
     /// `init` then `start`.
@@ -119,7 +130,7 @@ impl Instance {
         let child = Command::new(BIN)
             .args(["serve", "--dev", "--data-dir", self.data_dir_str(), "--listen", "127.0.0.1:0", "--addr-file"])
             .arg(&addr_file)
-            .env("RUST_LOG", "trace")
+            .env("RUST_LOG", self.log_filter)
             .env("KEYWARD_DEV_CLOCK_OFFSET_FILE", self.clock_file())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
