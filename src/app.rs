@@ -305,19 +305,31 @@ async fn flush_usage_every(keys: Arc<Keys<Pkcs11Hsm, SledStore>>, every: Duratio
     }
 }
 
-/// `keyward bench verify`.
+/// `keyward bench verify [--policies]`.
 pub fn bench_verify(
     target: &str,
     key_file: &Path,
     concurrency: usize,
     connections: usize,
     duration: Duration,
+    policies: bool,
 ) -> Result<(), AppError> {
     let key = crate::bench::read_key_file(key_file).map_err(AppError::Refused)?;
-    let figures = runtime()?
-        .block_on(crate::bench::verify(target, &key, concurrency, connections, duration))
-        .map_err(AppError::Refused)?;
-    println!("{}", figures.report(&format!("VerifyKey x{concurrency} over {connections} connections")));
+    let runtime = runtime()?;
+    let what = format!("x{concurrency} over {connections} connections");
+    if policies {
+        let (plain, all) = runtime
+            .block_on(crate::bench::verify_policies(target, &key, concurrency, connections, duration, 3))
+            .map_err(AppError::Refused)?;
+        println!("{}", plain.report(&format!("VerifyKey, no policies, {what}")));
+        println!("{}", all.report(&format!("VerifyKey, all policies, {what}")));
+        println!("all policies / none: {:.1} % of the throughput", 100.0 * all.per_second() / plain.per_second());
+    } else {
+        let figures = runtime
+            .block_on(crate::bench::verify(target, &key, concurrency, connections, duration))
+            .map_err(AppError::Refused)?;
+        println!("{}", figures.report(&format!("VerifyKey {what}")));
+    }
     Ok(())
 }
 

@@ -35,6 +35,13 @@ impl Figures {
         Self { calls: latencies_us.len(), errors, elapsed, latencies_us }
     }
 
+    /// Several runs as one: calls and time add up.
+    fn combine(runs: Vec<Figures>) -> Self {
+        let elapsed = runs.iter().map(|f| f.elapsed).sum();
+        let errors = runs.iter().map(|f| f.errors).sum();
+        Self::new(runs.into_iter().flat_map(|f| f.latencies_us).collect(), errors, elapsed)
+    }
+
     pub fn per_second(&self) -> f64 {
         self.calls as f64 / self.elapsed.as_secs_f64()
     }
@@ -102,8 +109,91 @@ fn bearer(key: &str) -> Result<tonic::metadata::MetadataValue<tonic::metadata::A
     format!("Bearer {key}").parse().map_err(|_| "the admin key is not ASCII".to_string())
 }
 
-/// Creates one key with the admin key, then runs VerifyKey on it from `concurrency` tasks
-/// over `connections` HTTP/2 connections for `duration`.
+/// Open connections to the target and the admin credential.
+struct Target {
+    channels: Vec<Channel>,
+    auth: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+}
+
+/// What a verification run presents: a key, and what the request asks of it.
+#[derive(Clone)]
+struct Presented {
+    key: Arc<String>,
+    client_ip: String,
+    required_scopes: Vec<String>,
+}
+
+impl Target {
+    async fn connect(target: &str, admin_key: &str, connections: usize) -> Result<Self, String> {
+        let endpoint = Channel::from_shared(format!("http://{target}")).map_err(|e| e.to_string())?;
+        let mut channels = Vec::new();
+        for _ in 0..connections.max(1) {
+            channels.push(endpoint.connect().await.map_err(|e| format!("connecting to {target}: {e}"))?);
+        }
+        Ok(Self { channels, auth: bearer(admin_key)? })
+    }
+
+    async fn create(&self, create: proto::CreateKeyRequest) -> Result<String, String> {
+        let mut request = tonic::Request::new(create);
+        request.metadata_mut().insert("authorization", self.auth.clone());
+        let created = KeyServiceClient::new(self.channels[0].clone()).create_key(request).await;
+        Ok(created.map_err(|e| e.to_string())?.into_inner().key)
+    }
+
+    /// VerifyKey on `presented` from `concurrency` tasks for `duration`; only VALID counts.
+    async fn run(&self, presented: &Presented, concurrency: usize, duration: Duration) -> Result<Figures, String> {
+        let deadline = Instant::now() + duration;
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for i in 0..concurrency.max(1) {
+            let mut client = VerifyServiceClient::new(self.channels[i % self.channels.len()].clone());
+            let (presented, auth) = (presented.clone(), self.auth.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut samples = Samples::default();
+                while Instant::now() < deadline {
+                    let mut request = tonic::Request::new(proto::VerifyKeyRequest {
+                        key: presented.key.to_string(),
+                        client_ip: presented.client_ip.clone(),
+                        required_scopes: presented.required_scopes.clone(),
+                        cost: None,
+                    });
+                    request.metadata_mut().insert("authorization", auth.clone());
+                    let t = Instant::now();
+                    let ok = matches!(client.verify_key(request).await, Ok(r) if r.get_ref().valid);
+                    samples.record(t, ok);
+                }
+                samples
+            }));
+        }
+        join_all(tasks, start).await
+    }
+}
+
+fn plain_key() -> proto::CreateKeyRequest {
+    proto::CreateKeyRequest { name: "bench".into(), scopes: vec!["bench:read".into()], ..Default::default() }
+}
+
+/// A key with every policy set, loose enough that every call is VALID: the cost of checking
+/// them all, including a quota (one durable lease write per `quota_max_lease` calls).
+fn policy_key() -> proto::CreateKeyRequest {
+    let now = std::time::SystemTime::now();
+    let duration = |secs| prost_types::Duration { seconds: secs, nanos: 0 };
+    proto::CreateKeyRequest {
+        name: "bench-policies".into(),
+        scopes: vec!["bench:*".into(), "other:read".into()],
+        allowed_cidrs: vec!["192.0.2.0/24".into(), "2001:db8::/32".into(), "10.0.0.0/8".into()],
+        not_before: Some((now - Duration::from_secs(60)).into()),
+        expires_at: Some((now + Duration::from_secs(86_400)).into()),
+        rate_limit: Some(proto::RateLimit { limit: 1_000_000, window: Some(duration(1)) }),
+        remaining: Some(crate::domain::validate::MAX_USES),
+        refill: Some(proto::Refill { amount: crate::domain::validate::MAX_USES, interval: Some(duration(86_400)) }),
+        metadata: [("team".to_string(), "bench".to_string())].into(),
+        ..Default::default()
+    }
+}
+
+/// Creates a key with the admin key, then runs VerifyKey on it from `concurrency` tasks over
+/// `connections` HTTP/2 connections for `duration`.
 pub async fn verify(
     target: &str,
     admin_key: &str,
@@ -111,45 +201,42 @@ pub async fn verify(
     connections: usize,
     duration: Duration,
 ) -> Result<Figures, String> {
-    let endpoint = Channel::from_shared(format!("http://{target}")).map_err(|e| e.to_string())?;
-    let mut channels = Vec::new();
-    for _ in 0..connections.max(1) {
-        channels.push(endpoint.connect().await.map_err(|e| format!("connecting to {target}: {e}"))?);
-    }
-    let auth = bearer(admin_key)?;
-    let mut request = tonic::Request::new(proto::CreateKeyRequest {
-        name: "bench".into(),
-        scopes: vec!["bench:read".into()],
-        ..Default::default()
-    });
-    request.metadata_mut().insert("authorization", auth.clone());
-    let created =
-        KeyServiceClient::new(channels[0].clone()).create_key(request).await.map_err(|e| e.to_string())?.into_inner();
-    let key = Arc::new(created.key);
+    let target = Target::connect(target, admin_key, connections).await?;
+    let key = target.create(plain_key()).await?;
+    let presented =
+        Presented { key: Arc::new(key), client_ip: String::new(), required_scopes: vec!["bench:read".into()] };
+    target.run(&presented, concurrency, duration).await
+}
 
-    let deadline = Instant::now() + duration;
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for i in 0..concurrency.max(1) {
-        let mut client = VerifyServiceClient::new(channels[i % channels.len()].clone());
-        let (key, auth) = (key.clone(), auth.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut samples = Samples::default();
-            while Instant::now() < deadline {
-                let mut request = tonic::Request::new(proto::VerifyKeyRequest {
-                    key: key.to_string(),
-                    required_scopes: vec!["bench:read".into()],
-                    ..Default::default()
-                });
-                request.metadata_mut().insert("authorization", auth.clone());
-                let t = Instant::now();
-                let ok = matches!(client.verify_key(request).await, Ok(r) if r.get_ref().valid);
-                samples.record(t, ok);
-            }
-            samples
-        }));
+/// Policies on the hot path: VerifyKey on a key with no policies and on one with all of them,
+/// in alternating rounds of `round` each (`rounds` of each), in the same run. Returns the
+/// figures of each, all rounds merged.
+pub async fn verify_policies(
+    target: &str,
+    admin_key: &str,
+    concurrency: usize,
+    connections: usize,
+    round: Duration,
+    rounds: usize,
+) -> Result<(Figures, Figures), String> {
+    let target = Target::connect(target, admin_key, connections).await?;
+    let required_scopes = vec!["bench:read".into()];
+    let plain =
+        Presented { key: Arc::new(target.create(plain_key()).await?), client_ip: String::new(), required_scopes };
+    let with_policies = Presented {
+        key: Arc::new(target.create(policy_key()).await?),
+        client_ip: "10.1.2.3".into(),
+        required_scopes: vec!["bench:read".into(), "other:read".into()],
+    };
+    // Warm both paths (connections, caches) before measuring.
+    target.run(&plain, concurrency, Duration::from_millis(500)).await?;
+    target.run(&with_policies, concurrency, Duration::from_millis(500)).await?;
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..rounds.max(1) {
+        a.push(target.run(&plain, concurrency, round).await?);
+        b.push(target.run(&with_policies, concurrency, round).await?);
     }
-    join_all(tasks, start).await
+    Ok((Figures::combine(a), Figures::combine(b)))
 }
 
 /// A fixed key id and secret with their digest under `version`: what the HSM runs verify on.

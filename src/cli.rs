@@ -47,6 +47,10 @@ enum BenchCommand {
         /// Seconds to run.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Compare a key with every policy set against one with none, in alternating rounds of
+        /// `--seconds` each (three of each).
+        #[arg(long)]
+        policies: bool,
     },
     /// Raw HMAC-SHA256 verifications per second through keyward's PKCS#11 adapter.
     Hsm {
@@ -102,8 +106,9 @@ pub fn run() -> ExitCode {
             let opts = app::Options::new(a.common.data_dir, a.common.config, a.common.dev);
             app::serve(&opts, a.listen, a.addr_file)
         }
-        Command::Bench(BenchCommand::Verify { target, key_file, concurrency, connections, seconds }) => {
-            app::bench_verify(&target, &key_file, concurrency, connections, Duration::from_secs(seconds))
+        Command::Bench(BenchCommand::Verify { target, key_file, concurrency, connections, seconds, policies }) => {
+            let seconds = Duration::from_secs(seconds);
+            app::bench_verify(&target, &key_file, concurrency, connections, seconds, policies)
         }
         Command::Bench(BenchCommand::Hsm { common, concurrency, seconds, direct }) => {
             let opts = app::Options::new(common.data_dir, common.config, common.dev);
