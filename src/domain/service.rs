@@ -274,14 +274,12 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         let after = filter.resume_after(page_token)?;
         let mut keys = Vec::with_capacity(size);
         let mut last = None;
-        let mut scanned = 0;
-        for record in self.store.scan_keys(after) {
+        for (scanned, record) in self.store.scan_keys(after).enumerate() {
             let record = record?;
             if keys.len() == size || scanned == listing::MAX_SCAN {
                 // There is at least one more record: resume after the last one looked at.
                 return Ok((keys, last.map(|id| filter.token(id))));
             }
-            scanned += 1;
             last = Some(record.id);
             if filter.matches(&record) {
                 keys.push(self.view(record));
