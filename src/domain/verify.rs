@@ -17,12 +17,24 @@ use super::{
 };
 
 /// A VerifyKey request, before validation.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct VerifyRequest<'a> {
+    /// The presented key: a secret, never shown by `Debug`.
     pub key: &'a str,
     pub client_ip: &'a str,
     pub required_scopes: &'a [String],
     pub cost: Option<u32>,
+}
+
+impl std::fmt::Debug for VerifyRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyRequest")
+            .field("key", &"<redacted>")
+            .field("client_ip", &self.client_ip)
+            .field("required_scopes", &self.required_scopes)
+            .field("cost", &self.cost)
+            .finish()
+    }
 }
 
 #[derive(Debug)]
@@ -202,5 +214,17 @@ impl<H: Hsm, S: Store> Keys<H, S> {
             }
         }
         self.flush_usage().await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_presented_key() {
+        let request = VerifyRequest { key: "kw_SECRETSECRET", client_ip: "10.0.0.1", ..Default::default() };
+        let shown = format!("{request:?}");
+        assert!(!shown.contains("SECRET") && shown.contains("<redacted>") && shown.contains("10.0.0.1"), "{shown}");
     }
 }
