@@ -102,8 +102,9 @@ pub(crate) struct Account {
 
 impl Account {
     /// Spends from memory if this account can decide alone: `Some(Ok(left))` spent, leaving
-    /// `left` uses in all; `Some(Err(()))` exceeded; `None` when the store must be consulted.
-    pub fn spend_locally(&mut self, now: SystemTime, cost: u64) -> Option<Result<u64, ()>> {
+    /// `left` uses in all; `Some(Err(left))` exceeded, `left` uses remaining; `None` when the
+    /// store must be consulted.
+    pub fn spend_locally(&mut self, now: SystemTime, cost: u64) -> Option<Result<u64, u64>> {
         let stored = self.stored?;
         let lease = self.lease.filter(|l| l.epoch == stored.refilled_at)?;
         if refilled(stored, now) != stored {
@@ -114,7 +115,7 @@ impl Account {
             self.lease = Some(lease);
             Some(Ok(stored.remaining + lease.uses))
         } else if stored.remaining + lease.uses < cost {
-            Some(Err(()))
+            Some(Err(stored.remaining + lease.uses))
         } else {
             None
         }
@@ -244,7 +245,7 @@ mod tests {
         a.lease = Some(Lease { uses: 2, epoch: T0 });
         assert_eq!(a.spend_locally(T0, 1), Some(Ok(1)));
         assert_eq!(a.spend_locally(T0, 1), Some(Ok(0)));
-        assert_eq!(a.spend_locally(T0, 1), Some(Err(())));
+        assert_eq!(a.spend_locally(T0, 1), Some(Err(0)));
         a.stored = Some(quota(5, None));
         assert_eq!(a.spend_locally(T0, 1), None, "uses remain in the store: take a new lease");
         a.stored = Some(quota(5, Some(Refill { amount: 9, interval: secs(1) })));

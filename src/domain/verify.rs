@@ -7,10 +7,10 @@ use std::time::{Duration, SystemTime};
 
 use super::{
     error::Result,
-    key::{KeyId, KeyRecord},
+    key::{KeyId, KeyRecord, Quota},
     key_format,
     policy::{self, VerifyCode},
-    ports::{Hsm, Store},
+    ports::{Hsm, Store, Updated},
     quota::{self, Lease, Spend},
     service::{Caller, Keys, Permission},
     validate,
@@ -123,11 +123,9 @@ impl<H: Hsm, S: Store> Keys<H, S> {
     async fn spend(&self, id: KeyId, now: SystemTime, cost: u64) -> Result<Spent> {
         let gate = self.accounts.gate(id);
         let local = |gate: &quota::Gate| {
-            let mut account = gate.account();
-            let total = account.stored.map_or(0, |q| q.remaining) + account.lease.map_or(0, |l| l.uses);
-            account.spend_locally(now, cost).map(|r| match r {
+            gate.account().spend_locally(now, cost).map(|r| match r {
                 Ok(left) => Spent::Yes { left },
-                Err(()) => Spent::Exceeded { left: total },
+                Err(left) => Spent::Exceeded { left },
             })
         };
         if let Some(spent) = local(&gate) {
@@ -139,18 +137,8 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         }
         let returned = gate.account().lease.take();
         let max_lease = self.config.quota_max_lease;
-        let updated = self
-            .store
-            .update_key(id, move |current| {
-                let reservation = quota::reserve(current.quota, returned, now, cost, max_lease);
-                if reservation.stored == current.quota {
-                    return Ok(None);
-                }
-                let mut next = current.clone();
-                next.quota = reservation.stored;
-                Ok(Some((next, None)))
-            })
-            .await;
+        let updated =
+            self.write_quota(id, move |stored| quota::reserve(stored, returned, now, cost, max_lease).stored).await;
         let mut account = gate.account();
         let updated = match updated {
             Ok(updated) => updated,
@@ -179,6 +167,23 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         })
     }
 
+    /// Stores key `id`'s quota as `next` derives it from the stored one (bookkeeping: no audit
+    /// event); writes nothing if it is unchanged.
+    async fn write_quota<F>(&self, id: KeyId, next: F) -> Result<Updated>
+    where
+        F: Fn(Option<Quota>) -> Option<Quota> + Send + 'static,
+    {
+        self.store
+            .update_key(id, move |current| {
+                let quota = next(current.quota);
+                if quota == current.quota {
+                    return Ok(None);
+                }
+                Ok(Some((KeyRecord { quota, ..current.clone() }, None)))
+            })
+            .await
+    }
+
     /// Writes the usage gathered since the last call. Run periodically and at shutdown.
     pub async fn flush_usage(&self) -> Result<usize> {
         let batch: Vec<_> = self.usage.take().into_iter().collect();
@@ -196,18 +201,7 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         for (id, gate) in self.accounts.leased() {
             let _reserving = gate.reserving.lock().await;
             let returned = gate.account().lease.take();
-            let result = self
-                .store
-                .update_key(id, move |current| {
-                    let settled = quota::settle(current.quota, returned, now);
-                    if settled == current.quota {
-                        return Ok(None);
-                    }
-                    let mut next = current.clone();
-                    next.quota = settled;
-                    Ok(Some((next, None)))
-                })
-                .await;
+            let result = self.write_quota(id, move |stored| quota::settle(stored, returned, now)).await;
             *gate.account() = Default::default();
             if let Err(e) = result {
                 tracing::warn!(key_id = %id, error = %e, "could not return a quota lease; its unspent uses are lost");
