@@ -231,18 +231,33 @@ async fn run_server(opts: &Options, listen: Option<SocketAddr>, addr_file: Optio
     let master = store.master()?.ok_or_else(|| {
         AppError::Refused("the database has no master key record: was `keyward init` interrupted?".into())
     })?;
-    hsm.require_master_key(master.current)?;
+    for version in master.live() {
+        hsm.require_master_key(version.version)?;
+    }
+    for retired in master.versions.iter().filter(|v| v.retired_at.is_some()) {
+        if hsm.require_master_key(retired.version).is_ok() {
+            tracing::warn!(version = %retired.version, "a retired master key is still on the token; run `keyward master retire` for it again to destroy it");
+        }
+    }
+    let sweep_every = config.rotation.sweep_interval;
     let keys_config = KeysConfig {
         auth_cache_capacity: config.server.auth_cache_capacity,
         auth_cache_ttl: Duration::from_millis(config.server.auth_cache_ttl_ms),
         rate_limiter_capacity: config.policy.rate_limiter_capacity,
         quota_max_lease: config.policy.quota_max_lease,
+        rotation: config.rotation.domain(),
+        migration: config.master.domain(),
     };
     let clock = clock(opts)?;
     let keys = Arc::new(Keys::new(Arc::new(hsm.clone()), Arc::new(store.clone()), clock, master, keys_config));
     keys.self_test().await?;
     let usage_flush =
         tokio::spawn(flush_usage_every(keys.clone(), Duration::from_millis(config.policy.usage_flush_ms)));
+    let migrations = tokio::spawn({
+        let keys = keys.clone();
+        async move { keys.run_migrations().await }
+    });
+    let sweeper = sweep_every.map(|every| tokio::spawn(sweep_every_interval(keys.clone(), every)));
 
     let listen = listen.or(config.listen).unwrap_or_else(|| config::DEFAULT_LISTEN.parse().expect("a valid default"));
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(io(format!("listening on {listen}")))?;
@@ -257,6 +272,12 @@ async fn run_server(opts: &Options, listen: Option<SocketAddr>, addr_file: Optio
     let served = grpc::serve(keys.clone(), listener, config.server.limits(), shutdown_signal()).await;
     usage_flush.abort();
     let _ = usage_flush.await;
+    migrations.abort();
+    let _ = migrations.await;
+    if let Some(sweeper) = sweeper {
+        sweeper.abort();
+        let _ = sweeper.await;
+    }
     if let Err(e) = keys.shutdown().await {
         tracing::error!(error = %e, "returning quota leases and writing usage at shutdown failed");
     }
@@ -303,6 +324,32 @@ async fn flush_usage_every(keys: Arc<Keys<Pkcs11Hsm, SledStore>>, every: Duratio
             tracing::warn!(error = %e, "writing usage facts failed; this batch is dropped");
         }
     }
+}
+
+/// Runs the sweeper every `every`, the first time one interval after startup.
+async fn sweep_every_interval(keys: Arc<Keys<Pkcs11Hsm, SledStore>>, every: Duration) {
+    let every = every.max(Duration::from_secs(1));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let actor = crate::domain::audit::Actor::System("sweeper".into());
+        match keys.sweep(actor, false, &Default::default()).await {
+            Ok(r) if r.expired.is_empty() && r.disabled.is_empty() => {}
+            Ok(r) => tracing::info!(expired = r.expired.len(), disabled = r.disabled.len(), "sweep done"),
+            Err(e) => tracing::warn!(error = %e, "sweep failed; retrying at the next interval"),
+        }
+    }
+}
+
+/// `keyward master ...` against a running server.
+pub fn master(target: &str, key_file: Option<&Path>, command: crate::admin::MasterCommand) -> Result<(), AppError> {
+    let key_file = key_file
+        .ok_or_else(|| AppError::Refused("--key-file is required (a key holding keyward:master:rotate)".into()))?;
+    let key = crate::bench::read_key_file(key_file).map_err(AppError::Refused)?;
+    let out = runtime()?.block_on(crate::admin::master(target, &key, command)).map_err(AppError::Refused)?;
+    println!("{out}");
+    Ok(())
 }
 
 /// `keyward bench verify [--policies]`.

@@ -25,6 +25,38 @@ enum Command {
     /// Measure: VerifyKey on a running server, or raw HMAC operations on the HSM.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// The HSM master key of a running server: status, rotate, retire.
+    Master(MasterArgs),
+}
+
+#[derive(Args, Debug)]
+struct MasterArgs {
+    #[command(subcommand)]
+    command: MasterSub,
+    /// Server address.
+    #[arg(long, global = true, default_value = "127.0.0.1:50051", env = "KEYWARD_TARGET")]
+    target: String,
+    /// File whose first line is a key holding `keyward:master:rotate` (or `:read` for status),
+    /// e.g. DATA_DIR/root.key.
+    #[arg(long, global = true, env = "KEYWARD_KEY_FILE")]
+    key_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum MasterSub {
+    /// Versions, the keys that need each, and the re-digest under way.
+    Status,
+    /// Create version N+1 in the HSM and make it current; keys move to it in the background.
+    Rotate {
+        /// Wait until every key verifies under the new version.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Destroy a version in the HSM once no live key needs it.
+    Retire {
+        /// The version number (as `status` shows it, without the `v`).
+        version: u32,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -109,6 +141,14 @@ pub fn run() -> ExitCode {
         Command::Bench(BenchCommand::Verify { target, key_file, concurrency, connections, seconds, policies }) => {
             let seconds = Duration::from_secs(seconds);
             app::bench_verify(&target, &key_file, concurrency, connections, seconds, policies)
+        }
+        Command::Master(a) => {
+            let command = match a.command {
+                MasterSub::Status => crate::admin::MasterCommand::Status,
+                MasterSub::Rotate { wait } => crate::admin::MasterCommand::Rotate { wait },
+                MasterSub::Retire { version } => crate::admin::MasterCommand::Retire { version },
+            };
+            app::master(&a.target, a.key_file.as_deref(), command)
         }
         Command::Bench(BenchCommand::Hsm { common, concurrency, seconds, direct }) => {
             let opts = app::Options::new(common.data_dir, common.config, common.dev);

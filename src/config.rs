@@ -42,6 +42,126 @@ pub struct Config {
     pub hsm: HsmSection,
     pub server: ServerSection,
     pub policy: PolicySection,
+    pub rotation: RotationSection,
+    pub master: MasterSection,
+}
+
+/// Durations in the configuration: humantime text (`90d`, `24h`, `30s`); `"off"` for none.
+mod human {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| D::Error::custom(format!("{text:?}: {e}")))
+    }
+
+    pub mod off {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => super::serialize(d, s),
+                None => s.serialize_str("off"),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            let text = String::deserialize(d)?;
+            if text == "off" {
+                return Ok(None);
+            }
+            let parsed = humantime::parse_duration(&text).map_err(|e| D::Error::custom(format!("{text:?}: {e}")))?;
+            Ok((!parsed.is_zero()).then_some(parsed))
+        }
+    }
+}
+
+/// Key rotation: defaults, the rotation policy, the reaper and the sweeper that applies them.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RotationSection {
+    /// How long a rotated key keeps verifying when RotateKey names no grace period.
+    #[serde(with = "human")]
+    pub grace_period: Duration,
+    /// `max_age` of new keys that name none (`"off"`: no limit).
+    #[serde(with = "human::off")]
+    pub max_age: Option<Duration>,
+    /// Verifications say `rotation_due` from this long before a key's `max_age`.
+    #[serde(with = "human")]
+    pub warning: Duration,
+    /// A key stops verifying this long after its `max_age`.
+    #[serde(with = "human")]
+    pub max_age_grace: Duration,
+    /// The sweeper disables keys unused this long (`"off"`: never). The root key is exempt.
+    #[serde(with = "human::off")]
+    pub inactive_after: Option<Duration>,
+    /// How often the sweeper runs (`"off"`: only on SweepKeys).
+    #[serde(with = "human::off")]
+    pub sweep_interval: Option<Duration>,
+}
+
+impl Default for RotationSection {
+    fn default() -> Self {
+        let d = crate::domain::rotation::RotationConfig::default();
+        Self {
+            grace_period: d.default_grace,
+            max_age: d.default_max_age,
+            warning: d.rules.warning,
+            max_age_grace: d.rules.grace,
+            inactive_after: d.inactive_after,
+            sweep_interval: Some(Duration::from_secs(3600)),
+        }
+    }
+}
+
+impl RotationSection {
+    pub fn domain(&self) -> crate::domain::rotation::RotationConfig {
+        crate::domain::rotation::RotationConfig {
+            default_grace: self.grace_period,
+            default_max_age: self.max_age,
+            rules: crate::domain::policy::RotationRules { warning: self.warning, grace: self.max_age_grace },
+            inactive_after: self.inactive_after,
+        }
+    }
+}
+
+/// The background re-digest after a master key rotation.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MasterSection {
+    /// Keys per transaction and progress checkpoint.
+    pub migration_batch: usize,
+    /// HSM operations the re-digest keeps in flight.
+    pub migration_concurrency: usize,
+    /// Pause between batches, leaving the HSM to verifications.
+    pub migration_pause_ms: u64,
+}
+
+impl Default for MasterSection {
+    fn default() -> Self {
+        let d = crate::domain::rotation::MigrationConfig::default();
+        Self {
+            migration_batch: d.batch,
+            migration_concurrency: d.concurrency,
+            migration_pause_ms: d.pause.as_millis() as u64,
+        }
+    }
+}
+
+impl MasterSection {
+    pub fn domain(&self) -> crate::domain::rotation::MigrationConfig {
+        crate::domain::rotation::MigrationConfig {
+            batch: self.migration_batch.max(1),
+            concurrency: self.migration_concurrency.max(1),
+            pause: Duration::from_millis(self.migration_pause_ms),
+        }
+    }
 }
 
 /// Where the per-key policies keep their state.
@@ -209,5 +329,22 @@ mod tests {
         c.apply_env(|name| (name == "KEYWARD_HSM_TOKEN_LABEL").then(|| PathBuf::from("other")));
         assert_eq!(c.hsm.token_label, "other");
         assert_eq!(c.server.max_message_bytes, 64 * 1024);
+    }
+
+    #[test]
+    fn rotation_durations_read_as_text_with_off() {
+        let c: Config = toml::from_str(
+            "[rotation]\nmax_age = \"off\"\ngrace_period = \"2h\"\ninactive_after = \"30d\"\nsweep_interval = \"off\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.rotation.max_age, None);
+        assert_eq!(c.rotation.grace_period, Duration::from_secs(7200));
+        assert_eq!(c.rotation.inactive_after, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(c.rotation.sweep_interval, None);
+        assert_eq!(c.rotation.warning, Duration::from_secs(14 * 86_400), "unset keys keep their default");
+        let err = toml::from_str::<Config>("[rotation]\nmax_age = \"soon\"\n").unwrap_err();
+        assert!(err.to_string().contains("soon"), "{err}");
+        let round: Config = toml::from_str(&toml::to_string(&Config::default()).unwrap()).unwrap();
+        assert_eq!(round.rotation.max_age, Config::default().rotation.max_age);
     }
 }

@@ -1,6 +1,7 @@
 //! keyward: a self-hosted API-key service. Keys are issued, verified and revoked over gRPC; the
 //! master HMAC key lives in a PKCS#11 HSM; metadata and the audit trail live in sled.
 
+pub mod admin;
 pub mod app;
 pub mod bench;
 pub mod cli;

@@ -31,6 +31,16 @@ pub enum AuditAction {
     KeyUpdated,
     KeyDisabled,
     KeyEnabled,
+    /// RotateKey: the target is the old key; its successor has its own `KeyCreated`.
+    KeyRotated,
+    /// The sweeper ended a key that outlived its `max_age` and grace.
+    KeyExpired,
+    /// A new master key version became current.
+    MasterRotated,
+    /// The background re-digest under the current master key version finished.
+    MasterMigrated,
+    /// A master key version was removed from the HSM.
+    MasterRetired,
 }
 
 impl AuditAction {
@@ -41,12 +51,30 @@ impl AuditAction {
             AuditAction::KeyUpdated => "key.updated",
             AuditAction::KeyDisabled => "key.disabled",
             AuditAction::KeyEnabled => "key.enabled",
+            AuditAction::KeyRotated => "key.rotated",
+            AuditAction::KeyExpired => "key.expired",
+            AuditAction::MasterRotated => "master.rotated",
+            AuditAction::MasterMigrated => "master.migrated",
+            AuditAction::MasterRetired => "master.retired",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
         use AuditAction::*;
-        [KeyCreated, KeyRevoked, KeyUpdated, KeyDisabled, KeyEnabled].into_iter().find(|a| a.as_str() == s)
+        [
+            KeyCreated,
+            KeyRevoked,
+            KeyUpdated,
+            KeyDisabled,
+            KeyEnabled,
+            KeyRotated,
+            KeyExpired,
+            MasterRotated,
+            MasterMigrated,
+            MasterRetired,
+        ]
+        .into_iter()
+        .find(|a| a.as_str() == s)
     }
 }
 

@@ -62,17 +62,53 @@ impl fmt::Display for MasterKeyVersion {
 /// Length in bytes of an HMAC-SHA256 digest.
 pub const DIGEST_LEN: usize = 32;
 
+/// What the HSM signs to wrap a digest under a newer master key: this context, then the older
+/// MAC. Domain separation: a wrapped digest never stands for a key digest.
+pub const WRAP_CONTEXT: &[u8] = b"keyward/v1/wrap\0";
+
 /// An HMAC-SHA256 the HSM computed over a key's id and secret, with the master key version that
-/// made it. Not a secret by itself, but never logged: `Debug` shows only the version.
+/// made it. Not a secret by itself, but never logged: `Debug` shows only the versions.
+///
+/// After a master key rotation, a digest keyward could not recompute (it never holds the secret)
+/// is *wrapped*: `mac` = HMAC under `version` of `WRAP_CONTEXT ‖ inner mac`, where the inner mac
+/// was made under the versions in `wrapped`, innermost first. Checking it takes one HSM
+/// operation per version; the next successful verification replaces it with a plain digest.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Digest {
+    /// The outermost version: the key `C_Verify` runs under.
     pub version: MasterKeyVersion,
     pub mac: [u8; DIGEST_LEN],
+    /// Versions under which the inner MACs were made, innermost first; empty for a plain digest.
+    pub wrapped: Vec<MasterKeyVersion>,
+}
+
+impl Digest {
+    pub fn plain(version: MasterKeyVersion, mac: [u8; DIGEST_LEN]) -> Self {
+        Self { version, mac, wrapped: Vec::new() }
+    }
+
+    /// Every version checking this digest needs.
+    pub fn versions(&self) -> impl Iterator<Item = MasterKeyVersion> + '_ {
+        self.wrapped.iter().copied().chain(std::iter::once(self.version))
+    }
+
+    pub fn uses(&self, version: MasterKeyVersion) -> bool {
+        self.versions().any(|v| v == version)
+    }
+
+    /// A plain digest made under `version`: nothing left to migrate.
+    pub fn is_plain_under(&self, version: MasterKeyVersion) -> bool {
+        self.version == version && self.wrapped.is_empty()
+    }
 }
 
 impl fmt::Debug for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Digest({}, <redacted>)", self.version)
+        write!(f, "Digest({}", self.version)?;
+        for v in self.wrapped.iter().rev() {
+            write!(f, " wrapping {v}")?;
+        }
+        write!(f, ", <redacted>)")
     }
 }
 
@@ -84,6 +120,8 @@ pub enum KeyState {
     Disabled,
     /// For good.
     Revoked,
+    /// Replaced by RotateKey: verifies until its `rotation_deadline`, then is expired.
+    Rotated,
 }
 
 /// At most `limit` verifications per `window` (GCRA: a burst of `limit`, then one per window/limit).
@@ -158,6 +196,16 @@ pub struct KeyRecord {
     /// The last admin change (update, disable, enable, revoke).
     pub updated_at: Option<SystemTime>,
     pub usage: Usage,
+    /// The key this one replaced (RotateKey).
+    pub rotated_from: Option<KeyId>,
+    /// The key that replaced this one (RotateKey).
+    pub rotated_to: Option<KeyId>,
+    pub rotated_at: Option<SystemTime>,
+    /// A rotated key verifies until this time, then answers `Expired`.
+    pub rotation_deadline: Option<SystemTime>,
+    /// The rotation policy: the key should be rotated before it is this old, and stops verifying
+    /// a configured grace after. `None`: no limit.
+    pub max_age: Option<Duration>,
 }
 
 impl KeyRecord {
@@ -184,7 +232,17 @@ impl KeyRecord {
             disable_reason: None,
             updated_at: None,
             usage: Usage::default(),
+            rotated_from: None,
+            rotated_to: None,
+            rotated_at: None,
+            rotation_deadline: None,
+            max_age: None,
         }
+    }
+
+    /// When the key should have been rotated by, under its `max_age`.
+    pub fn rotate_by(&self) -> Option<SystemTime> {
+        self.max_age.map(|age| self.created_at + age)
     }
 }
 
@@ -203,8 +261,11 @@ mod tests {
 
     #[test]
     fn digest_debug_hides_the_mac() {
-        let d = Digest { version: MasterKeyVersion(3), mac: [0xab; DIGEST_LEN] };
-        let s = format!("{d:?}");
-        assert_eq!(s, "Digest(v3, <redacted>)");
+        let mut d = Digest::plain(MasterKeyVersion(3), [0xab; DIGEST_LEN]);
+        assert_eq!(format!("{d:?}"), "Digest(v3, <redacted>)");
+        d.wrapped = vec![MasterKeyVersion(1), MasterKeyVersion(2)];
+        assert_eq!(format!("{d:?}"), "Digest(v3 wrapping v2 wrapping v1, <redacted>)");
+        assert!(d.uses(MasterKeyVersion(1)) && !d.uses(MasterKeyVersion(4)));
+        assert!(!d.is_plain_under(MasterKeyVersion(3)));
     }
 }

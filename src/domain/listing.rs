@@ -4,7 +4,7 @@
 
 use super::{
     error::{Error, Result},
-    key::{KeyId, KeyRecord, KeyState},
+    key::{KeyId, KeyRecord, KeyState, MasterKeyVersion},
     key_format, scope,
 };
 
@@ -19,6 +19,8 @@ pub struct ListFilter {
     /// Lowercase.
     pub name_contains: Option<String>,
     pub scope: Option<String>,
+    /// Only keys whose digest needs this master key version.
+    pub master_version: Option<MasterKeyVersion>,
 }
 
 impl ListFilter {
@@ -36,7 +38,13 @@ impl ListFilter {
         if let Some(s) = &scope {
             scope::check_syntax(s).map_err(|why| Error::invalid("scope", why))?;
         }
-        Ok(Self { state, prefix, name_contains, scope })
+        Ok(Self { state, prefix, name_contains, scope, master_version: None })
+    }
+
+    /// Adds the master key version filter (0: none).
+    pub fn with_master_version(mut self, version: u32) -> Self {
+        self.master_version = (version != 0).then_some(MasterKeyVersion(version));
+        self
     }
 
     pub fn matches(&self, r: &KeyRecord) -> bool {
@@ -44,10 +52,11 @@ impl ListFilter {
             && self.prefix.as_ref().is_none_or(|p| &r.prefix == p)
             && self.name_contains.as_ref().is_none_or(|n| r.name.to_lowercase().contains(n.as_str()))
             && self.scope.as_ref().is_none_or(|s| scope::any_grants(&r.scopes, s))
+            && self.master_version.is_none_or(|v| r.digest.uses(v))
     }
 
     fn fingerprint(&self) -> String {
-        let text = format!("{:?}", (self.state, &self.prefix, &self.name_contains, &self.scope));
+        let text = format!("{:?}", (self.state, &self.prefix, &self.name_contains, &self.scope, self.master_version));
         blake3::hash(text.as_bytes()).to_hex()[..16].to_owned()
     }
 
@@ -82,7 +91,7 @@ mod tests {
     use crate::domain::key::{Digest, MasterKeyVersion};
 
     fn record(name: &str, prefix: &str, scopes: &[&str]) -> KeyRecord {
-        let digest = Digest { version: MasterKeyVersion(1), mac: [0; 32] };
+        let digest = Digest::plain(MasterKeyVersion(1), [0; 32]);
         let scopes = scopes.iter().map(|s| s.to_string()).collect();
         KeyRecord::new(KeyId::new_v7(), name.into(), prefix.into(), scopes, SystemTime::UNIX_EPOCH, digest)
     }

@@ -1,7 +1,7 @@
 //! The ports: what the domain needs from the outside world (an HSM, a store), as traits the
 //! adapters in `crate::hsm` and `crate::store` implement.
 
-use std::future::Future;
+use std::{future::Future, time::SystemTime};
 
 use super::{
     audit::{AuditEvent, RecordedEvent},
@@ -19,6 +19,9 @@ pub enum HsmError {
     /// The HSM refused the operation for a reason retrying will not fix.
     #[error("HSM operation failed: {0}")]
     Failed(String),
+    /// The token's contents forbid the operation (say, a master key that is not safe to use).
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// The HSM holding the master keys. Every call may block on the device, so adapters run
@@ -33,8 +36,18 @@ pub trait Hsm: Send + Sync + 'static {
         input: SensitiveBytes,
     ) -> impl Future<Output = Result<Digest, HsmError>> + Send;
     /// Whether `digest` is the HMAC of `input` under the digest's master key version; the
-    /// comparison happens inside the HSM (`C_Verify`).
+    /// comparison happens inside the HSM (`C_Verify`). A wrapped digest (see `Digest`) is
+    /// checked by recomputing its inner MACs in the HSM, innermost first, then `C_Verify`.
     fn verify(&self, input: SensitiveBytes, digest: &Digest) -> impl Future<Output = Result<bool, HsmError>> + Send;
+    /// `digest` wrapped under master key `version`: HMAC of `WRAP_CONTEXT ‖ digest.mac`.
+    fn wrap(&self, digest: &Digest, version: MasterKeyVersion)
+    -> impl Future<Output = Result<Digest, HsmError>> + Send;
+    /// Generates master key `version` inside the token (sensitive, never extractable). A key of
+    /// that version already there is adopted only if the token generated it and it never left
+    /// (a rotation that stopped before it was recorded); otherwise `Refused`.
+    fn create_master_key(&self, version: MasterKeyVersion) -> impl Future<Output = Result<(), HsmError>> + Send;
+    /// Destroys master key `version` on the token; a version already gone is not an error.
+    fn destroy_master_key(&self, version: MasterKeyVersion) -> impl Future<Output = Result<(), HsmError>> + Send;
     /// False while the token is unreachable.
     fn is_healthy(&self) -> bool;
 }
@@ -52,12 +65,68 @@ pub enum StoreError {
     AlreadyInitialized,
 }
 
-/// What keyward keeps about its master key: the version new digests use, and a digest of a
-/// fixed message made at init, which startup verifies (the HSM self-test).
+/// One master key version keyward made in the HSM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MasterVersion {
+    pub version: MasterKeyVersion,
+    pub created_at: SystemTime,
+    /// Set once the version was removed from the HSM.
+    pub retired_at: Option<SystemTime>,
+    /// A digest of a fixed message made under this version when it was created: startup
+    /// verifies it (the HSM self-test).
+    pub self_test: Digest,
+}
+
+/// The background re-digest that follows a master key rotation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Migration {
+    pub to: MasterKeyVersion,
+    pub started_at: SystemTime,
+    /// The last key done, in key id order; `None` before the first batch.
+    pub after: Option<KeyId>,
+    /// Keys re-digested so far.
+    pub wrapped: u64,
+}
+
+/// What keyward keeps about its master keys: the version new digests use, every version made,
+/// and the migration under way, if any.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MasterState {
     pub current: MasterKeyVersion,
-    pub self_test: Digest,
+    /// Oldest first.
+    pub versions: Vec<MasterVersion>,
+    pub migration: Option<Migration>,
+}
+
+impl MasterState {
+    pub fn first(version: MasterKeyVersion, self_test: Digest, at: SystemTime) -> Self {
+        Self {
+            current: version,
+            versions: vec![MasterVersion { version, created_at: at, retired_at: None, self_test }],
+            migration: None,
+        }
+    }
+
+    pub fn version(&self, version: MasterKeyVersion) -> Option<&MasterVersion> {
+        self.versions.iter().find(|v| v.version == version)
+    }
+
+    /// Versions still in the HSM.
+    pub fn live(&self) -> impl Iterator<Item = &MasterVersion> {
+        self.versions.iter().filter(|v| v.retired_at.is_none())
+    }
+
+    pub fn is_live(&self, version: MasterKeyVersion) -> bool {
+        self.version(version).is_some_and(|v| v.retired_at.is_none())
+    }
+}
+
+/// A digest to replace if, when the write runs, the key still has `expected`.
+#[derive(Clone, Debug)]
+pub struct DigestSwap {
+    pub id: KeyId,
+    pub expected: Digest,
+    pub new: Digest,
 }
 
 /// A change to a key, decided by the domain from the current record: the new record and the
@@ -85,6 +154,22 @@ pub trait Store: Send + Sync + 'static {
     fn update_key<F>(&self, id: KeyId, change: F) -> impl Future<Output = Result<Updated, Error>> + Send
     where
         F: Fn(&KeyRecord) -> KeyChange + Send + 'static;
+    /// Reads key `id`, lets `change` decide its new record, the successor key to insert and the
+    /// audit events, and writes them in one transaction. Returns the old key before and after,
+    /// and the successor.
+    fn rotate_key<F>(&self, id: KeyId, change: F) -> impl Future<Output = Result<(Updated, KeyRecord), Error>> + Send
+    where
+        F: Fn(&KeyRecord) -> Result<(KeyRecord, KeyRecord, Vec<AuditEvent>), Error> + Send + 'static;
+    /// Replaces each digest that is still as expected and, if given, records `master` (a
+    /// migration's progress), in one transaction. Returns how many digests were replaced.
+    fn replace_digests(
+        &self,
+        swaps: Vec<DigestSwap>,
+        master: Option<(MasterState, Option<AuditEvent>)>,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send;
+    /// Records a new master state with its audit event.
+    fn set_master(&self, master: MasterState, event: AuditEvent)
+    -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Adds gathered usage to the keys' records (keys since deleted are skipped), durably.
     fn record_usage(&self, batch: Vec<(KeyId, UsageDelta)>) -> impl Future<Output = Result<(), StoreError>> + Send;
     fn master(&self) -> Result<Option<MasterState>, StoreError>;
@@ -101,7 +186,10 @@ pub trait Store: Send + Sync + 'static {
 
 impl From<HsmError> for Error {
     fn from(e: HsmError) -> Self {
-        Error::Unavailable(e.to_string())
+        match e {
+            HsmError::Refused(why) => Error::FailedPrecondition(why),
+            other => Error::Unavailable(other.to_string()),
+        }
     }
 }
 

@@ -2,7 +2,14 @@
 //! revoke keys, and set up a new installation. Verification is in `verify`. Works through the
 //! `Hsm` and `Store` ports only.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration, time::SystemTime};
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
 
 use super::{
     audit::{Actor, AuditAction, AuditEvent},
@@ -13,9 +20,10 @@ use super::{
     key_format::{self, ParsedKey},
     listing::{self, ListFilter},
     policy::{self, VerifyCode},
-    ports::{Hsm, MasterState, Store},
+    ports::{DigestSwap, Hsm, MasterState, Store},
     quota::{self, Accounts},
     ratelimit::RateLimits,
+    rotation::{MigrationConfig, RotationConfig},
     scope,
     secret::{KeyString, Secret, SensitiveBytes},
     update::{self, KeyPatch},
@@ -39,7 +47,7 @@ pub fn key_digest_input(id: KeyId, secret: &Secret) -> SensitiveBytes {
     SensitiveBytes::new(input)
 }
 
-fn self_test_input() -> SensitiveBytes {
+pub(super) fn self_test_input() -> SensitiveBytes {
     SensitiveBytes::new(SELF_TEST_MESSAGE.to_vec())
 }
 
@@ -51,6 +59,11 @@ pub enum Permission {
     KeysRead,
     KeysUpdate,
     KeysRevoke,
+    KeysRotate,
+    /// Rotate the caller's own key.
+    SelfRotate,
+    MasterRead,
+    MasterRotate,
 }
 
 impl Permission {
@@ -61,6 +74,10 @@ impl Permission {
             Permission::KeysRead => "keyward:keys:read",
             Permission::KeysUpdate => "keyward:keys:update",
             Permission::KeysRevoke => "keyward:keys:revoke",
+            Permission::KeysRotate => "keyward:keys:rotate",
+            Permission::SelfRotate => "keyward:self:rotate",
+            Permission::MasterRead => "keyward:master:read",
+            Permission::MasterRotate => "keyward:master:rotate",
         }
     }
 }
@@ -92,6 +109,8 @@ pub struct NewKey {
     pub rate_limit: Option<RateLimit>,
     pub remaining: Option<u64>,
     pub refill: Option<Refill>,
+    /// `None`: the configured default; zero: no limit.
+    pub max_age: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -110,6 +129,8 @@ pub struct KeysConfig {
     pub rate_limiter_capacity: usize,
     /// The most quota uses leased at a time per key: the most a crash can lose per key.
     pub quota_max_lease: u64,
+    pub rotation: RotationConfig,
+    pub migration: MigrationConfig,
 }
 
 impl Default for KeysConfig {
@@ -119,6 +140,8 @@ impl Default for KeysConfig {
             auth_cache_ttl: Duration::from_secs(300),
             rate_limiter_capacity: 100_000,
             quota_max_lease: quota::DEFAULT_MAX_LEASE,
+            rotation: RotationConfig::default(),
+            migration: MigrationConfig::default(),
         }
     }
 }
@@ -127,10 +150,19 @@ pub struct Keys<H, S> {
     pub(super) hsm: Arc<H>,
     pub(super) store: Arc<S>,
     pub(super) clock: Arc<dyn Clock>,
-    master: MasterState,
+    /// The master key state as last written; changed only under `master_ops`.
+    pub(super) master: RwLock<MasterState>,
+    /// `master.current`, read on every create and verify without the lock.
+    current: AtomicU32,
+    /// Serializes master key rotation, retirement and migration batches.
+    pub(super) master_ops: tokio::sync::Mutex<()>,
+    /// Wakes the migration task after a rotation.
+    pub(super) migration_wake: tokio::sync::Notify,
+    /// Keys being re-digested after a verification, so a burst re-digests once.
+    redigesting: Arc<Mutex<HashSet<KeyId>>>,
     auth_cache: AuthCache,
     /// Verified against for unknown key ids, so that they cost what a wrong secret costs.
-    pub(super) decoy: Digest,
+    decoy_mac: [u8; 32],
     pub(super) rate_limits: RateLimits,
     pub(super) accounts: Accounts,
     pub(super) usage: UsageBuffer,
@@ -139,16 +171,19 @@ pub struct Keys<H, S> {
 
 impl<H: Hsm, S: Store> Keys<H, S> {
     pub fn new(hsm: Arc<H>, store: Arc<S>, clock: Arc<dyn Clock>, master: MasterState, config: KeysConfig) -> Self {
-        let mut decoy = [0u8; 32];
-        getrandom::fill(&mut decoy).expect("the OS random number generator works");
-        let decoy = Digest { version: master.current, mac: decoy };
+        let mut decoy_mac = [0u8; 32];
+        getrandom::fill(&mut decoy_mac).expect("the OS random number generator works");
         Self {
             hsm,
             store,
             clock,
-            master,
+            current: AtomicU32::new(master.current.0),
+            master: RwLock::new(master),
+            master_ops: tokio::sync::Mutex::new(()),
+            migration_wake: tokio::sync::Notify::new(),
+            redigesting: Arc::default(),
             auth_cache: AuthCache::new(config.auth_cache_capacity, config.auth_cache_ttl),
-            decoy,
+            decoy_mac,
             rate_limits: RateLimits::new(config.rate_limiter_capacity),
             accounts: Accounts::new(),
             usage: UsageBuffer::default(),
@@ -156,16 +191,38 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         }
     }
 
-    /// Verifies the digest made at init: proves the token holds this database's master key.
+    /// Verifies each live master key version's self-test digest: proves the token holds this
+    /// database's master keys.
     pub async fn self_test(&self) -> Result<()> {
-        if self.hsm.verify(self_test_input(), &self.master.self_test).await? {
-            Ok(())
-        } else {
-            Err(Error::FailedPrecondition(format!(
-                "HSM self-test failed: master key {} on the token does not match this database",
-                self.master.self_test.version
-            )))
+        let tests: Vec<Digest> = self.master_state().live().map(|v| v.self_test.clone()).collect();
+        for digest in tests {
+            if !self.hsm.verify(self_test_input(), &digest).await? {
+                return Err(Error::FailedPrecondition(format!(
+                    "HSM self-test failed: master key {} on the token does not match this database",
+                    digest.version
+                )));
+            }
         }
+        Ok(())
+    }
+
+    /// The master key version new digests use.
+    pub fn current_version(&self) -> MasterKeyVersion {
+        MasterKeyVersion(self.current.load(Ordering::Acquire))
+    }
+
+    pub fn master_state(&self) -> MasterState {
+        self.master.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the in-memory master state (after it was written).
+    pub(super) fn set_master_state(&self, state: MasterState) {
+        self.current.store(state.current.0, Ordering::Release);
+        *self.master.write().unwrap_or_else(|e| e.into_inner()) = state;
+    }
+
+    pub(super) fn decoy(&self) -> Digest {
+        Digest::plain(self.current_version(), self.decoy_mac)
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -183,20 +240,25 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         let record = match self.store.get_key(parsed.key_id)? {
             Some(record) if self.auth_cache.contains(record.id, &parsed.secret) => record,
             Some(record) => {
-                if !self.secret_matches(&parsed, &record.digest).await? {
+                if !self.prove(&parsed, &record).await? {
                     return Err(INVALID);
                 }
                 self.auth_cache.insert(record.id, &parsed.secret);
                 record
             }
             None => {
-                self.secret_matches(&parsed, &self.decoy).await?;
+                self.secret_matches(&parsed, &self.decoy()).await?;
                 return Err(INVALID);
             }
         };
         let peer = ctx.client_addr.map(|a| a.ip());
-        match policy::evaluate(&record, self.clock.now(), peer, &[]) {
-            VerifyCode::Valid => Ok(Caller { key_id: record.id, scopes: record.scopes }),
+        let now = self.clock.now();
+        match policy::evaluate(&record, now, peer, &[], &self.config.rotation.rules) {
+            VerifyCode::Valid => {
+                // Calls made with a key are uses of it (the reaper looks at the last one).
+                self.usage.record(record.id, true, now, peer);
+                Ok(Caller { key_id: record.id, scopes: record.scopes })
+            }
             VerifyCode::IpNotAllowed => Err(Error::Unauthenticated("credential is not allowed from this address")),
             _ => Err(Error::Unauthenticated("credential is revoked, disabled, expired or not yet valid")),
         }
@@ -211,7 +273,7 @@ impl<H: Hsm, S: Store> Keys<H, S> {
     }
 
     /// A creator may only grant `keyward:` scopes it holds itself.
-    fn check_escalation(caller: &Caller, scopes: &[String]) -> Result<()> {
+    pub(super) fn check_escalation(caller: &Caller, scopes: &[String]) -> Result<()> {
         match scopes.iter().find(|s| scope::is_permission(s) && !scope::any_grants(&caller.scopes, s)) {
             Some(escalation) => Err(Error::PermissionDenied(format!(
                 "cannot grant `{escalation}`: a key may only grant keyward permissions its caller holds"
@@ -233,11 +295,15 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         let rate_limit = validate::rate_limit(new.rate_limit)?;
         let refill = validate::refill(new.refill)?;
         let remaining = validate::remaining(new.remaining)?.or(refill.map(|r| r.amount));
+        let max_age = match new.max_age {
+            None => self.config.rotation.default_max_age,
+            Some(age) => validate::max_age(Some(age))?,
+        };
         Self::check_escalation(caller, &scopes)?;
 
         let id = KeyId::new_v7();
         let secret = self.hsm.random_secret().await?;
-        let digest = self.hsm.digest(self.master.current, key_digest_input(id, &secret)).await?;
+        let digest = self.hsm.digest(self.current_version(), key_digest_input(id, &secret)).await?;
         let mut record = KeyRecord::new(id, name, prefix, scopes, now, digest);
         record.expires_at = expires_at;
         record.metadata = metadata;
@@ -246,6 +312,7 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         record.not_before = new.not_before;
         record.rate_limit = rate_limit;
         record.quota = remaining.map(|remaining| Quota { remaining, refill, refilled_at: now });
+        record.max_age = max_age;
         let event = audit(now, Actor::Key(caller.key_id), AuditAction::KeyCreated, id, ctx, None);
         self.store.insert_key(record.clone(), event).await?;
         let key = key_format::render(&record.prefix, id, &secret);
@@ -360,6 +427,9 @@ impl<H: Hsm, S: Store> Keys<H, S> {
             .update_key(id, move |current| match current.state {
                 KeyState::Revoked => Err(Error::FailedPrecondition(format!("key {id} is revoked"))),
                 KeyState::Disabled => Ok(None),
+                KeyState::Rotated => Err(Error::FailedPrecondition(format!(
+                    "key {id} was rotated; revoke it to end its overlap at once"
+                ))),
                 KeyState::Active => {
                     let mut next = current.clone();
                     next.state = KeyState::Disabled;
@@ -383,7 +453,7 @@ impl<H: Hsm, S: Store> Keys<H, S> {
             .store
             .update_key(id, move |current| match current.state {
                 KeyState::Revoked => Err(Error::FailedPrecondition(format!("key {id} is revoked for good"))),
-                KeyState::Active => Ok(None),
+                KeyState::Active | KeyState::Rotated => Ok(None),
                 KeyState::Disabled => {
                     let mut next = current.clone();
                     next.state = KeyState::Active;
@@ -440,9 +510,57 @@ impl<H: Hsm, S: Store> Keys<H, S> {
     pub(super) async fn secret_matches(&self, parsed: &ParsedKey, digest: &Digest) -> Result<bool> {
         Ok(self.hsm.verify(key_digest_input(parsed.key_id, &parsed.secret), digest).await?)
     }
+
+    /// Whether the presented secret is `record`'s, checked in the HSM. A digest that needs a
+    /// retired master key can no longer be checked: it costs and answers what an unknown key
+    /// does. A proven key whose digest is not plain under the current master key is re-digested
+    /// in the background (lazy migration: one HSM operation, once).
+    pub(super) async fn prove(&self, parsed: &ParsedKey, record: &KeyRecord) -> Result<bool> {
+        let current = self.current_version();
+        if record.digest.is_plain_under(current) {
+            return self.secret_matches(parsed, &record.digest).await;
+        }
+        let checkable = {
+            let master = self.master.read().unwrap_or_else(|e| e.into_inner());
+            record.digest.versions().all(|v| master.is_live(v))
+        };
+        if !checkable {
+            self.secret_matches(parsed, &self.decoy()).await?;
+            return Ok(false);
+        }
+        if !self.secret_matches(parsed, &record.digest).await? {
+            return Ok(false);
+        }
+        if record.state != KeyState::Revoked {
+            self.redigest_later(parsed, record, current);
+        }
+        Ok(true)
+    }
+
+    fn redigest_later(&self, parsed: &ParsedKey, record: &KeyRecord, current: MasterKeyVersion) {
+        let id = record.id;
+        if !self.redigesting.lock().unwrap_or_else(|e| e.into_inner()).insert(id) {
+            return;
+        }
+        let (hsm, store, redigesting) = (self.hsm.clone(), self.store.clone(), self.redigesting.clone());
+        let input = key_digest_input(parsed.key_id, &parsed.secret);
+        let expected = record.digest.clone();
+        tokio::spawn(async move {
+            let result = async {
+                let new = hsm.digest(current, input).await?;
+                store.replace_digests(vec![DigestSwap { id, expected, new }], None).await?;
+                Ok::<_, Error>(())
+            }
+            .await;
+            if let Err(e) = result {
+                tracing::warn!(key_id = %id, error = %e, "re-digesting a key under the current master key failed; its next verification retries");
+            }
+            redigesting.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        });
+    }
 }
 
-fn audit(
+pub(super) fn audit(
     at: SystemTime,
     actor: Actor,
     action: AuditAction,
@@ -469,8 +587,9 @@ pub async fn bootstrap<H: Hsm, S: Store>(
     let digest = hsm.digest(version, key_digest_input(id, &secret)).await?;
     let record =
         KeyRecord::new(id, "root".into(), key_format::DEFAULT_PREFIX.into(), vec![ROOT_SCOPE.into()], now, digest);
+    // The root key has no max_age and is never reaped: losing it could lock the installation out.
     let event = audit(now, Actor::System("init".into()), AuditAction::KeyCreated, id, &RequestContext::default(), None);
-    store.initialize(MasterState { current: version, self_test }, record.clone(), event).await.map_err(
+    store.initialize(MasterState::first(version, self_test, now), record.clone(), event).await.map_err(
         |e| match e {
             super::ports::StoreError::AlreadyInitialized => {
                 Error::AlreadyExists("the database is already initialized".into())

@@ -296,7 +296,7 @@ async fn usage_is_counted_and_written_in_batches() {
     assert_eq!((seen.valid_count, seen.rejected_count), (2, 1), "pending usage is shown");
     assert_eq!(seen.last_used_ip, Some("10.0.0.2".parse().unwrap()));
     assert_eq!(f.store.get_key(k.record.id).unwrap().unwrap().usage.valid_count, 0, "not written yet");
-    assert_eq!(f.keys.flush_usage().await.unwrap(), 1);
+    assert_eq!(f.keys.flush_usage().await.unwrap(), 2, "this key's usage, and the root caller's authentication");
     let stored = f.store.get_key(k.record.id).unwrap().unwrap().usage;
     assert_eq!((stored.valid_count, stored.rejected_count), (2, 1));
     assert_eq!(stored.last_used_at, Some(f.clock.now()));

@@ -50,6 +50,24 @@ impl Store for CountingStore {
         self.updates.fetch_add(1, Ordering::SeqCst);
         self.inner.update_key(id, change).await
     }
+    async fn rotate_key<F>(&self, id: KeyId, change: F) -> Result<(Updated, KeyRecord)>
+    where
+        F: Fn(&KeyRecord) -> Result<(KeyRecord, KeyRecord, Vec<AuditEvent>)> + Send + 'static,
+    {
+        self.updates.fetch_add(1, Ordering::SeqCst);
+        self.inner.rotate_key(id, change).await
+    }
+    async fn replace_digests(
+        &self,
+        swaps: Vec<super::super::ports::DigestSwap>,
+        master: Option<(MasterState, Option<AuditEvent>)>,
+    ) -> Result<usize, StoreError> {
+        self.updates.fetch_add(1, Ordering::SeqCst);
+        self.inner.replace_digests(swaps, master).await
+    }
+    async fn set_master(&self, master: MasterState, event: AuditEvent) -> Result<(), StoreError> {
+        self.inner.set_master(master, event).await
+    }
     async fn record_usage(&self, batch: Vec<(KeyId, UsageDelta)>) -> Result<(), StoreError> {
         self.inner.record_usage(batch).await
     }

@@ -28,10 +28,11 @@ pub enum Field {
     Remaining,
     Refill,
     Metadata,
+    MaxAge,
 }
 
 impl Field {
-    const ALL: [Field; 9] = [
+    const ALL: [Field; 10] = [
         Field::Name,
         Field::Scopes,
         Field::AllowedCidrs,
@@ -41,6 +42,7 @@ impl Field {
         Field::Remaining,
         Field::Refill,
         Field::Metadata,
+        Field::MaxAge,
     ];
 
     pub fn path(self) -> &'static str {
@@ -54,6 +56,7 @@ impl Field {
             Field::Remaining => "remaining",
             Field::Refill => "refill",
             Field::Metadata => "metadata",
+            Field::MaxAge => "max_age",
         }
     }
 }
@@ -71,6 +74,8 @@ pub struct KeyPatch {
     pub remaining: Option<u64>,
     pub refill: Option<Refill>,
     pub metadata: BTreeMap<String, String>,
+    /// Unset or zero: no limit.
+    pub max_age: Option<std::time::Duration>,
 }
 
 /// A validated patch: only the fields the mask names are set.
@@ -86,6 +91,7 @@ pub struct ValidPatch {
     remaining: Option<u64>,
     refill: Option<Refill>,
     metadata: Option<BTreeMap<String, String>>,
+    max_age: Option<std::time::Duration>,
 }
 
 impl ValidPatch {
@@ -134,6 +140,7 @@ pub fn validate(patch: KeyPatch, now: SystemTime) -> Result<ValidPatch> {
             Field::Remaining => out.remaining = validate::remaining(patch.remaining)?,
             Field::Refill => out.refill = validate::refill(patch.refill)?,
             Field::Metadata => out.metadata = Some(validate::metadata(patch.metadata.clone())?),
+            Field::MaxAge => out.max_age = validate::max_age(patch.max_age)?,
         }
     }
     Ok(out)
@@ -212,6 +219,11 @@ pub fn apply(current: &KeyRecord, patch: &ValidPatch, now: SystemTime) -> Result
                 next.metadata = patch.metadata.clone().unwrap_or_default();
                 note(field, metadata_text(&current.metadata), metadata_text(&next.metadata));
             }
+            Field::MaxAge => {
+                next.max_age = patch.max_age;
+                let age = |a: Option<std::time::Duration>| text(a.map(humantime::format_duration));
+                note(field, age(current.max_age), age(next.max_age));
+            }
             // Both quota fields are applied together below.
             Field::Remaining | Field::Refill => {}
         }
@@ -236,7 +248,7 @@ mod tests {
     const T0: SystemTime = SystemTime::UNIX_EPOCH;
 
     fn record() -> KeyRecord {
-        let digest = Digest { version: MasterKeyVersion(1), mac: [0; 32] };
+        let digest = Digest::plain(MasterKeyVersion(1), [0; 32]);
         KeyRecord::new(KeyId::new_v7(), "svc".into(), "kw".into(), vec!["a".into()], T0, digest)
     }
 

@@ -137,6 +137,30 @@ pub fn refill(refill: Option<Refill>) -> Result<Option<Refill>> {
     Ok(Some(r))
 }
 
+/// The longest `max_age` and RotateKey grace period.
+pub const MAX_AGE_LIMIT: Duration = Duration::from_secs(10 * 366 * 86_400);
+pub const MAX_GRACE_PERIOD: Duration = Duration::from_secs(366 * 86_400);
+
+/// A key's `max_age`: zero means none; otherwise 1 s to 10 years.
+pub fn max_age(age: Option<Duration>) -> Result<Option<Duration>> {
+    match age {
+        None => Ok(None),
+        Some(a) if a.is_zero() => Ok(None),
+        Some(a) if a < Duration::from_secs(1) || a > MAX_AGE_LIMIT => {
+            Err(Error::invalid("max_age", "must be 0 (no limit) or 1s-10 years"))
+        }
+        Some(a) => Ok(Some(a)),
+    }
+}
+
+/// How long a rotated key keeps verifying: 0 (at once) to 366 days.
+pub fn grace_period(grace: Duration) -> Result<Duration> {
+    if grace > MAX_GRACE_PERIOD {
+        return Err(Error::invalid("grace_period", "must be at most 366 days"));
+    }
+    Ok(grace)
+}
+
 pub fn remaining(remaining: Option<u64>) -> Result<Option<u64>> {
     match remaining {
         Some(n) if n > MAX_USES => Err(Error::invalid("remaining", "must be at most 10^15")),

@@ -9,7 +9,7 @@ use super::{
     error::Result,
     key::{KeyId, KeyRecord, Quota},
     key_format,
-    policy::{self, VerifyCode},
+    policy::{self, RotationNotice, VerifyCode},
     ports::{Hsm, Store, Updated},
     quota::{self, Lease, Spend},
     service::{Caller, Keys, Permission},
@@ -46,11 +46,18 @@ pub struct Verification {
     pub remaining: Option<u64>,
     /// With `RateLimited`: when a call may pass again.
     pub retry_after: Option<Duration>,
+    /// For a key still in use: whether it was rotated, or is due for rotation.
+    pub rotation: RotationNotice,
 }
 
 impl Verification {
-    const INVALID: Verification =
-        Verification { code: VerifyCode::Invalid, record: None, remaining: None, retry_after: None };
+    const INVALID: Verification = Verification {
+        code: VerifyCode::Invalid,
+        record: None,
+        remaining: None,
+        retry_after: None,
+        rotation: RotationNotice { pending: false, due: false, deadline: None },
+    };
 }
 
 /// What spending from a quota came to.
@@ -70,19 +77,20 @@ impl<H: Hsm, S: Store> Keys<H, S> {
             return Ok(Verification::INVALID);
         };
         let Some(record) = self.store.get_key(parsed.key_id)? else {
-            self.secret_matches(&parsed, &self.decoy).await?;
+            self.secret_matches(&parsed, &self.decoy()).await?;
             return Ok(Verification::INVALID);
         };
-        if !self.secret_matches(&parsed, &record.digest).await? {
+        if !self.prove(&parsed, &record).await? {
             return Ok(Verification::INVALID);
         }
         let now = self.clock.now();
-        let mut verification = Verification {
-            code: policy::evaluate(&record, now, client_ip, req.required_scopes),
-            record: None,
-            remaining: None,
-            retry_after: None,
+        let rules = &self.config.rotation.rules;
+        let code = policy::evaluate(&record, now, client_ip, req.required_scopes, rules);
+        let rotation = match code {
+            VerifyCode::Revoked | VerifyCode::Expired => RotationNotice::default(),
+            _ => policy::rotation_notice(&record, now, rules),
         };
+        let mut verification = Verification { code, record: None, remaining: None, retry_after: None, rotation };
         if verification.code == VerifyCode::Valid {
             self.check_limits(&record, now, cost, &mut verification).await?;
         }

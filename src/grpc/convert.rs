@@ -9,6 +9,7 @@ use crate::{
         error::{Error, Result},
         key::{KeyRecord, KeyState, RateLimit, Refill},
         listing::ListFilter,
+        master::MasterStatus,
         policy::VerifyCode,
         service::NewKey,
         update::KeyPatch,
@@ -45,6 +46,11 @@ fn duration(field: &'static str, d: Option<prost_types::Duration>) -> Result<Opt
         .ok_or_else(|| Error::invalid(field, "must be a non-negative duration"))
 }
 
+/// A duration that must be present and non-negative, else `None`.
+pub fn optional_duration(field: &'static str, d: Option<prost_types::Duration>) -> Result<Option<Duration>> {
+    duration(field, d)
+}
+
 fn proto_duration(d: Duration) -> prost_types::Duration {
     prost_types::Duration::try_from(d).unwrap_or(prost_types::Duration { seconds: i64::MAX, nanos: 0 })
 }
@@ -69,6 +75,7 @@ pub fn new_key(req: proto::CreateKeyRequest) -> Result<NewKey> {
         not_before: time("not_before", req.not_before)?,
         rate_limit: rate_limit(req.rate_limit)?,
         refill: refill(req.refill)?,
+        max_age: duration("max_age", req.max_age)?,
         remaining: req.remaining,
         allowed_cidrs: req.allowed_cidrs,
         name: req.name,
@@ -85,6 +92,7 @@ pub fn key_patch(req: proto::UpdateKeyRequest) -> Result<KeyPatch> {
         not_before: time("not_before", req.not_before)?,
         rate_limit: rate_limit(req.rate_limit)?,
         refill: refill(req.refill)?,
+        max_age: duration("max_age", req.max_age)?,
         remaining: req.remaining,
         allowed_cidrs: req.allowed_cidrs,
         name: req.name,
@@ -99,9 +107,10 @@ pub fn list_filter(req: &proto::ListKeysRequest) -> Result<ListFilter> {
         Ok(proto::KeyState::Active) => Some(KeyState::Active),
         Ok(proto::KeyState::Disabled) => Some(KeyState::Disabled),
         Ok(proto::KeyState::Revoked) => Some(KeyState::Revoked),
+        Ok(proto::KeyState::Rotated) => Some(KeyState::Rotated),
         Err(_) => return Err(Error::invalid("state", "is not a KeyState")),
     };
-    ListFilter::new(state, &req.prefix, &req.name_contains, &req.scope)
+    Ok(ListFilter::new(state, &req.prefix, &req.name_contains, &req.scope)?.with_master_version(req.master_key_version))
 }
 
 fn key_state(state: KeyState) -> proto::KeyState {
@@ -109,6 +118,7 @@ fn key_state(state: KeyState) -> proto::KeyState {
         KeyState::Active => proto::KeyState::Active,
         KeyState::Disabled => proto::KeyState::Disabled,
         KeyState::Revoked => proto::KeyState::Revoked,
+        KeyState::Rotated => proto::KeyState::Rotated,
     }
 }
 
@@ -142,6 +152,38 @@ pub fn key_info(r: &KeyRecord) -> proto::KeyInfo {
         disabled_at: r.disabled_at.map(timestamp),
         disable_reason: r.disable_reason.clone().unwrap_or_default(),
         updated_at: r.updated_at.map(timestamp),
+        rotated_from: r.rotated_from.map(|id| id.to_string()).unwrap_or_default(),
+        rotated_to: r.rotated_to.map(|id| id.to_string()).unwrap_or_default(),
+        rotated_at: r.rotated_at.map(timestamp),
+        rotation_deadline: r.rotation_deadline.map(timestamp),
+        max_age: r.max_age.map(proto_duration),
+        rotate_by: r.rotate_by().map(timestamp),
+        master_key_versions: r.digest.versions().map(|v| v.0).collect(),
+    }
+}
+
+pub fn master_status(s: &MasterStatus) -> proto::MasterKeyStatus {
+    let state = &s.state;
+    proto::MasterKeyStatus {
+        current_version: state.current.0,
+        versions: state
+            .versions
+            .iter()
+            .map(|v| proto::MasterKeyVersionInfo {
+                version: v.version.0,
+                created_at: Some(timestamp(v.created_at)),
+                retired_at: v.retired_at.map(timestamp),
+                keys_using: s.keys_using.get(&v.version).copied().unwrap_or(0),
+                current: v.version == state.current,
+            })
+            .collect(),
+        migration: state.migration.as_ref().map(|m| proto::MasterKeyMigration {
+            to_version: m.to.0,
+            started_at: Some(timestamp(m.started_at)),
+            keys_done: m.wrapped,
+        }),
+        keys_pending: s.keys_pending,
+        keys_not_plain: s.keys_not_plain,
     }
 }
 
@@ -166,6 +208,9 @@ pub fn verification(v: Verification) -> proto::VerifyKeyResponse {
         code: verify_code(v.code) as i32,
         remaining: v.remaining,
         retry_after: v.retry_after.map(proto_duration),
+        rotation_pending: v.rotation.pending,
+        rotation_due: v.rotation.due,
+        rotation_deadline: v.rotation.deadline.map(timestamp),
         ..Default::default()
     };
     if let Some(r) = v.record {
@@ -206,7 +251,13 @@ mod tests {
     #[test]
     fn only_valid_sets_valid() {
         use VerifyCode::*;
-        let v = |code| Verification { code, record: None, remaining: None, retry_after: None };
+        let v = |code| Verification {
+            code,
+            record: None,
+            remaining: None,
+            retry_after: None,
+            rotation: Default::default(),
+        };
         let refused = [
             Invalid,
             Revoked,

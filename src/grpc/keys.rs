@@ -94,4 +94,41 @@ impl<H: Hsm, S: Store> KeyService for KeyApi<H, S> {
         tracing::info!(key_id = %record.id, actor = %caller.key_id, "key revoked");
         Ok(Response::new(convert::key_info(&record)))
     }
+
+    async fn rotate_key(
+        &self,
+        request: Request<proto::RotateKeyRequest>,
+    ) -> Result<Response<proto::RotateKeyResponse>, Status> {
+        let (caller, ctx) = auth::caller(&self.keys, &request).await?;
+        let req = request.get_ref();
+        let grace = convert::optional_duration("grace_period", req.grace_period)?;
+        let rotated = self.keys.rotate(&caller, &req.key_id, grace, &ctx).await?;
+        tracing::info!(key_id = %rotated.previous.id, new_key_id = %rotated.record.id, actor = %caller.key_id, "key rotated");
+        Ok(Response::new(proto::RotateKeyResponse {
+            key: rotated.key.expose().to_owned(),
+            info: Some(convert::key_info(&rotated.record)),
+            previous: Some(convert::key_info(&rotated.previous)),
+        }))
+    }
+
+    async fn sweep_keys(
+        &self,
+        request: Request<proto::SweepKeysRequest>,
+    ) -> Result<Response<proto::SweepKeysResponse>, Status> {
+        let (caller, ctx) = auth::caller(&self.keys, &request).await?;
+        let dry_run = request.get_ref().dry_run;
+        let report = self.keys.sweep_as(&caller, dry_run, &ctx).await?;
+        tracing::info!(
+            expired = report.expired.len(),
+            disabled = report.disabled.len(),
+            dry_run,
+            actor = %caller.key_id,
+            "sweep requested"
+        );
+        Ok(Response::new(proto::SweepKeysResponse {
+            expired: report.expired.iter().map(convert::key_info).collect(),
+            disabled: report.disabled.iter().map(convert::key_info).collect(),
+            dry_run,
+        }))
+    }
 }

@@ -4,6 +4,7 @@
 mod auth;
 mod convert;
 mod keys;
+mod master;
 mod status;
 mod verify;
 
@@ -13,17 +14,20 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
-pub use self::{keys::KeyApi, verify::VerifyApi};
+pub use self::{keys::KeyApi, master::MasterApi, verify::VerifyApi};
 use crate::{
     domain::{
         ports::{Hsm, Store},
         service::Keys,
     },
-    proto::{self, key_service_server::KeyServiceServer, verify_service_server::VerifyServiceServer},
+    proto::{
+        self, key_service_server::KeyServiceServer, master_key_service_server::MasterKeyServiceServer,
+        verify_service_server::VerifyServiceServer,
+    },
 };
 
 /// The services whose health is reported (besides the server as a whole, "").
-const SERVICES: [&str; 2] = ["keyward.v1.KeyService", "keyward.v1.VerifyService"];
+const SERVICES: [&str; 3] = ["keyward.v1.KeyService", "keyward.v1.VerifyService", "keyward.v1.MasterKeyService"];
 
 /// Limits of the server; the defaults are documented in the README.
 #[derive(Clone, Debug)]
@@ -88,6 +92,7 @@ pub async fn serve<H: Hsm, S: Store>(
 
     let max = limits.max_message_bytes;
     let key_api = KeyServiceServer::new(KeyApi::new(keys.clone())).max_decoding_message_size(max);
+    let master_api = MasterKeyServiceServer::new(MasterApi::new(keys.clone())).max_decoding_message_size(max);
     let verify_api = VerifyServiceServer::new(VerifyApi::new(keys)).max_decoding_message_size(max);
 
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
@@ -105,6 +110,7 @@ pub async fn serve<H: Hsm, S: Store>(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(key_api)
+        .add_service(master_api)
         .add_service(verify_api)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
 

@@ -2,20 +2,23 @@
 
 use std::{
     collections::HashMap,
-    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
 };
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::domain::{
-    key::{Digest, MasterKeyVersion},
+    key::{Digest, MasterKeyVersion, WRAP_CONTEXT},
     ports::{Hsm, HsmError},
     secret::{Secret, SensitiveBytes},
 };
 
 pub struct FakeHsm {
-    keys: HashMap<MasterKeyVersion, [u8; 32]>,
+    keys: Mutex<HashMap<MasterKeyVersion, [u8; 32]>>,
     calls: AtomicU64,
     pub down: AtomicBool,
 }
@@ -26,11 +29,19 @@ impl Default for FakeHsm {
     }
 }
 
+fn random_key() -> [u8; 32] {
+    let mut key = [0u8; 32];
+    getrandom::fill(&mut key).unwrap();
+    key
+}
+
 impl FakeHsm {
     pub fn new() -> Self {
-        let mut key = [0u8; 32];
-        getrandom::fill(&mut key).unwrap();
-        Self { keys: [(MasterKeyVersion(1), key)].into(), calls: AtomicU64::new(0), down: AtomicBool::new(false) }
+        Self {
+            keys: Mutex::new([(MasterKeyVersion(1), random_key())].into()),
+            calls: AtomicU64::new(0),
+            down: AtomicBool::new(false),
+        }
     }
 
     /// How many operations were asked of this HSM.
@@ -38,34 +49,60 @@ impl FakeHsm {
         self.calls.load(Ordering::SeqCst)
     }
 
-    fn mac(&self, version: MasterKeyVersion) -> Result<Hmac<Sha256>, HsmError> {
+    pub fn has(&self, version: MasterKeyVersion) -> bool {
+        self.keys.lock().unwrap().contains_key(&version)
+    }
+
+    fn mac(&self, version: MasterKeyVersion, data: &[u8]) -> Result<[u8; 32], HsmError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         if self.down.load(Ordering::SeqCst) {
             return Err(HsmError::Unavailable("fake token removed".into()));
         }
-        let key = self.keys.get(&version).ok_or_else(|| HsmError::Failed("no such master key".into()))?;
-        Ok(Hmac::<Sha256>::new_from_slice(key).unwrap())
+        let key =
+            *self.keys.lock().unwrap().get(&version).ok_or_else(|| HsmError::Failed("no such master key".into()))?;
+        let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+        mac.update(data);
+        Ok(mac.finalize().into_bytes().into())
     }
+}
+
+fn wrap_input(inner: &[u8]) -> Vec<u8> {
+    [WRAP_CONTEXT, inner].concat()
 }
 
 impl Hsm for FakeHsm {
     async fn random_secret(&self) -> Result<Secret, HsmError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        let mut bytes = [0u8; 32];
-        getrandom::fill(&mut bytes).unwrap();
-        Ok(Secret::from_bytes(bytes))
+        Ok(Secret::from_bytes(random_key()))
     }
 
     async fn digest(&self, version: MasterKeyVersion, input: SensitiveBytes) -> Result<Digest, HsmError> {
-        let mut mac = self.mac(version)?;
-        mac.update(input.expose());
-        Ok(Digest { version, mac: mac.finalize().into_bytes().into() })
+        Ok(Digest::plain(version, self.mac(version, input.expose())?))
     }
 
     async fn verify(&self, input: SensitiveBytes, digest: &Digest) -> Result<bool, HsmError> {
-        let mut mac = self.mac(digest.version)?;
-        mac.update(input.expose());
-        Ok(mac.verify_slice(&digest.mac).is_ok())
+        let mut message = input.expose().to_vec();
+        for &version in &digest.wrapped {
+            message = wrap_input(&self.mac(version, &message)?);
+        }
+        Ok(self.mac(digest.version, &message)? == digest.mac)
+    }
+
+    async fn wrap(&self, digest: &Digest, version: MasterKeyVersion) -> Result<Digest, HsmError> {
+        let mac = self.mac(version, &wrap_input(&digest.mac))?;
+        let mut wrapped = digest.wrapped.clone();
+        wrapped.push(digest.version);
+        Ok(Digest { version, mac, wrapped })
+    }
+
+    async fn create_master_key(&self, version: MasterKeyVersion) -> Result<(), HsmError> {
+        self.keys.lock().unwrap().entry(version).or_insert_with(random_key);
+        Ok(())
+    }
+
+    async fn destroy_master_key(&self, version: MasterKeyVersion) -> Result<(), HsmError> {
+        self.keys.lock().unwrap().remove(&version);
+        Ok(())
     }
 
     fn is_healthy(&self) -> bool {

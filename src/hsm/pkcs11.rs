@@ -23,9 +23,9 @@ use cryptoki::{
     types::AuthPin,
 };
 
-use super::rv;
+use super::{provision, rv};
 use crate::domain::{
-    key::{DIGEST_LEN, Digest, MasterKeyVersion},
+    key::{DIGEST_LEN, Digest, MasterKeyVersion, WRAP_CONTEXT},
     ports::{Hsm, HsmError},
     secret::{Pin, SECRET_LEN, Secret, SensitiveBytes},
 };
@@ -78,7 +78,8 @@ impl From<CkError> for StartError {
 /// A live connection to the token: its slot, the master key handles, a pool of sessions.
 struct Connection {
     slot: Slot,
-    keys: HashMap<MasterKeyVersion, ObjectHandle>,
+    /// Written only by master key rotation and retirement.
+    keys: RwLock<HashMap<MasterKeyVersion, ObjectHandle>>,
     idle: Mutex<Vec<Session>>,
 }
 
@@ -169,7 +170,7 @@ impl Inner {
         let slot = find_token(&self.ctx, &self.config.token_label)?;
         let session = self.ctx.open_ro_session(slot)?;
         login(&session, &self.config.pin)?;
-        let keys = find_master_keys(&session)?;
+        let keys = RwLock::new(find_master_keys(&session)?);
         Ok(Connection { slot, keys, idle: Mutex::new(vec![session]) })
     }
 
@@ -294,21 +295,14 @@ impl Pkcs11Hsm {
     pub fn require_master_key(&self, version: MasterKeyVersion) -> Result<(), StartError> {
         let guard = self.inner.conn.read().unwrap_or_else(|e| e.into_inner());
         match guard.as_ref() {
-            Some(conn) if conn.keys.contains_key(&version) => Ok(()),
+            Some(conn) if conn.keys.read().unwrap_or_else(|e| e.into_inner()).contains_key(&version) => Ok(()),
             _ => Err(StartError::MasterKeyMissing(version)),
         }
     }
 
     /// `C_Verify` on the calling thread, bypassing the async hop (benchmarks of the raw HSM).
     pub fn verify_blocking(&self, input: &SensitiveBytes, digest: &Digest) -> Result<bool, HsmError> {
-        self.inner.with_session(|session, conn| {
-            match session.verify(&Mechanism::Sha256Hmac, key_handle(conn, digest.version)?, input.expose(), &digest.mac)
-            {
-                Ok(()) => Ok(true),
-                Err(CkError::Pkcs11(RvError::SignatureInvalid | RvError::SignatureLenRange, _)) => Ok(false),
-                Err(e) => Err(e),
-            }
-        })
+        self.inner.with_session(|session, conn| check_digest(session, conn, input.expose(), digest))
     }
 
     /// Closes every session and finalizes the module.
@@ -319,6 +313,21 @@ impl Pkcs11Hsm {
         if let Err(e) = self.inner.ctx.clone().finalize() {
             tracing::debug!(error = %e, "C_Finalize at close");
         }
+    }
+
+    /// Runs a rare administrative operation (its own read-write session) off the async workers.
+    async fn admin<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Inner, &Connection) -> Result<T, HsmError> + Send + 'static,
+    ) -> Result<T, HsmError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let guard = inner.conn.read().unwrap_or_else(|e| e.into_inner());
+            let conn = guard.as_ref().ok_or_else(|| HsmError::Unavailable("reconnecting to the token".into()))?;
+            op(&inner, conn)
+        })
+        .await
+        .map_err(|e| HsmError::Failed(format!("HSM admin task: {e}")))?
     }
 
     /// Runs `op` on a pooled session on one of the worker threads.
@@ -341,9 +350,81 @@ impl Pkcs11Hsm {
 fn key_handle(conn: &Connection, version: MasterKeyVersion) -> Result<ObjectHandle, CkError> {
     // A version the token lacks is a bad argument, not a lost connection.
     conn.keys
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
         .get(&version)
         .copied()
         .ok_or(CkError::Pkcs11(RvError::ArgumentsBad, cryptoki::context::Function::SignInit))
+}
+
+fn hmac(session: &Session, conn: &Connection, version: MasterKeyVersion, data: &[u8]) -> Result<Vec<u8>, CkError> {
+    session.sign(&Mechanism::Sha256Hmac, key_handle(conn, version)?, data)
+}
+
+/// What a wrapping HMAC signs: `WRAP_CONTEXT ‖ inner`.
+fn wrap_input(inner: &[u8]) -> zeroize::Zeroizing<Vec<u8>> {
+    let mut input = zeroize::Zeroizing::new(Vec::with_capacity(WRAP_CONTEXT.len() + inner.len()));
+    input.extend_from_slice(WRAP_CONTEXT);
+    input.extend_from_slice(inner);
+    input
+}
+
+/// `C_Verify` of `digest` over `input`; for a wrapped digest, its inner MACs are recomputed
+/// first (held only in zeroized buffers).
+fn check_digest(session: &Session, conn: &Connection, input: &[u8], digest: &Digest) -> Result<bool, CkError> {
+    let message = match digest.wrapped.split_first() {
+        None => zeroize::Zeroizing::new(input.to_vec()),
+        Some((&innermost, outer)) => {
+            let mut mac = zeroize::Zeroizing::new(hmac(session, conn, innermost, input)?);
+            for &version in outer {
+                mac = zeroize::Zeroizing::new(hmac(session, conn, version, &wrap_input(&mac))?);
+            }
+            wrap_input(&mac)
+        }
+    };
+    match session.verify(&Mechanism::Sha256Hmac, key_handle(conn, digest.version)?, &message, &digest.mac) {
+        Ok(()) => Ok(true),
+        Err(CkError::Pkcs11(RvError::SignatureInvalid | RvError::SignatureLenRange, _)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn to_mac(mac: Vec<u8>) -> Result<[u8; DIGEST_LEN], HsmError> {
+    <[u8; DIGEST_LEN]>::try_from(mac.as_slice())
+        .map_err(|_| HsmError::Failed(format!("HMAC of unexpected length {}", mac.len())))
+}
+
+/// Generates (or adopts, see `Hsm::create_master_key`) master key `version`.
+fn create_key(inner: &Inner, conn: &Connection, version: MasterKeyVersion) -> Result<(), HsmError> {
+    let ck = |e: CkError| rv::classify(&e);
+    let session = inner.ctx.open_rw_session(conn.slot).map_err(ck)?;
+    let found = find_master_keys(&session).map_err(|e| HsmError::Refused(e.to_string()))?;
+    let handle = match found.get(&version) {
+        Some(&existing) => {
+            if !provision::generated_in_token(&session, existing).map_err(ck)? {
+                return Err(HsmError::Refused(format!(
+                    "master key {version} already exists on the token and was not generated there; \
+                     keyward will not use it (remove it, or check who put it there)"
+                )));
+            }
+            tracing::warn!(%version, "adopting master key left on the token by an unfinished rotation");
+            existing
+        }
+        None => provision::generate_master_key(&session, version).map_err(ck)?,
+    };
+    conn.keys.write().unwrap_or_else(|e| e.into_inner()).insert(version, handle);
+    Ok(())
+}
+
+fn destroy_key(inner: &Inner, conn: &Connection, version: MasterKeyVersion) -> Result<(), HsmError> {
+    let ck = |e: CkError| rv::classify(&e);
+    let session = inner.ctx.open_rw_session(conn.slot).map_err(ck)?;
+    let found = find_master_keys(&session).map_err(|e| HsmError::Failed(e.to_string()))?;
+    conn.keys.write().unwrap_or_else(|e| e.into_inner()).remove(&version);
+    if let Some(&handle) = found.get(&version) {
+        session.destroy_object(handle).map_err(ck)?;
+    }
+    Ok(())
 }
 
 impl Hsm for Pkcs11Hsm {
@@ -357,25 +438,29 @@ impl Hsm for Pkcs11Hsm {
     }
 
     async fn digest(&self, version: MasterKeyVersion, input: SensitiveBytes) -> Result<Digest, HsmError> {
-        let mac = self
-            .run(move |session, conn| session.sign(&Mechanism::Sha256Hmac, key_handle(conn, version)?, input.expose()))
-            .await?;
-        let mac = <[u8; DIGEST_LEN]>::try_from(mac.as_slice())
-            .map_err(|_| HsmError::Failed(format!("HMAC of unexpected length {}", mac.len())))?;
-        Ok(Digest { version, mac })
+        let mac = self.run(move |session, conn| hmac(session, conn, version, input.expose())).await?;
+        Ok(Digest::plain(version, to_mac(mac)?))
     }
 
     async fn verify(&self, input: SensitiveBytes, digest: &Digest) -> Result<bool, HsmError> {
         let digest = digest.clone();
-        self.run(move |session, conn| {
-            let key = key_handle(conn, digest.version)?;
-            match session.verify(&Mechanism::Sha256Hmac, key, input.expose(), &digest.mac) {
-                Ok(()) => Ok(true),
-                Err(CkError::Pkcs11(RvError::SignatureInvalid | RvError::SignatureLenRange, _)) => Ok(false),
-                Err(e) => Err(e),
-            }
-        })
-        .await
+        self.run(move |session, conn| check_digest(session, conn, input.expose(), &digest)).await
+    }
+
+    async fn wrap(&self, digest: &Digest, version: MasterKeyVersion) -> Result<Digest, HsmError> {
+        let inner = digest.mac;
+        let mac = self.run(move |session, conn| hmac(session, conn, version, &wrap_input(&inner))).await?;
+        let mut wrapped = digest.wrapped.clone();
+        wrapped.push(digest.version);
+        Ok(Digest { version, mac: to_mac(mac)?, wrapped })
+    }
+
+    async fn create_master_key(&self, version: MasterKeyVersion) -> Result<(), HsmError> {
+        self.admin(move |inner, conn| create_key(inner, conn, version)).await
+    }
+
+    async fn destroy_master_key(&self, version: MasterKeyVersion) -> Result<(), HsmError> {
+        self.admin(move |inner, conn| destroy_key(inner, conn, version)).await
     }
 
     fn is_healthy(&self) -> bool {

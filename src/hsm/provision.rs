@@ -2,9 +2,10 @@
 //! generated inside the token (sensitive, never extractable).
 
 use cryptoki::{
+    error::Error as CkError,
     mechanism::Mechanism,
-    object::{Attribute, KeyType, ObjectClass},
-    session::UserType,
+    object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle},
+    session::{Session, UserType},
     types::AuthPin,
 };
 
@@ -40,9 +41,48 @@ pub fn init_dev_token(config: &Pkcs11Config, so_pin: &Pin) -> Result<(), StartEr
     result
 }
 
-/// Generates master key `version` inside the token: a 32-byte generic secret for
-/// HMAC-SHA256, `CKA_SENSITIVE`, not `CKA_EXTRACTABLE`, usable only to sign and verify.
-/// Refuses if that version already exists.
+/// The template of master key `version`: a 32-byte generic secret for HMAC-SHA256, a token
+/// object, `CKA_SENSITIVE`, not `CKA_EXTRACTABLE`, usable only to sign and verify.
+fn master_key_template(version: MasterKeyVersion) -> Vec<Attribute> {
+    let label = master_key_label(version).into_bytes();
+    vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::GENERIC_SECRET),
+        Attribute::ValueLen(32.into()),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Sign(true),
+        Attribute::Verify(true),
+        Attribute::Encrypt(false),
+        Attribute::Decrypt(false),
+        Attribute::Wrap(false),
+        Attribute::Unwrap(false),
+        Attribute::Derive(false),
+        Attribute::Label(label.clone()),
+        Attribute::Id(label),
+    ]
+}
+
+/// Generates master key `version` in a read-write session (already logged in).
+pub(super) fn generate_master_key(session: &Session, version: MasterKeyVersion) -> Result<ObjectHandle, CkError> {
+    session.generate_key(&Mechanism::GenericSecretKeyGen, &master_key_template(version))
+}
+
+/// Whether the token generated this key and its value never left: `CKA_LOCAL`,
+/// `CKA_ALWAYS_SENSITIVE` and `CKA_NEVER_EXTRACTABLE` all true. A key imported with a known
+/// value fails this.
+pub(super) fn generated_in_token(session: &Session, key: ObjectHandle) -> Result<bool, CkError> {
+    let wanted = [AttributeType::Local, AttributeType::AlwaysSensitive, AttributeType::NeverExtractable];
+    let attrs = session.get_attributes(key, &wanted)?;
+    let all = attrs.iter().all(|a| {
+        matches!(a, Attribute::Local(true) | Attribute::AlwaysSensitive(true) | Attribute::NeverExtractable(true))
+    });
+    Ok(attrs.len() == wanted.len() && all)
+}
+
+/// Generates master key `version` inside the token. Refuses if that version already exists.
 pub fn create_master_key(config: &Pkcs11Config, version: MasterKeyVersion) -> Result<(), StartError> {
     let ctx = load_module(config)?;
     let result = (|| {
@@ -52,26 +92,7 @@ pub fn create_master_key(config: &Pkcs11Config, version: MasterKeyVersion) -> Re
         if find_master_keys(&session)?.contains_key(&version) {
             return Err(StartError::MasterKeyExists(version));
         }
-        let label = master_key_label(version).into_bytes();
-        let template = [
-            Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::KeyType(KeyType::GENERIC_SECRET),
-            Attribute::ValueLen(32.into()),
-            Attribute::Token(true),
-            Attribute::Private(true),
-            Attribute::Sensitive(true),
-            Attribute::Extractable(false),
-            Attribute::Sign(true),
-            Attribute::Verify(true),
-            Attribute::Encrypt(false),
-            Attribute::Decrypt(false),
-            Attribute::Wrap(false),
-            Attribute::Unwrap(false),
-            Attribute::Derive(false),
-            Attribute::Label(label.clone()),
-            Attribute::Id(label),
-        ];
-        session.generate_key(&Mechanism::GenericSecretKeyGen, &template)?;
+        generate_master_key(&session, version)?;
         Ok(())
     })();
     let _ = ctx.finalize();

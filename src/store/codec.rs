@@ -12,7 +12,7 @@ use prost::Message;
 use crate::domain::{
     audit::{Actor, AuditAction, AuditEvent, FieldChange},
     key::{DIGEST_LEN, Digest, KeyId, KeyRecord, KeyState, MasterKeyVersion, Quota, RateLimit, Refill, Usage},
-    ports::{MasterState, StoreError},
+    ports::{MasterState, MasterVersion, Migration, StoreError},
 };
 
 const V1: u8 = 1;
@@ -59,6 +59,16 @@ struct StoredKey {
     updated_at: Option<i64>,
     #[prost(message, optional, tag = "20")]
     usage: Option<StoredUsage>,
+    #[prost(bytes = "vec", optional, tag = "21")]
+    rotated_from: Option<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "22")]
+    rotated_to: Option<Vec<u8>>,
+    #[prost(int64, optional, tag = "23")]
+    rotated_at: Option<i64>,
+    #[prost(int64, optional, tag = "24")]
+    rotation_deadline: Option<i64>,
+    #[prost(uint64, optional, tag = "25")]
+    max_age_nanos: Option<u64>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -109,6 +119,8 @@ struct StoredDigest {
     version: u32,
     #[prost(bytes = "vec", tag = "2")]
     mac: Vec<u8>,
+    #[prost(uint32, repeated, tag = "3")]
+    wrapped: Vec<u32>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -135,8 +147,37 @@ struct StoredEvent {
 struct StoredMaster {
     #[prost(uint32, tag = "1")]
     current: u32,
+    /// Databases from before master key rotation: the only version's self-test.
     #[prost(message, optional, tag = "2")]
     self_test: Option<StoredDigest>,
+    #[prost(message, repeated, tag = "3")]
+    versions: Vec<StoredMasterVersion>,
+    #[prost(message, optional, tag = "4")]
+    migration: Option<StoredMigration>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct StoredMasterVersion {
+    #[prost(uint32, tag = "1")]
+    version: u32,
+    #[prost(int64, tag = "2")]
+    created_at: i64,
+    #[prost(int64, optional, tag = "3")]
+    retired_at: Option<i64>,
+    #[prost(message, optional, tag = "4")]
+    self_test: Option<StoredDigest>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct StoredMigration {
+    #[prost(uint32, tag = "1")]
+    to: u32,
+    #[prost(int64, tag = "2")]
+    started_at: i64,
+    #[prost(bytes = "vec", optional, tag = "3")]
+    after: Option<Vec<u8>>,
+    #[prost(uint64, tag = "4")]
+    wrapped: u64,
 }
 
 fn corrupt(what: &str) -> StoreError {
@@ -178,13 +219,17 @@ fn key_id(bytes: &[u8], what: &str) -> Result<KeyId, StoreError> {
 }
 
 fn encode_digest(d: &Digest) -> StoredDigest {
-    StoredDigest { version: d.version.0, mac: d.mac.to_vec() }
+    StoredDigest { version: d.version.0, mac: d.mac.to_vec(), wrapped: d.wrapped.iter().map(|v| v.0).collect() }
 }
 
 fn decode_digest(d: Option<StoredDigest>, what: &str) -> Result<Digest, StoreError> {
     let d = d.ok_or_else(|| corrupt(what))?;
     let mac = <[u8; DIGEST_LEN]>::try_from(d.mac.as_slice()).map_err(|_| corrupt(what))?;
-    Ok(Digest { version: MasterKeyVersion(d.version), mac })
+    Ok(Digest {
+        version: MasterKeyVersion(d.version),
+        mac,
+        wrapped: d.wrapped.into_iter().map(MasterKeyVersion).collect(),
+    })
 }
 
 pub fn encode_key(r: &KeyRecord) -> Vec<u8> {
@@ -197,6 +242,7 @@ pub fn encode_key(r: &KeyRecord) -> Vec<u8> {
             KeyState::Active => 1,
             KeyState::Revoked => 2,
             KeyState::Disabled => 3,
+            KeyState::Rotated => 4,
         },
         created_at: to_nanos(r.created_at),
         expires_at: r.expires_at.map(to_nanos),
@@ -223,6 +269,11 @@ pub fn encode_key(r: &KeyRecord) -> Vec<u8> {
             valid_count: r.usage.valid_count,
             rejected_count: r.usage.rejected_count,
         }),
+        rotated_from: r.rotated_from.map(|id| id.as_bytes().to_vec()),
+        rotated_to: r.rotated_to.map(|id| id.as_bytes().to_vec()),
+        rotated_at: r.rotated_at.map(to_nanos),
+        rotation_deadline: r.rotation_deadline.map(to_nanos),
+        max_age_nanos: r.max_age.map(duration_nanos),
     })
 }
 
@@ -260,6 +311,7 @@ pub fn decode_key(bytes: &[u8]) -> Result<KeyRecord, StoreError> {
             1 => KeyState::Active,
             2 => KeyState::Revoked,
             3 => KeyState::Disabled,
+            4 => KeyState::Rotated,
             _ => return Err(corrupt("key")),
         },
         created_at: from_nanos(s.created_at),
@@ -281,6 +333,11 @@ pub fn decode_key(bytes: &[u8]) -> Result<KeyRecord, StoreError> {
         disable_reason: s.disable_reason,
         updated_at: s.updated_at.map(from_nanos),
         usage: decode_usage(s.usage)?,
+        rotated_from: s.rotated_from.map(|b| key_id(&b, "key")).transpose()?,
+        rotated_to: s.rotated_to.map(|b| key_id(&b, "key")).transpose()?,
+        rotated_at: s.rotated_at.map(from_nanos),
+        rotation_deadline: s.rotation_deadline.map(from_nanos),
+        max_age: s.max_age_nanos.map(Duration::from_nanos),
     })
 }
 
@@ -328,12 +385,62 @@ pub fn decode_event(bytes: &[u8]) -> Result<AuditEvent, StoreError> {
 }
 
 pub fn encode_master(m: &MasterState) -> Vec<u8> {
-    wrap(&StoredMaster { current: m.current.0, self_test: Some(encode_digest(&m.self_test)) })
+    wrap(&StoredMaster {
+        current: m.current.0,
+        self_test: None,
+        versions: m
+            .versions
+            .iter()
+            .map(|v| StoredMasterVersion {
+                version: v.version.0,
+                created_at: to_nanos(v.created_at),
+                retired_at: v.retired_at.map(to_nanos),
+                self_test: Some(encode_digest(&v.self_test)),
+            })
+            .collect(),
+        migration: m.migration.as_ref().map(|g| StoredMigration {
+            to: g.to.0,
+            started_at: to_nanos(g.started_at),
+            after: g.after.map(|id| id.as_bytes().to_vec()),
+            wrapped: g.wrapped,
+        }),
+    })
 }
 
 pub fn decode_master(bytes: &[u8]) -> Result<MasterState, StoreError> {
     let s: StoredMaster = unwrap(bytes, "master")?;
-    Ok(MasterState { current: MasterKeyVersion(s.current), self_test: decode_digest(s.self_test, "master")? })
+    let current = MasterKeyVersion(s.current);
+    if s.versions.is_empty() {
+        // Written before master key rotation: one version, made at init.
+        return Ok(MasterState::first(current, decode_digest(s.self_test, "master")?, SystemTime::UNIX_EPOCH));
+    }
+    let versions = s
+        .versions
+        .into_iter()
+        .map(|v| {
+            Ok(MasterVersion {
+                version: MasterKeyVersion(v.version),
+                created_at: from_nanos(v.created_at),
+                retired_at: v.retired_at.map(from_nanos),
+                self_test: decode_digest(v.self_test, "master")?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let migration = s
+        .migration
+        .map(|g| {
+            Ok::<_, StoreError>(Migration {
+                to: MasterKeyVersion(g.to),
+                started_at: from_nanos(g.started_at),
+                after: g.after.map(|b| key_id(&b, "master")).transpose()?,
+                wrapped: g.wrapped,
+            })
+        })
+        .transpose()?;
+    if !versions.iter().any(|v| v.version == current) {
+        return Err(corrupt("master"));
+    }
+    Ok(MasterState { current, versions, migration })
 }
 
 #[cfg(test)]
@@ -342,7 +449,7 @@ mod tests {
 
     #[test]
     fn records_round_trip_with_nanosecond_times() {
-        let digest = Digest { version: MasterKeyVersion(2), mac: [9; 32] };
+        let digest = Digest::plain(MasterKeyVersion(2), [9; 32]);
         let mut record =
             KeyRecord::new(KeyId::new_v7(), "svc".into(), "kw".into(), vec!["a:*".into()], SystemTime::now(), digest);
         assert_eq!(decode_key(&encode_key(&record)).unwrap(), record);
@@ -373,6 +480,14 @@ mod tests {
         record.state = KeyState::Disabled;
         record.quota = Some(Quota { remaining: 0, refill: None, refilled_at: SystemTime::UNIX_EPOCH });
         assert_eq!(decode_key(&encode_key(&record)).unwrap(), record);
+        record.state = KeyState::Rotated;
+        record.rotated_from = Some(KeyId::new_v7());
+        record.rotated_to = Some(KeyId::new_v7());
+        record.rotated_at = Some(SystemTime::now());
+        record.rotation_deadline = Some(SystemTime::now() + Duration::from_secs(86_400));
+        record.max_age = Some(Duration::from_secs(90 * 86_400));
+        record.digest.wrapped = vec![MasterKeyVersion(1)];
+        assert_eq!(decode_key(&encode_key(&record)).unwrap(), record);
         let event = AuditEvent {
             at: SystemTime::now(),
             actor: Actor::System("init".into()),
@@ -383,6 +498,35 @@ mod tests {
             changes: vec![FieldChange { field: "scopes".into(), before: "[a]".into(), after: "[a, b]".into() }],
         };
         assert_eq!(decode_event(&encode_event(&event)).unwrap(), event);
+    }
+
+    #[test]
+    fn master_state_round_trips_and_reads_the_pre_rotation_form() {
+        let digest = |n| Digest::plain(MasterKeyVersion(n), [n as u8; 32]);
+        let mut state = MasterState::first(MasterKeyVersion(1), digest(1), SystemTime::now());
+        assert_eq!(decode_master(&encode_master(&state)).unwrap(), state);
+        state.versions[0].retired_at = Some(SystemTime::now());
+        state.versions.push(MasterVersion {
+            version: MasterKeyVersion(2),
+            created_at: SystemTime::now(),
+            retired_at: None,
+            self_test: digest(2),
+        });
+        state.current = MasterKeyVersion(2);
+        state.migration = Some(Migration {
+            to: MasterKeyVersion(2),
+            started_at: SystemTime::now(),
+            after: Some(KeyId::new_v7()),
+            wrapped: 7,
+        });
+        assert_eq!(decode_master(&encode_master(&state)).unwrap(), state);
+        let legacy =
+            wrap(&StoredMaster { current: 1, self_test: Some(encode_digest(&digest(1))), ..Default::default() });
+        let read = decode_master(&legacy).unwrap();
+        assert_eq!(
+            (read.current, read.versions.len(), read.versions[0].self_test.clone()),
+            (MasterKeyVersion(1), 1, digest(1))
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::domain::{
     audit::{AuditEvent, RecordedEvent},
     error::Error,
     key::{KeyId, KeyRecord},
-    ports::{KeyChange, MasterState, Store, StoreError, Updated},
+    ports::{DigestSwap, KeyChange, MasterState, Store, StoreError, Updated},
     usage::UsageDelta,
 };
 
@@ -115,14 +115,12 @@ impl SledStore {
             let mut seq = inner.next_seq.lock().unwrap_or_else(|e| e.into_inner());
             let (out, appended) = (&inner.keys, &inner.audit, &inner.meta)
                 .transaction(|(keys, audit, meta)| {
-                    let trees = Trees { keys, audit, meta, appended: Cell::new(false) };
+                    let trees = Trees { keys, audit, meta, appended: Cell::new(0) };
                     let out = write(&trees, *seq)?;
                     Ok((out, trees.appended.get()))
                 })
                 .map_err(Abort::from)?;
-            if appended {
-                *seq += 1;
-            }
+            *seq += appended;
             Ok::<_, Abort>(out)
         })
         .await
@@ -136,14 +134,17 @@ struct Trees<'a> {
     keys: &'a sled::transaction::TransactionalTree,
     audit: &'a sled::transaction::TransactionalTree,
     meta: &'a sled::transaction::TransactionalTree,
-    /// Whether this attempt used the sequence number.
-    appended: Cell<bool>,
+    /// Audit events this attempt appended, from the first sequence number on.
+    appended: Cell<u64>,
 }
 
 impl Trees<'_> {
-    fn append_audit(&self, seq: u64, event: &AuditEvent) -> Result<(), ConflictableTransactionError<Abort>> {
+    /// Appends `event` after those this transaction appended already; `first` is the
+    /// transaction's first sequence number.
+    fn append_audit(&self, first: u64, event: &AuditEvent) -> Result<(), ConflictableTransactionError<Abort>> {
+        let seq = first + self.appended.get();
         self.audit.insert(&seq.to_be_bytes(), codec::encode_event(event))?;
-        self.appended.set(true);
+        self.appended.set(self.appended.get() + 1);
         Ok(())
     }
 }
@@ -204,6 +205,70 @@ impl Store for SledStore {
                 }
             })
             .await?)
+    }
+
+    async fn rotate_key<F>(&self, id: KeyId, change: F) -> Result<(Updated, KeyRecord), Error>
+    where
+        F: Fn(&KeyRecord) -> Result<(KeyRecord, KeyRecord, Vec<AuditEvent>), Error> + Send + 'static,
+    {
+        Ok(self
+            .write(move |t, seq| {
+                let Some(bytes) = t.keys.get(id.as_bytes())? else {
+                    return abort(Abort::Domain(Error::NotFound(format!("key {id}"))));
+                };
+                let before = codec::decode_key(&bytes).or_else(|e| abort(Abort::Store(e)))?;
+                let (after, successor, events) = change(&before).or_else(|e| abort(Abort::Domain(e)))?;
+                if t.keys.get(successor.id.as_bytes())?.is_some() {
+                    return abort(Abort::Domain(Error::AlreadyExists(format!("key {}", successor.id))));
+                }
+                t.keys.insert(id.as_bytes(), codec::encode_key(&after))?;
+                t.keys.insert(successor.id.as_bytes(), codec::encode_key(&successor))?;
+                for event in &events {
+                    t.append_audit(seq, event)?;
+                }
+                Ok((Updated { before, after }, successor))
+            })
+            .await?)
+    }
+
+    async fn replace_digests(
+        &self,
+        swaps: Vec<DigestSwap>,
+        master: Option<(MasterState, Option<AuditEvent>)>,
+    ) -> Result<usize, StoreError> {
+        let master = master.map(|(state, event)| (codec::encode_master(&state), event));
+        self.write(move |t, seq| {
+            let mut replaced = 0;
+            for swap in &swaps {
+                let Some(bytes) = t.keys.get(swap.id.as_bytes())? else { continue };
+                let mut record = codec::decode_key(&bytes).or_else(|e| abort(Abort::Store(e)))?;
+                if record.digest != swap.expected {
+                    continue;
+                }
+                record.digest = swap.new.clone();
+                t.keys.insert(swap.id.as_bytes(), codec::encode_key(&record))?;
+                replaced += 1;
+            }
+            if let Some((state, event)) = &master {
+                t.meta.insert(MASTER, state.as_slice())?;
+                if let Some(event) = event {
+                    t.append_audit(seq, event)?;
+                }
+            }
+            Ok(replaced)
+        })
+        .await
+        .map_err(StoreError::from)
+    }
+
+    async fn set_master(&self, master: MasterState, event: AuditEvent) -> Result<(), StoreError> {
+        let state = codec::encode_master(&master);
+        self.write(move |t, seq| {
+            t.meta.insert(MASTER, state.as_slice())?;
+            t.append_audit(seq, &event)
+        })
+        .await
+        .map_err(StoreError::from)
     }
 
     async fn record_usage(&self, batch: Vec<(KeyId, UsageDelta)>) -> Result<(), StoreError> {

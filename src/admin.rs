@@ -1,0 +1,96 @@
+//! `keyward master`: the master key admin commands, as a gRPC client of a running server (the
+//! server holds the database, so changes go through it and its audit trail).
+
+use std::time::{Duration, Instant};
+
+use tonic::{Request, transport::Channel};
+
+use crate::proto::{self, master_key_service_client::MasterKeyServiceClient};
+
+/// What `keyward master` was asked to do.
+#[derive(Clone, Copy, Debug)]
+pub enum MasterCommand {
+    Status,
+    /// Rotate; with `wait`, until the background re-digest has finished.
+    Rotate {
+        wait: bool,
+    },
+    Retire {
+        version: u32,
+    },
+}
+
+fn authorized<T>(message: T, key: &str) -> Result<Request<T>, String> {
+    let mut request = Request::new(message);
+    let value = format!("Bearer {key}").parse().map_err(|_| "the key is not ASCII".to_string())?;
+    request.metadata_mut().insert("authorization", value);
+    Ok(request)
+}
+
+fn describe(status: &proto::MasterKeyStatus) -> String {
+    let mut out = format!("current master key: v{}\n", status.current_version);
+    for v in &status.versions {
+        let state = if v.current {
+            "current"
+        } else if v.retired_at.is_some() {
+            "retired"
+        } else {
+            "live"
+        };
+        out.push_str(&format!("  v{}: {state}, needed by {} keys\n", v.version, v.keys_using));
+    }
+    match &status.migration {
+        Some(m) => out.push_str(&format!(
+            "re-digest under v{}: running, {} keys done, {} to go\n",
+            m.to_version, m.keys_done, status.keys_pending
+        )),
+        None => out.push_str("re-digest: none running\n"),
+    }
+    out.push_str(&format!(
+        "keys not yet on a plain v{} digest (move on their next verification): {}",
+        status.current_version, status.keys_not_plain
+    ));
+    out
+}
+
+/// Runs `command` against the server at `target` with `key`; returns what to print.
+pub async fn master(target: &str, key: &str, command: MasterCommand) -> Result<String, String> {
+    let channel = Channel::from_shared(format!("http://{target}"))
+        .map_err(|e| e.to_string())?
+        .connect()
+        .await
+        .map_err(|e| format!("connecting to {target}: {e}"))?;
+    let mut client = MasterKeyServiceClient::new(channel);
+    let status = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
+    match command {
+        MasterCommand::Status => {
+            let s = client.get_master_key_status(authorized(proto::GetMasterKeyStatusRequest {}, key)?).await;
+            Ok(describe(&s.map_err(status)?.into_inner()))
+        }
+        MasterCommand::Retire { version } => {
+            let request = authorized(proto::RetireMasterKeyRequest { version }, key)?;
+            let s = client.retire_master_key(request).await.map_err(status)?.into_inner();
+            Ok(format!("master key v{version} retired\n{}", describe(&s)))
+        }
+        MasterCommand::Rotate { wait } => {
+            let started = Instant::now();
+            let request = authorized(proto::RotateMasterKeyRequest {}, key)?;
+            let mut s = client.rotate_master_key(request).await.map_err(status)?.into_inner();
+            let mut out = format!("rotated to master key v{}\n", s.current_version);
+            if wait {
+                while s.migration.is_some() {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let request = authorized(proto::GetMasterKeyStatusRequest {}, key)?;
+                    s = client.get_master_key_status(request).await.map_err(status)?.into_inner();
+                }
+                out.push_str(&format!(
+                    "every key verifies under v{} after {:.1} s\n",
+                    s.current_version,
+                    started.elapsed().as_secs_f64()
+                ));
+            }
+            out.push_str(&describe(&s));
+            Ok(out)
+        }
+    }
+}

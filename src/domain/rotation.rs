@@ -1,0 +1,161 @@
+//! Client key rotation: RotateKey makes a successor with a new secret and the old key's name,
+//! scopes, policies and metadata; the old key keeps verifying (with `rotation_pending`) until
+//! its grace period ends. A key may rotate itself with `keyward:self:rotate`.
+
+use std::time::{Duration, SystemTime};
+
+use super::{
+    audit::{Actor, AuditAction, AuditEvent, FieldChange},
+    error::{Error, Result},
+    key::{KeyId, KeyRecord, KeyState},
+    key_format,
+    policy::RotationRules,
+    ports::{Hsm, Store},
+    scope,
+    secret::KeyString,
+    service::{Caller, Keys, Permission, RequestContext, audit, key_digest_input},
+    validate,
+};
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// The rotation settings of an installation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RotationConfig {
+    /// How long a rotated key keeps verifying when RotateKey names no grace period.
+    pub default_grace: Duration,
+    /// The `max_age` of new keys that name none; `None`: no limit.
+    pub default_max_age: Option<Duration>,
+    pub rules: RotationRules,
+    /// The reaper disables active keys unused this long; `None`: never.
+    pub inactive_after: Option<Duration>,
+}
+
+impl Default for RotationConfig {
+    fn default() -> Self {
+        Self {
+            default_grace: DAY,
+            default_max_age: Some(90 * DAY),
+            rules: RotationRules::default(),
+            inactive_after: Some(90 * DAY),
+        }
+    }
+}
+
+/// How the background re-digest after a master key rotation paces itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MigrationConfig {
+    /// Keys per transaction (and per progress checkpoint).
+    pub batch: usize,
+    /// HSM operations in flight at once.
+    pub concurrency: usize,
+    /// Pause between batches, to leave the HSM to verifications.
+    pub pause: Duration,
+}
+
+impl Default for MigrationConfig {
+    fn default() -> Self {
+        Self { batch: 1000, concurrency: 4, pause: Duration::ZERO }
+    }
+}
+
+#[derive(Debug)]
+pub struct RotatedKey {
+    /// The successor's full key: returned once, kept nowhere.
+    pub key: KeyString,
+    pub record: KeyRecord,
+    /// The old key, now `Rotated`.
+    pub previous: KeyRecord,
+}
+
+/// The successor of `old`: same name, prefix, scopes, policies and metadata; a new id, digest
+/// and creation time. An expiry keeps the old key's lifetime, counted from now; a `not_before`
+/// already past is dropped.
+fn successor(old: &KeyRecord, id: KeyId, digest: super::key::Digest, by: KeyId, now: SystemTime) -> KeyRecord {
+    let mut new = KeyRecord::new(id, old.name.clone(), old.prefix.clone(), old.scopes.clone(), now, digest);
+    new.expires_at = old.expires_at.map(|at| now + at.duration_since(old.created_at).unwrap_or_default());
+    new.metadata = old.metadata.clone();
+    new.created_by = Some(by);
+    new.allowed_cidrs = old.allowed_cidrs.clone();
+    new.not_before = old.not_before.filter(|at| *at > now);
+    new.rate_limit = old.rate_limit;
+    new.quota = old.quota;
+    new.max_age = old.max_age;
+    new.rotated_from = Some(old.id);
+    new
+}
+
+impl<H: Hsm, S: Store> Keys<H, S> {
+    /// Rotates key `key_id` (empty: the caller's own key). The old key verifies until
+    /// `grace` (default: the configured one) has passed, then is expired.
+    pub async fn rotate(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        grace: Option<Duration>,
+        ctx: &RequestContext,
+    ) -> Result<RotatedKey> {
+        let id = if key_id.is_empty() { caller.key_id } else { validate::key_id("key_id", key_id)? };
+        let own = id == caller.key_id && scope::any_grants(&caller.scopes, Permission::SelfRotate.scope());
+        if !own && !scope::any_grants(&caller.scopes, Permission::KeysRotate.scope()) {
+            return Err(Error::PermissionDenied(format!(
+                "this call needs the `{}` permission, or `{}` to rotate the caller's own key",
+                Permission::KeysRotate.scope(),
+                Permission::SelfRotate.scope()
+            )));
+        }
+        let grace = validate::grace_period(grace.unwrap_or(self.config.rotation.default_grace))?;
+        let now = self.clock.now();
+        let new_id = KeyId::new_v7();
+        let secret = self.hsm.random_secret().await?;
+        let digest = self.hsm.digest(self.current_version(), key_digest_input(new_id, &secret)).await?;
+        let actor = Actor::Key(caller.key_id);
+        let rotated = audit(now, actor.clone(), AuditAction::KeyRotated, id, ctx, None);
+        let created = audit(now, actor, AuditAction::KeyCreated, new_id, ctx, Some(format!("rotated from {id}")));
+        let caller = caller.clone();
+        let deadline = now + grace;
+        let (updated, new) = self
+            .store
+            .rotate_key(id, move |old| {
+                match old.state {
+                    KeyState::Active => {}
+                    KeyState::Revoked => return Err(Error::FailedPrecondition(format!("key {id} is revoked"))),
+                    KeyState::Disabled => {
+                        return Err(Error::FailedPrecondition(format!(
+                            "key {id} is disabled: enable it first, or revoke it and create a new key"
+                        )));
+                    }
+                    KeyState::Rotated => {
+                        let to = old.rotated_to.map(|t| t.to_string()).unwrap_or_default();
+                        return Err(Error::FailedPrecondition(format!("key {id} was already rotated to {to}")));
+                    }
+                }
+                if !own {
+                    // The successor holds the old key's scopes: an admin may only pass on
+                    // keyward permissions it holds itself.
+                    Self::check_escalation(&caller, &old.scopes)?;
+                }
+                let new = successor(old, new_id, digest.clone(), caller.key_id, now);
+                let mut after = old.clone();
+                after.state = KeyState::Rotated;
+                after.rotated_to = Some(new_id);
+                after.rotated_at = Some(now);
+                after.rotation_deadline = Some(deadline);
+                after.updated_at = Some(now);
+                let changes = vec![
+                    FieldChange { field: "state".into(), before: "active".into(), after: "rotated".into() },
+                    FieldChange { field: "rotated_to".into(), before: "none".into(), after: new_id.to_string() },
+                    FieldChange {
+                        field: "rotation_deadline".into(),
+                        before: "none".into(),
+                        after: humantime::format_rfc3339_nanos(deadline).to_string(),
+                    },
+                ];
+                let events = vec![AuditEvent { changes, ..rotated.clone() }, created.clone()];
+                Ok((after, new, events))
+            })
+            .await?;
+        let key = key_format::render(&new.prefix, new.id, &secret);
+        Ok(RotatedKey { key, record: self.view(new), previous: self.view(updated.after) })
+    }
+}

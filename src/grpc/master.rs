@@ -1,0 +1,68 @@
+//! `keyward.v1.MasterKeyService`: the HSM master key's versions.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::{auth, convert};
+use crate::{
+    domain::{
+        error::Error,
+        key::MasterKeyVersion,
+        ports::{Hsm, Store},
+        service::{Caller, Keys},
+    },
+    proto::{self, master_key_service_server::MasterKeyService},
+};
+
+pub struct MasterApi<H, S> {
+    keys: Arc<Keys<H, S>>,
+}
+
+impl<H, S> MasterApi<H, S> {
+    pub fn new(keys: Arc<Keys<H, S>>) -> Self {
+        Self { keys }
+    }
+}
+
+impl<H: Hsm, S: Store> MasterApi<H, S> {
+    fn status(&self, caller: &Caller) -> Result<Response<proto::MasterKeyStatus>, Status> {
+        let status = self.keys.master_status(caller)?;
+        Ok(Response::new(convert::master_status(&status)))
+    }
+}
+
+#[tonic::async_trait]
+impl<H: Hsm, S: Store> MasterKeyService for MasterApi<H, S> {
+    async fn get_master_key_status(
+        &self,
+        request: Request<proto::GetMasterKeyStatusRequest>,
+    ) -> Result<Response<proto::MasterKeyStatus>, Status> {
+        let (caller, _) = auth::caller(&self.keys, &request).await?;
+        self.status(&caller)
+    }
+
+    async fn rotate_master_key(
+        &self,
+        request: Request<proto::RotateMasterKeyRequest>,
+    ) -> Result<Response<proto::MasterKeyStatus>, Status> {
+        let (caller, ctx) = auth::caller(&self.keys, &request).await?;
+        let state = self.keys.rotate_master(&caller, &ctx).await?;
+        tracing::info!(current = %state.current, actor = %caller.key_id, "master key rotated");
+        self.status(&caller)
+    }
+
+    async fn retire_master_key(
+        &self,
+        request: Request<proto::RetireMasterKeyRequest>,
+    ) -> Result<Response<proto::MasterKeyStatus>, Status> {
+        let (caller, ctx) = auth::caller(&self.keys, &request).await?;
+        let version = request.get_ref().version;
+        if version == 0 {
+            return Err(Error::invalid("version", "is required (1 or more)").into());
+        }
+        self.keys.retire_master(&caller, MasterKeyVersion(version), &ctx).await?;
+        tracing::info!(version, actor = %caller.key_id, "master key retired");
+        self.status(&caller)
+    }
+}
