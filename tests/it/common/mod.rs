@@ -12,7 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use keyward::proto::{self, key_service_client::KeyServiceClient, verify_service_client::VerifyServiceClient};
+use keyward::proto::{
+    self, key_service_client::KeyServiceClient, master_key_service_client::MasterKeyServiceClient,
+    verify_service_client::VerifyServiceClient,
+};
 use tonic::{
     Request, Status,
     metadata::{Ascii, MetadataValue},
@@ -61,6 +64,7 @@ impl Interceptor for Bearer {
 
 pub type KeyClient = KeyServiceClient<InterceptedService<Channel, Bearer>>;
 pub type VerifyClient = VerifyServiceClient<InterceptedService<Channel, Bearer>>;
+pub type MasterClient = MasterKeyServiceClient<InterceptedService<Channel, Bearer>>;
 
 /// A keyward data directory and, while started, its server process.
 pub struct Instance {
@@ -115,6 +119,17 @@ impl Instance {
     /// Runs `keyward <args>` to completion (stderr also appended to the log file).
     pub fn keyward(&self, args: &[&str]) -> Output {
         Self::run_keyward(args, &self.log_file)
+    }
+
+    /// Sets `[section] key = value` (`value` is a TOML literal, e.g. `"\"2h\""` or `50`) in the
+    /// instance's keyward.toml; it takes effect at the next start.
+    pub fn configure(&self, section: &str, key: &str, value: &str) {
+        let path = self.data_dir.join("keyward.toml");
+        let mut doc: toml::Table = fs::read_to_string(&path).unwrap().parse().unwrap();
+        let parsed: toml::Table = format!("v = {value}").parse().expect("a TOML value");
+        let table = doc.entry(section).or_insert_with(|| toml::Value::Table(Default::default()));
+        table.as_table_mut().expect("a table").insert(key.into(), parsed["v"].clone());
+        fs::write(&path, toml::to_string(&doc).unwrap()).unwrap();
     }
 
     pub fn data_dir_str(&self) -> &str {
@@ -208,6 +223,10 @@ impl Instance {
 
     pub async fn verifier(&self, bearer: Option<&str>) -> VerifyClient {
         VerifyServiceClient::with_interceptor(self.channel().await, Self::bearer(bearer))
+    }
+
+    pub async fn master(&self, bearer: Option<&str>) -> MasterClient {
+        MasterKeyServiceClient::with_interceptor(self.channel().await, Self::bearer(bearer))
     }
 
     pub async fn root_keys(&self) -> KeyClient {
