@@ -178,6 +178,7 @@ async fn admin_rpcs_set_change_pause_and_list_policies() {
         remaining: Some(500),
         refill: Some(proto::Refill { amount: 500, interval: Some(secs(86_400)) }),
         metadata: [("team".to_string(), "orders".to_string())].into(),
+        max_age: Some(secs(30 * 86_400)),
     };
     let (key, info) = create(&mut admin, full).await;
     let id = info.key_id.clone();
