@@ -88,10 +88,15 @@ struct Fixture {
     store: Arc<CountingStore>,
     clock: Arc<ManualClock>,
     root: Caller,
+    root_key: String,
     _dir: tempfile::TempDir,
 }
 
 async fn fixture() -> Fixture {
+    fixture_with(KeysConfig::default()).await
+}
+
+async fn fixture_with(config: KeysConfig) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let hsm = Arc::new(FakeHsm::new());
     let store = Arc::new(CountingStore {
@@ -102,10 +107,11 @@ async fn fixture() -> Fixture {
     let clock = Arc::new(ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)));
     let root = bootstrap(&*hsm, &*store, &*clock, MasterKeyVersion(1)).await.unwrap();
     let master = store.master().unwrap().unwrap();
-    let keys = Keys::new(hsm.clone(), store.clone(), clock.clone(), master, KeysConfig::default());
+    let keys = Keys::new(hsm.clone(), store.clone(), clock.clone(), master, config);
     keys.self_test().await.unwrap();
-    let root = keys.authenticate(Some(root.key.expose()), &RequestContext::default()).await.unwrap();
-    Fixture { keys, hsm, store, clock, root, _dir: dir }
+    let root_key = root.key.expose().to_owned();
+    let root = keys.authenticate(Some(&root_key), &RequestContext::default()).await.unwrap();
+    Fixture { keys, hsm, store, clock, root, root_key, _dir: dir }
 }
 
 fn named(name: &str, scopes: &[&str]) -> NewKey {
@@ -362,3 +368,7 @@ async fn bad_requests_name_their_field() {
 
 #[path = "service_policy_tests.rs"]
 mod policies;
+
+#[cfg(test)]
+#[path = "service_rotation_tests.rs"]
+mod rotation;
