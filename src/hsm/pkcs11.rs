@@ -170,8 +170,17 @@ impl Inner {
         let slot = find_token(&self.ctx, &self.config.token_label)?;
         let session = self.ctx.open_ro_session(slot)?;
         login(&session, &self.config.pin)?;
-        let keys = RwLock::new(find_master_keys(&session)?);
-        Ok(Connection { slot, keys, idle: Mutex::new(vec![session]) })
+        let keys = find_master_keys(&session)?;
+        for (version, handle) in &keys {
+            if !provision::is_safe_master_key(&session, *handle)? {
+                tracing::warn!(
+                    %version,
+                    "master key on the token lacks the attributes keyward gives its master keys \
+                     (generated in the token, always sensitive, never extractable, sign and verify only)"
+                );
+            }
+        }
+        Ok(Connection { slot, keys: RwLock::new(keys), idle: Mutex::new(vec![session]) })
     }
 
     /// Runs `op` on an idle session (opening one if none is idle).
@@ -401,10 +410,11 @@ fn create_key(inner: &Inner, conn: &Connection, version: MasterKeyVersion) -> Re
     let found = find_master_keys(&session).map_err(|e| HsmError::Refused(e.to_string()))?;
     let handle = match found.get(&version) {
         Some(&existing) => {
-            if !provision::generated_in_token(&session, existing).map_err(ck)? {
+            if !provision::is_safe_master_key(&session, existing).map_err(ck)? {
                 return Err(HsmError::Refused(format!(
-                    "master key {version} already exists on the token and was not generated there; \
-                     keyward will not use it (remove it, or check who put it there)"
+                    "master key {version} already exists on the token but is not a key keyward would have \
+                     made (generated in the token, always sensitive, never extractable, sign and verify \
+                     only); keyward will not use it: remove it, and find out who put it there"
                 )));
             }
             tracing::warn!(%version, "adopting master key left on the token by an unfinished rotation");

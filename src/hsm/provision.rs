@@ -70,16 +70,44 @@ pub(super) fn generate_master_key(session: &Session, version: MasterKeyVersion) 
     session.generate_key(&Mechanism::GenericSecretKeyGen, &master_key_template(version))
 }
 
-/// Whether the token generated this key and its value never left: `CKA_LOCAL`,
-/// `CKA_ALWAYS_SENSITIVE` and `CKA_NEVER_EXTRACTABLE` all true. A key imported with a known
-/// value fails this.
-pub(super) fn generated_in_token(session: &Session, key: ObjectHandle) -> Result<bool, CkError> {
-    let wanted = [AttributeType::Local, AttributeType::AlwaysSensitive, AttributeType::NeverExtractable];
-    let attrs = session.get_attributes(key, &wanted)?;
-    let all = attrs.iter().all(|a| {
-        matches!(a, Attribute::Local(true) | Attribute::AlwaysSensitive(true) | Attribute::NeverExtractable(true))
-    });
-    Ok(attrs.len() == wanted.len() && all)
+/// Whether `key` is one keyward would have generated: made inside the token and never out of
+/// it (`CKA_LOCAL`, `CKA_ALWAYS_SENSITIVE`, `CKA_NEVER_EXTRACTABLE`), and usable only to sign and
+/// verify. A key imported with a known value, or one that could wrap or decrypt, fails this.
+pub(super) fn is_safe_master_key(session: &Session, key: ObjectHandle) -> Result<bool, CkError> {
+    use AttributeType as T;
+    let wanted = [
+        (T::Local, true),
+        (T::AlwaysSensitive, true),
+        (T::NeverExtractable, true),
+        (T::Sensitive, true),
+        (T::Extractable, false),
+        (T::Sign, true),
+        (T::Verify, true),
+        (T::Encrypt, false),
+        (T::Decrypt, false),
+        (T::Wrap, false),
+        (T::Unwrap, false),
+        (T::Derive, false),
+    ];
+    let types: Vec<T> = wanted.iter().map(|(t, _)| *t).collect();
+    let attrs = session.get_attributes(key, &types)?;
+    let value = |a: &Attribute| match a {
+        Attribute::Local(v)
+        | Attribute::AlwaysSensitive(v)
+        | Attribute::NeverExtractable(v)
+        | Attribute::Sensitive(v)
+        | Attribute::Extractable(v)
+        | Attribute::Sign(v)
+        | Attribute::Verify(v)
+        | Attribute::Encrypt(v)
+        | Attribute::Decrypt(v)
+        | Attribute::Wrap(v)
+        | Attribute::Unwrap(v)
+        | Attribute::Derive(v) => Some((a.attribute_type(), *v)),
+        _ => None,
+    };
+    let got: Vec<_> = attrs.iter().filter_map(value).collect();
+    Ok(wanted.iter().all(|w| got.contains(w)))
 }
 
 /// Generates master key `version` inside the token. Refuses if that version already exists.

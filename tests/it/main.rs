@@ -9,6 +9,7 @@ mod durability;
 mod grpcurl;
 mod hsm_token;
 mod limits;
+mod master;
 mod policies;
 mod reflection;
 mod secrets;
