@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, time::SystemTime};
 use super::{
     audit::{Actor, AuditAction, AuditEvent, FieldChange},
     error::{Error, Result},
-    key::{Digest, KeyId, KeyState, MasterKeyVersion},
+    key::{Digest, KeyId, KeyRecord, KeyState, MasterKeyVersion},
     ports::{DigestSwap, Hsm, MasterState, MasterVersion, Migration, Store},
     service::{Caller, Keys, Permission, RequestContext, self_test_input},
 };
@@ -19,13 +19,24 @@ use super::{
 #[derive(Clone, Debug)]
 pub struct MasterStatus {
     pub state: MasterState,
-    /// For each version: live (not revoked) keys whose digest needs it.
+    /// For each version: keys that can still verify (not revoked, not rotated past their
+    /// overlap) whose digest needs it.
     pub keys_using: BTreeMap<MasterKeyVersion, u64>,
     /// Live keys whose digest is not yet plain under the current version (wrapped ones
     /// included): they move on their next successful verification.
     pub keys_not_plain: u64,
     /// Live keys not yet under the current version at all (the background job's work left).
     pub keys_pending: u64,
+}
+
+/// Whether a key's digest still matters: not revoked, and not a rotated key past its overlap
+/// (neither can ever verify again).
+fn digest_needed(r: &KeyRecord, now: SystemTime) -> bool {
+    match r.state {
+        KeyState::Revoked => false,
+        KeyState::Rotated => r.rotation_deadline.is_none_or(|at| now < at),
+        KeyState::Active | KeyState::Disabled => true,
+    }
 }
 
 fn master_event(at: SystemTime, actor: Actor, action: AuditAction, ctx: &RequestContext) -> AuditEvent {
@@ -55,9 +66,10 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         for v in status.state.live() {
             status.keys_using.insert(v.version, 0);
         }
+        let now = self.clock.now();
         for record in self.store.scan_keys(None) {
             let record = record?;
-            if record.state == KeyState::Revoked {
+            if !digest_needed(&record, now) {
                 continue;
             }
             for v in record.digest.versions() {
@@ -185,11 +197,12 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         let mut todo: Vec<(KeyId, Digest)> = Vec::new();
         let mut last = migration.after;
         let mut scanned = 0;
+        let now = self.clock.now();
         for record in self.store.scan_keys(migration.after).take(batch_size) {
             let record = record?;
             scanned += 1;
             last = Some(record.id);
-            if record.state != KeyState::Revoked && record.digest.version != to {
+            if digest_needed(&record, now) && record.digest.version != to {
                 todo.push((record.id, record.digest));
             }
         }

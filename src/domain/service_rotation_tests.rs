@@ -133,17 +133,24 @@ async fn retiring_is_refused_while_a_live_key_needs_the_version() {
     let idle = f.create("idle", &[]).await;
     let gone = f.create("gone", &[]).await;
     f.keys.revoke(&f.root, &gone.record.id.to_string(), "", &ctx).await.unwrap();
+    let replaced = f.create("replaced", &[]).await;
+    let zero = Some(Duration::ZERO);
+    let successor = f.keys.rotate(&f.root, &replaced.record.id.to_string(), zero, &ctx).await.unwrap();
     f.keys.rotate_master(&f.root, &ctx).await.unwrap();
     let current = f.keys.retire_master(&f.root, V2, &ctx).await.unwrap_err();
     assert!(matches!(current, Error::FailedPrecondition(_)), "the current version: {current:?}");
     f.migrate_all().await;
     assert_eq!(f.code(used.key.expose(), &[]).await, VerifyCode::Valid);
+    assert_eq!(f.code(successor.key.expose(), &[]).await, VerifyCode::Valid);
     // A cached caller whose digest is not plain under v2 is proven again, and so migrated.
     f.keys.authenticate(Some(&f.root_key), &ctx).await.unwrap();
     f.settle().await;
     let refused = f.keys.retire_master(&f.root, V1, &ctx).await.unwrap_err();
     let Error::FailedPrecondition(why) = &refused else { panic!("{refused:?}") };
-    assert!(why.starts_with("1 keys still need master key v1"), "only the idle key: {why}");
+    assert!(
+        why.starts_with("1 keys still need master key v1"),
+        "only the idle key: not the revoked one, nor the rotated one past its overlap: {why}"
+    );
     assert!(f.hsm.has(V1));
 
     f.keys.revoke(&f.root, &idle.record.id.to_string(), "", &ctx).await.unwrap();
