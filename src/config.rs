@@ -53,7 +53,7 @@ mod human {
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
 
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
+        s.serialize_str(&crate::domain::key::duration_text(*d))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -329,6 +329,18 @@ mod tests {
         c.apply_env(|name| (name == "KEYWARD_HSM_TOKEN_LABEL").then(|| PathBuf::from("other")));
         assert_eq!(c.hsm.token_label, "other");
         assert_eq!(c.server.max_message_bytes, 64 * 1024);
+    }
+
+    #[test]
+    fn the_readme_configuration_example_is_valid_and_says_the_defaults() {
+        let readme = include_str!("../README.md");
+        let start = readme.find("```toml\n").expect("a toml block") + "```toml\n".len();
+        let block = &readme[start..start + readme[start..].find("```").unwrap()];
+        let c: Config = toml::from_str(block).unwrap();
+        let d = Config::default();
+        assert_eq!(toml::to_string(&c.rotation).unwrap(), toml::to_string(&d.rotation).unwrap());
+        assert_eq!(toml::to_string(&c.master).unwrap(), toml::to_string(&d.master).unwrap());
+        assert_eq!(toml::to_string(&c.policy).unwrap(), toml::to_string(&d.policy).unwrap());
     }
 
     #[test]

@@ -49,6 +49,21 @@ impl FromStr for KeyId {
     }
 }
 
+/// A duration as people write it: `90d`, `12h`, `30m`, `45s` when it is a whole number of that
+/// unit, else humantime's form (`1h 30m 5s 200ms`). `humantime::parse_duration` reads both.
+pub fn duration_text(d: Duration) -> String {
+    let secs = d.as_secs();
+    if d.subsec_nanos() != 0 || secs == 0 {
+        return humantime::format_duration(d).to_string();
+    }
+    for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60)] {
+        if secs % size == 0 {
+            return format!("{}{unit}", secs / size);
+        }
+    }
+    format!("{secs}s")
+}
+
 /// Which master key in the HSM made a digest. Versions start at 1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MasterKeyVersion(pub u32);
@@ -257,6 +272,15 @@ mod tests {
         assert_eq!(text.len(), 36);
         assert_eq!(text.parse::<KeyId>().unwrap(), id);
         assert!("not-a-uuid".parse::<KeyId>().is_err());
+    }
+
+    #[test]
+    fn durations_read_as_written_and_parse_back() {
+        for (d, text) in [(90 * 86_400, "90d"), (7200, "2h"), (90, "90s"), (120, "2m"), (86_401, "86401s")] {
+            assert_eq!(duration_text(Duration::from_secs(d)), text);
+            assert_eq!(humantime::parse_duration(text).unwrap(), Duration::from_secs(d));
+        }
+        assert_eq!(duration_text(Duration::from_millis(1500)), "1s 500ms");
     }
 
     #[test]

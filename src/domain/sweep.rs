@@ -95,8 +95,7 @@ impl<H: Hsm, S: Store> Keys<H, S> {
                 .store
                 .update_key(id, move |current| {
                     let Some(deadline) = age_deadline(current, now, &rules) else { return Ok(None) };
-                    let age =
-                        current.max_age.map(humantime::format_duration).map(|a| a.to_string()).unwrap_or_default();
+                    let age = current.max_age.map(super::key::duration_text).unwrap_or_default();
                     let mut next = current.clone();
                     next.expires_at = Some(deadline);
                     next.updated_at = Some(now);
@@ -120,7 +119,7 @@ impl<H: Hsm, S: Store> Keys<H, S> {
             }
         }
         let Some(after) = inactive_after else { return Ok(report) };
-        let unused = humantime::format_duration(after).to_string();
+        let unused = super::key::duration_text(after);
         for record in reap {
             let id = record.id;
             let reason = format!("unused for {unused}");

@@ -221,7 +221,7 @@ pub fn apply(current: &KeyRecord, patch: &ValidPatch, now: SystemTime) -> Result
             }
             Field::MaxAge => {
                 next.max_age = patch.max_age;
-                let age = |a: Option<std::time::Duration>| text(a.map(humantime::format_duration));
+                let age = |a: Option<std::time::Duration>| text(a.map(super::key::duration_text));
                 note(field, age(current.max_age), age(next.max_age));
             }
             // Both quota fields are applied together below.
