@@ -26,8 +26,8 @@ impl<H, S> MasterApi<H, S> {
 }
 
 impl<H: Hsm, S: Store> MasterApi<H, S> {
-    fn status(&self, caller: &Caller) -> Result<Response<proto::MasterKeyStatus>, Status> {
-        let status = self.keys.master_status(caller)?;
+    fn status(&self, caller: &Caller, count: bool) -> Result<Response<proto::MasterKeyStatus>, Status> {
+        let status = self.keys.master_status(caller, count)?;
         Ok(Response::new(convert::master_status(&status)))
     }
 }
@@ -39,7 +39,7 @@ impl<H: Hsm, S: Store> MasterKeyService for MasterApi<H, S> {
         request: Request<proto::GetMasterKeyStatusRequest>,
     ) -> Result<Response<proto::MasterKeyStatus>, Status> {
         let (caller, _) = auth::caller(&self.keys, &request).await?;
-        self.status(&caller)
+        self.status(&caller, !request.get_ref().skip_counts)
     }
 
     async fn rotate_master_key(
@@ -49,7 +49,7 @@ impl<H: Hsm, S: Store> MasterKeyService for MasterApi<H, S> {
         let (caller, ctx) = auth::caller(&self.keys, &request).await?;
         let state = self.keys.rotate_master(&caller, &ctx).await?;
         tracing::info!(current = %state.current, actor = %caller.key_id, "master key rotated");
-        self.status(&caller)
+        self.status(&caller, true)
     }
 
     async fn retire_master_key(
@@ -63,6 +63,6 @@ impl<H: Hsm, S: Store> MasterKeyService for MasterApi<H, S> {
         }
         self.keys.retire_master(&caller, MasterKeyVersion(version), &ctx).await?;
         tracing::info!(version, actor = %caller.key_id, "master key retired");
-        self.status(&caller)
+        self.status(&caller, true)
     }
 }
