@@ -11,5 +11,6 @@ mod hsm_token;
 mod limits;
 mod policies;
 mod reflection;
+mod rotation;
 mod secrets;
 mod startup;
