@@ -11,7 +11,7 @@ use super::{
     key_format,
     policy::RotationRules,
     ports::{Hsm, Store},
-    scope,
+    quota, scope,
     secret::KeyString,
     service::{Caller, Keys, Permission, RequestContext, audit, key_digest_input},
     validate,
@@ -114,9 +114,17 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         let created = audit(now, actor, AuditAction::KeyCreated, new_id, ctx, Some(format!("rotated from {id}")));
         let caller = caller.clone();
         let deadline = now + grace;
-        let (updated, new) = self
+        // The successor takes over the uses left, as this node sees them: fold its lease on the
+        // old key back into the stored count first (as UpdateKey does for a quota change).
+        let gate = self.accounts.gate(id);
+        let _reserving = gate.reserving.lock().await;
+        let returned = gate.account().lease.take();
+        let rotation = self
             .store
-            .rotate_key(id, move |old| {
+            .rotate_key(id, move |stored| {
+                let mut old = stored.clone();
+                old.quota = quota::settle(stored.quota, returned, now);
+                let old = &old;
                 match old.state {
                     KeyState::Active => {}
                     KeyState::Revoked => return Err(Error::FailedPrecondition(format!("key {id} is revoked"))),
@@ -154,7 +162,16 @@ impl<H: Hsm, S: Store> Keys<H, S> {
                 let events = vec![AuditEvent { changes, ..rotated.clone() }, created.clone()];
                 Ok((after, new, events))
             })
-            .await?;
+            .await;
+        let mut account = gate.account();
+        match &rotation {
+            // Refused inside the transaction: nothing was written, the lease still holds.
+            Err(e) if !matches!(e, Error::Unavailable(_)) => account.lease = returned,
+            // Folded back, or the write's fate is unknown: give it up, never spend it twice.
+            _ => *account = Default::default(),
+        }
+        drop(account);
+        let (updated, new) = rotation?;
         let key = key_format::render(&new.prefix, new.id, &secret);
         Ok(RotatedKey { key, record: self.view(new), previous: self.view(updated.after) })
     }

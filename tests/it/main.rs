@@ -12,5 +12,6 @@ mod limits;
 mod master;
 mod policies;
 mod reflection;
+mod rotation;
 mod secrets;
 mod startup;
