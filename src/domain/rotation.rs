@@ -116,9 +116,13 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         let deadline = now + grace;
         // The successor takes over the uses left, as this node sees them: fold its lease on the
         // old key back into the stored count first (as UpdateKey does for a quota change).
-        let gate = self.accounts.gate(id);
-        let _reserving = gate.reserving.lock().await;
-        let returned = gate.account().lease.take();
+        // (Without an account here, this node holds no lease on the key.)
+        let gate = self.accounts.existing(id);
+        let _reserving = match &gate {
+            Some(g) => Some(g.reserving.lock().await),
+            None => None,
+        };
+        let returned = gate.as_ref().and_then(|g| g.account().lease.take());
         let rotation = self
             .store
             .rotate_key(id, move |stored| {
@@ -163,14 +167,15 @@ impl<H: Hsm, S: Store> Keys<H, S> {
                 Ok((after, new, events))
             })
             .await;
-        let mut account = gate.account();
-        match &rotation {
-            // Refused inside the transaction: nothing was written, the lease still holds.
-            Err(e) if !matches!(e, Error::Unavailable(_)) => account.lease = returned,
-            // Folded back, or the write's fate is unknown: give it up, never spend it twice.
-            _ => *account = Default::default(),
+        if let Some(g) = &gate {
+            let mut account = g.account();
+            match &rotation {
+                // Refused inside the transaction: nothing was written, the lease still holds.
+                Err(e) if !matches!(e, Error::Unavailable(_)) => account.lease = returned,
+                // Folded back, or the write's fate is unknown: give it up, never spend it twice.
+                _ => *account = Default::default(),
+            }
         }
-        drop(account);
         let (updated, new) = rotation?;
         let key = key_format::render(&new.prefix, new.id, &secret);
         Ok(RotatedKey { key, record: self.view(new), previous: self.view(updated.after) })

@@ -166,6 +166,8 @@ pub struct Keys<H, S> {
     pub(super) rate_limits: RateLimits,
     pub(super) accounts: Accounts,
     pub(super) usage: UsageBuffer,
+    /// Held by a usage flush from taking the buffer until its write is done.
+    pub(super) usage_flush: tokio::sync::Mutex<()>,
     pub(super) config: KeysConfig,
 }
 
@@ -187,6 +189,7 @@ impl<H: Hsm, S: Store> Keys<H, S> {
             rate_limits: RateLimits::new(config.rate_limiter_capacity),
             accounts: Accounts::new(),
             usage: UsageBuffer::default(),
+            usage_flush: tokio::sync::Mutex::new(()),
             config,
         }
     }

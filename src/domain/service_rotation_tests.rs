@@ -229,3 +229,24 @@ async fn the_sweeper_expires_old_keys_and_disables_unused_ones_once() {
     f.keys.enable(&f.root, &idle.record.id.to_string(), &ctx).await.unwrap();
     assert!(sweep(false).await.unwrap().disabled.is_empty(), "enabling counts as activity");
 }
+
+#[tokio::test]
+async fn during_the_overlap_both_keys_draw_on_one_quota() {
+    let f = fixture().await;
+    let ctx = RequestContext::default();
+    let mut new = named("metered", &[]);
+    new.remaining = Some(10);
+    let old = f.keys.create(&f.root, new, &ctx).await.unwrap();
+    assert_eq!(f.verify_full_rotation(old.key.expose()).await.remaining, Some(9), "a lease is held");
+    let rotated = f.keys.rotate(&f.root, &old.record.id.to_string(), None, &ctx).await.unwrap();
+    assert_eq!(rotated.record.quota.map(|q| q.remaining), Some(9), "the lease was folded back first");
+    for left in [8, 7, 6] {
+        let v = f.verify_full_rotation(old.key.expose()).await;
+        assert_eq!((v.code, v.remaining), (VerifyCode::Valid, Some(left)), "the old key spends the successor's uses");
+    }
+    for left in (0..6).rev() {
+        assert_eq!(f.verify_full_rotation(rotated.key.expose()).await.remaining, Some(left));
+    }
+    assert_eq!(f.code(old.key.expose(), &[]).await, VerifyCode::QuotaExceeded);
+    assert_eq!(f.code(rotated.key.expose(), &[]).await, VerifyCode::QuotaExceeded);
+}

@@ -4,7 +4,7 @@
 //! second run finds nothing left to do. Verification enforces the `max_age` deadline by itself;
 //! the sweeper makes it visible in the record and the audit trail.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use super::{
     audit::{Actor, AuditAction, AuditEvent, FieldChange},
@@ -43,21 +43,25 @@ fn last_activity(r: &KeyRecord, pending: Option<SystemTime>) -> SystemTime {
         .unwrap_or(r.created_at)
 }
 
+/// Whether the reaper disables this key: active, not the root key, not already ended, and
+/// unused for `after`.
+fn reapable(
+    r: &KeyRecord,
+    now: SystemTime,
+    pending: Option<SystemTime>,
+    after: Duration,
+    rules: &RotationRules,
+) -> bool {
+    let ended = r.expires_at.is_some_and(|at| now >= at) || rules.deadline(r).is_some_and(|at| now >= at);
+    r.state == KeyState::Active
+        && r.created_by.is_some()
+        && !ended
+        && last_activity(r, pending).checked_add(after).is_some_and(|at| now >= at)
+}
+
 impl<H: Hsm, S: Store> Keys<H, S> {
     fn pending_use(&self, id: KeyId) -> Option<SystemTime> {
         self.usage.peek(id).and_then(|d| d.last_valid.map(|(at, _)| at))
-    }
-
-    /// Whether the reaper disables this key: active, not the root key, not already ended, and
-    /// unused for `inactive_after`.
-    fn reapable(&self, r: &KeyRecord, now: SystemTime, pending: Option<SystemTime>) -> bool {
-        let Some(after) = self.config.rotation.inactive_after else { return false };
-        let rules = &self.config.rotation.rules;
-        let ended = r.expires_at.is_some_and(|at| now >= at) || rules.deadline(r).is_some_and(|at| now >= at);
-        r.state == KeyState::Active
-            && r.created_by.is_some()
-            && !ended
-            && last_activity(r, pending).checked_add(after).is_some_and(|at| now >= at)
     }
 
     /// SweepKeys: the sweep, on a caller's request (`keyward:keys:update`).
@@ -79,7 +83,9 @@ impl<H: Hsm, S: Store> Keys<H, S> {
             let record = record?;
             if age_deadline(&record, now, &rules).is_some() {
                 expire.push(record);
-            } else if self.reapable(&record, now, self.pending_use(record.id)) {
+            } else if inactive_after
+                .is_some_and(|after| reapable(&record, now, self.pending_use(record.id), after, &rules))
+            {
                 reap.push(record);
             }
         }
@@ -124,16 +130,14 @@ impl<H: Hsm, S: Store> Keys<H, S> {
             let id = record.id;
             let reason = format!("unused for {unused}");
             let event = audit(now, actor.clone(), AuditAction::KeyDisabled, id, ctx, Some(reason.clone()));
+            // Held while deciding and writing, so a use is either still in memory or already in
+            // the record the transaction reads, never in between (in a flush).
+            let _flushing = self.usage_flush.lock().await;
             let pending = self.pending_use(id);
-            let still = move |r: &KeyRecord| {
-                r.state == KeyState::Active
-                    && r.created_by.is_some()
-                    && last_activity(r, pending).checked_add(after).is_some_and(|at| now >= at)
-            };
             let updated = self
                 .store
                 .update_key(id, move |current| {
-                    if !still(current) {
+                    if !reapable(current, now, pending, after, &rules) {
                         return Ok(None);
                     }
                     let mut next = current.clone();

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use super::{
     error::Result,
-    key::{KeyId, KeyRecord, Quota},
+    key::{KeyId, KeyRecord, KeyState, Quota},
     key_format,
     policy::{self, RotationNotice, VerifyCode},
     ports::{Hsm, Store, Updated},
@@ -92,11 +92,28 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         };
         let mut verification = Verification { code, record: None, remaining: None, retry_after: None, rotation };
         if verification.code == VerifyCode::Valid {
-            self.check_limits(&record, now, cost, &mut verification).await?;
+            let successor = self.limits_holder(&record)?;
+            self.check_limits(successor.as_ref().unwrap_or(&record), now, cost, &mut verification).await?;
         }
         self.usage.record(record.id, verification.code == VerifyCode::Valid, now, client_ip);
         verification.record = Some(record);
         Ok(verification)
+    }
+
+    /// The key whose rate limit and quota a rotated key's verifications count against during
+    /// its overlap: its successor (the last in a chain of rotations, up to a few hops), so that a
+    /// rotation never doubles a limit. `None`: the key's own.
+    fn limits_holder(&self, record: &KeyRecord) -> Result<Option<KeyRecord>> {
+        const MAX_HOPS: usize = 4;
+        let mut holder: Option<KeyRecord> = None;
+        let mut next = if record.state == KeyState::Rotated { record.rotated_to } else { None };
+        for _ in 0..MAX_HOPS {
+            let Some(id) = next else { break };
+            let Some(successor) = self.store.get_key(id)? else { break };
+            next = if successor.state == KeyState::Rotated { successor.rotated_to } else { None };
+            holder = Some(successor);
+        }
+        Ok(holder)
     }
 
     /// The stateful checks, after every other one passed: rate limit, then quota.
@@ -194,6 +211,7 @@ impl<H: Hsm, S: Store> Keys<H, S> {
 
     /// Writes the usage gathered since the last call. Run periodically and at shutdown.
     pub async fn flush_usage(&self) -> Result<usize> {
+        let _flushing = self.usage_flush.lock().await;
         let batch: Vec<_> = self.usage.take().into_iter().collect();
         let n = batch.len();
         if n > 0 {
