@@ -380,6 +380,13 @@ pub fn bench_verify(
     Ok(())
 }
 
+/// `keyward bench rotation`: prints each figure as soon as it is known.
+pub fn bench_rotation(target: &str, key_file: &Path, options: &crate::bench::RotationOptions) -> Result<(), AppError> {
+    let key = crate::bench::read_key_file(key_file).map_err(AppError::Refused)?;
+    let mut print = |line: String| println!("{line}");
+    runtime()?.block_on(crate::bench::rotation(target, &key, options, &mut print)).map_err(AppError::Refused)
+}
+
 /// `keyward bench hsm`: raw HMAC verifications through the adapter, on the configured token.
 pub fn bench_hsm(opts: &Options, concurrency: usize, duration: Duration, direct: bool) -> Result<(), AppError> {
     prepare_environment(opts)?;

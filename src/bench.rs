@@ -1,14 +1,21 @@
 //! `keyward bench`: load figures anyone can reproduce. `verify` drives VerifyKey on a running
-//! server; `hsm` measures raw HMAC verifications through the same PKCS#11 adapter, the ceiling
+//! server; `rotation` measures RotateKey and a master key rotation of many keys under a VerifyKey
+//! load; `hsm` measures raw HMAC verifications through the same PKCS#11 adapter, the ceiling
 //! that verification cannot pass. (A fuller load generator comes with the benchmark issue.)
 
 use std::{
     path::Path,
-    sync::Arc,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
-use tonic::transport::Channel;
+use tonic::{
+    metadata::{Ascii, MetadataValue},
+    transport::Channel,
+};
 
 use crate::{
     domain::{
@@ -18,7 +25,10 @@ use crate::{
         service::key_digest_input,
     },
     hsm::Pkcs11Hsm,
-    proto::{self, key_service_client::KeyServiceClient, verify_service_client::VerifyServiceClient},
+    proto::{
+        self, key_service_client::KeyServiceClient, master_key_service_client::MasterKeyServiceClient,
+        verify_service_client::VerifyServiceClient,
+    },
 };
 
 /// Latency percentiles and throughput of one run.
@@ -146,27 +156,214 @@ impl Target {
         let start = Instant::now();
         let mut tasks = Vec::new();
         for i in 0..concurrency.max(1) {
-            let mut client = VerifyServiceClient::new(self.channels[i % self.channels.len()].clone());
-            let (presented, auth) = (presented.clone(), self.auth.clone());
+            let (client, presented, auth) = (self.verify_client(i), presented.clone(), self.auth.clone());
             tasks.push(tokio::spawn(async move {
                 let mut samples = Samples::default();
-                while Instant::now() < deadline {
-                    let mut request = tonic::Request::new(proto::VerifyKeyRequest {
-                        key: presented.key.to_string(),
-                        client_ip: presented.client_ip.clone(),
-                        required_scopes: presented.required_scopes.clone(),
-                        cost: None,
-                    });
-                    request.metadata_mut().insert("authorization", auth.clone());
-                    let t = Instant::now();
-                    let ok = matches!(client.verify_key(request).await, Ok(r) if r.get_ref().valid);
-                    samples.record(t, ok);
-                }
+                verify_calls(client, presented, auth, || Instant::now() < deadline, |t, ok| samples.record(t, ok))
+                    .await;
                 samples
             }));
         }
         join_all(tasks, start).await
     }
+
+    fn verify_client(&self, i: usize) -> VerifyServiceClient<Channel> {
+        VerifyServiceClient::new(self.channels[i % self.channels.len()].clone())
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.metadata_mut().insert("authorization", self.auth.clone());
+        request
+    }
+
+    fn master_client(&self) -> MasterKeyServiceClient<Channel> {
+        MasterKeyServiceClient::new(self.channels[0].clone())
+    }
+
+    /// VerifyKey on `presented` from `concurrency` tasks until [`Load::stop`], each call recorded
+    /// with when it started, so figures can be cut to a window afterwards.
+    fn start_load(&self, presented: &Presented, concurrency: usize) -> Load {
+        let (stop, origin) = (Arc::new(AtomicBool::new(false)), Instant::now());
+        let mut tasks = Vec::new();
+        for i in 0..concurrency.max(1) {
+            let (client, presented, auth, stop) =
+                (self.verify_client(i), presented.clone(), self.auth.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut calls = Vec::new();
+                let go = || !stop.load(Ordering::Relaxed);
+                verify_calls(client, presented, auth, go, |t, ok| calls.push(Call::new(origin, t, ok))).await;
+                calls
+            }));
+        }
+        Load { stop, origin, tasks }
+    }
+
+    /// Creates `n` keys like `template` with `in_flight` calls at once; returns their ids and the
+    /// CreateKey figures. Stops at the first failure (a bench on a failing server measures nothing).
+    async fn create_many(
+        &self,
+        template: &proto::CreateKeyRequest,
+        n: usize,
+        in_flight: usize,
+    ) -> Result<(Vec<String>, Figures), String> {
+        let (next, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(Mutex::new(None::<String>)));
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for i in 0..in_flight.max(1) {
+            let mut client = KeyServiceClient::new(self.channels[i % self.channels.len()].clone());
+            let (next, failed, template, auth) = (next.clone(), failed.clone(), template.clone(), self.auth.clone());
+            tasks.push(tokio::spawn(async move {
+                let (mut samples, mut ids) = (Samples::default(), Vec::new());
+                while next.fetch_add(1, Ordering::Relaxed) < n {
+                    let mut request = tonic::Request::new(template.clone());
+                    request.metadata_mut().insert("authorization", auth.clone());
+                    let t = Instant::now();
+                    match client.create_key(request).await {
+                        Ok(r) => {
+                            samples.record(t, true);
+                            ids.extend(r.into_inner().info.map(|i| i.key_id));
+                        }
+                        Err(e) => {
+                            samples.record(t, false);
+                            failed.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(status_text(&e));
+                            next.store(n, Ordering::Relaxed);
+                        }
+                    }
+                }
+                (samples, ids)
+            }));
+        }
+        let (mut parts, mut ids) = (Vec::new(), Vec::with_capacity(n));
+        for t in tasks {
+            let (samples, some) = t.await.map_err(|e| e.to_string())?;
+            parts.push(samples);
+            ids.extend(some);
+        }
+        let figures = merge(parts, start.elapsed());
+        if let Some(e) = failed.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            return Err(format!("CreateKey failed after {} keys: {e}", ids.len()));
+        }
+        Ok((ids, figures))
+    }
+
+    /// RotateKey once on each of `ids` from `concurrency` tasks; with the first error, if any.
+    async fn rotate_each(&self, ids: Vec<String>, concurrency: usize) -> Result<(Figures, Option<String>), String> {
+        let (ids, next, failed) = (Arc::new(ids), Arc::new(AtomicUsize::new(0)), Arc::new(Mutex::new(None)));
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for i in 0..concurrency.max(1) {
+            let mut client = KeyServiceClient::new(self.channels[i % self.channels.len()].clone());
+            let (ids, next, failed, auth) = (ids.clone(), next.clone(), failed.clone(), self.auth.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut samples = Samples::default();
+                while let Some(id) = ids.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let mut request =
+                        tonic::Request::new(proto::RotateKeyRequest { key_id: id.clone(), grace_period: None });
+                    request.metadata_mut().insert("authorization", auth.clone());
+                    let t = Instant::now();
+                    let rotated = client.rotate_key(request).await;
+                    samples.record(t, rotated.is_ok());
+                    if let Err(e) = rotated {
+                        failed.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(status_text(&e));
+                    }
+                }
+                samples
+            }));
+        }
+        let figures = join_all(tasks, start).await?;
+        let first_error = failed.lock().unwrap_or_else(|e| e.into_inner()).take();
+        Ok((figures, first_error))
+    }
+
+    /// GetMasterKeyStatus and how long it took.
+    async fn master_status(&self) -> Result<(proto::MasterKeyStatus, Duration), String> {
+        let t = Instant::now();
+        let status =
+            self.master_client().get_master_key_status(self.request(proto::GetMasterKeyStatusRequest {})).await;
+        Ok((status.map_err(|e| status_text(&e))?.into_inner(), t.elapsed()))
+    }
+}
+
+fn status_text(s: &tonic::Status) -> String {
+    format!("{:?}: {}", s.code(), s.message())
+}
+
+/// One VerifyKey caller: calls while `go()` holds, handing each call's start and whether it
+/// answered VALID to `record`.
+async fn verify_calls(
+    mut client: VerifyServiceClient<Channel>,
+    presented: Presented,
+    auth: MetadataValue<Ascii>,
+    go: impl Fn() -> bool,
+    mut record: impl FnMut(Instant, bool),
+) {
+    while go() {
+        let mut request = tonic::Request::new(proto::VerifyKeyRequest {
+            key: presented.key.to_string(),
+            client_ip: presented.client_ip.clone(),
+            required_scopes: presented.required_scopes.clone(),
+            cost: None,
+        });
+        request.metadata_mut().insert("authorization", auth.clone());
+        let t = Instant::now();
+        let ok = matches!(client.verify_key(request).await, Ok(r) if r.get_ref().valid);
+        record(t, ok);
+    }
+}
+
+/// One call of a [`Load`]: when it started (from the load's origin), its latency, its outcome.
+#[derive(Clone, Copy)]
+struct Call {
+    started: Duration,
+    latency_us: u32,
+    ok: bool,
+}
+
+impl Call {
+    fn new(origin: Instant, started: Instant, ok: bool) -> Self {
+        let latency_us = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+        Self { started: started.duration_since(origin), latency_us, ok }
+    }
+}
+
+/// A running VerifyKey load (see [`Target::start_load`]).
+struct Load {
+    stop: Arc<AtomicBool>,
+    origin: Instant,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Call>>>,
+}
+
+impl Load {
+    /// Time since the load started.
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+
+    /// Stops the callers (each finishes its call in flight) and returns every call.
+    async fn stop(self) -> Result<Vec<Call>, String> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut calls = Vec::new();
+        for t in self.tasks {
+            calls.extend(t.await.map_err(|e| e.to_string())?);
+        }
+        Ok(calls)
+    }
+}
+
+/// The figures of the calls that started in `from..to` (times from the load's origin), as a
+/// rate over that window.
+fn window(calls: &[Call], from: Duration, to: Duration) -> Figures {
+    let inside = calls.iter().filter(|c| c.started >= from && c.started < to);
+    let (mut latencies, mut errors) = (Vec::new(), 0);
+    for c in inside {
+        if c.ok {
+            latencies.push(c.latency_us);
+        } else {
+            errors += 1;
+        }
+    }
+    Figures::new(latencies, errors, to.saturating_sub(from))
 }
 
 fn plain_key() -> proto::CreateKeyRequest {
@@ -237,6 +434,236 @@ pub async fn verify_policies(
         b.push(target.run(&with_policies, concurrency, round).await?);
     }
     Ok((Figures::combine(a), Figures::combine(b)))
+}
+
+/// What `bench rotation` runs with.
+pub struct RotationOptions {
+    /// Keys made, then rotated once each, for the RotateKey figures.
+    pub rotations: usize,
+    /// Keys the server holds (at least) when its master key rotates.
+    pub keys: usize,
+    /// RotateKey and VerifyKey calls in flight.
+    pub concurrency: usize,
+    /// HTTP/2 connections the calls share.
+    pub connections: usize,
+    /// CreateKey calls in flight while making keys.
+    pub create_concurrency: usize,
+    /// How long the VerifyKey baseline runs.
+    pub baseline: Duration,
+}
+
+/// How often the end of a re-digest is looked for (and how often the polling-cost figure polls
+/// GetMasterKeyStatus).
+const POLL: Duration = Duration::from_millis(100);
+/// The longest wait between two GetMasterKeyStatus calls while the re-digest is watched.
+const STATUS_POLL: Duration = Duration::from_millis(500);
+
+/// Live (not revoked) keys: those under the current version plus those still pending (a digest
+/// whose outer version is older cannot need the current one).
+fn live_keys(status: &proto::MasterKeyStatus) -> u64 {
+    let current = status.versions.iter().find(|v| v.version == status.current_version);
+    current.map_or(0, |v| v.keys_using) + status.keys_pending
+}
+
+fn finished(status: &proto::MasterKeyStatus) -> bool {
+    status.migration.is_none() && status.keys_pending == 0
+}
+
+fn named(name: &str) -> proto::CreateKeyRequest {
+    proto::CreateKeyRequest { name: name.into(), ..plain_key() }
+}
+
+/// Key and master key rotation: RotateKey latency on `rotations` fresh keys; then, with at least
+/// `keys` keys on the server, a VerifyKey baseline, and a master key rotation under the same
+/// VerifyKey load: how long until every key verifies under the new version, and what VerifyKey
+/// does meanwhile. Each figure goes to `out` as soon as it is known.
+///
+/// Seeing the end of the re-digest. GetMasterKeyStatus scans every key (it counts them per
+/// version): at 100,000 keys on a 2-core machine one call took ~190 ms idle and ~440 ms under
+/// the VerifyKey load, and the scan holds a server runtime thread meanwhile, so polling it every
+/// 100 ms cut VerifyKey to ~70 % of its throughput: the figures would measure the polling (the
+/// bench prints that cost as its own figure). Instead the bench makes one key after all the
+/// others, the *last* key: the re-digest walks keys in id order, ids are UUIDv7 (creation time
+/// first), so the last key is wrapped in the re-digest's final batch, the transaction that also
+/// ends the migration (or, if that batch was full, in the one before an empty final batch).
+/// The bench reads that key with GetKey (one lookup) every 100 ms, and once its digest is under
+/// the new version, confirms with a single GetMasterKeyStatus that `migration` is empty and no
+/// key is pending (if not yet, again 100 ms later, then less often up to every 500 ms; and every
+/// 100 looks anyway, should the last key not move). The end is reported at that confirming
+/// call, so it is seen within about 100 ms plus one status call.
+pub async fn rotation(
+    target: &str,
+    admin_key: &str,
+    o: &RotationOptions,
+    out: &mut impl FnMut(String),
+) -> Result<(), String> {
+    let target = Target::connect(target, admin_key, o.connections).await?;
+    let (conn, create) = (o.connections.max(1), o.create_concurrency.max(1));
+    let load = format!("x{} over {conn} connections", o.concurrency.max(1));
+
+    if o.rotations > 0 {
+        let (ids, made) = target.create_many(&named("bench-rotate"), o.rotations, create).await?;
+        out(made.report(&format!("CreateKey, {} keys to rotate, x{create} over {conn} connections", o.rotations)));
+        let (rotated, error) = target.rotate_each(ids, o.concurrency).await?;
+        out(rotated.report(&format!("RotateKey, {} keys each rotated once, {load}", o.rotations)));
+        if let Some(e) = error {
+            out(format!("RotateKey, first error: {e}"));
+        }
+    }
+
+    let (status, _) = target.master_status().await?;
+    if status.migration.is_some() {
+        return Err("a master key re-digest is already running on the server: wait for it to finish".into());
+    }
+    let presented = Presented {
+        key: Arc::new(target.create(plain_key()).await?),
+        client_ip: String::new(),
+        required_scopes: vec!["bench:read".into()],
+    };
+    // Present now: those counted, the presented key, and the last key still to make.
+    let present = usize::try_from(live_keys(&status)).unwrap_or(usize::MAX).saturating_add(2);
+    if present < o.keys {
+        let missing = o.keys - present;
+        let (_, made) = target.create_many(&named("bench-fill"), missing, create).await?;
+        out(made.report(&format!(
+            "CreateKey, {missing} keys to reach {} ({present} present), x{create} over {conn} connections",
+            o.keys
+        )));
+    }
+    // A later millisecond than any other key's id, so last in id order.
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let (last, _) = target.create_many(&named("bench-last"), 1, 1).await?;
+    let last = last.into_iter().next().ok_or("CreateKey returned no key info")?;
+
+    // What one status call costs the server, idle.
+    let mut scans = Vec::new();
+    let mut status = proto::MasterKeyStatus::default();
+    for _ in 0..5 {
+        let (s, took) = target.master_status().await?;
+        scans.push(took.as_micros() as u32);
+        status = s;
+    }
+    let (keys, from) = (live_keys(&status), status.current_version);
+    let scan = Figures::new(scans, 0, Duration::ZERO);
+    out(format!(
+        "GetMasterKeyStatus, {keys} live keys (it scans them all), idle: p50 {:.1} ms max {:.1} ms; \
+         master key v{}, {} keys not on a plain v{} digest",
+        scan.quantile_ms(0.5),
+        scan.quantile_ms(1.0),
+        status.current_version,
+        status.keys_not_plain,
+        status.current_version
+    ));
+
+    target.run(&presented, o.concurrency, Duration::from_millis(500)).await?; // warm-up
+    let before = target.run(&presented, o.concurrency, o.baseline).await?;
+    out(before.report(&format!("VerifyKey before the master key rotation, {keys} keys, {load}")));
+
+    // What polling the status every 100 ms would cost the verifications.
+    let load_run = target.start_load(&presented, o.concurrency);
+    let mut polls = Vec::new();
+    while load_run.now() < o.baseline {
+        tokio::time::sleep(POLL).await;
+        polls.push(target.master_status().await?.1.as_micros() as u32);
+    }
+    let end = load_run.now();
+    let polled = window(&load_run.stop().await?, Duration::ZERO, end);
+    let polls = Figures::new(polls, 0, Duration::ZERO);
+    out(polled.report(&format!(
+        "VerifyKey, no rotation, GetMasterKeyStatus polled every 100 ms ({} polls, p50 {:.1} ms), {keys} keys, {load}",
+        polls.calls,
+        polls.quantile_ms(0.5)
+    )));
+    out(format!(
+        "VerifyKey with / without status polling, {keys} keys, {load}: {:.1} % of the throughput; \
+         p50 {:.2}x, p99 {:.2}x the latency",
+        100.0 * polled.per_second() / before.per_second(),
+        polled.quantile_ms(0.5) / before.quantile_ms(0.5),
+        polled.quantile_ms(0.99) / before.quantile_ms(0.99)
+    ));
+
+    let load_run = target.start_load(&presented, o.concurrency);
+    tokio::time::sleep(Duration::from_millis(500)).await; // the load in its stride
+    let rotated_at = load_run.now();
+    let watched = watch_master_rotation(&target, &last, &load_run).await;
+    let calls = load_run.stop().await?;
+    let w = watched?;
+    let to = w.to;
+    out(format!(
+        "master key rotation v{from} -> v{to}, {keys} keys, under VerifyKey {load}: every key verifies under v{to} \
+         {:.2} s after the RotateMasterKey call (not yet at {:.2} s; the call took {:.1} ms; {} GetMasterKeyStatus \
+         calls after it)",
+        (w.done_at - rotated_at).as_secs_f64(),
+        (w.running_at - rotated_at).as_secs_f64(),
+        w.rotate_took.as_secs_f64() * 1000.0,
+        w.status_calls
+    ));
+    let during = window(&calls, rotated_at, w.done_at);
+    out(during.report(&format!("VerifyKey during the re-digest, {keys} keys, {load}")));
+    out(format!(
+        "VerifyKey during / before the re-digest, {keys} keys, {load}: {:.1} % of the throughput; \
+         p50 {:.2}x, p99 {:.2}x the latency",
+        100.0 * during.per_second() / before.per_second(),
+        during.quantile_ms(0.5) / before.quantile_ms(0.5),
+        during.quantile_ms(0.99) / before.quantile_ms(0.99)
+    ));
+    Ok(())
+}
+
+/// When a master key rotation was seen to be complete (times from the load's origin).
+struct Watched {
+    to: u32,
+    rotate_took: Duration,
+    /// When the last check that found it still running was sent.
+    running_at: Duration,
+    /// When the GetMasterKeyStatus call that found it complete was sent.
+    done_at: Duration,
+    status_calls: usize,
+}
+
+/// Rotates the master key and watches for the end of the re-digest (see [`rotation`]); `last`
+/// is the id of the key made after all others.
+async fn watch_master_rotation(target: &Target, last: &str, load: &Load) -> Result<Watched, String> {
+    let rotated_at = load.now();
+    let rotating = target.master_client().rotate_master_key(target.request(proto::RotateMasterKeyRequest {})).await;
+    let mut status = rotating.map_err(|e| format!("RotateMasterKey: {}", status_text(&e)))?.into_inner();
+    let rotate_took = load.now() - rotated_at;
+    let to = status.current_version;
+    // When the state last looked at was read (about), and when the last look that found the
+    // re-digest unfinished was.
+    let (mut checked_at, mut running_at) = (rotated_at + rotate_took, rotated_at);
+    let (mut last_moved, mut looks, mut status_calls, mut stuck, mut retries) = (false, 0, 0, 0, 0);
+    while !finished(&status) {
+        running_at = checked_at;
+        // Without a re-digest running, nothing moves the pending keys.
+        stuck += usize::from(status.migration.is_none());
+        if stuck > 10 {
+            return Err(format!("the re-digest ended with {} keys still pending", status.keys_pending));
+        }
+        // The last key, until it moves; and the status every 100 looks (~10 s) anyway.
+        if !last_moved && looks < 100 {
+            tokio::time::sleep(POLL).await;
+            checked_at = load.now();
+            looks += 1;
+            let request = target.request(proto::GetKeyRequest { key_id: last.to_owned() });
+            let info = KeyServiceClient::new(target.channels[0].clone()).get_key(request).await;
+            let info = info.map_err(|e| format!("GetKey: {}", status_text(&e)))?.into_inner();
+            last_moved = info.master_key_versions.last() == Some(&to);
+            if !last_moved {
+                continue;
+            }
+        } else if last_moved {
+            // The end is at most an empty batch away: look again soon, then less often.
+            retries += 1;
+            tokio::time::sleep((POLL * retries).min(STATUS_POLL)).await;
+        }
+        looks = 0;
+        checked_at = load.now();
+        status = target.master_status().await?.0;
+        status_calls += 1;
+    }
+    let done_at = checked_at;
+    Ok(Watched { to, rotate_took, running_at, done_at, status_calls })
 }
 
 /// A fixed key id and secret with their digest under `version`: what the HSM runs verify on.
@@ -336,5 +763,34 @@ mod tests {
         assert_eq!(f.quantile_ms(0.99), 99.0);
         assert_eq!(f.quantile_ms(1.0), 100.0);
         assert!(merge([], Duration::from_secs(1)).quantile_ms(0.5).is_nan());
+    }
+
+    #[test]
+    fn a_window_holds_the_calls_that_started_in_it() {
+        let call = |ms, ok| Call { started: Duration::from_millis(ms), latency_us: ms as u32 * 1000, ok };
+        let calls = [call(10, true), call(100, true), call(150, false), call(199, true), call(200, true)];
+        let f = window(&calls, Duration::from_millis(100), Duration::from_millis(200));
+        assert_eq!((f.calls, f.errors, f.elapsed), (2, 1, Duration::from_millis(100)));
+        assert_eq!((f.quantile_ms(0.0), f.quantile_ms(1.0)), (100.0, 199.0));
+        assert_eq!(f.per_second(), 20.0);
+    }
+
+    #[test]
+    fn live_keys_are_those_under_the_current_version_and_those_pending() {
+        let version = |version, keys_using, current| proto::MasterKeyVersionInfo {
+            version,
+            keys_using,
+            current,
+            ..Default::default()
+        };
+        // Mid re-digest: 30 keys wrapped under v2 (needing v1 and v2), 70 still under v1 alone.
+        let status = proto::MasterKeyStatus {
+            current_version: 2,
+            versions: vec![version(1, 100, false), version(2, 30, true)],
+            keys_pending: 70,
+            ..Default::default()
+        };
+        assert_eq!(live_keys(&status), 100);
+        assert!(!finished(&status));
     }
 }

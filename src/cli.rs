@@ -22,7 +22,7 @@ enum Command {
     Init(InitArgs),
     /// Serve the gRPC API.
     Serve(ServeArgs),
-    /// Measure: VerifyKey on a running server, or raw HMAC operations on the HSM.
+    /// Measure: VerifyKey or key rotation on a running server, or raw HMAC operations on the HSM.
     #[command(subcommand)]
     Bench(BenchCommand),
     /// The HSM master key of a running server: status, rotate, retire.
@@ -84,6 +84,40 @@ enum BenchCommand {
         #[arg(long)]
         policies: bool,
     },
+    /// Key and master key rotation against a running server. First RotateKey: makes
+    /// `--rotations` keys and rotates each once, reporting latency percentiles and rate. Then
+    /// master key rotation: tops the server up to `--keys` keys (concurrent CreateKey, timed),
+    /// runs a VerifyKey baseline for `--seconds`, then rotates the master key under the same
+    /// VerifyKey load and reports the time until every key verifies under the new version, and
+    /// VerifyKey during that re-digest against the baseline. Each run adds a master key version
+    /// and leaves its keys behind: use a fresh data directory for comparable figures.
+    Rotation {
+        /// Server address.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        target: String,
+        /// File whose first line is a key holding `keyward:keys:create`, `keyward:keys:rotate`,
+        /// `keyward:verify` and `keyward:master:rotate` (e.g. DATA_DIR/root.key).
+        #[arg(long)]
+        key_file: PathBuf,
+        /// Keys to make and rotate once each for the RotateKey figures (0: skip).
+        #[arg(long, default_value_t = 2000)]
+        rotations: usize,
+        /// Keys the server holds, at least, when the master key rotates (made if missing).
+        #[arg(long, default_value_t = 100_000)]
+        keys: usize,
+        /// RotateKey and VerifyKey calls in flight at once.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// HTTP/2 connections the calls share.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// CreateKey calls in flight at once while making keys.
+        #[arg(long, default_value_t = 64)]
+        create_concurrency: usize,
+        /// Seconds of the VerifyKey baseline before the master key rotation.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
     /// Raw HMAC-SHA256 verifications per second through keyward's PKCS#11 adapter.
     Hsm {
         #[command(flatten)]
@@ -141,6 +175,26 @@ pub fn run() -> ExitCode {
         Command::Bench(BenchCommand::Verify { target, key_file, concurrency, connections, seconds, policies }) => {
             let seconds = Duration::from_secs(seconds);
             app::bench_verify(&target, &key_file, concurrency, connections, seconds, policies)
+        }
+        Command::Bench(BenchCommand::Rotation {
+            target,
+            key_file,
+            rotations,
+            keys,
+            concurrency,
+            connections,
+            create_concurrency,
+            seconds,
+        }) => {
+            let options = crate::bench::RotationOptions {
+                rotations,
+                keys,
+                concurrency,
+                connections,
+                create_concurrency,
+                baseline: Duration::from_secs(seconds),
+            };
+            app::bench_rotation(&target, &key_file, &options)
         }
         Command::Master(a) => {
             let command = match a.command {
