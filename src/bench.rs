@@ -277,10 +277,10 @@ impl Target {
     }
 
     /// GetMasterKeyStatus and how long it took.
-    async fn master_status(&self) -> Result<(proto::MasterKeyStatus, Duration), String> {
+    async fn master_status(&self, skip_counts: bool) -> Result<(proto::MasterKeyStatus, Duration), String> {
         let t = Instant::now();
-        let status =
-            self.master_client().get_master_key_status(self.request(proto::GetMasterKeyStatusRequest {})).await;
+        let request = self.request(proto::GetMasterKeyStatusRequest { skip_counts });
+        let status = self.master_client().get_master_key_status(request).await;
         Ok((status.map_err(|e| status_text(&e))?.into_inner(), t.elapsed()))
     }
 }
@@ -452,21 +452,14 @@ pub struct RotationOptions {
     pub baseline: Duration,
 }
 
-/// How often the end of a re-digest is looked for (and how often the polling-cost figure polls
-/// GetMasterKeyStatus).
+/// How often the end of a re-digest is looked for.
 const POLL: Duration = Duration::from_millis(100);
-/// The longest wait between two GetMasterKeyStatus calls while the re-digest is watched.
-const STATUS_POLL: Duration = Duration::from_millis(500);
 
 /// Live (not revoked) keys: those under the current version plus those still pending (a digest
 /// whose outer version is older cannot need the current one).
 fn live_keys(status: &proto::MasterKeyStatus) -> u64 {
     let current = status.versions.iter().find(|v| v.version == status.current_version);
     current.map_or(0, |v| v.keys_using) + status.keys_pending
-}
-
-fn finished(status: &proto::MasterKeyStatus) -> bool {
-    status.migration.is_none() && status.keys_pending == 0
 }
 
 fn named(name: &str) -> proto::CreateKeyRequest {
@@ -478,19 +471,9 @@ fn named(name: &str) -> proto::CreateKeyRequest {
 /// VerifyKey load: how long until every key verifies under the new version, and what VerifyKey
 /// does meanwhile. Each figure goes to `out` as soon as it is known.
 ///
-/// Seeing the end of the re-digest. GetMasterKeyStatus scans every key (it counts them per
-/// version): at 100,000 keys on a 2-core machine one call took ~190 ms idle and ~440 ms under
-/// the VerifyKey load, and the scan holds a server runtime thread meanwhile, so polling it every
-/// 100 ms cut VerifyKey to ~70 % of its throughput: the figures would measure the polling (the
-/// bench prints that cost as its own figure). Instead the bench makes one key after all the
-/// others, the *last* key: the re-digest walks keys in id order, ids are UUIDv7 (creation time
-/// first), so the last key is wrapped in the re-digest's final batch, the transaction that also
-/// ends the migration (or, if that batch was full, in the one before an empty final batch).
-/// The bench reads that key with GetKey (one lookup) every 100 ms, and once its digest is under
-/// the new version, confirms with a single GetMasterKeyStatus that `migration` is empty and no
-/// key is pending (if not yet, again 100 ms later, then less often up to every 500 ms; and every
-/// 100 looks anyway, should the last key not move). The end is reported at that confirming
-/// call, so it is seen within about 100 ms plus one status call.
+/// The end of the re-digest is watched with GetMasterKeyStatus `skip_counts` every 100 ms (a
+/// read of the master state); the full status, which reads every key record, is asked for once
+/// at the end to confirm no key is pending, and its cost is reported as its own figure.
 pub async fn rotation(
     target: &str,
     admin_key: &str,
@@ -511,7 +494,7 @@ pub async fn rotation(
         }
     }
 
-    let (status, _) = target.master_status().await?;
+    let (status, _) = target.master_status(false).await?;
     if status.migration.is_some() {
         return Err("a master key re-digest is already running on the server: wait for it to finish".into());
     }
@@ -520,8 +503,8 @@ pub async fn rotation(
         client_ip: String::new(),
         required_scopes: vec!["bench:read".into()],
     };
-    // Present now: those counted, the presented key, and the last key still to make.
-    let present = usize::try_from(live_keys(&status)).unwrap_or(usize::MAX).saturating_add(2);
+    // Present now: those counted and the presented key.
+    let present = usize::try_from(live_keys(&status)).unwrap_or(usize::MAX).saturating_add(1);
     if present < o.keys {
         let missing = o.keys - present;
         let (_, made) = target.create_many(&named("bench-fill"), missing, create).await?;
@@ -530,23 +513,19 @@ pub async fn rotation(
             o.keys
         )));
     }
-    // A later millisecond than any other key's id, so last in id order.
-    tokio::time::sleep(Duration::from_millis(2)).await;
-    let (last, _) = target.create_many(&named("bench-last"), 1, 1).await?;
-    let last = last.into_iter().next().ok_or("CreateKey returned no key info")?;
 
-    // What one status call costs the server, idle.
+    // What one full status call costs the server, idle.
     let mut scans = Vec::new();
     let mut status = proto::MasterKeyStatus::default();
-    for _ in 0..5 {
-        let (s, took) = target.master_status().await?;
+    for _ in 0..3 {
+        let (s, took) = target.master_status(false).await?;
         scans.push(took.as_micros() as u32);
         status = s;
     }
     let (keys, from) = (live_keys(&status), status.current_version);
     let scan = Figures::new(scans, 0, Duration::ZERO);
     out(format!(
-        "GetMasterKeyStatus, {keys} live keys (it scans them all), idle: p50 {:.1} ms max {:.1} ms; \
+        "GetMasterKeyStatus with counts, {keys} live keys (it reads them all), idle: p50 {:.1} ms max {:.1} ms; \
          master key v{}, {} keys not on a plain v{} digest",
         scan.quantile_ms(0.5),
         scan.quantile_ms(1.0),
@@ -559,44 +538,20 @@ pub async fn rotation(
     let before = target.run(&presented, o.concurrency, o.baseline).await?;
     out(before.report(&format!("VerifyKey before the master key rotation, {keys} keys, {load}")));
 
-    // What polling the status every 100 ms would cost the verifications.
-    let load_run = target.start_load(&presented, o.concurrency);
-    let mut polls = Vec::new();
-    while load_run.now() < o.baseline {
-        tokio::time::sleep(POLL).await;
-        polls.push(target.master_status().await?.1.as_micros() as u32);
-    }
-    let end = load_run.now();
-    let polled = window(&load_run.stop().await?, Duration::ZERO, end);
-    let polls = Figures::new(polls, 0, Duration::ZERO);
-    out(polled.report(&format!(
-        "VerifyKey, no rotation, GetMasterKeyStatus polled every 100 ms ({} polls, p50 {:.1} ms), {keys} keys, {load}",
-        polls.calls,
-        polls.quantile_ms(0.5)
-    )));
-    out(format!(
-        "VerifyKey with / without status polling, {keys} keys, {load}: {:.1} % of the throughput; \
-         p50 {:.2}x, p99 {:.2}x the latency",
-        100.0 * polled.per_second() / before.per_second(),
-        polled.quantile_ms(0.5) / before.quantile_ms(0.5),
-        polled.quantile_ms(0.99) / before.quantile_ms(0.99)
-    ));
-
     let load_run = target.start_load(&presented, o.concurrency);
     tokio::time::sleep(Duration::from_millis(500)).await; // the load in its stride
     let rotated_at = load_run.now();
-    let watched = watch_master_rotation(&target, &last, &load_run).await;
+    let watched = watch_master_rotation(&target, &load_run).await;
     let calls = load_run.stop().await?;
     let w = watched?;
     let to = w.to;
     out(format!(
         "master key rotation v{from} -> v{to}, {keys} keys, under VerifyKey {load}: every key verifies under v{to} \
-         {:.2} s after the RotateMasterKey call (not yet at {:.2} s; the call took {:.1} ms; {} GetMasterKeyStatus \
-         calls after it)",
+         {:.2} s after the RotateMasterKey call (not yet at {:.2} s; the call took {:.1} ms); keys pending then: {}",
         (w.done_at - rotated_at).as_secs_f64(),
         (w.running_at - rotated_at).as_secs_f64(),
         w.rotate_took.as_secs_f64() * 1000.0,
-        w.status_calls
+        w.pending
     ));
     let during = window(&calls, rotated_at, w.done_at);
     out(during.report(&format!("VerifyKey during the re-digest, {keys} keys, {load}")));
@@ -607,6 +562,9 @@ pub async fn rotation(
         during.quantile_ms(0.5) / before.quantile_ms(0.5),
         during.quantile_ms(0.99) / before.quantile_ms(0.99)
     ));
+    if w.pending != 0 {
+        return Err(format!("the re-digest ended with {} keys still pending", w.pending));
+    }
     Ok(())
 }
 
@@ -614,56 +572,30 @@ pub async fn rotation(
 struct Watched {
     to: u32,
     rotate_took: Duration,
-    /// When the last check that found it still running was sent.
+    /// When the last look that found it still running was sent.
     running_at: Duration,
-    /// When the GetMasterKeyStatus call that found it complete was sent.
+    /// When the look that found it complete was sent.
     done_at: Duration,
-    status_calls: usize,
+    /// Keys not under the new version after it (the full status, read once at the end).
+    pending: u64,
 }
 
-/// Rotates the master key and watches for the end of the re-digest (see [`rotation`]); `last`
-/// is the id of the key made after all others.
-async fn watch_master_rotation(target: &Target, last: &str, load: &Load) -> Result<Watched, String> {
+/// Rotates the master key and polls the master state until the re-digest has ended.
+async fn watch_master_rotation(target: &Target, load: &Load) -> Result<Watched, String> {
     let rotated_at = load.now();
     let rotating = target.master_client().rotate_master_key(target.request(proto::RotateMasterKeyRequest {})).await;
     let mut status = rotating.map_err(|e| format!("RotateMasterKey: {}", status_text(&e)))?.into_inner();
     let rotate_took = load.now() - rotated_at;
     let to = status.current_version;
-    // When the state last looked at was read (about), and when the last look that found the
-    // re-digest unfinished was.
     let (mut checked_at, mut running_at) = (rotated_at + rotate_took, rotated_at);
-    let (mut last_moved, mut looks, mut status_calls, mut stuck, mut retries) = (false, 0, 0, 0, 0);
-    while !finished(&status) {
+    while status.migration.is_some() {
         running_at = checked_at;
-        // Without a re-digest running, nothing moves the pending keys.
-        stuck += usize::from(status.migration.is_none());
-        if stuck > 10 {
-            return Err(format!("the re-digest ended with {} keys still pending", status.keys_pending));
-        }
-        // The last key, until it moves; and the status every 100 looks (~10 s) anyway.
-        if !last_moved && looks < 100 {
-            tokio::time::sleep(POLL).await;
-            checked_at = load.now();
-            looks += 1;
-            let request = target.request(proto::GetKeyRequest { key_id: last.to_owned() });
-            let info = KeyServiceClient::new(target.channels[0].clone()).get_key(request).await;
-            let info = info.map_err(|e| format!("GetKey: {}", status_text(&e)))?.into_inner();
-            last_moved = info.master_key_versions.last() == Some(&to);
-            if !last_moved {
-                continue;
-            }
-        } else if last_moved {
-            // The end is at most an empty batch away: look again soon, then less often.
-            retries += 1;
-            tokio::time::sleep((POLL * retries).min(STATUS_POLL)).await;
-        }
-        looks = 0;
+        tokio::time::sleep(POLL).await;
         checked_at = load.now();
-        status = target.master_status().await?.0;
-        status_calls += 1;
+        status = target.master_status(true).await?.0;
     }
-    let done_at = checked_at;
-    Ok(Watched { to, rotate_took, running_at, done_at, status_calls })
+    let pending = target.master_status(false).await?.0.keys_pending;
+    Ok(Watched { to, rotate_took, running_at, done_at: checked_at, pending })
 }
 
 /// A fixed key id and secret with their digest under `version`: what the HSM runs verify on.

@@ -26,8 +26,12 @@ impl<H, S> MasterApi<H, S> {
 }
 
 impl<H: Hsm, S: Store> MasterApi<H, S> {
-    fn status(&self, caller: &Caller, count: bool) -> Result<Response<proto::MasterKeyStatus>, Status> {
-        let status = self.keys.master_status(caller, count)?;
+    /// The status; counting reads every key record, so it runs off the async workers.
+    async fn status(&self, caller: &Caller, count: bool) -> Result<Response<proto::MasterKeyStatus>, Status> {
+        let (keys, caller) = (self.keys.clone(), caller.clone());
+        let status = tokio::task::spawn_blocking(move || keys.master_status(&caller, count))
+            .await
+            .map_err(|e| Error::Unavailable(format!("status task: {e}")))??;
         Ok(Response::new(convert::master_status(&status)))
     }
 }
@@ -39,7 +43,7 @@ impl<H: Hsm, S: Store> MasterKeyService for MasterApi<H, S> {
         request: Request<proto::GetMasterKeyStatusRequest>,
     ) -> Result<Response<proto::MasterKeyStatus>, Status> {
         let (caller, _) = auth::caller(&self.keys, &request).await?;
-        self.status(&caller, !request.get_ref().skip_counts)
+        self.status(&caller, !request.get_ref().skip_counts).await
     }
 
     async fn rotate_master_key(
@@ -49,7 +53,7 @@ impl<H: Hsm, S: Store> MasterKeyService for MasterApi<H, S> {
         let (caller, ctx) = auth::caller(&self.keys, &request).await?;
         let state = self.keys.rotate_master(&caller, &ctx).await?;
         tracing::info!(current = %state.current, actor = %caller.key_id, "master key rotated");
-        self.status(&caller, true)
+        self.status(&caller, true).await
     }
 
     async fn retire_master_key(
@@ -63,6 +67,6 @@ impl<H: Hsm, S: Store> MasterKeyService for MasterApi<H, S> {
         }
         self.keys.retire_master(&caller, MasterKeyVersion(version), &ctx).await?;
         tracing::info!(version, actor = %caller.key_id, "master key retired");
-        self.status(&caller, true)
+        self.status(&caller, true).await
     }
 }
