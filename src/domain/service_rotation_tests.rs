@@ -228,6 +228,12 @@ async fn the_sweeper_expires_old_keys_and_disables_unused_ones_once() {
 
     f.keys.enable(&f.root, &idle.record.id.to_string(), &ctx).await.unwrap();
     assert!(sweep(false).await.unwrap().disabled.is_empty(), "enabling counts as activity");
+
+    let reader = f.create("reader", &["keyward:keys:read"]).await;
+    let reader = f.keys.authenticate(Some(reader.key.expose()), &ctx).await.unwrap();
+    assert!(f.keys.sweep_as(&reader, true, &ctx).await.is_ok(), "a dry run only reads");
+    let denied = f.keys.sweep_as(&reader, false, &ctx).await.unwrap_err();
+    assert!(matches!(denied, Error::PermissionDenied(_)), "{denied:?}");
 }
 
 #[tokio::test]

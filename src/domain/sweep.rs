@@ -64,9 +64,10 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         self.usage.peek(id).and_then(|d| d.last_valid.map(|(at, _)| at))
     }
 
-    /// SweepKeys: the sweep, on a caller's request (`keyward:keys:update`).
+    /// SweepKeys: the sweep, on a caller's request (`keyward:keys:update`; a dry run, which
+    /// only lists, `keyward:keys:read`).
     pub async fn sweep_as(&self, caller: &Caller, dry_run: bool, ctx: &RequestContext) -> Result<SweepReport> {
-        self.authorize(caller, Permission::KeysUpdate)?;
+        self.authorize(caller, if dry_run { Permission::KeysRead } else { Permission::KeysUpdate })?;
         self.sweep(Actor::Key(caller.key_id), dry_run, ctx).await
     }
 
