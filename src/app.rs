@@ -193,7 +193,7 @@ async fn provision(opts: &Options, config: &Config) -> Result<crate::domain::sec
     let hsm = Pkcs11Hsm::open(pkcs11)?;
     hsm.require_master_key(FIRST_VERSION)?;
     private_dir(&db)?;
-    let store = SledStore::open(&db)?;
+    let store = SledStore::open(&db, Arc::new(hsm.clone()))?;
     let created = service::bootstrap(&hsm, &store, &SystemClock, FIRST_VERSION).await;
     store.close();
     hsm.close();
@@ -227,7 +227,8 @@ async fn run_server(opts: &Options, listen: Option<SocketAddr>, addr_file: Optio
         return Err(AppError::Refused(format!("no database at {}: run `keyward init` first", db.display())));
     }
     let hsm = Pkcs11Hsm::open(pkcs11_config(&config)?)?;
-    let store = SledStore::open(&db)?;
+    hsm.ensure_audit_key()?;
+    let store = SledStore::open(&db, Arc::new(hsm.clone()))?;
     let master = store.master()?.ok_or_else(|| {
         AppError::Refused("the database has no master key record: was `keyward init` interrupted?".into())
     })?;

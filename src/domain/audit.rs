@@ -5,6 +5,57 @@ use std::{fmt, time::SystemTime};
 
 use super::key::KeyId;
 
+/// Domain separation for the audit chain's MACs.
+pub const CHAIN_CONTEXT: &[u8] = b"keyward/v1/audit-chain\0";
+
+/// What the HSM MACs for audit event `seq`: context ‖ the previous event's MAC (zeros for the
+/// first) ‖ `seq` (big-endian) ‖ the event as stored. Editing, deleting, reordering or inserting
+/// an event breaks the MAC of that event or of the one after it.
+pub fn chain_message(prev_mac: &[u8; 32], seq: u64, event_bytes: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(CHAIN_CONTEXT.len() + 32 + 8 + event_bytes.len());
+    m.extend_from_slice(CHAIN_CONTEXT);
+    m.extend_from_slice(prev_mac);
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(event_bytes);
+    m
+}
+
+/// The result of checking the chain over a range of sequence numbers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChainReport {
+    /// The range checked (0 when the trail is empty).
+    pub first: u64,
+    pub last: u64,
+    /// Events whose MAC the HSM confirmed.
+    pub checked: u64,
+    /// Events written before the chain existed (no MAC): not checkable.
+    pub unsealed: u64,
+    /// The first problem: its sequence number and what is wrong.
+    pub broken: Option<(u64, String)>,
+}
+
+/// Filters of an audit query, all optional and combined with AND.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    pub key: Option<KeyId>,
+    pub actor: Option<Actor>,
+    pub action: Option<AuditAction>,
+    pub since: Option<SystemTime>,
+    /// Exclusive.
+    pub until: Option<SystemTime>,
+    pub newest_first: bool,
+}
+
+impl AuditQuery {
+    pub fn matches(&self, e: &AuditEvent) -> bool {
+        self.key.is_none_or(|k| e.target == Some(k))
+            && self.actor.as_ref().is_none_or(|a| &e.actor == a)
+            && self.action.is_none_or(|a| e.action == a)
+            && self.since.is_none_or(|t| e.at >= t)
+            && self.until.is_none_or(|t| e.at < t)
+    }
+}
+
 /// Who acted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Actor {

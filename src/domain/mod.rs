@@ -2,6 +2,7 @@
 //! Nothing here imports tonic, sled or cryptoki: the outside world comes in through `ports`.
 
 pub mod audit;
+pub mod audit_log;
 pub mod clock;
 pub mod error;
 pub mod key;

@@ -4,7 +4,7 @@
 use std::{future::Future, time::SystemTime};
 
 use super::{
-    audit::{AuditEvent, RecordedEvent},
+    audit::{AuditEvent, AuditQuery, ChainReport, RecordedEvent},
     error::Error,
     key::{Digest, KeyId, KeyRecord, MasterKeyVersion},
     secret::{Secret, SensitiveBytes},
@@ -50,6 +50,19 @@ pub trait Hsm: Send + Sync + 'static {
     fn destroy_master_key(&self, version: MasterKeyVersion) -> impl Future<Output = Result<(), HsmError>> + Send;
     /// False while the token is unreachable.
     fn is_healthy(&self) -> bool;
+}
+
+/// Length of an audit chain MAC (HMAC-SHA256).
+pub const AUDIT_MAC_LEN: usize = 32;
+
+/// The HSM key that seals the audit chain, used from inside a store transaction: blocking calls,
+/// on the caller's thread. Separate from the master keys, so retiring a master key version never
+/// makes old audit events unverifiable.
+pub trait AuditSealer: Send + Sync + 'static {
+    /// HMAC-SHA256 of `message` under the audit key, computed in the HSM.
+    fn seal(&self, message: &[u8]) -> Result<[u8; AUDIT_MAC_LEN], HsmError>;
+    /// Whether `mac` is the audit key's HMAC of `message` (`C_Verify`, inside the HSM).
+    fn check(&self, message: &[u8], mac: &[u8; AUDIT_MAC_LEN]) -> Result<bool, HsmError>;
 }
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -182,6 +195,18 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Audit events with a sequence number above `after`, oldest first.
     fn audit_after(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError>;
+    /// Up to `limit` events matching `query`, resuming after `cursor` (from a previous page),
+    /// reading at most `max_scan` index entries; and the cursor to resume from if there may be
+    /// more. Uses the key and time indexes, so one key's events never need a full scan.
+    fn query_audit(
+        &self,
+        query: &AuditQuery,
+        cursor: Option<&[u8]>,
+        limit: usize,
+        max_scan: usize,
+    ) -> Result<(Vec<RecordedEvent>, Option<Vec<u8>>), StoreError>;
+    /// Checks the audit chain's MACs (in the HSM) over `from..=to` (`to`: `None` for the end).
+    fn verify_chain(&self, from: u64, to: Option<u64>) -> Result<ChainReport, StoreError>;
 }
 
 impl From<HsmError> for Error {

@@ -64,6 +64,7 @@ pub enum Permission {
     SelfRotate,
     MasterRead,
     MasterRotate,
+    AuditRead,
 }
 
 impl Permission {
@@ -78,6 +79,7 @@ impl Permission {
             Permission::SelfRotate => "keyward:self:rotate",
             Permission::MasterRead => "keyward:master:read",
             Permission::MasterRotate => "keyward:master:rotate",
+            Permission::AuditRead => "keyward:audit:read",
         }
     }
 }

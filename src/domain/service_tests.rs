@@ -80,6 +80,18 @@ impl Store for CountingStore {
     fn audit_after(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
         self.inner.audit_after(after, limit)
     }
+    fn query_audit(
+        &self,
+        query: &crate::domain::audit::AuditQuery,
+        cursor: Option<&[u8]>,
+        limit: usize,
+        max_scan: usize,
+    ) -> Result<(Vec<RecordedEvent>, Option<Vec<u8>>), StoreError> {
+        self.inner.query_audit(query, cursor, limit, max_scan)
+    }
+    fn verify_chain(&self, from: u64, to: Option<u64>) -> Result<crate::domain::audit::ChainReport, StoreError> {
+        self.inner.verify_chain(from, to)
+    }
 }
 
 struct Fixture {
@@ -100,7 +112,7 @@ async fn fixture_with(config: KeysConfig) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let hsm = Arc::new(FakeHsm::new());
     let store = Arc::new(CountingStore {
-        inner: SledStore::open(&dir.path().join("db")).unwrap(),
+        inner: SledStore::open(&dir.path().join("db"), hsm.clone()).unwrap(),
         reads: AtomicU64::new(0),
         updates: AtomicU64::new(0),
     });
@@ -372,3 +384,7 @@ mod policies;
 #[cfg(test)]
 #[path = "service_rotation_tests.rs"]
 mod rotation;
+
+#[cfg(test)]
+#[path = "service_audit_tests.rs"]
+mod audit_trail;

@@ -13,7 +13,7 @@ use sha2::Sha256;
 
 use crate::domain::{
     key::{Digest, MasterKeyVersion, WRAP_CONTEXT},
-    ports::{Hsm, HsmError},
+    ports::{AUDIT_MAC_LEN, AuditSealer, Hsm, HsmError},
     secret::{Secret, SensitiveBytes},
 };
 
@@ -21,6 +21,8 @@ pub struct FakeHsm {
     keys: Mutex<HashMap<MasterKeyVersion, [u8; 32]>>,
     calls: AtomicU64,
     pub down: AtomicBool,
+    /// Makes only audit sealing fail (an injected fault on the audit path).
+    pub seal_fails: AtomicBool,
 }
 
 impl Default for FakeHsm {
@@ -38,9 +40,10 @@ fn random_key() -> [u8; 32] {
 impl FakeHsm {
     pub fn new() -> Self {
         Self {
-            keys: Mutex::new([(MasterKeyVersion(1), random_key())].into()),
+            keys: Mutex::new([(MasterKeyVersion(1), random_key()), (AUDIT, random_key())].into()),
             calls: AtomicU64::new(0),
             down: AtomicBool::new(false),
+            seal_fails: AtomicBool::new(false),
         }
     }
 
@@ -63,6 +66,22 @@ impl FakeHsm {
         let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
         mac.update(data);
         Ok(mac.finalize().into_bytes().into())
+    }
+}
+
+/// The audit key is kept as master key version 0, which keyward never uses.
+const AUDIT: MasterKeyVersion = MasterKeyVersion(0);
+
+impl AuditSealer for FakeHsm {
+    fn seal(&self, message: &[u8]) -> Result<[u8; AUDIT_MAC_LEN], HsmError> {
+        if self.seal_fails.load(Ordering::SeqCst) {
+            return Err(HsmError::Failed("injected audit fault".into()));
+        }
+        self.mac(AUDIT, message)
+    }
+
+    fn check(&self, message: &[u8], mac: &[u8; AUDIT_MAC_LEN]) -> Result<bool, HsmError> {
+        Ok(self.mac(AUDIT, message)? == *mac)
     }
 }
 

@@ -10,6 +10,9 @@ mod rv;
 pub use pkcs11::{Pkcs11Config, Pkcs11Hsm, StartError};
 pub use provision::{create_master_key, init_dev_token};
 
+/// The label (and `CKA_ID`) of the key that seals the audit chain.
+pub const AUDIT_KEY_LABEL: &str = "keyward-audit-v1";
+
 /// The label (and `CKA_ID`) of master key version `n` on the token.
 pub fn master_key_label(version: crate::domain::key::MasterKeyVersion) -> String {
     format!("keyward-master-v{}", version.0)

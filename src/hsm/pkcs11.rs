@@ -26,7 +26,7 @@ use cryptoki::{
 use super::{provision, rv};
 use crate::domain::{
     key::{DIGEST_LEN, Digest, MasterKeyVersion, WRAP_CONTEXT},
-    ports::{Hsm, HsmError},
+    ports::{AUDIT_MAC_LEN, AuditSealer, Hsm, HsmError},
     secret::{Pin, SECRET_LEN, Secret, SensitiveBytes},
 };
 
@@ -80,6 +80,8 @@ struct Connection {
     slot: Slot,
     /// Written only by master key rotation and retirement.
     keys: RwLock<HashMap<MasterKeyVersion, ObjectHandle>>,
+    /// The audit chain key; set once made (`ensure_audit_key`).
+    audit: RwLock<Option<ObjectHandle>>,
     idle: Mutex<Vec<Session>>,
 }
 
@@ -141,6 +143,20 @@ pub(super) fn login(session: &Session, pin: &Pin) -> Result<(), StartError> {
     }
 }
 
+/// The one generic secret key labelled `label`, if any; fails if there are several.
+pub(super) fn find_label(session: &Session, label: &str) -> Result<Option<ObjectHandle>, StartError> {
+    let template = [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::GENERIC_SECRET),
+        Attribute::Label(label.as_bytes().to_vec()),
+    ];
+    match session.find_objects(&template)?.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(*one)),
+        many => Err(StartError::Pkcs11(format!("{} keys are labelled {label:?}; it must be unique", many.len()))),
+    }
+}
+
 /// Every master key on the token, by version; fails on a version present more than once.
 pub(super) fn find_master_keys(session: &Session) -> Result<HashMap<MasterKeyVersion, ObjectHandle>, StartError> {
     let template = [Attribute::Class(ObjectClass::SECRET_KEY), Attribute::KeyType(KeyType::GENERIC_SECRET)];
@@ -180,7 +196,8 @@ impl Inner {
                 );
             }
         }
-        Ok(Connection { slot, keys: RwLock::new(keys), idle: Mutex::new(vec![session]) })
+        let audit = RwLock::new(find_label(&session, super::AUDIT_KEY_LABEL)?);
+        Ok(Connection { slot, keys: RwLock::new(keys), audit, idle: Mutex::new(vec![session]) })
     }
 
     /// Runs `op` on an idle session (opening one if none is idle).
@@ -309,6 +326,20 @@ impl Pkcs11Hsm {
         }
     }
 
+    /// Makes the audit chain key if the token has none (databases made before the chain).
+    pub fn ensure_audit_key(&self) -> Result<(), StartError> {
+        let guard = self.inner.conn.read().unwrap_or_else(|e| e.into_inner());
+        let conn = guard.as_ref().ok_or_else(|| StartError::Pkcs11("the token is not connected".into()))?;
+        if conn.audit.read().unwrap_or_else(|e| e.into_inner()).is_some() {
+            return Ok(());
+        }
+        let session = self.inner.ctx.open_rw_session(conn.slot)?;
+        let handle = provision::generate_hmac_key(&session, super::AUDIT_KEY_LABEL)?;
+        *conn.audit.write().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        tracing::info!("audit chain key created on the token");
+        Ok(())
+    }
+
     /// `C_Verify` on the calling thread, bypassing the async hop (benchmarks of the raw HSM).
     pub fn verify_blocking(&self, input: &SensitiveBytes, digest: &Digest) -> Result<bool, HsmError> {
         self.inner.with_session(|session, conn| check_digest(session, conn, input.expose(), digest))
@@ -435,6 +466,36 @@ fn destroy_key(inner: &Inner, conn: &Connection, version: MasterKeyVersion) -> R
         session.destroy_object(handle).map_err(ck)?;
     }
     Ok(())
+}
+
+fn audit_handle(conn: &Connection) -> Result<ObjectHandle, CkError> {
+    conn.audit
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .ok_or(CkError::Pkcs11(RvError::ArgumentsBad, cryptoki::context::Function::SignInit))
+}
+
+/// Sealing runs on the writer's thread (inside a store transaction), on a pooled session.
+impl AuditSealer for Pkcs11Hsm {
+    fn seal(&self, message: &[u8]) -> Result<[u8; AUDIT_MAC_LEN], HsmError> {
+        if !self.inner.healthy.load(Ordering::Relaxed) {
+            return Err(HsmError::Unavailable("the token is unreachable; reconnecting".into()));
+        }
+        let mac = self
+            .inner
+            .with_session(|session, conn| session.sign(&Mechanism::Sha256Hmac, audit_handle(conn)?, message))?;
+        to_mac(mac)
+    }
+
+    fn check(&self, message: &[u8], mac: &[u8; AUDIT_MAC_LEN]) -> Result<bool, HsmError> {
+        self.inner.with_session(|session, conn| {
+            match session.verify(&Mechanism::Sha256Hmac, audit_handle(conn)?, message, mac) {
+                Ok(()) => Ok(true),
+                Err(CkError::Pkcs11(RvError::SignatureInvalid | RvError::SignatureLenRange, _)) => Ok(false),
+                Err(e) => Err(e),
+            }
+        })
+    }
 }
 
 impl Hsm for Pkcs11Hsm {

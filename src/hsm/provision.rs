@@ -41,10 +41,11 @@ pub fn init_dev_token(config: &Pkcs11Config, so_pin: &Pin) -> Result<(), StartEr
     result
 }
 
-/// The template of master key `version`: a 32-byte generic secret for HMAC-SHA256, a token
-/// object, `CKA_SENSITIVE`, not `CKA_EXTRACTABLE`, usable only to sign and verify.
-fn master_key_template(version: MasterKeyVersion) -> Vec<Attribute> {
-    let label = master_key_label(version).into_bytes();
+/// The template of keyward's HMAC keys (master key versions, the audit key): a 32-byte generic
+/// secret for HMAC-SHA256, a token object, `CKA_SENSITIVE`, not `CKA_EXTRACTABLE`, usable only to
+/// sign and verify, labelled `label` (also its `CKA_ID`).
+fn hmac_key_template(label: &str) -> Vec<Attribute> {
+    let label = label.as_bytes().to_vec();
     vec![
         Attribute::Class(ObjectClass::SECRET_KEY),
         Attribute::KeyType(KeyType::GENERIC_SECRET),
@@ -67,7 +68,12 @@ fn master_key_template(version: MasterKeyVersion) -> Vec<Attribute> {
 
 /// Generates master key `version` in a read-write session (already logged in).
 pub(super) fn generate_master_key(session: &Session, version: MasterKeyVersion) -> Result<ObjectHandle, CkError> {
-    session.generate_key(&Mechanism::GenericSecretKeyGen, &master_key_template(version))
+    generate_hmac_key(session, &master_key_label(version))
+}
+
+/// Generates an HMAC key labelled `label` in a read-write session (already logged in).
+pub(super) fn generate_hmac_key(session: &Session, label: &str) -> Result<ObjectHandle, CkError> {
+    session.generate_key(&Mechanism::GenericSecretKeyGen, &hmac_key_template(label))
 }
 
 /// Whether `key` is one keyward would have generated: made inside the token and never out of
@@ -110,7 +116,8 @@ pub(super) fn is_safe_master_key(session: &Session, key: ObjectHandle) -> Result
     Ok(wanted.iter().all(|w| got.contains(w)))
 }
 
-/// Generates master key `version` inside the token. Refuses if that version already exists.
+/// Generates master key `version` and, if the token has none, the audit key inside the token.
+/// Refuses if that master key version already exists.
 pub fn create_master_key(config: &Pkcs11Config, version: MasterKeyVersion) -> Result<(), StartError> {
     let ctx = load_module(config)?;
     let result = (|| {
@@ -121,6 +128,9 @@ pub fn create_master_key(config: &Pkcs11Config, version: MasterKeyVersion) -> Re
             return Err(StartError::MasterKeyExists(version));
         }
         generate_master_key(&session, version)?;
+        if super::pkcs11::find_label(&session, super::AUDIT_KEY_LABEL)?.is_none() {
+            generate_hmac_key(&session, super::AUDIT_KEY_LABEL)?;
+        }
         Ok(())
     })();
     let _ = ctx.finalize();

@@ -16,6 +16,8 @@ use crate::domain::{
 };
 
 const V1: u8 = 1;
+/// An audit record sealed into the chain: the event's V1 bytes and their MAC.
+const V2_SEALED: u8 = 2;
 
 #[derive(Clone, PartialEq, Message)]
 struct StoredKey {
@@ -144,6 +146,15 @@ struct StoredEvent {
 }
 
 #[derive(Clone, PartialEq, Message)]
+struct StoredSealed {
+    /// The event as `encode_event` wrote it (version byte included): the bytes the MAC covers.
+    #[prost(bytes = "vec", tag = "1")]
+    event: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    mac: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, Message)]
 struct StoredMaster {
     #[prost(uint32, tag = "1")]
     current: u32,
@@ -182,6 +193,11 @@ struct StoredMigration {
 
 fn corrupt(what: &str) -> StoreError {
     StoreError::Corrupt(format!("undecodable {what} record"))
+}
+
+/// Nanoseconds since the Unix epoch (for index keys).
+pub fn nanos(t: SystemTime) -> i64 {
+    to_nanos(t)
 }
 
 /// Nanoseconds since the Unix epoch (i64 reaches the year 2262).
@@ -360,6 +376,34 @@ pub fn encode_event(e: &AuditEvent) -> Vec<u8> {
             .map(|c| StoredChange { field: c.field.clone(), before: c.before.clone(), after: c.after.clone() })
             .collect(),
     })
+}
+
+/// An audit record: `event_bytes` sealed by `mac`.
+pub fn encode_sealed(event_bytes: Vec<u8>, mac: &[u8; 32]) -> Vec<u8> {
+    let msg = StoredSealed { event: event_bytes, mac: mac.to_vec() };
+    let mut out = Vec::with_capacity(1 + msg.encoded_len());
+    out.push(V2_SEALED);
+    msg.encode(&mut out).expect("a Vec grows as needed");
+    out
+}
+
+/// An audit record as stored: the event, its bytes and its MAC (`None` for one written before
+/// the chain existed).
+pub struct AuditRecord {
+    pub event: AuditEvent,
+    pub event_bytes: Vec<u8>,
+    pub mac: Option<[u8; 32]>,
+}
+
+pub fn decode_audit(bytes: &[u8]) -> Result<AuditRecord, StoreError> {
+    match bytes.first() {
+        Some(&V2_SEALED) => {
+            let sealed = StoredSealed::decode(&bytes[1..]).map_err(|_| corrupt("audit"))?;
+            let mac = <[u8; 32]>::try_from(sealed.mac.as_slice()).map_err(|_| corrupt("audit"))?;
+            Ok(AuditRecord { event: decode_event(&sealed.event)?, event_bytes: sealed.event, mac: Some(mac) })
+        }
+        _ => Ok(AuditRecord { event: decode_event(bytes)?, event_bytes: bytes.to_vec(), mac: None }),
+    }
 }
 
 pub fn decode_event(bytes: &[u8]) -> Result<AuditEvent, StoreError> {

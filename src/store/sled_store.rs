@@ -1,6 +1,8 @@
-//! `Store` on sled: trees `keys` (key id → record), `audit` (sequence → event) and `meta`.
-//! Writers are serialized (a transaction takes microseconds) so audit sequence numbers are
-//! gapless; durability comes from the group-commit flusher, awaited outside the lock.
+//! `Store` on sled: trees `keys` (key id → record), `audit` (sequence → sealed event),
+//! `audit_by_key` (key id ‖ sequence) and `audit_by_time` (time ‖ sequence) indexes, and `meta`.
+//! Writers are serialized (a transaction takes microseconds, plus one HSM MAC per audit event)
+//! so audit sequence numbers are gapless and each event's MAC chains to the one before;
+//! durability comes from the group-commit flusher, awaited outside the lock.
 
 use std::{
     cell::Cell,
@@ -16,23 +18,46 @@ use sled::{
 
 use super::{codec, flusher::Flusher};
 use crate::domain::{
-    audit::{AuditEvent, RecordedEvent},
+    audit::{self, AuditEvent, AuditQuery, ChainReport, RecordedEvent},
     error::Error,
     key::{KeyId, KeyRecord},
-    ports::{DigestSwap, KeyChange, MasterState, Store, StoreError, Updated},
+    ports::{AUDIT_MAC_LEN, AuditSealer, DigestSwap, KeyChange, MasterState, Store, StoreError, Updated},
     usage::UsageDelta,
 };
 
 const MASTER: &[u8] = b"master";
+/// The last audit event's sequence number and MAC, written with every event: a trail cut
+/// short at the end is caught by comparing with it.
+const AUDIT_HEAD: &[u8] = b"audit_head";
+
+/// Where the audit chain stands.
+#[derive(Clone, Copy)]
+struct Head {
+    next_seq: u64,
+    last_mac: [u8; AUDIT_MAC_LEN],
+}
 
 struct Inner {
     db: sled::Db,
     keys: sled::Tree,
     audit: sled::Tree,
+    by_key: sled::Tree,
+    by_time: sled::Tree,
     meta: sled::Tree,
-    /// Next audit sequence number; held while a write transaction runs.
-    next_seq: Mutex<u64>,
+    /// Held while a write transaction runs.
+    head: Mutex<Head>,
+    sealer: Arc<dyn AuditSealer>,
     flusher: Flusher,
+}
+
+/// Index order for a time: big-endian nanoseconds, sign bit flipped so that order holds.
+fn time_key(t: std::time::SystemTime) -> [u8; 8] {
+    ((codec::nanos(t) as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn seq_of(index_key: &[u8]) -> Result<u64, StoreError> {
+    let tail = index_key.len().checked_sub(8).ok_or_else(|| StoreError::Corrupt("audit index".into()))?;
+    Ok(u64::from_be_bytes(index_key[tail..].try_into().expect("8 bytes")))
 }
 
 /// The sled-backed store. Cheap to clone.
@@ -77,22 +102,31 @@ impl From<Abort> for Error {
 }
 
 impl SledStore {
-    /// Opens (or creates) the database in `path`. Fails if another process holds it.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    /// Opens (or creates) the database in `path`, sealing audit events with `sealer`. Fails if
+    /// another process holds it.
+    pub fn open(path: &Path, sealer: Arc<dyn AuditSealer>) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(path)
             .open()
             .map_err(|e| StoreError::Unavailable(format!("cannot open the database at {}: {e}", path.display())))?;
         let open = |name: &str| db.open_tree(name).map_err(unavailable);
         let (keys, audit, meta) = (open("keys")?, open("audit")?, open("meta")?);
-        let last_seq = match audit.last().map_err(unavailable)? {
-            Some((k, _)) => {
-                u64::from_be_bytes(k.as_ref().try_into().map_err(|_| StoreError::Corrupt("audit sequence".into()))?)
+        let (by_key, by_time) = (open("audit_by_key")?, open("audit_by_time")?);
+        let head = match audit.last().map_err(unavailable)? {
+            Some((k, v)) => {
+                Head { next_seq: seq_of(&k)? + 1, last_mac: codec::decode_audit(&v)?.mac.unwrap_or_default() }
             }
-            None => 0,
+            None => Head { next_seq: 1, last_mac: [0; AUDIT_MAC_LEN] },
         };
         let flusher = Flusher::start(db.clone());
-        Ok(Self(Arc::new(Inner { db, keys, audit, meta, next_seq: Mutex::new(last_seq + 1), flusher })))
+        let head = Mutex::new(head);
+        Ok(Self(Arc::new(Inner { db, keys, audit, by_key, by_time, meta, head, sealer, flusher })))
+    }
+
+    /// A tree by name, for tests that tamper with the database behind the store's back.
+    #[cfg(test)]
+    pub fn raw_tree(&self, name: &str) -> sled::Tree {
+        self.0.db.open_tree(name).unwrap()
     }
 
     /// Flushes and stops the flush thread. Later writes fail.
@@ -112,15 +146,32 @@ impl SledStore {
     {
         let inner = self.0.clone();
         let committed = tokio::task::spawn_blocking(move || {
-            let mut seq = inner.next_seq.lock().unwrap_or_else(|e| e.into_inner());
-            let (out, appended) = (&inner.keys, &inner.audit, &inner.meta)
-                .transaction(|(keys, audit, meta)| {
-                    let trees = Trees { keys, audit, meta, appended: Cell::new(0) };
-                    let out = write(&trees, *seq)?;
-                    Ok((out, trees.appended.get()))
+            let mut head = inner.head.lock().unwrap_or_else(|e| e.into_inner());
+            let trees = (&inner.keys, &inner.audit, &inner.by_key, &inner.by_time, &inner.meta);
+            let (out, appended, last_mac) = trees
+                .transaction(|(keys, audit, by_key, by_time, meta)| {
+                    let trees = Trees {
+                        keys,
+                        audit,
+                        by_key,
+                        by_time,
+                        meta,
+                        sealer: inner.sealer.as_ref(),
+                        appended: Cell::new(0),
+                        prev_mac: Cell::new(head.last_mac),
+                    };
+                    let out = write(&trees, head.next_seq)?;
+                    let appended = trees.appended.get();
+                    if appended > 0 {
+                        let mut value = (head.next_seq + appended - 1).to_be_bytes().to_vec();
+                        value.extend_from_slice(&trees.prev_mac.get());
+                        meta.insert(AUDIT_HEAD, value)?;
+                    }
+                    Ok((out, appended, trees.prev_mac.get()))
                 })
                 .map_err(Abort::from)?;
-            *seq += appended;
+            head.next_seq += appended;
+            head.last_mac = last_mac;
             Ok::<_, Abort>(out)
         })
         .await
@@ -133,17 +184,35 @@ impl SledStore {
 struct Trees<'a> {
     keys: &'a sled::transaction::TransactionalTree,
     audit: &'a sled::transaction::TransactionalTree,
+    by_key: &'a sled::transaction::TransactionalTree,
+    by_time: &'a sled::transaction::TransactionalTree,
     meta: &'a sled::transaction::TransactionalTree,
+    sealer: &'a dyn AuditSealer,
     /// Audit events this attempt appended, from the first sequence number on.
     appended: Cell<u64>,
+    /// The MAC of the last event appended (or of the chain's last before this transaction).
+    prev_mac: Cell<[u8; AUDIT_MAC_LEN]>,
 }
 
 impl Trees<'_> {
-    /// Appends `event` after those this transaction appended already; `first` is the
-    /// transaction's first sequence number.
+    /// Seals `event` into the chain after those this transaction appended already, with its
+    /// index entries; `first` is the transaction's first sequence number. If the HSM cannot
+    /// seal it, the whole transaction is abandoned: no change without its audit event.
     fn append_audit(&self, first: u64, event: &AuditEvent) -> Result<(), ConflictableTransactionError<Abort>> {
         let seq = first + self.appended.get();
-        self.audit.insert(&seq.to_be_bytes(), codec::encode_event(event))?;
+        let bytes = codec::encode_event(event);
+        let message = audit::chain_message(&self.prev_mac.get(), seq, &bytes);
+        let mac = match self.sealer.seal(&message) {
+            Ok(mac) => mac,
+            Err(e) => return abort(Abort::Store(StoreError::Unavailable(format!("sealing the audit event: {e}")))),
+        };
+        let seq_key = seq.to_be_bytes();
+        self.audit.insert(&seq_key, codec::encode_sealed(bytes, &mac))?;
+        if let Some(target) = event.target {
+            self.by_key.insert([target.as_bytes().as_slice(), &seq_key].concat(), &[])?;
+        }
+        self.by_time.insert([time_key(event.at).as_slice(), &seq_key].concat(), &[])?;
+        self.prev_mac.set(mac);
         self.appended.set(self.appended.get() + 1);
         Ok(())
     }
@@ -317,8 +386,124 @@ impl Store for SledStore {
                 let seq = u64::from_be_bytes(
                     k.as_ref().try_into().map_err(|_| StoreError::Corrupt("audit sequence".into()))?,
                 );
-                Ok(RecordedEvent { seq, event: codec::decode_event(&v)? })
+                Ok(RecordedEvent { seq, event: codec::decode_audit(&v)?.event })
             })
             .collect()
+    }
+
+    fn query_audit(
+        &self,
+        query: &AuditQuery,
+        cursor: Option<&[u8]>,
+        limit: usize,
+        max_scan: usize,
+    ) -> Result<(Vec<RecordedEvent>, Option<Vec<u8>>), StoreError> {
+        // The narrowest index: one key's events, else the time range, else the whole trail.
+        let (tree, start, end): (&sled::Tree, Vec<u8>, Vec<u8>) = match (query.key, query.since, query.until) {
+            (Some(key), _, _) => {
+                let k = key.as_bytes().to_vec();
+                (&self.0.by_key, [k.as_slice(), &[0; 8]].concat(), [k.as_slice(), &[0xff; 8]].concat())
+            }
+            (None, None, None) => (&self.0.audit, vec![0; 8], vec![0xff; 8]),
+            (None, since, until) => {
+                let since = since.map_or([0; 8], time_key);
+                let until = until.map_or([0xff; 8], time_key);
+                (&self.0.by_time, [since.as_slice(), &[0; 8]].concat(), [until.as_slice(), &[0; 8]].concat())
+            }
+        };
+        let (lower, upper) = match (cursor, query.newest_first) {
+            (Some(c), false) => (Bound::Excluded(c.to_vec()), Bound::Included(end)),
+            (Some(c), true) => (Bound::Included(start), Bound::Excluded(c.to_vec())),
+            (None, _) => (Bound::Included(start), Bound::Included(end)),
+        };
+        let range = tree.range::<Vec<u8>, _>((lower, upper));
+        let entries: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
+            if query.newest_first { Box::new(range.rev()) } else { Box::new(range) };
+        let indexed = !std::ptr::eq(tree, &self.0.audit);
+        let mut found = Vec::new();
+        let mut last: Option<Vec<u8>> = None;
+        for (scanned, entry) in entries.enumerate() {
+            if found.len() == limit || scanned == max_scan {
+                return Ok((found, last)); // At least one more entry: resume after the last read.
+            }
+            let (index_key, value) = entry.map_err(unavailable)?;
+            let seq = seq_of(&index_key)?;
+            last = Some(index_key.to_vec());
+            let bytes = if indexed {
+                // An index entry without its event means a deleted event: VerifyChain reports it.
+                let Some(bytes) = self.0.audit.get(seq.to_be_bytes()).map_err(unavailable)? else { continue };
+                bytes
+            } else {
+                value
+            };
+            let event = codec::decode_audit(&bytes)?.event;
+            if query.matches(&event) {
+                found.push(RecordedEvent { seq, event });
+            }
+        }
+        Ok((found, None))
+    }
+
+    fn verify_chain(&self, from: u64, to: Option<u64>) -> Result<ChainReport, StoreError> {
+        let from = from.max(1);
+        let mut report = ChainReport::default();
+        let mut prev = [0u8; AUDIT_MAC_LEN];
+        if from > 1 {
+            match self.0.audit.get((from - 1).to_be_bytes()).map_err(unavailable)? {
+                Some(v) => prev = codec::decode_audit(&v)?.mac.unwrap_or_default(),
+                None => {
+                    report.broken = Some((from - 1, "event missing (deleted?)".into()));
+                    return Ok(report);
+                }
+            }
+        }
+        let upper = to.map_or(Bound::Unbounded, |t| Bound::Included(t.to_be_bytes().to_vec()));
+        let mut expected = from;
+        for entry in self.0.audit.range::<Vec<u8>, _>((Bound::Included(from.to_be_bytes().to_vec()), upper)) {
+            let (k, v) = entry.map_err(unavailable)?;
+            let seq = seq_of(&k)?;
+            if report.first == 0 {
+                report.first = seq;
+            }
+            report.last = seq;
+            if seq != expected {
+                report.broken = Some((expected, "event missing (deleted?)".into()));
+                return Ok(report);
+            }
+            let record = match codec::decode_audit(&v) {
+                Ok(r) => r,
+                Err(_) => {
+                    report.broken = Some((seq, "event unreadable (edited?)".into()));
+                    return Ok(report);
+                }
+            };
+            match record.mac {
+                None => report.unsealed += 1,
+                Some(mac) => {
+                    let message = audit::chain_message(&prev, seq, &record.event_bytes);
+                    let ok = self.0.sealer.check(&message, &mac).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                    if !ok {
+                        let why = "MAC does not match: the event was edited, or an event before it was changed, \
+                                   removed or reordered";
+                        report.broken = Some((seq, why.into()));
+                        return Ok(report);
+                    }
+                    report.checked += 1;
+                    prev = mac;
+                }
+            }
+            expected = seq + 1;
+        }
+        // A trail cut short at its end leaves no gap: compare with the recorded head.
+        if to.is_none_or(|t| t >= expected)
+            && let Some(head) = self.0.meta.get(AUDIT_HEAD).map_err(unavailable)?
+        {
+            let head_seq = seq_of(&head[..8.min(head.len())])?;
+            if head_seq >= expected {
+                report.broken =
+                    Some((expected, format!("events {expected}..={head_seq} missing (the trail was cut short)")));
+            }
+        }
+        Ok(report)
     }
 }

@@ -152,7 +152,7 @@ async fn a_sigkill_in_the_middle_of_the_re_digest_is_resumed_after_restart() {
     let mut kw = Instance::init();
     kw.log_filter = "info";
     kw.configure("master", "migration_batch", "25");
-    kw.configure("master", "migration_pause_ms", "40");
+    kw.configure("master", "migration_pause_ms", "100");
     kw.start().await;
     let keys = create_many(&kw, 600).await;
     let mut m = kw.master(Some(&kw.root_key)).await;
@@ -165,10 +165,8 @@ async fn a_sigkill_in_the_middle_of_the_re_digest_is_resumed_after_restart() {
     let mut m = kw.master(Some(&kw.root_key)).await;
     let s = status(&mut m).await;
     let resumed = s.migration.as_ref().expect("the re-digest is still recorded as running").keys_done;
-    assert!(
-        resumed >= 25 && resumed <= done_before + 25,
-        "resumes from its last checkpoint: {resumed} vs {done_before}"
-    );
+    // What was reported done was durable: the restart resumes at or after it, not from zero.
+    assert!(resumed >= done_before && resumed < 600, "resumes from its last checkpoint: {resumed} vs {done_before}");
     let s = wait_for(&mut m, "the resumed re-digest to finish", |s| s.migration.is_none()).await;
     assert_eq!((s.current_version, s.keys_pending), (2, 0), "{s:?}");
     let mut v = kw.root_verifier().await;

@@ -70,7 +70,7 @@ async fn no_secret_reaches_logs_database_files_or_errors() {
     let logs = kw.logs();
     assert!(logs.contains("TRACE") || logs.contains("DEBUG"), "the server logged at trace level");
     let db_bytes = all_bytes(&kw.data_dir.join("db"));
-    let store = SledStore::open(&kw.data_dir.join("db")).unwrap();
+    let store = SledStore::open(&kw.data_dir.join("db"), std::sync::Arc::new(crate::common::NoSealer)).unwrap();
     let pin = fs::read_to_string(kw.data_dir.join("softhsm/user.pin")).unwrap().trim().to_owned();
     let so_pin = fs::read_to_string(kw.data_dir.join("softhsm/so.pin")).unwrap().trim().to_owned();
     for p in [&pin, &so_pin] {

@@ -25,6 +25,18 @@ use tonic::{
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_keyward");
 
+/// For opening a stopped instance's database to read it: no HSM, so any write is refused.
+pub struct NoSealer;
+
+impl keyward::domain::ports::AuditSealer for NoSealer {
+    fn seal(&self, _: &[u8]) -> Result<[u8; 32], keyward::domain::ports::HsmError> {
+        Err(keyward::domain::ports::HsmError::Unavailable("opened for reading only".into()))
+    }
+    fn check(&self, _: &[u8], _: &[u8; 32]) -> Result<bool, keyward::domain::ports::HsmError> {
+        Err(keyward::domain::ports::HsmError::Unavailable("opened for reading only".into()))
+    }
+}
+
 /// Fails (never skips) when SoftHSM2 is missing, saying how to install it.
 pub fn require_softhsm() -> PathBuf {
     keyward::config::find_softhsm_module().unwrap_or_else(|| {
