@@ -14,13 +14,14 @@ async fn the_master_key_value_cannot_be_read_from_the_token() {
 }
 
 #[tokio::test]
-async fn the_master_key_is_a_sensitive_never_extractable_32_byte_secret() {
+async fn the_master_and_audit_keys_are_sensitive_never_extractable_32_byte_secrets() {
     let kw = Instance::init();
     let out = pkcs11_tool(&kw, &["--list-objects", "--type", "secrkey"]);
     let listing = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(listing.matches("Secret Key Object").count(), 1, "{listing}");
-    assert!(listing.contains("Generic secret length 32"), "{listing}");
+    // Master key v1 and the audit chain key: both made in the token and never out of it.
+    assert_eq!(listing.matches("Secret Key Object; Generic secret length 32").count(), 2, "{listing}");
     assert!(listing.contains("label:      keyward-master-v1"), "{listing}");
-    assert!(listing.contains("sensitive, always sensitive, never extractable, local"), "{listing}");
+    assert!(listing.contains("label:      keyward-audit-v1"), "{listing}");
+    assert_eq!(listing.matches("sensitive, always sensitive, never extractable, local").count(), 2, "{listing}");
 }
