@@ -6,6 +6,7 @@ use prost_types::Timestamp;
 
 use crate::{
     domain::{
+        audit::{Actor, AuditAction, AuditQuery, RecordedEvent},
         error::{Error, Result},
         key::{KeyRecord, KeyState, RateLimit, Refill},
         listing::ListFilter,
@@ -159,6 +160,47 @@ pub fn key_info(r: &KeyRecord) -> proto::KeyInfo {
         max_age: r.max_age.map(proto_duration),
         rotate_by: r.rotate_by().map(timestamp),
         master_key_versions: r.digest.versions().map(|v| v.0).collect(),
+    }
+}
+
+/// A QueryEvents request's filters; each malformed one is named.
+pub fn audit_query(req: &proto::QueryEventsRequest) -> Result<AuditQuery> {
+    let key = (!req.key_id.is_empty()).then(|| crate::domain::validate::key_id("key_id", &req.key_id)).transpose()?;
+    let actor = match req.actor.split_once(':') {
+        _ if req.actor.is_empty() => None,
+        Some(("key", id)) => Some(Actor::Key(crate::domain::validate::key_id("actor", id)?)),
+        Some(("system", name)) if !name.is_empty() => Some(Actor::System(name.to_owned())),
+        _ => return Err(Error::invalid("actor", "must be `key:<key id>` or `system:<name>`")),
+    };
+    let action = match req.action.as_str() {
+        "" => None,
+        a => Some(AuditAction::parse(a).ok_or_else(|| Error::invalid("action", "is not an audit action"))?),
+    };
+    Ok(AuditQuery {
+        key,
+        actor,
+        action,
+        since: time("since", req.since)?,
+        until: time("until", req.until)?,
+        newest_first: req.newest_first,
+    })
+}
+
+pub fn audit_event(e: &RecordedEvent) -> proto::AuditEvent {
+    let ev = &e.event;
+    proto::AuditEvent {
+        seq: e.seq,
+        at: Some(timestamp(ev.at)),
+        actor: ev.actor.to_string(),
+        action: ev.action.as_str().to_owned(),
+        key_id: ev.target.map(|id| id.to_string()).unwrap_or_default(),
+        client_addr: ev.client_addr.clone().unwrap_or_default(),
+        reason: ev.reason.clone().unwrap_or_default(),
+        changes: ev
+            .changes
+            .iter()
+            .map(|c| proto::FieldChange { field: c.field.clone(), before: c.before.clone(), after: c.after.clone() })
+            .collect(),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The gRPC edge: keyward's services, health, reflection (v1 and v1alpha), and the limits and
 //! graceful drain of the server that carries them. Wire types end in this module.
 
+mod audit;
 mod auth;
 mod convert;
 mod keys;
@@ -14,20 +15,21 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
-pub use self::{keys::KeyApi, master::MasterApi, verify::VerifyApi};
+pub use self::{audit::AuditApi, keys::KeyApi, master::MasterApi, verify::VerifyApi};
 use crate::{
     domain::{
         ports::{Hsm, Store},
         service::Keys,
     },
     proto::{
-        self, key_service_server::KeyServiceServer, master_key_service_server::MasterKeyServiceServer,
-        verify_service_server::VerifyServiceServer,
+        self, audit_service_server::AuditServiceServer, key_service_server::KeyServiceServer,
+        master_key_service_server::MasterKeyServiceServer, verify_service_server::VerifyServiceServer,
     },
 };
 
 /// The services whose health is reported (besides the server as a whole, "").
-const SERVICES: [&str; 3] = ["keyward.v1.KeyService", "keyward.v1.VerifyService", "keyward.v1.MasterKeyService"];
+const SERVICES: [&str; 4] =
+    ["keyward.v1.KeyService", "keyward.v1.VerifyService", "keyward.v1.MasterKeyService", "keyward.v1.AuditService"];
 
 /// Limits of the server; the defaults are documented in the README.
 #[derive(Clone, Debug)]
@@ -93,6 +95,7 @@ pub async fn serve<H: Hsm, S: Store>(
     let max = limits.max_message_bytes;
     let key_api = KeyServiceServer::new(KeyApi::new(keys.clone())).max_decoding_message_size(max);
     let master_api = MasterKeyServiceServer::new(MasterApi::new(keys.clone())).max_decoding_message_size(max);
+    let audit_api = AuditServiceServer::new(AuditApi::new(keys.clone())).max_decoding_message_size(max);
     let verify_api = VerifyServiceServer::new(VerifyApi::new(keys)).max_decoding_message_size(max);
 
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
@@ -111,6 +114,7 @@ pub async fn serve<H: Hsm, S: Store>(
         .add_service(reflection_v1alpha)
         .add_service(key_api)
         .add_service(master_api)
+        .add_service(audit_api)
         .add_service(verify_api)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
 

@@ -11,7 +11,7 @@ async fn sigterm_drains_exits_zero_and_keeps_every_key_and_revocation() {
     let (gone, gone_id) = kw.create_key("gone", &[]).await;
     kw.root_keys().await.revoke_key(proto::RevokeKeyRequest { key_id: gone_id, reason: "test".into() }).await.unwrap();
 
-    let status = kw.stop();
+    let status = kw.stop().await;
     assert!(status.success(), "exit status {status}; log:\n{}", kw.logs());
     kw.start().await;
     assert_eq!(kw.code(&kept, &["a:b"]).await, VerifyCode::Valid);

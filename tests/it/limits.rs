@@ -113,7 +113,7 @@ async fn concurrent_verifiers_spend_a_quota_exactly_and_a_crash_never_over_spend
     let clean = admin.create_key(create(500)).await.unwrap().into_inner();
     let (spent, _, _) = burst(&kw, &clean.key, 123, 4).await;
     assert_eq!(spent, 123);
-    let status = kw.stop();
+    let status = kw.stop().await;
     assert!(status.success(), "{status}; log:\n{}", tail(&kw.logs()));
     kw.start().await;
     let mut admin = kw.root_keys().await;
@@ -149,7 +149,7 @@ async fn usage_facts_are_kept_across_a_clean_restart() {
         usage(kw.root_keys().await.get_key(proto::GetKeyRequest { key_id: id.clone() }).await.unwrap().into_inner());
     assert_eq!((before.valid_count, before.rejected_count), (2, 1));
     assert_eq!(before.last_used_ip, "2001:db8::5");
-    assert!(kw.stop().success());
+    assert!(kw.stop().await.success());
     kw.start().await;
     let after = usage(kw.root_keys().await.get_key(proto::GetKeyRequest { key_id: id }).await.unwrap().into_inner());
     assert_eq!(after, before);

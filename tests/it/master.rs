@@ -138,7 +138,7 @@ async fn rotate_verify_migrate_then_retire_once_no_live_key_needs_the_old_versio
     assert!(!labels.contains("keyward-master-v1") && labels.contains("keyward-master-v2"), "{labels}");
 
     // A restart checks only the live versions; every key still verifies.
-    kw.stop();
+    kw.stop().await;
     kw.start().await;
     assert!(!kw.logs().contains("lacks the attributes"), "v2, made by a rotation, passes the startup check");
     for (key, _) in old.iter().take(3) {
@@ -188,7 +188,7 @@ async fn a_key_planted_on_the_token_under_the_next_label_is_never_adopted() {
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
     assert!(refused.message().contains("keyward will not use it"), "{}", refused.message());
     assert_eq!(status(&mut m).await.current_version, 1, "nothing changed");
-    kw.stop();
+    kw.stop().await;
     kw.start().await;
     assert!(kw.logs().contains("lacks the attributes"), "startup warns about the planted key");
     let (key, _) = kw.create_key("after", &[]).await;

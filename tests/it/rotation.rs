@@ -451,7 +451,7 @@ async fn a_rotation_survives_a_restart() {
     let mut kw = Instance::started().await;
     let (old_key, old) = kw.create_key("restarted", &["orders:read"]).await;
     let (new_key, new, previous) = rotated(&mut kw.root_keys().await, &old, Some(3600)).await;
-    let status = kw.stop();
+    let status = kw.stop().await;
     assert!(status.success(), "exit status {status}");
     kw.start().await;
 

@@ -65,7 +65,7 @@ async fn no_secret_reaches_logs_database_files_or_errors() {
         errors.push(kw.root_verifier().await.verify_key(bad).await.unwrap_err());
         keys.push(created.key);
     }
-    assert!(kw.stop().success());
+    assert!(kw.stop().await.success());
 
     let logs = kw.logs();
     assert!(logs.contains("TRACE") || logs.contains("DEBUG"), "the server logged at trace level");

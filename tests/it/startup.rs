@@ -52,7 +52,7 @@ async fn a_database_that_cannot_be_opened_is_refused() {
     let mut kw = Instance::started().await;
     // sled locks its directory: a second server on the same data cannot open it.
     assert_refused(&kw, true, &[], "cannot open the database");
-    kw.stop();
+    kw.stop().await;
     fs::remove_dir_all(kw.data_dir.join("db")).unwrap();
     assert_refused(&kw, true, &[], "no database at");
 }

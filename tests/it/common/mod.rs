@@ -195,8 +195,10 @@ impl Instance {
         self.addr.expect("the server was started")
     }
 
-    /// SIGTERM, then waits for the exit status.
-    pub fn stop(&mut self) -> ExitStatus {
+    /// SIGTERM, then waits for the exit status. Async, so that the test's own connections can
+    /// answer the server's GOAWAY meanwhile (a blocked test runtime would hold the server in its
+    /// drain period).
+    pub async fn stop(&mut self) -> ExitStatus {
         let mut child = self.server.take().expect("running");
         let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
         assert!(status.success());
@@ -206,7 +208,7 @@ impl Instance {
                 return status;
             }
             assert!(Instant::now() < deadline, "keyward did not stop within 30 s of SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
