@@ -259,6 +259,7 @@ async fn run_server(opts: &Options, listen: Option<SocketAddr>, addr_file: Optio
     });
     let sweeper = sweep_every.map(|every| tokio::spawn(sweep_every_interval(keys.clone(), every)));
 
+    let shutdown = shutdown_signal();
     let listen = listen.or(config.listen).unwrap_or_else(|| config::DEFAULT_LISTEN.parse().expect("a valid default"));
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(io(format!("listening on {listen}")))?;
     let local = listener.local_addr().map_err(io("reading the bound address"))?;
@@ -269,7 +270,7 @@ async fn run_server(opts: &Options, listen: Option<SocketAddr>, addr_file: Optio
             .map_err(io(format!("writing {}", path.display())))?;
     }
     tracing::info!(address = %local, "keyward serving");
-    let served = grpc::serve(keys.clone(), listener, config.server.limits(), shutdown_signal()).await;
+    let served = grpc::serve(keys.clone(), listener, config.server.limits(), shutdown).await;
     usage_flush.abort();
     let _ = usage_flush.await;
     migrations.abort();
@@ -409,17 +410,22 @@ pub fn bench_hsm(opts: &Options, concurrency: usize, duration: Duration, direct:
     Ok(())
 }
 
-async fn shutdown_signal() {
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM");
-            return std::future::pending().await;
+    // Registered now, not at the first poll: a signal sent as soon as the address file appears
+    // must start a drain, not kill the process.
+    let handlers = signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::interrupt())?)));
+    async move {
+        let (mut term, mut int) = match handlers {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM and SIGINT");
+                return std::future::pending().await;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
         }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
     }
 }
