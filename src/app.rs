@@ -23,7 +23,9 @@ use crate::{
     },
     grpc,
     hsm::{self, Pkcs11Config, Pkcs11Hsm, StartError},
+    metrics,
     store::SledStore,
+    telemetry,
 };
 
 /// The first master key version.
@@ -202,19 +204,66 @@ async fn provision(opts: &Options, config: &Config) -> Result<crate::domain::sec
     Ok(created.key)
 }
 
-/// `keyward serve`: runs until SIGINT or SIGTERM, then drains and exits.
-pub fn serve(opts: &Options, listen: Option<SocketAddr>, addr_file: Option<PathBuf>) -> Result<(), AppError> {
+/// Where `serve` listens and reports its addresses; `None` falls back to the configuration.
+#[derive(Clone, Debug, Default)]
+pub struct Serving {
+    pub listen: Option<SocketAddr>,
+    pub addr_file: Option<PathBuf>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub metrics_addr_file: Option<PathBuf>,
+}
+
+/// `keyward serve`: sets up logging (and trace export), runs until SIGINT or SIGTERM, then
+/// drains, flushes the traces and exits.
+pub fn serve(opts: &Options, serving: &Serving, log_format: telemetry::LogFormat) -> Result<(), AppError> {
     prepare_environment(opts)?;
-    runtime()?.block_on(async {
+    let runtime = runtime()?;
+    let traces = {
+        let _in_runtime = runtime.enter();
+        telemetry::init_serving(log_format).map_err(AppError::Refused)?
+    };
+    let result = runtime.block_on(async {
         if opts.dev && !opts.config.exists() {
             let _root = init_dev(opts).await?;
             println!("root key written to {}", opts.data_dir.join("root.key").display());
         }
-        run_server(opts, listen, addr_file).await
-    })
+        run_server(opts, serving).await
+    });
+    // Outside the runtime's threads, while the exporter's connection still runs on them.
+    if let Some(traces) = traces {
+        traces.shutdown();
+    }
+    result
 }
 
-async fn run_server(opts: &Options, listen: Option<SocketAddr>, addr_file: Option<PathBuf>) -> Result<(), AppError> {
+/// Writes `addr` to `path` atomically (a temporary file renamed over it).
+fn write_addr_file(path: &Path, addr: SocketAddr) -> Result<(), AppError> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, format!("{addr}\n"))
+        .and_then(|()| fs::rename(&tmp, path))
+        .map_err(io(format!("writing {}", path.display())))
+}
+
+/// Binds the metrics endpoint, if configured, and starts serving it and counting keys.
+async fn start_metrics(
+    serving: &Serving,
+    config: &Config,
+    store: &SledStore,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, AppError> {
+    let Some(addr) = serving.metrics_listen.or(config.metrics_listen) else { return Ok(Vec::new()) };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(io(format!("listening for metrics on {addr}")))?;
+    let local = listener.local_addr().map_err(io("reading the bound metrics address"))?;
+    if let Some(path) = &serving.metrics_addr_file {
+        write_addr_file(path, local)?;
+    }
+    tracing::info!(address = %local, "serving metrics on /metrics");
+    Ok(vec![
+        tokio::spawn(metrics::serve(listener)),
+        tokio::spawn(metrics::count_keys_every(store.clone(), metrics::KEY_COUNT_INTERVAL)),
+    ])
+}
+
+async fn run_server(opts: &Options, serving: &Serving) -> Result<(), AppError> {
     let config = Config::load(&opts.config, false)?;
     if config.hsm.token_label == DEV_TOKEN_LABEL && !opts.dev {
         return Err(AppError::Refused(format!(
@@ -260,17 +309,17 @@ async fn run_server(opts: &Options, listen: Option<SocketAddr>, addr_file: Optio
     });
     let sweeper = sweep_every.map(|every| tokio::spawn(sweep_every_interval(keys.clone(), every)));
 
-    let listen = listen.or(config.listen).unwrap_or_else(|| config::DEFAULT_LISTEN.parse().expect("a valid default"));
+    let shutdown = shutdown_signal();
+    let metrics_tasks = start_metrics(serving, &config, &store).await?;
+    let listen =
+        serving.listen.or(config.listen).unwrap_or_else(|| config::DEFAULT_LISTEN.parse().expect("a valid default"));
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(io(format!("listening on {listen}")))?;
     let local = listener.local_addr().map_err(io("reading the bound address"))?;
-    if let Some(path) = &addr_file {
-        let tmp = path.with_extension("tmp");
-        fs::write(&tmp, format!("{local}\n"))
-            .and_then(|()| fs::rename(&tmp, path))
-            .map_err(io(format!("writing {}", path.display())))?;
+    if let Some(path) = &serving.addr_file {
+        write_addr_file(path, local)?;
     }
     tracing::info!(address = %local, "keyward serving");
-    let served = grpc::serve(keys.clone(), listener, config.server.limits(), shutdown_signal()).await;
+    let served = grpc::serve(keys.clone(), listener, config.server.limits(), shutdown).await;
     usage_flush.abort();
     let _ = usage_flush.await;
     migrations.abort();
@@ -278,6 +327,10 @@ async fn run_server(opts: &Options, listen: Option<SocketAddr>, addr_file: Optio
     if let Some(sweeper) = sweeper {
         sweeper.abort();
         let _ = sweeper.await;
+    }
+    for task in metrics_tasks {
+        task.abort();
+        let _ = task.await;
     }
     if let Err(e) = keys.shutdown().await {
         tracing::error!(error = %e, "returning quota leases and writing usage at shutdown failed");
@@ -410,17 +463,22 @@ pub fn bench_hsm(opts: &Options, concurrency: usize, duration: Duration, direct:
     Ok(())
 }
 
-async fn shutdown_signal() {
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM");
-            return std::future::pending().await;
+    // Registered now, not at the first poll: a signal sent as soon as the address file appears
+    // must start a drain, not kill the process.
+    let handlers = signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::interrupt())?)));
+    async move {
+        let (mut term, mut int) = match handlers {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM and SIGINT");
+                return std::future::pending().await;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
         }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
     }
 }

@@ -161,16 +161,32 @@ struct ServeArgs {
     /// Write the bound address to this file once serving (useful with port 0).
     #[arg(long)]
     addr_file: Option<PathBuf>,
+    /// Serve Prometheus metrics on `GET /metrics` at this address [default: `metrics_listen` in
+    /// the configuration; off when neither is set].
+    #[arg(long, env = "KEYWARD_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// Write the bound metrics address to this file (written before `--addr-file`).
+    #[arg(long)]
+    metrics_addr_file: Option<PathBuf>,
 }
 
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    // `serve` sets up logging itself, inside its runtime, where the trace exporter lives.
+    if !matches!(cli.command, Command::Serve(_)) {
+        telemetry::init(cli.log_format);
+    }
     let result = match cli.command {
         Command::Init(a) => app::init(&app::Options::new(a.common.data_dir, a.common.config, a.common.dev)),
         Command::Serve(a) => {
             let opts = app::Options::new(a.common.data_dir, a.common.config, a.common.dev);
-            app::serve(&opts, a.listen, a.addr_file)
+            let serving = app::Serving {
+                listen: a.listen,
+                addr_file: a.addr_file,
+                metrics_listen: a.metrics_listen,
+                metrics_addr_file: a.metrics_addr_file,
+            };
+            app::serve(&opts, &serving, cli.log_format)
         }
         Command::Bench(BenchCommand::Verify { target, key_file, concurrency, connections, seconds, policies }) => {
             let seconds = Duration::from_secs(seconds);

@@ -39,6 +39,8 @@ pub enum ConfigError {
 pub struct Config {
     /// Address to listen on (`--listen` overrides).
     pub listen: Option<SocketAddr>,
+    /// Address of the Prometheus `/metrics` endpoint (`--metrics-listen` overrides); off if unset.
+    pub metrics_listen: Option<SocketAddr>,
     pub hsm: HsmSection,
     pub server: ServerSection,
     pub policy: PolicySection,

@@ -9,6 +9,7 @@ pub mod config;
 pub mod domain;
 pub mod grpc;
 pub mod hsm;
+pub mod metrics;
 pub mod store;
 pub mod telemetry;
 

@@ -1,10 +1,12 @@
 //! The gRPC edge: keyward's services, health, reflection (v1 and v1alpha), and the limits and
-//! graceful drain of the server that carries them. Wire types end in this module.
+//! graceful drain of the server that carries them, observed by `layer`. Wire types end in this
+//! module.
 
 mod audit;
 mod auth;
 mod convert;
 mod keys;
+mod layer;
 mod master;
 mod status;
 mod verify;
@@ -109,6 +111,7 @@ pub async fn serve<H: Hsm, S: Store>(
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .layer(layer::ObserveLayer)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

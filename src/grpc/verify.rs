@@ -11,8 +11,15 @@ use crate::{
         service::Keys,
         verify::VerifyRequest,
     },
+    metrics,
     proto::{self, verify_service_server::VerifyService},
 };
+
+/// The verify code's name without its `VERIFY_CODE_` prefix: `VALID`, `INVALID`, ….
+fn verify_code_name(code: proto::VerifyCode) -> &'static str {
+    let name = code.as_str_name();
+    name.strip_prefix("VERIFY_CODE_").unwrap_or(name)
+}
 
 pub struct VerifyApi<H, S> {
     keys: Arc<Keys<H, S>>,
@@ -45,6 +52,20 @@ impl<H: Hsm, S: Store> VerifyService for VerifyApi<H, S> {
             )
             .await?;
         tracing::debug!(code = ?verification.code, key_id = ?verification.record.as_ref().map(|r| r.id), "key verified");
-        Ok(Response::new(convert::verification(verification)))
+        let response = convert::verification(verification);
+        metrics::get().verify_outcome(verify_code_name(response.code()));
+        Ok(Response::new(response))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verify_codes_are_named_without_their_prefix() {
+        assert_eq!(verify_code_name(proto::VerifyCode::Valid), "VALID");
+        assert_eq!(verify_code_name(proto::VerifyCode::Invalid), "INVALID");
+        assert_eq!(verify_code_name(proto::VerifyCode::RateLimited), "RATE_LIMITED");
     }
 }

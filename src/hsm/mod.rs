@@ -3,6 +3,7 @@
 
 #[cfg(test)]
 pub mod fake;
+mod observe;
 mod pkcs11;
 mod provision;
 mod rv;

@@ -10,7 +10,7 @@ use std::{
         Arc, Mutex, RwLock,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use cryptoki::{
@@ -23,11 +23,19 @@ use cryptoki::{
     types::AuthPin,
 };
 
-use super::{provision, rv};
-use crate::domain::{
-    key::{DIGEST_LEN, Digest, MasterKeyVersion, WRAP_CONTEXT},
-    ports::{AUDIT_MAC_LEN, AuditSealer, Hsm, HsmError},
-    secret::{Pin, SECRET_LEN, Secret, SensitiveBytes},
+use tracing::Instrument;
+
+use super::{
+    observe::{Op, record_error},
+    provision, rv,
+};
+use crate::{
+    domain::{
+        key::{DIGEST_LEN, Digest, MasterKeyVersion, WRAP_CONTEXT},
+        ports::{AUDIT_MAC_LEN, AuditSealer, Hsm, HsmError},
+        secret::{Pin, SECRET_LEN, Secret, SensitiveBytes},
+    },
+    metrics,
 };
 
 const LABEL_PREFIX: &str = "keyward-master-v";
@@ -182,6 +190,11 @@ pub(super) fn find_master_keys(session: &Session) -> Result<HashMap<MasterKeyVer
 }
 
 impl Inner {
+    fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::SeqCst);
+        metrics::get().hsm_healthy(healthy);
+    }
+
     fn connect(&self) -> Result<Connection, StartError> {
         let slot = find_token(&self.ctx, &self.config.token_label)?;
         let session = self.ctx.open_ro_session(slot)?;
@@ -244,7 +257,7 @@ impl Inner {
     }
 
     fn start_reconnect(self: &Arc<Self>) {
-        self.healthy.store(false, Ordering::SeqCst);
+        self.set_healthy(false);
         if self.reconnecting.swap(true, Ordering::SeqCst) {
             return;
         }
@@ -255,10 +268,12 @@ impl Inner {
                 match inner.reconnect_once() {
                     Ok(()) => {
                         tracing::info!("HSM reconnected");
-                        inner.healthy.store(true, Ordering::SeqCst);
+                        metrics::get().hsm_reconnect(true);
+                        inner.set_healthy(true);
                         break;
                     }
                     Err(e) => {
+                        metrics::get().hsm_reconnect(false);
                         tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "HSM reconnect failed");
                         std::thread::sleep(delay);
                         delay = (delay * 2).min(Duration::from_secs(1));
@@ -300,7 +315,7 @@ impl Pkcs11Hsm {
         });
         let conn = inner.connect()?;
         *inner.conn.write().unwrap_or_else(|e| e.into_inner()) = Some(conn);
-        inner.healthy.store(true, Ordering::SeqCst);
+        inner.set_healthy(true);
         let (jobs, queue) = flume::bounded::<Job>(QUEUE_DEPTH);
         for n in 0..sessions {
             let (inner, queue) = (inner.clone(), queue.clone());
@@ -342,14 +357,18 @@ impl Pkcs11Hsm {
 
     /// `C_Verify` on the calling thread, bypassing the async hop (benchmarks of the raw HSM).
     pub fn verify_blocking(&self, input: &SensitiveBytes, digest: &Digest) -> Result<bool, HsmError> {
-        self.inner.with_session(|session, conn| check_digest(session, conn, input.expose(), digest))
+        let started = Instant::now();
+        let result = self.inner.with_session(|session, conn| check_digest(session, conn, input.expose(), digest));
+        metrics::get().hsm_operation(Op::Verify.name(), started.elapsed());
+        record_error(Op::Verify, &result);
+        result
     }
 
     /// Closes every session and finalizes the module.
     pub fn close(&self) {
         let mut conn = self.inner.conn.write().unwrap_or_else(|e| e.into_inner());
         *conn = None;
-        self.inner.healthy.store(false, Ordering::SeqCst);
+        self.inner.set_healthy(false);
         if let Err(e) = self.inner.ctx.clone().finalize() {
             tracing::debug!(error = %e, "C_Finalize at close");
         }
@@ -358,21 +377,41 @@ impl Pkcs11Hsm {
     /// Runs a rare administrative operation (its own read-write session) off the async workers.
     async fn admin<T: Send + 'static>(
         &self,
+        name: Op,
         op: impl FnOnce(&Inner, &Connection) -> Result<T, HsmError> + Send + 'static,
     ) -> Result<T, HsmError> {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
+        let result = tokio::task::spawn_blocking(move || {
             let guard = inner.conn.read().unwrap_or_else(|e| e.into_inner());
             let conn = guard.as_ref().ok_or_else(|| HsmError::Unavailable("reconnecting to the token".into()))?;
-            op(&inner, conn)
+            let started = Instant::now();
+            let result = op(&inner, conn);
+            metrics::get().hsm_operation(name.name(), started.elapsed());
+            result
         })
+        .instrument(name.span())
         .await
-        .map_err(|e| HsmError::Failed(format!("HSM admin task: {e}")))?
+        .map_err(|e| HsmError::Failed(format!("HSM admin task: {e}")))
+        .and_then(|r| r);
+        record_error(name, &result);
+        result
     }
 
     /// Runs `op` on a pooled session on one of the worker threads.
+    /// Runs `op` on a pooled session on one of the worker threads, in a span named for it.
     async fn run<T: Send + 'static>(
         &self,
+        name: Op,
+        op: impl FnOnce(&Session, &Connection) -> Result<T, CkError> + Send + 'static,
+    ) -> Result<T, HsmError> {
+        let result = self.run_unobserved(name, op).instrument(name.span()).await;
+        record_error(name, &result);
+        result
+    }
+
+    async fn run_unobserved<T: Send + 'static>(
+        &self,
+        name: Op,
         op: impl FnOnce(&Session, &Connection) -> Result<T, CkError> + Send + 'static,
     ) -> Result<T, HsmError> {
         if !self.inner.healthy.load(Ordering::Relaxed) {
@@ -380,7 +419,10 @@ impl Pkcs11Hsm {
         }
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move |inner| {
-            let _ = reply.send(inner.with_session(op));
+            let started = Instant::now();
+            let result = inner.with_session(op);
+            metrics::get().hsm_operation(name.name(), started.elapsed());
+            let _ = reply.send(result);
         });
         self.jobs.send_async(job).await.map_err(|_| HsmError::Unavailable("the HSM workers stopped".into()))?;
         answer.await.map_err(|_| HsmError::Failed("an HSM worker dropped the call".into()))?
@@ -500,7 +542,7 @@ impl AuditSealer for Pkcs11Hsm {
 
 impl Hsm for Pkcs11Hsm {
     async fn random_secret(&self) -> Result<Secret, HsmError> {
-        self.run(|session, _| {
+        self.run(Op::Random, |session, _| {
             let mut bytes = zeroize::Zeroizing::new([0u8; SECRET_LEN]);
             session.generate_random_slice(bytes.as_mut())?;
             Ok(Secret::from_bytes(*bytes))
@@ -509,29 +551,29 @@ impl Hsm for Pkcs11Hsm {
     }
 
     async fn digest(&self, version: MasterKeyVersion, input: SensitiveBytes) -> Result<Digest, HsmError> {
-        let mac = self.run(move |session, conn| hmac(session, conn, version, input.expose())).await?;
+        let mac = self.run(Op::Sign, move |session, conn| hmac(session, conn, version, input.expose())).await?;
         Ok(Digest::plain(version, to_mac(mac)?))
     }
 
     async fn verify(&self, input: SensitiveBytes, digest: &Digest) -> Result<bool, HsmError> {
         let digest = digest.clone();
-        self.run(move |session, conn| check_digest(session, conn, input.expose(), &digest)).await
+        self.run(Op::Verify, move |session, conn| check_digest(session, conn, input.expose(), &digest)).await
     }
 
     async fn wrap(&self, digest: &Digest, version: MasterKeyVersion) -> Result<Digest, HsmError> {
         let inner = digest.mac;
-        let mac = self.run(move |session, conn| hmac(session, conn, version, &wrap_input(&inner))).await?;
+        let mac = self.run(Op::Wrap, move |session, conn| hmac(session, conn, version, &wrap_input(&inner))).await?;
         let mut wrapped = digest.wrapped.clone();
         wrapped.push(digest.version);
         Ok(Digest { version, mac: to_mac(mac)?, wrapped })
     }
 
     async fn create_master_key(&self, version: MasterKeyVersion) -> Result<(), HsmError> {
-        self.admin(move |inner, conn| create_key(inner, conn, version)).await
+        self.admin(Op::CreateMasterKey, move |inner, conn| create_key(inner, conn, version)).await
     }
 
     async fn destroy_master_key(&self, version: MasterKeyVersion) -> Result<(), HsmError> {
-        self.admin(move |inner, conn| destroy_key(inner, conn, version)).await
+        self.admin(Op::DestroyMasterKey, move |inner, conn| destroy_key(inner, conn, version)).await
     }
 
     fn is_healthy(&self) -> bool {

@@ -96,7 +96,10 @@ fn run(db: sled::Db, pending: &(Mutex<Pending>, Condvar), tx: &watch::Sender<Flu
             }
             p.issued
         };
-        match db.flush() {
+        let started = std::time::Instant::now();
+        let flushed = db.flush();
+        crate::metrics::get().store_flush(started.elapsed(), flushed.is_ok());
+        match flushed {
             Ok(_) => tx.send_modify(|f| f.upto = target),
             Err(e) => {
                 tracing::error!(error = %e, "flushing the database failed; pending writes are refused");

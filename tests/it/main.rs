@@ -11,6 +11,8 @@ mod grpcurl;
 mod hsm_token;
 mod limits;
 mod master;
+mod metrics;
+mod otel;
 mod policies;
 mod reflection;
 mod rotation;

@@ -12,6 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod scrape;
+
 use keyward::proto::{
     self, key_service_client::KeyServiceClient, master_key_service_client::MasterKeyServiceClient,
     verify_service_client::VerifyServiceClient,
@@ -89,6 +91,9 @@ pub struct Instance {
     starts: u32,
     /// `RUST_LOG` for the server: `trace` unless a load test asks for less.
     pub log_filter: &'static str,
+    /// Serve metrics on `127.0.0.1:0` (`--metrics-listen`).
+    pub metrics: bool,
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl Instance {
@@ -103,7 +108,18 @@ impl Instance {
         let printed = String::from_utf8(out.stdout).unwrap().trim().to_owned();
         let root_key = fs::read_to_string(data_dir.join("root.key")).unwrap().trim().to_owned();
         assert_eq!(printed, root_key, "init prints the root key it wrote to root.key");
-        Self { _tmp: tmp, data_dir, root_key, log_file, server: None, addr: None, starts: 0, log_filter: "trace" }
+        Self {
+            _tmp: tmp,
+            data_dir,
+            root_key,
+            log_file,
+            server: None,
+            addr: None,
+            starts: 0,
+            log_filter: "trace",
+            metrics: false,
+            metrics_addr: None,
+        }
     }
 
     /// `init` then `start`, logging at info: for tests that load the server, where trace
@@ -150,13 +166,27 @@ impl Instance {
 
     /// Starts `keyward serve --dev` on port 0 and waits until it serves.
     pub async fn start(&mut self) {
+        self.start_with_env(&[]).await
+    }
+
+    /// `start`, with these variables added to the server's environment.
+    pub async fn start_with_env(&mut self, env: &[(&str, &str)]) {
         assert!(self.server.is_none(), "already started");
         self.starts += 1;
         let addr_file = self.data_dir.with_file_name(format!("addr.{}", self.starts));
+        let metrics_addr_file = self.data_dir.with_file_name(format!("metrics-addr.{}", self.starts));
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log_file).unwrap();
-        let child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        command
             .args(["serve", "--dev", "--data-dir", self.data_dir_str(), "--listen", "127.0.0.1:0", "--addr-file"])
             .arg(&addr_file)
+            .arg("--metrics-addr-file")
+            .arg(&metrics_addr_file);
+        if self.metrics {
+            command.args(["--metrics-listen", "127.0.0.1:0"]);
+        }
+        let child = command
+            .envs(env.iter().copied())
             .env("RUST_LOG", self.log_filter)
             .env("KEYWARD_DEV_CLOCK_OFFSET_FILE", self.clock_file())
             .stdin(Stdio::null())
@@ -170,6 +200,8 @@ impl Instance {
             if let Ok(text) = fs::read_to_string(&addr_file) {
                 if let Ok(addr) = text.trim().parse() {
                     self.addr = Some(addr);
+                    // Written before the gRPC address, when metrics are served at all.
+                    self.metrics_addr = fs::read_to_string(&metrics_addr_file).ok().map(|t| t.trim().parse().unwrap());
                     return;
                 }
             }
@@ -193,6 +225,11 @@ impl Instance {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr.expect("the server was started")
+    }
+
+    /// The bound metrics address, if the running server serves metrics.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// SIGTERM, then waits for the exit status. Async, so that the test's own connections can

@@ -1,0 +1,53 @@
+//! What the PKCS#11 adapter reports about each operation: its name (a metric label and span
+//! attribute from a fixed set), a tracing span, and error counts. Never an input or a digest.
+
+use crate::{domain::ports::HsmError, metrics};
+
+/// An HSM operation, as metrics and traces name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// `C_Verify` (with the inner `C_Sign`s of a wrapped digest).
+    Verify,
+    /// `C_Sign` (CKM_SHA256_HMAC): a new digest.
+    Sign,
+    /// `C_Sign` of a digest under a newer master key.
+    Wrap,
+    /// `C_GenerateRandom`.
+    Random,
+    CreateMasterKey,
+    DestroyMasterKey,
+}
+
+impl Op {
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Verify => "verify",
+            Op::Sign => "sign",
+            Op::Wrap => "wrap",
+            Op::Random => "random",
+            Op::CreateMasterKey => "create_master_key",
+            Op::DestroyMasterKey => "destroy_master_key",
+        }
+    }
+
+    /// The span of one call, queue wait included. Debug level: the log output leaves it out at
+    /// the default filter, the OpenTelemetry layer takes it.
+    pub fn span(self) -> tracing::Span {
+        tracing::debug_span!("hsm", otel.name = format_args!("hsm {}", self.name()), hsm.operation = self.name())
+    }
+}
+
+fn kind(e: &HsmError) -> &'static str {
+    match e {
+        HsmError::Unavailable(_) => "unavailable",
+        HsmError::Failed(_) => "failed",
+        HsmError::Refused(_) => "refused",
+    }
+}
+
+/// Counts a failed operation in `keyward_hsm_errors_total`.
+pub fn record_error<T>(op: Op, result: &Result<T, HsmError>) {
+    if let Err(e) = result {
+        metrics::get().hsm_error(op.name(), kind(e));
+    }
+}
