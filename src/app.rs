@@ -441,6 +441,19 @@ pub fn bench_rotation(target: &str, key_file: &Path, options: &crate::bench::Rot
     runtime()?.block_on(crate::bench::rotation(target, &key, options, &mut print)).map_err(AppError::Refused)
 }
 
+/// `keyward bench audit`: offline, on a stopped instance's data directory.
+pub fn bench_audit(opts: &Options, bench: crate::bench_audit::AuditBench) -> Result<(), AppError> {
+    prepare_environment(opts)?;
+    let config = Config::load(&opts.config, false)?;
+    let hsm = Pkcs11Hsm::open(pkcs11_config(&config)?)?;
+    hsm.ensure_audit_key()?;
+    let store = SledStore::open(&opts.db_path(), Arc::new(hsm.clone()))?;
+    let result = runtime()?.block_on(crate::bench_audit::run(&store, &bench, &mut |line| println!("{line}")));
+    store.close();
+    hsm.close();
+    result.map_err(AppError::Refused)
+}
+
 /// `keyward bench hsm`: raw HMAC verifications through the adapter, on the configured token.
 pub fn bench_hsm(opts: &Options, concurrency: usize, duration: Duration, direct: bool) -> Result<(), AppError> {
     prepare_environment(opts)?;

@@ -40,7 +40,7 @@ pub struct Figures {
 }
 
 impl Figures {
-    fn new(mut latencies_us: Vec<u32>, errors: usize, elapsed: Duration) -> Self {
+    pub(crate) fn new(mut latencies_us: Vec<u32>, errors: usize, elapsed: Duration) -> Self {
         latencies_us.sort_unstable();
         Self { calls: latencies_us.len(), errors, elapsed, latencies_us }
     }

@@ -118,6 +118,19 @@ enum BenchCommand {
         #[arg(long, default_value_t = 5)]
         seconds: u64,
     },
+    /// Audit queries at scale, offline (stop the server first): fills the trail with sealed
+    /// synthetic events up to --events, then times one key's newest 100.
+    Audit {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Keys the synthetic events are spread over.
+        #[arg(long, default_value_t = 1000)]
+        keys: usize,
+        #[arg(long, default_value_t = 500)]
+        queries: usize,
+    },
     /// Raw HMAC-SHA256 verifications per second through keyward's PKCS#11 adapter.
     Hsm {
         #[command(flatten)]
@@ -219,6 +232,10 @@ pub fn run() -> ExitCode {
                 MasterSub::Retire { version } => crate::admin::MasterCommand::Retire { version },
             };
             app::master(&a.target, a.key_file.as_deref(), command)
+        }
+        Command::Bench(BenchCommand::Audit { common, events, keys, queries }) => {
+            let opts = app::Options::new(common.data_dir, common.config, common.dev);
+            app::bench_audit(&opts, crate::bench_audit::AuditBench { events, keys, queries })
         }
         Command::Bench(BenchCommand::Hsm { common, concurrency, seconds, direct }) => {
             let opts = app::Options::new(common.data_dir, common.config, common.dev);

@@ -123,6 +123,24 @@ impl SledStore {
         Ok(Self(Arc::new(Inner { db, keys, audit, by_key, by_time, meta, head, sealer, flusher })))
     }
 
+    /// Appends audit events with no key change, sealed and indexed like any other, in one
+    /// transaction (benchmarks and imports; the domain writes events only with their change).
+    pub async fn append_events(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
+        self.write(move |t, seq| {
+            for event in &events {
+                t.append_audit(seq, event)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(StoreError::from)
+    }
+
+    /// Bytes the database takes on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        self.0.db.size_on_disk().map_err(unavailable)
+    }
+
     /// A tree by name, for tests that tamper with the database behind the store's back.
     #[cfg(test)]
     pub fn raw_tree(&self, name: &str) -> sled::Tree {
