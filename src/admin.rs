@@ -97,3 +97,93 @@ pub async fn master(target: &str, key: &str, command: MasterCommand) -> Result<S
         }
     }
 }
+
+/// What `keyward audit` was asked to do.
+#[derive(Clone, Debug)]
+pub enum AuditCommand {
+    /// Check the chain over a range (0: open).
+    Verify { from: u64, to: u64 },
+    /// One key's events (or all), newest first, at most `limit`.
+    Query { key_id: String, limit: usize },
+    /// Every event in a range, oldest first.
+    Export { from: u64, to: u64 },
+    /// The chain's head.
+    Checkpoint,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn json_line(e: &proto::AuditEvent) -> String {
+    let at = e.at.map(|t| t.to_string()).unwrap_or_default();
+    let changes: Vec<_> =
+        e.changes.iter().map(|c| serde_json::json!({"field": c.field, "before": c.before, "after": c.after})).collect();
+    serde_json::json!({
+        "seq": e.seq, "at": at, "actor": e.actor, "action": e.action, "key_id": e.key_id,
+        "client_addr": e.client_addr, "reason": e.reason, "changes": changes, "mac": hex(&e.mac),
+    })
+    .to_string()
+}
+
+/// Runs `command` against the AuditService at `target` with `key`; writes lines to `out`.
+pub async fn audit(target: &str, key: &str, command: AuditCommand, out: &mut impl FnMut(String)) -> Result<(), String> {
+    use crate::proto::audit_service_client::AuditServiceClient;
+    let channel = Channel::from_shared(format!("http://{target}"))
+        .map_err(|e| e.to_string())?
+        .connect()
+        .await
+        .map_err(|e| format!("connecting to {target}: {e}"))?;
+    let mut client = AuditServiceClient::new(channel);
+    let status = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
+    match command {
+        AuditCommand::Verify { from, to } => {
+            let request = authorized(proto::VerifyChainRequest { from_seq: from, to_seq: to }, key)?;
+            let r = client.verify_chain(request).await.map_err(status)?.into_inner();
+            if r.ok {
+                out(format!(
+                    "chain ok: events {}..={}, {} MACs checked in the HSM, {} unsealed",
+                    r.first_seq, r.last_seq, r.checked, r.unsealed
+                ));
+                Ok(())
+            } else {
+                Err(format!("chain broken at event {}: {}", r.broken_seq, r.problem))
+            }
+        }
+        AuditCommand::Query { key_id, limit } => {
+            let (mut token, mut left) = (String::new(), limit);
+            while left > 0 {
+                let request = proto::QueryEventsRequest {
+                    key_id: key_id.clone(),
+                    newest_first: true,
+                    page_size: left.min(1000) as i32,
+                    page_token: token,
+                    ..Default::default()
+                };
+                let page = client.query_events(authorized(request, key)?).await.map_err(status)?.into_inner();
+                left -= page.events.len().min(left);
+                page.events.iter().for_each(|e| out(json_line(e)));
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                token = page.next_page_token;
+            }
+            Ok(())
+        }
+        AuditCommand::Export { from, to } => {
+            let request = authorized(proto::ExportEventsRequest { from_seq: from, to_seq: to }, key)?;
+            let mut stream = client.export_events(request).await.map_err(status)?.into_inner();
+            while let Some(event) = stream.message().await.map_err(status)? {
+                out(json_line(&event));
+            }
+            Ok(())
+        }
+        AuditCommand::Checkpoint => {
+            let c = client.get_checkpoint(authorized(proto::GetCheckpointRequest {}, key)?).await.map_err(status)?;
+            let c = c.into_inner();
+            let at = c.at.map(|t| t.to_string()).unwrap_or_default();
+            out(serde_json::json!({"seq": c.seq, "at": at, "mac": hex(&c.mac)}).to_string());
+            Ok(())
+        }
+    }
+}

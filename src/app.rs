@@ -406,6 +406,16 @@ pub fn master(target: &str, key_file: Option<&Path>, command: crate::admin::Mast
     Ok(())
 }
 
+/// `keyward audit ...` against a running server; lines go to stdout as they come.
+pub fn audit(target: &str, key_file: Option<&Path>, command: crate::admin::AuditCommand) -> Result<(), AppError> {
+    let key_file = key_file
+        .ok_or_else(|| AppError::Refused("--key-file is required (a key holding keyward:audit:read)".into()))?;
+    let key = crate::bench::read_key_file(key_file).map_err(AppError::Refused)?;
+    runtime()?
+        .block_on(crate::admin::audit(target, &key, command, &mut |line| println!("{line}")))
+        .map_err(AppError::Refused)
+}
+
 /// `keyward bench verify [--policies]`.
 pub fn bench_verify(
     target: &str,

@@ -27,6 +27,48 @@ enum Command {
     Bench(BenchCommand),
     /// The HSM master key of a running server: status, rotate, retire.
     Master(MasterArgs),
+    /// The audit trail of a running server: verify the chain, query, export, checkpoint.
+    Audit(AuditArgs),
+}
+
+#[derive(Args, Debug)]
+struct AuditArgs {
+    #[command(subcommand)]
+    command: AuditSub,
+    /// Server address.
+    #[arg(long, global = true, default_value = "127.0.0.1:50051", env = "KEYWARD_TARGET")]
+    target: String,
+    /// File whose first line is a key holding `keyward:audit:read`, e.g. DATA_DIR/root.key.
+    #[arg(long, global = true, env = "KEYWARD_KEY_FILE")]
+    key_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditSub {
+    /// Check every event's MAC in the HSM; exits 1 and names the first broken event if any.
+    Verify {
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        #[arg(long, default_value_t = 0)]
+        to: u64,
+    },
+    /// Events as JSON lines, newest first.
+    Query {
+        /// Only this key's events.
+        #[arg(long, default_value = "")]
+        key_id: String,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Every event in a range as JSON lines, oldest first, with its chain MAC.
+    Export {
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        #[arg(long, default_value_t = 0)]
+        to: u64,
+    },
+    /// The chain's head (sequence number and MAC), as JSON: keep it outside keyward.
+    Checkpoint,
 }
 
 #[derive(Args, Debug)]
@@ -232,6 +274,16 @@ pub fn run() -> ExitCode {
                 MasterSub::Retire { version } => crate::admin::MasterCommand::Retire { version },
             };
             app::master(&a.target, a.key_file.as_deref(), command)
+        }
+        Command::Audit(a) => {
+            use crate::admin::AuditCommand;
+            let command = match a.command {
+                AuditSub::Verify { from, to } => AuditCommand::Verify { from, to },
+                AuditSub::Query { key_id, limit } => AuditCommand::Query { key_id, limit },
+                AuditSub::Export { from, to } => AuditCommand::Export { from, to },
+                AuditSub::Checkpoint => AuditCommand::Checkpoint,
+            };
+            app::audit(&a.target, a.key_file.as_deref(), command)
         }
         Command::Bench(BenchCommand::Audit { common, events, keys, queries }) => {
             let opts = app::Options::new(common.data_dir, common.config, common.dev);

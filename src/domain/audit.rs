@@ -157,4 +157,6 @@ pub struct AuditEvent {
 pub struct RecordedEvent {
     pub seq: u64,
     pub event: AuditEvent,
+    /// Its chain MAC (`None` for an event from before the chain).
+    pub mac: Option<[u8; 32]>,
 }

@@ -66,6 +66,24 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         Ok((events, next.map(|c| token(query, &c))))
     }
 
+    /// Up to `limit` events with a sequence number above `after` and at most `to` (0: no
+    /// bound), oldest first: one page of an export.
+    pub fn export_page(&self, caller: &Caller, after: u64, to: u64, limit: usize) -> Result<Vec<RecordedEvent>> {
+        self.authorize(caller, Permission::AuditRead)?;
+        let mut page = self.store.audit_after(after, limit)?;
+        if to != 0 {
+            page.retain(|e| e.seq <= to);
+        }
+        Ok(page)
+    }
+
+    /// The chain's head: the newest event (with its MAC), if any.
+    pub fn checkpoint(&self, caller: &Caller) -> Result<Option<RecordedEvent>> {
+        self.authorize(caller, Permission::AuditRead)?;
+        let newest = AuditQuery { newest_first: true, ..Default::default() };
+        Ok(self.store.query_audit(&newest, None, 1, 1)?.0.pop())
+    }
+
     /// Checks the chain over `from..=to` (0: from the first event, to the last).
     pub async fn verify_chain(&self, caller: &Caller, from: u64, to: u64) -> Result<ChainReport> {
         self.authorize(caller, Permission::AuditRead)?;

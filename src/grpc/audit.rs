@@ -1,7 +1,8 @@
 //! `keyward.v1.AuditService`: reading and checking the audit trail.
 
-use std::sync::Arc;
+use std::{pin::Pin, sync::Arc};
 
+use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
 use super::{auth, convert};
@@ -23,8 +24,62 @@ impl<H, S> AuditApi<H, S> {
     }
 }
 
+/// Events an export reads per page.
+const EXPORT_PAGE: usize = 1000;
+
 #[tonic::async_trait]
 impl<H: Hsm, S: Store> AuditService for AuditApi<H, S> {
+    type ExportEventsStream = Pin<Box<dyn Stream<Item = Result<proto::AuditEvent, Status>> + Send>>;
+
+    async fn export_events(
+        &self,
+        request: Request<proto::ExportEventsRequest>,
+    ) -> Result<Response<Self::ExportEventsStream>, Status> {
+        let (caller, _) = auth::caller(&self.keys, &request).await?;
+        let req = request.into_inner();
+        if req.to_seq != 0 && req.to_seq < req.from_seq {
+            return Err(crate::domain::error::Error::invalid("to_seq", "must not be below from_seq").into());
+        }
+        // The first page here, so that a refusal is the call's status rather than a stream error.
+        let after = req.from_seq.saturating_sub(1);
+        let first = self.keys.export_page(&caller, after, req.to_seq, EXPORT_PAGE)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let keys = self.keys.clone();
+        tokio::spawn(async move {
+            let mut page = first;
+            loop {
+                let (full, last) = (page.len() == EXPORT_PAGE, page.last().map(|e| e.seq));
+                for event in &page {
+                    if tx.send(Ok(convert::audit_event(event))).await.is_err() {
+                        return; // The client went away.
+                    }
+                }
+                let (true, Some(last)) = (full, last) else { return };
+                page = match keys.export_page(&caller, last, req.to_seq, EXPORT_PAGE) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_checkpoint(
+        &self,
+        request: Request<proto::GetCheckpointRequest>,
+    ) -> Result<Response<proto::Checkpoint>, Status> {
+        let (caller, _) = auth::caller(&self.keys, &request).await?;
+        let head = self.keys.checkpoint(&caller)?;
+        Ok(Response::new(head.map_or_else(Default::default, |e| proto::Checkpoint {
+            seq: e.seq,
+            at: Some(convert::timestamp(e.event.at)),
+            mac: e.mac.map(|m| m.to_vec()).unwrap_or_default(),
+        })))
+    }
+
     async fn query_events(
         &self,
         request: Request<proto::QueryEventsRequest>,

@@ -201,6 +201,7 @@ pub fn audit_event(e: &RecordedEvent) -> proto::AuditEvent {
             .iter()
             .map(|c| proto::FieldChange { field: c.field.clone(), before: c.before.clone(), after: c.after.clone() })
             .collect(),
+        mac: e.mac.map(|m| m.to_vec()).unwrap_or_default(),
     }
 }
 

@@ -404,7 +404,8 @@ impl Store for SledStore {
                 let seq = u64::from_be_bytes(
                     k.as_ref().try_into().map_err(|_| StoreError::Corrupt("audit sequence".into()))?,
                 );
-                Ok(RecordedEvent { seq, event: codec::decode_audit(&v)?.event })
+                let record = codec::decode_audit(&v)?;
+                Ok(RecordedEvent { seq, event: record.event, mac: record.mac })
             })
             .collect()
     }
@@ -454,9 +455,9 @@ impl Store for SledStore {
             } else {
                 value
             };
-            let event = codec::decode_audit(&bytes)?.event;
-            if query.matches(&event) {
-                found.push(RecordedEvent { seq, event });
+            let record = codec::decode_audit(&bytes)?;
+            if query.matches(&record.event) {
+                found.push(RecordedEvent { seq, event: record.event, mac: record.mac });
             }
         }
         Ok((found, None))

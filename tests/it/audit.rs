@@ -117,3 +117,56 @@ async fn events_are_queried_by_key_and_any_tampering_is_found_by_sequence_number
     .await;
     assert_eq!((report.ok, report.broken_seq), (false, 2), "{report:?}");
 }
+
+#[tokio::test]
+async fn the_audit_cli_verifies_exports_and_checkpoints_the_chain() {
+    let mut kw = Instance::started().await;
+    let (_, id) = kw.create_key("exported", &[]).await;
+    kw.root_keys()
+        .await
+        .revoke_key(proto::RevokeKeyRequest { key_id: id.clone(), reason: "done".into() })
+        .await
+        .unwrap();
+    let key_file = kw.data_dir.join("root.key");
+    let cli = |kw: &Instance, args: &[&str]| {
+        let addr = kw.addr().to_string();
+        let mut all = vec!["audit"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--target", &addr, "--key-file", key_file.to_str().unwrap()]);
+        let out = kw.keyward(&all);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (ok, printed, err) = cli(&kw, &["verify"]);
+    assert!(ok && printed.contains("chain ok: events 1..=3, 3 MACs checked"), "{printed}{err}");
+    let (ok, exported, err) = cli(&kw, &["export"]);
+    assert!(ok, "{err}");
+    let lines: Vec<serde_json::Value> = exported.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, vec![1, 2, 3]);
+    assert_eq!(lines[2]["action"], "key.revoked");
+    assert_eq!(lines[2]["key_id"], id.as_str());
+    assert!(lines.iter().all(|l| l["mac"].as_str().unwrap().len() == 64), "every event carries its MAC");
+    let (ok, queried, _) = cli(&kw, &["query", "--key-id", &id]);
+    let actions: Vec<String> =
+        queried.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["action"].to_string()).collect();
+    assert!(ok && actions == ["\"key.revoked\"", "\"key.created\""], "{queried}");
+    let (ok, checkpoint, _) = cli(&kw, &["checkpoint"]);
+    let checkpoint: serde_json::Value = serde_json::from_str(checkpoint.trim()).unwrap();
+    assert!(ok && checkpoint["seq"] == 3 && checkpoint["mac"] == lines[2]["mac"], "{checkpoint}");
+
+    let report = tampered(&mut kw, |t| {
+        let mut v = t.get(seq(2)).unwrap().unwrap().to_vec();
+        let at = v.len() / 3;
+        v[at] ^= 0x20;
+        t.insert(seq(2), v).unwrap();
+    })
+    .await;
+    assert!(!report.ok);
+    let (ok, _, err) = cli(&kw, &["verify"]);
+    assert!(!ok && err.contains("chain broken at event 2"), "{err}");
+}
