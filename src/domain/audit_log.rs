@@ -77,6 +77,12 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         Ok(page)
     }
 
+    /// Watches the newest durable event's sequence number (TailEvents).
+    pub fn audit_durable(&self, caller: &Caller) -> Result<tokio::sync::watch::Receiver<u64>> {
+        self.authorize(caller, Permission::AuditRead)?;
+        Ok(self.store.audit_durable())
+    }
+
     /// The chain's head: the newest event (with its MAC), if any.
     pub fn checkpoint(&self, caller: &Caller) -> Result<Option<RecordedEvent>> {
         self.authorize(caller, Permission::AuditRead)?;

@@ -205,6 +205,8 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
         max_scan: usize,
     ) -> Result<(Vec<RecordedEvent>, Option<Vec<u8>>), StoreError>;
+    /// The newest durable audit sequence number, updated as writes become durable.
+    fn audit_durable(&self) -> tokio::sync::watch::Receiver<u64>;
     /// Checks the audit chain's MACs (in the HSM) over `from..=to` (`to`: `None` for the end).
     fn verify_chain(&self, from: u64, to: Option<u64>) -> Result<ChainReport, StoreError>;
 }

@@ -89,6 +89,9 @@ impl Store for CountingStore {
     ) -> Result<(Vec<RecordedEvent>, Option<Vec<u8>>), StoreError> {
         self.inner.query_audit(query, cursor, limit, max_scan)
     }
+    fn audit_durable(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.audit_durable()
+    }
     fn verify_chain(&self, from: u64, to: Option<u64>) -> Result<crate::domain::audit::ChainReport, StoreError> {
         self.inner.verify_chain(from, to)
     }

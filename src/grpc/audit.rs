@@ -67,6 +67,46 @@ impl<H: Hsm, S: Store> AuditService for AuditApi<H, S> {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    type TailEventsStream = Pin<Box<dyn Stream<Item = Result<proto::AuditEvent, Status>> + Send>>;
+
+    async fn tail_events(
+        &self,
+        request: Request<proto::TailEventsRequest>,
+    ) -> Result<Response<Self::TailEventsStream>, Status> {
+        let (caller, _) = auth::caller(&self.keys, &request).await?;
+        let mut durable = self.keys.audit_durable(&caller)?;
+        let from = request.get_ref().from_seq;
+        let mut after = if from == 0 { *durable.borrow_and_update() } else { from - 1 };
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let keys = self.keys.clone();
+        tokio::spawn(async move {
+            loop {
+                let head = *durable.borrow_and_update();
+                while after < head {
+                    let page = match keys.export_page(&caller, after, head, EXPORT_PAGE) {
+                        Ok(page) if !page.is_empty() => page,
+                        Ok(_) => break,
+                        Err(e) => {
+                            let _ = tx.send(Err(e.into())).await;
+                            return;
+                        }
+                    };
+                    for event in &page {
+                        if tx.send(Ok(convert::audit_event(event))).await.is_err() {
+                            return; // The client went away.
+                        }
+                        after = event.seq;
+                    }
+                }
+                tokio::select! {
+                    changed = durable.changed() => if changed.is_err() { return },
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
     async fn get_checkpoint(
         &self,
         request: Request<proto::GetCheckpointRequest>,

@@ -46,6 +46,8 @@ struct Inner {
     meta: sled::Tree,
     /// Held while a write transaction runs.
     head: Mutex<Head>,
+    /// The newest audit sequence number that is durable: what tails may show.
+    durable: tokio::sync::watch::Sender<u64>,
     sealer: Arc<dyn AuditSealer>,
     flusher: Flusher,
 }
@@ -119,8 +121,9 @@ impl SledStore {
             None => Head { next_seq: 1, last_mac: [0; AUDIT_MAC_LEN] },
         };
         let flusher = Flusher::start(db.clone());
+        let durable = tokio::sync::watch::Sender::new(head.next_seq - 1);
         let head = Mutex::new(head);
-        Ok(Self(Arc::new(Inner { db, keys, audit, by_key, by_time, meta, head, sealer, flusher })))
+        Ok(Self(Arc::new(Inner { db, keys, audit, by_key, by_time, meta, head, durable, sealer, flusher })))
     }
 
     /// Appends audit events with no key change, sealed and indexed like any other, in one
@@ -190,11 +193,15 @@ impl SledStore {
                 .map_err(Abort::from)?;
             head.next_seq += appended;
             head.last_mac = last_mac;
-            Ok::<_, Abort>(out)
+            Ok::<_, Abort>((out, (appended > 0).then_some(head.next_seq - 1)))
         })
         .await
         .map_err(|e| Abort::Store(unavailable(e)))??;
         self.0.flusher.durable().await.map_err(Abort::Store)?;
+        let (committed, last_seq) = committed;
+        if let Some(last) = last_seq {
+            self.0.durable.send_if_modified(|h| std::mem::replace(h, (*h).max(last)) < last);
+        }
         Ok(committed)
     }
 }
@@ -461,6 +468,10 @@ impl Store for SledStore {
             }
         }
         Ok((found, None))
+    }
+
+    fn audit_durable(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.durable.subscribe()
     }
 
     fn verify_chain(&self, from: u64, to: Option<u64>) -> Result<ChainReport, StoreError> {

@@ -170,3 +170,33 @@ async fn the_audit_cli_verifies_exports_and_checkpoints_the_chain() {
     let (ok, _, err) = cli(&kw, &["verify"]);
     assert!(!ok && err.contains("chain broken at event 2"), "{err}");
 }
+
+/// The stream's next event, within 10 s.
+async fn next(s: &mut tonic::Streaming<proto::AuditEvent>) -> proto::AuditEvent {
+    let message = tokio::time::timeout(std::time::Duration::from_secs(10), s.message()).await;
+    message.expect("an event within 10 s").expect("the stream").expect("not ended")
+}
+
+#[tokio::test]
+async fn a_tail_sends_history_from_a_sequence_number_then_new_events_as_they_commit() {
+    let kw = Instance::started().await;
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", kw.addr())).unwrap().connect().await.unwrap();
+    let mut a = AuditServiceClient::new(channel);
+    let tail = |from_seq| {
+        let mut r = tonic::Request::new(proto::TailEventsRequest { from_seq });
+        r.metadata_mut().insert("authorization", format!("Bearer {}", kw.root_key).parse().unwrap());
+        r
+    };
+    let mut new_only = a.tail_events(tail(0)).await.expect("TailEvents").into_inner();
+    let mut from_start = a.tail_events(tail(1)).await.expect("TailEvents").into_inner();
+    let first = next(&mut from_start).await;
+    assert_eq!((first.seq, first.action.as_str()), (1, "key.created"), "history first: the root key");
+    let (_, id) = kw.create_key("tailed", &[]).await;
+    let seen = next(&mut new_only).await;
+    assert_eq!((seen.seq, seen.action.as_str(), seen.key_id.as_str()), (2, "key.created", id.as_str()));
+    assert_eq!(next(&mut from_start).await.seq, 2);
+    let mut nobody = tonic::Request::new(proto::TailEventsRequest { from_seq: 0 });
+    nobody.metadata_mut().insert("authorization", "Bearer kw_nope".parse().unwrap());
+    assert_eq!(a.tail_events(nobody).await.unwrap_err().code(), Code::Unauthenticated);
+}
