@@ -5,7 +5,10 @@ use std::time::{Duration, Instant};
 
 use tonic::{Request, transport::Channel};
 
-use crate::proto::{self, master_key_service_client::MasterKeyServiceClient};
+use crate::{
+    domain::audit_log::hex,
+    proto::{self, master_key_service_client::MasterKeyServiceClient},
+};
 
 /// What `keyward master` was asked to do.
 #[derive(Clone, Copy, Debug)]
@@ -109,10 +112,6 @@ pub enum AuditCommand {
     Export { from: u64, to: u64 },
     /// The chain's head.
     Checkpoint,
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn json_line(e: &proto::AuditEvent) -> String {

@@ -445,10 +445,14 @@ pub fn bench_verify(
 }
 
 /// `keyward bench rotation`: prints each figure as soon as it is known.
-pub fn bench_rotation(target: &str, key_file: &Path, options: &crate::bench::RotationOptions) -> Result<(), AppError> {
+pub fn bench_rotation(
+    target: &str,
+    key_file: &Path,
+    options: &crate::bench_rotation::RotationOptions,
+) -> Result<(), AppError> {
     let key = crate::bench::read_key_file(key_file).map_err(AppError::Refused)?;
     let mut print = |line: String| println!("{line}");
-    runtime()?.block_on(crate::bench::rotation(target, &key, options, &mut print)).map_err(AppError::Refused)
+    runtime()?.block_on(crate::bench_rotation::rotation(target, &key, options, &mut print)).map_err(AppError::Refused)
 }
 
 /// `keyward bench audit`: offline, on a stopped instance's data directory.

@@ -1,6 +1,5 @@
 //! `keyward bench`: load figures anyone can reproduce. `verify` drives VerifyKey on a running
-//! server; `rotation` measures RotateKey and a master key rotation of many keys under a VerifyKey
-//! load; `hsm` measures raw HMAC verifications through the same PKCS#11 adapter, the ceiling
+//! server (its connections and load are shared with `bench_rotation`); `hsm` measures raw HMAC verifications through the same PKCS#11 adapter, the ceiling
 //! that verification cannot pass. (A fuller load generator comes with the benchmark issue.)
 
 use std::{
@@ -120,21 +119,21 @@ fn bearer(key: &str) -> Result<tonic::metadata::MetadataValue<tonic::metadata::A
 }
 
 /// Open connections to the target and the admin credential.
-struct Target {
+pub(crate) struct Target {
     channels: Vec<Channel>,
     auth: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
 }
 
 /// What a verification run presents: a key, and what the request asks of it.
 #[derive(Clone)]
-struct Presented {
-    key: Arc<String>,
-    client_ip: String,
-    required_scopes: Vec<String>,
+pub(crate) struct Presented {
+    pub(crate) key: Arc<String>,
+    pub(crate) client_ip: String,
+    pub(crate) required_scopes: Vec<String>,
 }
 
 impl Target {
-    async fn connect(target: &str, admin_key: &str, connections: usize) -> Result<Self, String> {
+    pub(crate) async fn connect(target: &str, admin_key: &str, connections: usize) -> Result<Self, String> {
         let endpoint = Channel::from_shared(format!("http://{target}")).map_err(|e| e.to_string())?;
         let mut channels = Vec::new();
         for _ in 0..connections.max(1) {
@@ -143,7 +142,7 @@ impl Target {
         Ok(Self { channels, auth: bearer(admin_key)? })
     }
 
-    async fn create(&self, create: proto::CreateKeyRequest) -> Result<String, String> {
+    pub(crate) async fn create(&self, create: proto::CreateKeyRequest) -> Result<String, String> {
         let mut request = tonic::Request::new(create);
         request.metadata_mut().insert("authorization", self.auth.clone());
         let created = KeyServiceClient::new(self.channels[0].clone()).create_key(request).await;
@@ -151,7 +150,12 @@ impl Target {
     }
 
     /// VerifyKey on `presented` from `concurrency` tasks for `duration`; only VALID counts.
-    async fn run(&self, presented: &Presented, concurrency: usize, duration: Duration) -> Result<Figures, String> {
+    pub(crate) async fn run(
+        &self,
+        presented: &Presented,
+        concurrency: usize,
+        duration: Duration,
+    ) -> Result<Figures, String> {
         let deadline = Instant::now() + duration;
         let start = Instant::now();
         let mut tasks = Vec::new();
@@ -167,23 +171,23 @@ impl Target {
         join_all(tasks, start).await
     }
 
-    fn verify_client(&self, i: usize) -> VerifyServiceClient<Channel> {
+    pub(crate) fn verify_client(&self, i: usize) -> VerifyServiceClient<Channel> {
         VerifyServiceClient::new(self.channels[i % self.channels.len()].clone())
     }
 
-    fn request<T>(&self, message: T) -> tonic::Request<T> {
+    pub(crate) fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request.metadata_mut().insert("authorization", self.auth.clone());
         request
     }
 
-    fn master_client(&self) -> MasterKeyServiceClient<Channel> {
+    pub(crate) fn master_client(&self) -> MasterKeyServiceClient<Channel> {
         MasterKeyServiceClient::new(self.channels[0].clone())
     }
 
     /// VerifyKey on `presented` from `concurrency` tasks until [`Load::stop`], each call recorded
     /// with when it started, so figures can be cut to a window afterwards.
-    fn start_load(&self, presented: &Presented, concurrency: usize) -> Load {
+    pub(crate) fn start_load(&self, presented: &Presented, concurrency: usize) -> Load {
         let (stop, origin) = (Arc::new(AtomicBool::new(false)), Instant::now());
         let mut tasks = Vec::new();
         for i in 0..concurrency.max(1) {
@@ -201,7 +205,7 @@ impl Target {
 
     /// Creates `n` keys like `template` with `in_flight` calls at once; returns their ids and the
     /// CreateKey figures. Stops at the first failure (a bench on a failing server measures nothing).
-    async fn create_many(
+    pub(crate) async fn create_many(
         &self,
         template: &proto::CreateKeyRequest,
         n: usize,
@@ -248,7 +252,11 @@ impl Target {
     }
 
     /// RotateKey once on each of `ids` from `concurrency` tasks; with the first error, if any.
-    async fn rotate_each(&self, ids: Vec<String>, concurrency: usize) -> Result<(Figures, Option<String>), String> {
+    pub(crate) async fn rotate_each(
+        &self,
+        ids: Vec<String>,
+        concurrency: usize,
+    ) -> Result<(Figures, Option<String>), String> {
         let (ids, next, failed) = (Arc::new(ids), Arc::new(AtomicUsize::new(0)), Arc::new(Mutex::new(None)));
         let start = Instant::now();
         let mut tasks = Vec::new();
@@ -277,7 +285,7 @@ impl Target {
     }
 
     /// GetMasterKeyStatus and how long it took.
-    async fn master_status(&self, skip_counts: bool) -> Result<(proto::MasterKeyStatus, Duration), String> {
+    pub(crate) async fn master_status(&self, skip_counts: bool) -> Result<(proto::MasterKeyStatus, Duration), String> {
         let t = Instant::now();
         let request = self.request(proto::GetMasterKeyStatusRequest { skip_counts });
         let status = self.master_client().get_master_key_status(request).await;
@@ -285,7 +293,7 @@ impl Target {
     }
 }
 
-fn status_text(s: &tonic::Status) -> String {
+pub(crate) fn status_text(s: &tonic::Status) -> String {
     format!("{:?}: {}", s.code(), s.message())
 }
 
@@ -314,7 +322,7 @@ async fn verify_calls(
 
 /// One call of a [`Load`]: when it started (from the load's origin), its latency, its outcome.
 #[derive(Clone, Copy)]
-struct Call {
+pub(crate) struct Call {
     started: Duration,
     latency_us: u32,
     ok: bool,
@@ -328,7 +336,7 @@ impl Call {
 }
 
 /// A running VerifyKey load (see [`Target::start_load`]).
-struct Load {
+pub(crate) struct Load {
     stop: Arc<AtomicBool>,
     origin: Instant,
     tasks: Vec<tokio::task::JoinHandle<Vec<Call>>>,
@@ -336,12 +344,12 @@ struct Load {
 
 impl Load {
     /// Time since the load started.
-    fn now(&self) -> Duration {
+    pub(crate) fn now(&self) -> Duration {
         self.origin.elapsed()
     }
 
     /// Stops the callers (each finishes its call in flight) and returns every call.
-    async fn stop(self) -> Result<Vec<Call>, String> {
+    pub(crate) async fn stop(self) -> Result<Vec<Call>, String> {
         self.stop.store(true, Ordering::Relaxed);
         let mut calls = Vec::new();
         for t in self.tasks {
@@ -353,7 +361,7 @@ impl Load {
 
 /// The figures of the calls that started in `from..to` (times from the load's origin), as a
 /// rate over that window.
-fn window(calls: &[Call], from: Duration, to: Duration) -> Figures {
+pub(crate) fn window(calls: &[Call], from: Duration, to: Duration) -> Figures {
     let inside = calls.iter().filter(|c| c.started >= from && c.started < to);
     let (mut latencies, mut errors) = (Vec::new(), 0);
     for c in inside {
@@ -366,7 +374,7 @@ fn window(calls: &[Call], from: Duration, to: Duration) -> Figures {
     Figures::new(latencies, errors, to.saturating_sub(from))
 }
 
-fn plain_key() -> proto::CreateKeyRequest {
+pub(crate) fn plain_key() -> proto::CreateKeyRequest {
     proto::CreateKeyRequest { name: "bench".into(), scopes: vec!["bench:read".into()], ..Default::default() }
 }
 
@@ -434,168 +442,6 @@ pub async fn verify_policies(
         b.push(target.run(&with_policies, concurrency, round).await?);
     }
     Ok((Figures::combine(a), Figures::combine(b)))
-}
-
-/// What `bench rotation` runs with.
-pub struct RotationOptions {
-    /// Keys made, then rotated once each, for the RotateKey figures.
-    pub rotations: usize,
-    /// Keys the server holds (at least) when its master key rotates.
-    pub keys: usize,
-    /// RotateKey and VerifyKey calls in flight.
-    pub concurrency: usize,
-    /// HTTP/2 connections the calls share.
-    pub connections: usize,
-    /// CreateKey calls in flight while making keys.
-    pub create_concurrency: usize,
-    /// How long the VerifyKey baseline runs.
-    pub baseline: Duration,
-}
-
-/// How often the end of a re-digest is looked for.
-const POLL: Duration = Duration::from_millis(100);
-
-/// Live (not revoked) keys: those under the current version plus those still pending (a digest
-/// whose outer version is older cannot need the current one).
-fn live_keys(status: &proto::MasterKeyStatus) -> u64 {
-    let current = status.versions.iter().find(|v| v.version == status.current_version);
-    current.map_or(0, |v| v.keys_using) + status.keys_pending
-}
-
-fn named(name: &str) -> proto::CreateKeyRequest {
-    proto::CreateKeyRequest { name: name.into(), ..plain_key() }
-}
-
-/// Key and master key rotation: RotateKey latency on `rotations` fresh keys; then, with at least
-/// `keys` keys on the server, a VerifyKey baseline, and a master key rotation under the same
-/// VerifyKey load: how long until every key verifies under the new version, and what VerifyKey
-/// does meanwhile. Each figure goes to `out` as soon as it is known.
-///
-/// The end of the re-digest is watched with GetMasterKeyStatus `skip_counts` every 100 ms (a
-/// read of the master state); the full status, which reads every key record, is asked for once
-/// at the end to confirm no key is pending, and its cost is reported as its own figure.
-pub async fn rotation(
-    target: &str,
-    admin_key: &str,
-    o: &RotationOptions,
-    out: &mut impl FnMut(String),
-) -> Result<(), String> {
-    let target = Target::connect(target, admin_key, o.connections).await?;
-    let (conn, create) = (o.connections.max(1), o.create_concurrency.max(1));
-    let load = format!("x{} over {conn} connections", o.concurrency.max(1));
-
-    if o.rotations > 0 {
-        let (ids, made) = target.create_many(&named("bench-rotate"), o.rotations, create).await?;
-        out(made.report(&format!("CreateKey, {} keys to rotate, x{create} over {conn} connections", o.rotations)));
-        let (rotated, error) = target.rotate_each(ids, o.concurrency).await?;
-        out(rotated.report(&format!("RotateKey, {} keys each rotated once, {load}", o.rotations)));
-        if let Some(e) = error {
-            out(format!("RotateKey, first error: {e}"));
-        }
-    }
-
-    let (status, _) = target.master_status(false).await?;
-    if status.migration.is_some() {
-        return Err("a master key re-digest is already running on the server: wait for it to finish".into());
-    }
-    let presented = Presented {
-        key: Arc::new(target.create(plain_key()).await?),
-        client_ip: String::new(),
-        required_scopes: vec!["bench:read".into()],
-    };
-    // Present now: those counted and the presented key.
-    let present = usize::try_from(live_keys(&status)).unwrap_or(usize::MAX).saturating_add(1);
-    if present < o.keys {
-        let missing = o.keys - present;
-        let (_, made) = target.create_many(&named("bench-fill"), missing, create).await?;
-        out(made.report(&format!(
-            "CreateKey, {missing} keys to reach {} ({present} present), x{create} over {conn} connections",
-            o.keys
-        )));
-    }
-
-    // What one full status call costs the server, idle.
-    let mut scans = Vec::new();
-    let mut status = proto::MasterKeyStatus::default();
-    for _ in 0..3 {
-        let (s, took) = target.master_status(false).await?;
-        scans.push(took.as_micros() as u32);
-        status = s;
-    }
-    let (keys, from) = (live_keys(&status), status.current_version);
-    let scan = Figures::new(scans, 0, Duration::ZERO);
-    out(format!(
-        "GetMasterKeyStatus with counts, {keys} live keys (it reads them all), idle: p50 {:.1} ms max {:.1} ms; \
-         master key v{}, {} keys not on a plain v{} digest",
-        scan.quantile_ms(0.5),
-        scan.quantile_ms(1.0),
-        status.current_version,
-        status.keys_not_plain,
-        status.current_version
-    ));
-
-    target.run(&presented, o.concurrency, Duration::from_millis(500)).await?; // warm-up
-    let before = target.run(&presented, o.concurrency, o.baseline).await?;
-    out(before.report(&format!("VerifyKey before the master key rotation, {keys} keys, {load}")));
-
-    let load_run = target.start_load(&presented, o.concurrency);
-    tokio::time::sleep(Duration::from_millis(500)).await; // the load in its stride
-    let rotated_at = load_run.now();
-    let watched = watch_master_rotation(&target, &load_run).await;
-    let calls = load_run.stop().await?;
-    let w = watched?;
-    let to = w.to;
-    out(format!(
-        "master key rotation v{from} -> v{to}, {keys} keys, under VerifyKey {load}: every key verifies under v{to} \
-         {:.2} s after the RotateMasterKey call (not yet at {:.2} s; the call took {:.1} ms); keys pending then: {}",
-        (w.done_at - rotated_at).as_secs_f64(),
-        (w.running_at - rotated_at).as_secs_f64(),
-        w.rotate_took.as_secs_f64() * 1000.0,
-        w.pending
-    ));
-    let during = window(&calls, rotated_at, w.done_at);
-    out(during.report(&format!("VerifyKey during the re-digest, {keys} keys, {load}")));
-    out(format!(
-        "VerifyKey during / before the re-digest, {keys} keys, {load}: {:.1} % of the throughput; \
-         p50 {:.2}x, p99 {:.2}x the latency",
-        100.0 * during.per_second() / before.per_second(),
-        during.quantile_ms(0.5) / before.quantile_ms(0.5),
-        during.quantile_ms(0.99) / before.quantile_ms(0.99)
-    ));
-    if w.pending != 0 {
-        return Err(format!("the re-digest ended with {} keys still pending", w.pending));
-    }
-    Ok(())
-}
-
-/// When a master key rotation was seen to be complete (times from the load's origin).
-struct Watched {
-    to: u32,
-    rotate_took: Duration,
-    /// When the last look that found it still running was sent.
-    running_at: Duration,
-    /// When the look that found it complete was sent.
-    done_at: Duration,
-    /// Keys not under the new version after it (the full status, read once at the end).
-    pending: u64,
-}
-
-/// Rotates the master key and polls the master state until the re-digest has ended.
-async fn watch_master_rotation(target: &Target, load: &Load) -> Result<Watched, String> {
-    let rotated_at = load.now();
-    let rotating = target.master_client().rotate_master_key(target.request(proto::RotateMasterKeyRequest {})).await;
-    let mut status = rotating.map_err(|e| format!("RotateMasterKey: {}", status_text(&e)))?.into_inner();
-    let rotate_took = load.now() - rotated_at;
-    let to = status.current_version;
-    let (mut checked_at, mut running_at) = (rotated_at + rotate_took, rotated_at);
-    while status.migration.is_some() {
-        running_at = checked_at;
-        tokio::time::sleep(POLL).await;
-        checked_at = load.now();
-        status = target.master_status(true).await?.0;
-    }
-    let pending = target.master_status(false).await?.0.keys_pending;
-    Ok(Watched { to, rotate_took, running_at, done_at: checked_at, pending })
 }
 
 /// A fixed key id and secret with their digest under `version`: what the HSM runs verify on.
@@ -705,23 +551,5 @@ mod tests {
         assert_eq!((f.calls, f.errors, f.elapsed), (2, 1, Duration::from_millis(100)));
         assert_eq!((f.quantile_ms(0.0), f.quantile_ms(1.0)), (100.0, 199.0));
         assert_eq!(f.per_second(), 20.0);
-    }
-
-    #[test]
-    fn live_keys_are_those_under_the_current_version_and_those_pending() {
-        let version = |version, keys_using, current| proto::MasterKeyVersionInfo {
-            version,
-            keys_using,
-            current,
-            ..Default::default()
-        };
-        // Mid re-digest: 30 keys wrapped under v2 (needing v1 and v2), 70 still under v1 alone.
-        let status = proto::MasterKeyStatus {
-            current_version: 2,
-            versions: vec![version(1, 100, false), version(2, 30, true)],
-            keys_pending: 70,
-            ..Default::default()
-        };
-        assert_eq!(live_keys(&status), 100);
     }
 }

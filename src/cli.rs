@@ -257,7 +257,7 @@ pub fn run() -> ExitCode {
             create_concurrency,
             seconds,
         }) => {
-            let options = crate::bench::RotationOptions {
+            let options = crate::bench_rotation::RotationOptions {
                 rotations,
                 keys,
                 concurrency,

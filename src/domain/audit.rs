@@ -95,6 +95,19 @@ pub enum AuditAction {
 }
 
 impl AuditAction {
+    pub const ALL: [AuditAction; 10] = [
+        AuditAction::KeyCreated,
+        AuditAction::KeyRevoked,
+        AuditAction::KeyUpdated,
+        AuditAction::KeyDisabled,
+        AuditAction::KeyEnabled,
+        AuditAction::KeyRotated,
+        AuditAction::KeyExpired,
+        AuditAction::MasterRotated,
+        AuditAction::MasterMigrated,
+        AuditAction::MasterRetired,
+    ];
+
     pub fn as_str(&self) -> &'static str {
         match self {
             AuditAction::KeyCreated => "key.created",
@@ -111,21 +124,7 @@ impl AuditAction {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        use AuditAction::*;
-        [
-            KeyCreated,
-            KeyRevoked,
-            KeyUpdated,
-            KeyDisabled,
-            KeyEnabled,
-            KeyRotated,
-            KeyExpired,
-            MasterRotated,
-            MasterMigrated,
-            MasterRetired,
-        ]
-        .into_iter()
-        .find(|a| a.as_str() == s)
+        Self::ALL.into_iter().find(|a| a.as_str() == s)
     }
 }
 

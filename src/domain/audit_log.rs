@@ -16,7 +16,8 @@ fn fingerprint(query: &AuditQuery) -> String {
     blake3::hash(format!("{query:?}").as_bytes()).to_hex()[..16].to_owned()
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lowercase hex (page tokens, MACs in exports).
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

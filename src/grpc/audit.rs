@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 use super::{auth, convert};
 use crate::{
     domain::{
+        audit::RecordedEvent,
         ports::{Hsm, Store},
         service::Keys,
     },
@@ -24,12 +25,25 @@ impl<H, S> AuditApi<H, S> {
     }
 }
 
-/// Events an export reads per page.
+/// Events an export or a tail reads per page.
 const EXPORT_PAGE: usize = 1000;
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<proto::AuditEvent, Status>> + Send>>;
+type EventSender = tokio::sync::mpsc::Sender<Result<proto::AuditEvent, Status>>;
+
+/// Sends a page of events; false once the client has gone away.
+async fn send_page(tx: &EventSender, page: &[RecordedEvent]) -> bool {
+    for event in page {
+        if tx.send(Ok(convert::audit_event(event))).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
 
 #[tonic::async_trait]
 impl<H: Hsm, S: Store> AuditService for AuditApi<H, S> {
-    type ExportEventsStream = Pin<Box<dyn Stream<Item = Result<proto::AuditEvent, Status>> + Send>>;
+    type ExportEventsStream = EventStream;
 
     async fn export_events(
         &self,
@@ -49,10 +63,8 @@ impl<H: Hsm, S: Store> AuditService for AuditApi<H, S> {
             let mut page = first;
             loop {
                 let (full, last) = (page.len() == EXPORT_PAGE, page.last().map(|e| e.seq));
-                for event in &page {
-                    if tx.send(Ok(convert::audit_event(event))).await.is_err() {
-                        return; // The client went away.
-                    }
+                if !send_page(&tx, &page).await {
+                    return; // The client went away.
                 }
                 let (true, Some(last)) = (full, last) else { return };
                 page = match keys.export_page(&caller, last, req.to_seq, EXPORT_PAGE) {
@@ -67,7 +79,7 @@ impl<H: Hsm, S: Store> AuditService for AuditApi<H, S> {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    type TailEventsStream = Pin<Box<dyn Stream<Item = Result<proto::AuditEvent, Status>> + Send>>;
+    type TailEventsStream = EventStream;
 
     async fn tail_events(
         &self,
@@ -91,12 +103,10 @@ impl<H: Hsm, S: Store> AuditService for AuditApi<H, S> {
                             return;
                         }
                     };
-                    for event in &page {
-                        if tx.send(Ok(convert::audit_event(event))).await.is_err() {
-                            return; // The client went away.
-                        }
-                        after = event.seq;
+                    if !send_page(&tx, &page).await {
+                        return; // The client went away.
                     }
+                    after = page.last().map_or(after, |e| e.seq);
                 }
                 tokio::select! {
                     changed = durable.changed() => if changed.is_err() { return },
