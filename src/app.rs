@@ -297,12 +297,14 @@ async fn run_server(opts: &Options, serving: &Serving) -> Result<(), AppError> {
         quota_max_lease: config.policy.quota_max_lease,
         rotation: config.rotation.domain(),
         migration: config.master.domain(),
+        usage_log: config.usage_log.domain(),
     };
     let clock = clock(opts)?;
     let keys = Arc::new(Keys::new(Arc::new(hsm.clone()), Arc::new(store.clone()), clock, master, keys_config));
     keys.self_test().await?;
     let usage_flush =
         tokio::spawn(flush_usage_every(keys.clone(), Duration::from_millis(config.policy.usage_flush_ms)));
+    let usage_log = tokio::spawn(write_usage_log(keys.clone()));
     let migrations = tokio::spawn({
         let keys = keys.clone();
         async move { keys.run_migrations().await }
@@ -322,6 +324,8 @@ async fn run_server(opts: &Options, serving: &Serving) -> Result<(), AppError> {
     let served = grpc::serve(keys.clone(), listener, config.server.limits(), shutdown).await;
     usage_flush.abort();
     let _ = usage_flush.await;
+    usage_log.abort();
+    let _ = usage_log.await;
     migrations.abort();
     let _ = migrations.await;
     if let Some(sweeper) = sweeper {
@@ -334,6 +338,10 @@ async fn run_server(opts: &Options, serving: &Serving) -> Result<(), AppError> {
     }
     if let Err(e) = keys.shutdown().await {
         tracing::error!(error = %e, "returning quota leases and writing usage at shutdown failed");
+    }
+    match keys.flush_usage_log().await {
+        Ok(w) => report_usage_write(&w),
+        Err(e) => tracing::error!(error = %e, "writing the usage log at shutdown failed"),
     }
     store.close();
     hsm.close();
@@ -377,6 +385,27 @@ async fn flush_usage_every(keys: Arc<Keys<Pkcs11Hsm, SledStore>>, every: Duratio
         if let Err(e) = keys.flush_usage().await {
             tracing::warn!(error = %e, "writing usage facts failed; this batch is dropped");
         }
+    }
+}
+
+/// The usage log's writer: one batch after another, as records arrive.
+async fn write_usage_log(keys: Arc<Keys<Pkcs11Hsm, SledStore>>) {
+    loop {
+        match keys.write_usage_log().await {
+            Ok(w) => report_usage_write(&w),
+            Err(e) => {
+                tracing::warn!(error = %e, "writing the usage log failed; the batch is counted as dropped");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+fn report_usage_write(w: &crate::domain::usage_log::UsageWrite) {
+    let m = metrics::get().usage_queue();
+    m.depth.set(w.depth as i64);
+    if w.dropped > 0 {
+        m.dropped.inc_by(w.dropped);
     }
 }
 

@@ -34,6 +34,7 @@ fn event(target: KeyId, actor: KeyId, n: u64) -> AuditEvent {
         client_addr: Some("10.0.0.7:51234".into()),
         reason: Some(format!("bench event {n}")),
         changes: Vec::new(),
+        code: None,
     }
 }
 

@@ -46,6 +46,7 @@ pub struct Config {
     pub policy: PolicySection,
     pub rotation: RotationSection,
     pub master: MasterSection,
+    pub usage_log: UsageLogSection,
 }
 
 /// Durations in the configuration: humantime text (`90d`, `24h`, `30s`); `"off"` for none.
@@ -162,6 +163,48 @@ impl MasterSection {
             batch: self.migration_batch.max(1),
             concurrency: self.migration_concurrency.max(1),
             pause: Duration::from_millis(self.migration_pause_ms),
+        }
+    }
+}
+
+/// The usage log: one record per verification, with retention by age and by count.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsageLogSection {
+    pub enabled: bool,
+    /// Records waiting to be written at most; beyond it they are dropped, counted and audited.
+    pub queue_capacity: usize,
+    /// Records per write at most.
+    pub batch: usize,
+    /// Records older than this are pruned (`"off"`: kept whatever their age).
+    #[serde(with = "human::off")]
+    pub max_age: Option<Duration>,
+    /// Records kept at most, oldest pruned first (0: no limit).
+    pub max_records: u64,
+}
+
+impl Default for UsageLogSection {
+    fn default() -> Self {
+        let d = crate::domain::usage_log::UsageLogConfig::default();
+        Self {
+            enabled: d.enabled,
+            queue_capacity: d.queue_capacity,
+            batch: d.batch,
+            max_age: d.max_age,
+            max_records: d.max_records.unwrap_or(0),
+        }
+    }
+}
+
+impl UsageLogSection {
+    pub fn domain(&self) -> crate::domain::usage_log::UsageLogConfig {
+        crate::domain::usage_log::UsageLogConfig {
+            enabled: self.enabled,
+            queue_capacity: self.queue_capacity.max(1),
+            batch: self.batch.max(1),
+            max_age: self.max_age,
+            max_records: (self.max_records > 0).then_some(self.max_records),
+            ..Default::default()
         }
     }
 }

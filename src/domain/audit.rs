@@ -40,6 +40,7 @@ pub struct AuditQuery {
     pub key: Option<KeyId>,
     pub actor: Option<Actor>,
     pub action: Option<AuditAction>,
+    pub code: Option<String>,
     pub since: Option<SystemTime>,
     /// Exclusive.
     pub until: Option<SystemTime>,
@@ -51,6 +52,7 @@ impl AuditQuery {
         self.key.is_none_or(|k| e.target == Some(k))
             && self.actor.as_ref().is_none_or(|a| &e.actor == a)
             && self.action.is_none_or(|a| e.action == a)
+            && self.code.as_ref().is_none_or(|c| e.code.as_ref() == Some(c))
             && self.since.is_none_or(|t| e.at >= t)
             && self.until.is_none_or(|t| e.at < t)
     }
@@ -92,10 +94,15 @@ pub enum AuditAction {
     MasterMigrated,
     /// A master key version was removed from the HSM.
     MasterRetired,
+    /// Usage records were dropped (the usage log could not keep up); the reason says how many.
+    UsageDropped,
+    /// Calls refused for a bad credential or a missing permission, counted per source over a
+    /// short interval: the reason says how many and why, the code which status they got.
+    AuthFailed,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 10] = [
+    pub const ALL: [AuditAction; 12] = [
         AuditAction::KeyCreated,
         AuditAction::KeyRevoked,
         AuditAction::KeyUpdated,
@@ -106,6 +113,8 @@ impl AuditAction {
         AuditAction::MasterRotated,
         AuditAction::MasterMigrated,
         AuditAction::MasterRetired,
+        AuditAction::UsageDropped,
+        AuditAction::AuthFailed,
     ];
 
     pub fn as_str(&self) -> &'static str {
@@ -120,6 +129,8 @@ impl AuditAction {
             AuditAction::MasterRotated => "master.rotated",
             AuditAction::MasterMigrated => "master.migrated",
             AuditAction::MasterRetired => "master.retired",
+            AuditAction::UsageDropped => "usage.dropped",
+            AuditAction::AuthFailed => "auth.failed",
         }
     }
 
@@ -149,6 +160,8 @@ pub struct AuditEvent {
     pub reason: Option<String>,
     /// For an update: each changed field, before and after.
     pub changes: Vec<FieldChange>,
+    /// For an event about refused calls: the status they got (`UNAUTHENTICATED`, …).
+    pub code: Option<String>,
 }
 
 /// An audit event as stored, with its place in the trail.

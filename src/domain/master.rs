@@ -48,6 +48,7 @@ fn master_event(at: SystemTime, actor: Actor, action: AuditAction, ctx: &Request
         client_addr: ctx.client_addr.map(|a| a.to_string()),
         reason: None,
         changes: Vec::new(),
+        code: None,
     }
 }
 

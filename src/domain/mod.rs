@@ -19,6 +19,7 @@ pub mod service;
 pub mod sweep;
 pub mod update;
 pub mod usage;
+pub mod usage_log;
 pub mod validate;
 pub mod verify;
 

@@ -15,7 +15,7 @@ use super::{
 };
 
 /// The outcome of a verification.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum VerifyCode {
     Valid,
     /// Malformed, unknown or wrong secret: nothing more is told.
@@ -28,6 +28,21 @@ pub enum VerifyCode {
     InsufficientScope,
     RateLimited,
     QuotaExceeded,
+}
+
+impl VerifyCode {
+    pub const ALL: [VerifyCode; 10] = [
+        VerifyCode::Valid,
+        VerifyCode::Invalid,
+        VerifyCode::Revoked,
+        VerifyCode::Disabled,
+        VerifyCode::NotYetValid,
+        VerifyCode::Expired,
+        VerifyCode::IpNotAllowed,
+        VerifyCode::InsufficientScope,
+        VerifyCode::RateLimited,
+        VerifyCode::QuotaExceeded,
+    ];
 }
 
 /// The rotation policy's installation-wide settings; each key carries its own `max_age`.

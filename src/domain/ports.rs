@@ -9,6 +9,7 @@ use super::{
     key::{Digest, KeyId, KeyRecord, MasterKeyVersion},
     secret::{Secret, SensitiveBytes},
     usage::UsageDelta,
+    usage_log::{KeyUsage, Retention, UsageQuery, UsageRecord},
 };
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -185,6 +186,34 @@ pub trait Store: Send + Sync + 'static {
     -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Adds gathered usage to the keys' records (keys since deleted are skipped), durably.
     fn record_usage(&self, batch: Vec<(KeyId, UsageDelta)>) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Appends audit events that go with no key change (usage drops, refused calls), sealed
+    /// and indexed like any other, in one transaction.
+    fn append_events(&self, events: Vec<AuditEvent>) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Appends usage records and prunes what `retention` no longer keeps, in one durable write.
+    /// Returns how many records were pruned.
+    fn append_usage(
+        &self,
+        records: Vec<UsageRecord>,
+        retention: Retention,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// Key `key`'s usage records in `[since, until)`, counted, reading at most `max_scan`.
+    fn key_usage(
+        &self,
+        key: KeyId,
+        since: Option<SystemTime>,
+        until: Option<SystemTime>,
+        max_scan: usize,
+    ) -> Result<KeyUsage, StoreError>;
+    /// Up to `limit` usage records matching `query`, resuming after `cursor`, reading at most
+    /// `max_scan` entries; and the cursor to resume from if there may be more. One key's records
+    /// are read through an index.
+    fn query_usage(
+        &self,
+        query: &UsageQuery,
+        cursor: Option<&[u8]>,
+        limit: usize,
+        max_scan: usize,
+    ) -> Result<(Vec<UsageRecord>, Option<Vec<u8>>), StoreError>;
     fn master(&self) -> Result<Option<MasterState>, StoreError>;
     /// Records the master key state and the root key, once: a second call fails.
     fn initialize(

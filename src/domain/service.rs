@@ -28,6 +28,7 @@ use super::{
     secret::{KeyString, Secret, SensitiveBytes},
     update::{self, KeyPatch},
     usage::UsageBuffer,
+    usage_log::{UsageLogConfig, UsageQueue},
     validate,
 };
 
@@ -133,6 +134,7 @@ pub struct KeysConfig {
     pub quota_max_lease: u64,
     pub rotation: RotationConfig,
     pub migration: MigrationConfig,
+    pub usage_log: UsageLogConfig,
 }
 
 impl Default for KeysConfig {
@@ -144,6 +146,7 @@ impl Default for KeysConfig {
             quota_max_lease: quota::DEFAULT_MAX_LEASE,
             rotation: RotationConfig::default(),
             migration: MigrationConfig::default(),
+            usage_log: UsageLogConfig::default(),
         }
     }
 }
@@ -170,6 +173,8 @@ pub struct Keys<H, S> {
     pub(super) usage: UsageBuffer,
     /// Held by a usage flush from taking the buffer until its write is done.
     pub(super) usage_flush: tokio::sync::Mutex<()>,
+    /// The usage log's queue; `None` with the log off.
+    pub(super) usage_log: Option<UsageQueue>,
     pub(super) config: KeysConfig,
 }
 
@@ -192,6 +197,7 @@ impl<H: Hsm, S: Store> Keys<H, S> {
             accounts: Accounts::new(),
             usage: UsageBuffer::default(),
             usage_flush: tokio::sync::Mutex::new(()),
+            usage_log: config.usage_log.enabled.then(|| UsageQueue::new(config.usage_log.queue_capacity)),
             config,
         }
     }
@@ -587,7 +593,7 @@ pub(super) fn audit(
     reason: Option<String>,
 ) -> AuditEvent {
     let client_addr = ctx.client_addr.map(|a| a.to_string());
-    AuditEvent { at, actor, action, target: Some(target), client_addr, reason, changes: Vec::new() }
+    AuditEvent { at, actor, action, target: Some(target), client_addr, reason, changes: Vec::new(), code: None }
 }
 
 /// Sets up a new installation once the master key exists in the HSM: records the master state

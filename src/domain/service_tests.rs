@@ -71,6 +71,34 @@ impl Store for CountingStore {
     async fn record_usage(&self, batch: Vec<(KeyId, UsageDelta)>) -> Result<(), StoreError> {
         self.inner.record_usage(batch).await
     }
+    async fn append_events(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
+        self.inner.append_events(events).await
+    }
+    async fn append_usage(
+        &self,
+        records: Vec<crate::domain::usage_log::UsageRecord>,
+        retention: crate::domain::usage_log::Retention,
+    ) -> Result<u64, StoreError> {
+        self.inner.append_usage(records, retention).await
+    }
+    fn key_usage(
+        &self,
+        key: KeyId,
+        since: Option<SystemTime>,
+        until: Option<SystemTime>,
+        max_scan: usize,
+    ) -> Result<crate::domain::usage_log::KeyUsage, StoreError> {
+        self.inner.key_usage(key, since, until, max_scan)
+    }
+    fn query_usage(
+        &self,
+        query: &crate::domain::usage_log::UsageQuery,
+        cursor: Option<&[u8]>,
+        limit: usize,
+        max_scan: usize,
+    ) -> Result<(Vec<crate::domain::usage_log::UsageRecord>, Option<Vec<u8>>), StoreError> {
+        self.inner.query_usage(query, cursor, limit, max_scan)
+    }
     fn master(&self) -> Result<Option<MasterState>, StoreError> {
         self.inner.master()
     }
@@ -391,3 +419,7 @@ mod rotation;
 #[cfg(test)]
 #[path = "service_audit_tests.rs"]
 mod audit_trail;
+
+#[cfg(test)]
+#[path = "service_usage_tests.rs"]
+mod usage_log;

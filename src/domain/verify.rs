@@ -3,7 +3,10 @@
 //! `Invalid`, whatever its id's state; only a proven key learns a later code. Also the periodic
 //! work the hot path defers: writing usage facts, and returning quota leases at shutdown.
 
-use std::time::{Duration, SystemTime};
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant, SystemTime},
+};
 
 use super::{
     error::Result,
@@ -13,6 +16,7 @@ use super::{
     ports::{Hsm, Store, Updated},
     quota::{self, Lease, Spend},
     service::{Caller, Keys, Permission},
+    usage_log::UsageRecord,
     validate,
 };
 
@@ -73,19 +77,41 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         validate::scopes("required_scopes", req.required_scopes, validate::MAX_SCOPES)?;
         let client_ip = validate::client_ip(req.client_ip)?;
         let cost = validate::cost(req.cost)?;
-        let Some(parsed) = key_format::parse(req.key) else {
-            return Ok(Verification::INVALID);
+        let started = Instant::now();
+        let (verification, key_id) = self.check(req.key, client_ip, req.required_scopes, cost).await?;
+        self.log_usage(UsageRecord {
+            at: self.clock.now(),
+            key_id,
+            code: verification.code,
+            client_ip,
+            caller: Some(caller.key_id),
+            latency: started.elapsed(),
+        });
+        Ok(verification)
+    }
+
+    /// The checks, in order; with the verification, the id of the existing key the presented
+    /// one named (for the usage log), if any.
+    async fn check(
+        &self,
+        key: &str,
+        client_ip: Option<IpAddr>,
+        required_scopes: &[String],
+        cost: u64,
+    ) -> Result<(Verification, Option<KeyId>)> {
+        let Some(parsed) = key_format::parse(key) else {
+            return Ok((Verification::INVALID, None));
         };
         let Some(record) = self.store.get_key(parsed.key_id)? else {
             self.secret_matches(&parsed, &self.decoy()).await?;
-            return Ok(Verification::INVALID);
+            return Ok((Verification::INVALID, None));
         };
         if !self.prove(&parsed, &record).await? {
-            return Ok(Verification::INVALID);
+            return Ok((Verification::INVALID, Some(record.id)));
         }
         let now = self.clock.now();
         let rules = &self.config.rotation.rules;
-        let code = policy::evaluate(&record, now, client_ip, req.required_scopes, rules);
+        let code = policy::evaluate(&record, now, client_ip, required_scopes, rules);
         let rotation = match code {
             VerifyCode::Revoked | VerifyCode::Expired => RotationNotice::default(),
             _ => policy::rotation_notice(&record, now, rules),
@@ -96,8 +122,9 @@ impl<H: Hsm, S: Store> Keys<H, S> {
             self.check_limits(successor.as_ref().unwrap_or(&record), now, cost, &mut verification).await?;
         }
         self.usage.record(record.id, verification.code == VerifyCode::Valid, now, client_ip);
+        let id = record.id;
         verification.record = Some(record);
-        Ok(verification)
+        Ok((verification, Some(id)))
     }
 
     /// The key whose rate limit and quota a rotated key's verifications count against during

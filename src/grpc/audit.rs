@@ -144,6 +144,36 @@ impl<H: Hsm, S: Store> AuditService for AuditApi<H, S> {
         }))
     }
 
+    async fn key_usage(
+        &self,
+        request: Request<proto::KeyUsageRequest>,
+    ) -> Result<Response<proto::KeyUsageResponse>, Status> {
+        let (caller, _) = auth::caller(&self.keys, &request).await?;
+        let req = request.into_inner();
+        let key = crate::domain::validate::key_id("key_id", &req.key_id)?;
+        let (since, until) = convert::usage_window(&req)?;
+        let keys = self.keys.clone();
+        // A busy key's range can take a while to count: off the async workers.
+        let usage = tokio::task::spawn_blocking(move || keys.key_usage(&caller, key, since, until))
+            .await
+            .map_err(|e| Status::unavailable(format!("counting usage: {e}")))??;
+        Ok(Response::new(convert::key_usage(key, usage, req.max_client_ips)?))
+    }
+
+    async fn query_usage(
+        &self,
+        request: Request<proto::QueryUsageRequest>,
+    ) -> Result<Response<proto::QueryUsageResponse>, Status> {
+        let (caller, _) = auth::caller(&self.keys, &request).await?;
+        let req = request.into_inner();
+        let query = convert::usage_query(&req)?;
+        let (records, next) = self.keys.query_usage(&caller, &query, req.page_size, &req.page_token)?;
+        Ok(Response::new(proto::QueryUsageResponse {
+            records: records.iter().map(convert::usage_record).collect(),
+            next_page_token: next.unwrap_or_default(),
+        }))
+    }
+
     async fn verify_chain(
         &self,
         request: Request<proto::VerifyChainRequest>,

@@ -8,12 +8,13 @@ use crate::{
     domain::{
         audit::{Actor, AuditAction, AuditQuery, RecordedEvent},
         error::{Error, Result},
-        key::{KeyRecord, KeyState, RateLimit, Refill},
+        key::{KeyId, KeyRecord, KeyState, RateLimit, Refill},
         listing::ListFilter,
         master::MasterStatus,
         policy::VerifyCode,
         service::NewKey,
         update::KeyPatch,
+        usage_log::{KeyUsage, UsageQuery, UsageRecord},
         verify::Verification,
     },
     proto,
@@ -176,13 +177,98 @@ pub fn audit_query(req: &proto::QueryEventsRequest) -> Result<AuditQuery> {
         "" => None,
         a => Some(AuditAction::parse(a).ok_or_else(|| Error::invalid("action", "is not an audit action"))?),
     };
+    let code = match req.code.as_str() {
+        "" => None,
+        c if c.len() <= 64 && c.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') => Some(c.to_owned()),
+        _ => return Err(Error::invalid("code", "must be a status name such as `UNAUTHENTICATED`")),
+    };
     Ok(AuditQuery {
         key,
+        code,
         actor,
         action,
         since: time("since", req.since)?,
         until: time("until", req.until)?,
         newest_first: req.newest_first,
+    })
+}
+
+/// A verify code from the wire; `UNSPECIFIED` is `None` (no filter), an unknown number is refused.
+fn verify_code_filter(field: &'static str, raw: i32) -> Result<Option<VerifyCode>> {
+    if raw == 0 {
+        return Ok(None);
+    }
+    VerifyCode::ALL
+        .into_iter()
+        .find(|c| verify_code(*c) as i32 == raw)
+        .map(Some)
+        .ok_or_else(|| Error::invalid(field, "is not a verify code"))
+}
+
+/// A QueryUsage request's filters; each malformed one is named.
+pub fn usage_query(req: &proto::QueryUsageRequest) -> Result<UsageQuery> {
+    let key = (!req.key_id.is_empty()).then(|| crate::domain::validate::key_id("key_id", &req.key_id)).transpose()?;
+    let client_ip = crate::domain::validate::client_ip(&req.client_ip)?;
+    Ok(UsageQuery {
+        key,
+        code: verify_code_filter("code", req.code)?,
+        client_ip,
+        since: time("since", req.since)?,
+        until: time("until", req.until)?,
+        newest_first: req.newest_first,
+    })
+}
+
+pub fn usage_record(r: &UsageRecord) -> proto::UsageRecord {
+    proto::UsageRecord {
+        at: Some(timestamp(r.at)),
+        key_id: r.key_id.map(|id| id.to_string()).unwrap_or_default(),
+        code: verify_code(r.code).into(),
+        client_ip: r.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+        caller: r.caller.map(|id| id.to_string()).unwrap_or_default(),
+        latency: Some(proto_duration(r.latency)),
+    }
+}
+
+/// The KeyUsage window from the wire.
+pub fn usage_window(req: &proto::KeyUsageRequest) -> Result<(Option<SystemTime>, Option<SystemTime>)> {
+    Ok((time("since", req.since)?, time("until", req.until)?))
+}
+
+/// Client addresses a KeyUsage answer lists by default and at most.
+const DEFAULT_CLIENT_IPS: usize = 100;
+const MAX_CLIENT_IPS: usize = 1000;
+
+pub fn key_usage(key: KeyId, u: KeyUsage, max_client_ips: i32) -> Result<proto::KeyUsageResponse> {
+    let max = match max_client_ips {
+        0 => DEFAULT_CLIENT_IPS,
+        n if n > 0 && n as usize <= MAX_CLIENT_IPS => n as usize,
+        _ => return Err(Error::invalid("max_client_ips", "must be 0 (default 100) to 1000")),
+    };
+    let mut ips: Vec<_> = u.by_client_ip.into_iter().collect();
+    ips.sort_by(|a, b| b.1.0.cmp(&a.1.0).then_with(|| a.0.cmp(&b.0)));
+    let others = ips.split_off(ips.len().min(max));
+    Ok(proto::KeyUsageResponse {
+        key_id: key.to_string(),
+        total: u.total,
+        by_code: u
+            .by_code
+            .into_iter()
+            .map(|(code, count)| proto::CodeCount { code: verify_code(code).into(), count })
+            .collect(),
+        by_client_ip: ips
+            .into_iter()
+            .map(|(ip, (count, valid))| proto::ClientIpCount {
+                client_ip: ip.map(|ip| ip.to_string()).unwrap_or_default(),
+                count,
+                valid,
+            })
+            .collect(),
+        other_client_ips: others.len() as u64,
+        other_client_ip_count: others.iter().map(|(_, (count, _))| count).sum(),
+        first_at: u.first_at.map(timestamp),
+        last_at: u.last_at.map(timestamp),
+        resume_at: u.resume_at.map(timestamp),
     })
 }
 
@@ -202,6 +288,7 @@ pub fn audit_event(e: &RecordedEvent) -> proto::AuditEvent {
             .map(|c| proto::FieldChange { field: c.field.clone(), before: c.before.clone(), after: c.after.clone() })
             .collect(),
         mac: e.mac.map(|m| m.to_vec()).unwrap_or_default(),
+        code: ev.code.clone().unwrap_or_default(),
     }
 }
 

@@ -143,6 +143,8 @@ struct StoredEvent {
     reason: Option<String>,
     #[prost(message, repeated, tag = "8")]
     changes: Vec<StoredChange>,
+    #[prost(string, optional, tag = "9")]
+    code: Option<String>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -375,6 +377,7 @@ pub fn encode_event(e: &AuditEvent) -> Vec<u8> {
             .iter()
             .map(|c| StoredChange { field: c.field.clone(), before: c.before.clone(), after: c.after.clone() })
             .collect(),
+        code: e.code.clone(),
     })
 }
 
@@ -425,6 +428,7 @@ pub fn decode_event(bytes: &[u8]) -> Result<AuditEvent, StoreError> {
             .into_iter()
             .map(|c| FieldChange { field: c.field, before: c.before, after: c.after })
             .collect(),
+        code: s.code,
     })
 }
 
@@ -540,6 +544,7 @@ mod tests {
             client_addr: Some("127.0.0.1:1".into()),
             reason: None,
             changes: vec![FieldChange { field: "scopes".into(), before: "[a]".into(), after: "[a, b]".into() }],
+            code: Some("UNAUTHENTICATED".into()),
         };
         assert_eq!(decode_event(&encode_event(&event)).unwrap(), event);
     }

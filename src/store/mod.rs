@@ -1,8 +1,9 @@
-//! The store adapter: key records, audit trail and master-key state in an embedded sled
-//! database, with group commit so that every acknowledged write is on disk.
+//! The store adapter: key records, audit trail, master-key state and the usage log in an
+//! embedded sled database, with group commit so that every acknowledged write is on disk.
 
 pub(crate) mod codec;
 mod flusher;
 mod sled_store;
+mod usage_log;
 
 pub use sled_store::SledStore;

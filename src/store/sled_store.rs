@@ -16,13 +16,14 @@ use sled::{
     transaction::{ConflictableTransactionError, TransactionError},
 };
 
-use super::{codec, flusher::Flusher};
+use super::{codec, flusher::Flusher, usage_log::UsageTree};
 use crate::domain::{
     audit::{self, AuditEvent, AuditQuery, ChainReport, RecordedEvent},
     error::Error,
     key::{KeyId, KeyRecord},
     ports::{AUDIT_MAC_LEN, AuditSealer, DigestSwap, KeyChange, MasterState, Store, StoreError, Updated},
     usage::UsageDelta,
+    usage_log::{KeyUsage, Retention, UsageQuery, UsageRecord},
 };
 
 const MASTER: &[u8] = b"master";
@@ -44,6 +45,7 @@ struct Inner {
     by_key: sled::Tree,
     by_time: sled::Tree,
     meta: sled::Tree,
+    usage: UsageTree,
     /// Held while a write transaction runs.
     head: Mutex<Head>,
     /// The newest audit sequence number that is durable: what tails may show.
@@ -120,23 +122,16 @@ impl SledStore {
             }
             None => Head { next_seq: 1, last_mac: [0; AUDIT_MAC_LEN] },
         };
+        let usage = UsageTree::open(&db)?;
         let flusher = Flusher::start(db.clone());
         let durable = tokio::sync::watch::Sender::new(head.next_seq - 1);
         let head = Mutex::new(head);
-        Ok(Self(Arc::new(Inner { db, keys, audit, by_key, by_time, meta, head, durable, sealer, flusher })))
+        Ok(Self(Arc::new(Inner { db, keys, audit, by_key, by_time, meta, usage, head, durable, sealer, flusher })))
     }
 
-    /// Appends audit events with no key change, sealed and indexed like any other, in one
-    /// transaction (benchmarks and imports; the domain writes events only with their change).
-    pub async fn append_events(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
-        self.write(move |t, seq| {
-            for event in &events {
-                t.append_audit(seq, event)?;
-            }
-            Ok(())
-        })
-        .await
-        .map_err(StoreError::from)
+    /// How many usage records are kept.
+    pub fn usage_count(&self) -> u64 {
+        self.0.usage.count()
     }
 
     /// Bytes the database takes on disk.
@@ -377,6 +372,46 @@ impl Store for SledStore {
         })
         .await
         .map_err(StoreError::from)
+    }
+
+    async fn append_events(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
+        self.write(move |t, seq| {
+            for event in &events {
+                t.append_audit(seq, event)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(StoreError::from)
+    }
+
+    async fn append_usage(&self, records: Vec<UsageRecord>, retention: Retention) -> Result<u64, StoreError> {
+        let inner = self.0.clone();
+        let pruned = tokio::task::spawn_blocking(move || inner.usage.append(&records, retention))
+            .await
+            .map_err(unavailable)??;
+        self.0.flusher.durable().await?;
+        Ok(pruned)
+    }
+
+    fn key_usage(
+        &self,
+        key: KeyId,
+        since: Option<std::time::SystemTime>,
+        until: Option<std::time::SystemTime>,
+        max_scan: usize,
+    ) -> Result<KeyUsage, StoreError> {
+        self.0.usage.key_usage(key, since, until, max_scan)
+    }
+
+    fn query_usage(
+        &self,
+        query: &UsageQuery,
+        cursor: Option<&[u8]>,
+        limit: usize,
+        max_scan: usize,
+    ) -> Result<(Vec<UsageRecord>, Option<Vec<u8>>), StoreError> {
+        self.0.usage.query(query, cursor, limit, max_scan)
     }
 
     fn master(&self) -> Result<Option<MasterState>, StoreError> {
