@@ -339,6 +339,9 @@ async fn run_server(opts: &Options, serving: &Serving) -> Result<(), AppError> {
     if let Err(e) = keys.shutdown().await {
         tracing::error!(error = %e, "returning quota leases and writing usage at shutdown failed");
     }
+    if let Err(e) = keys.flush_auth_failures().await {
+        tracing::error!(error = %e, "auditing refused calls at shutdown failed");
+    }
     match keys.flush_usage_log().await {
         Ok(w) => report_usage_write(&w),
         Err(e) => tracing::error!(error = %e, "writing the usage log at shutdown failed"),
@@ -377,6 +380,7 @@ impl Clock for OffsetFileClock {
     }
 }
 
+/// Every `every`: writes usage facts, and audits the calls refused since the last time.
 async fn flush_usage_every(keys: Arc<Keys<Pkcs11Hsm, SledStore>>, every: Duration) {
     let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -384,6 +388,9 @@ async fn flush_usage_every(keys: Arc<Keys<Pkcs11Hsm, SledStore>>, every: Duratio
         tick.tick().await;
         if let Err(e) = keys.flush_usage().await {
             tracing::warn!(error = %e, "writing usage facts failed; this batch is dropped");
+        }
+        if let Err(e) = keys.flush_auth_failures().await {
+            tracing::warn!(error = %e, "auditing refused calls failed; they are counted again next time");
         }
     }
 }

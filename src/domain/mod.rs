@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod audit_log;
+pub mod auth_failures;
 pub mod clock;
 pub mod error;
 pub mod key;

@@ -98,6 +98,7 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         let id = if key_id.is_empty() { caller.key_id } else { validate::key_id("key_id", key_id)? };
         let own = id == caller.key_id && scope::any_grants(&caller.scopes, Permission::SelfRotate.scope());
         if !own && !scope::any_grants(&caller.scopes, Permission::KeysRotate.scope()) {
+            self.denied(caller.source, caller.key_id, Permission::KeysRotate.scope());
             return Err(Error::PermissionDenied(format!(
                 "this call needs the `{}` permission, or `{}` to rotate the caller's own key",
                 Permission::KeysRotate.scope(),

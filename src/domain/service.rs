@@ -14,6 +14,7 @@ use std::{
 use super::{
     audit::{Actor, AuditAction, AuditEvent},
     auth_cache::AuthCache,
+    auth_failures::AuthFailures,
     clock::Clock,
     error::{Error, Result},
     key::{Digest, KeyId, KeyRecord, KeyState, MasterKeyVersion, Quota, RateLimit, Refill},
@@ -90,6 +91,8 @@ impl Permission {
 pub struct Caller {
     pub key_id: KeyId,
     pub scopes: Vec<String>,
+    /// The peer's address, for the audit of a refused call.
+    pub source: Option<std::net::IpAddr>,
 }
 
 /// Facts about the request that go into the audit trail.
@@ -175,6 +178,8 @@ pub struct Keys<H, S> {
     pub(super) usage_flush: tokio::sync::Mutex<()>,
     /// The usage log's queue; `None` with the log off.
     pub(super) usage_log: Option<UsageQueue>,
+    /// Refused calls counted for the audit trail.
+    pub(super) auth_failures: AuthFailures,
     pub(super) config: KeysConfig,
 }
 
@@ -198,6 +203,7 @@ impl<H: Hsm, S: Store> Keys<H, S> {
             usage: UsageBuffer::default(),
             usage_flush: tokio::sync::Mutex::new(()),
             usage_log: config.usage_log.enabled.then(|| UsageQueue::new(config.usage_log.queue_capacity)),
+            auth_failures: AuthFailures::default(),
             config,
         }
     }
@@ -245,6 +251,23 @@ impl<H: Hsm, S: Store> Keys<H, S> {
     /// quota apply only when its key is checked through `verify`.) Any failure is
     /// `Unauthenticated`, saying no more than that.
     pub async fn authenticate(&self, bearer: Option<&str>, ctx: &RequestContext) -> Result<Caller> {
+        let source = ctx.client_addr.map(|a| a.ip());
+        let mut named = None;
+        let result = self.check_bearer(bearer, source, &mut named).await;
+        if let Err(Error::Unauthenticated(why)) = &result {
+            self.unauthenticated(source, named, why);
+        }
+        result
+    }
+
+    /// `authenticate`'s checks; `named` is set to the key the credential names once it is
+    /// known to exist.
+    async fn check_bearer(
+        &self,
+        bearer: Option<&str>,
+        source: Option<std::net::IpAddr>,
+        named: &mut Option<KeyId>,
+    ) -> Result<Caller> {
         const INVALID: Error = Error::Unauthenticated("invalid credential");
         let bearer = bearer.ok_or(Error::Unauthenticated("missing credential: send `authorization: Bearer <key>`"))?;
         let parsed = key_format::parse(bearer).ok_or(INVALID)?;
@@ -258,6 +281,7 @@ impl<H: Hsm, S: Store> Keys<H, S> {
                 record
             }
             Some(record) => {
+                *named = Some(record.id);
                 if !self.prove(&parsed, &record).await? {
                     return Err(INVALID);
                 }
@@ -269,13 +293,13 @@ impl<H: Hsm, S: Store> Keys<H, S> {
                 return Err(INVALID);
             }
         };
-        let peer = ctx.client_addr.map(|a| a.ip());
+        *named = Some(record.id);
         let now = self.clock.now();
-        match policy::evaluate(&record, now, peer, &[], &self.config.rotation.rules) {
+        match policy::evaluate(&record, now, source, &[], &self.config.rotation.rules) {
             VerifyCode::Valid => {
                 // Calls made with a key are uses of it (the reaper looks at the last one).
-                self.usage.record(record.id, true, now, peer);
-                Ok(Caller { key_id: record.id, scopes: record.scopes })
+                self.usage.record(record.id, true, now, source);
+                Ok(Caller { key_id: record.id, scopes: record.scopes, source })
             }
             VerifyCode::IpNotAllowed => Err(Error::Unauthenticated("credential is not allowed from this address")),
             _ => Err(Error::Unauthenticated("credential is revoked, disabled, expired or not yet valid")),
@@ -286,6 +310,7 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         if scope::any_grants(&caller.scopes, permission.scope()) {
             Ok(())
         } else {
+            self.denied(caller.source, caller.key_id, permission.scope());
             Err(Error::PermissionDenied(format!("this call needs the `{}` permission", permission.scope())))
         }
     }

@@ -128,3 +128,38 @@ async fn queries_page_through_one_keys_events_newest_first() {
     let nobody = f.keys.authenticate(Some(nobody.key.expose()), &ctx).await.unwrap();
     assert!(matches!(f.keys.query_events(&nobody, &q, 10, ""), Err(Error::PermissionDenied(_))));
 }
+
+#[tokio::test]
+async fn refused_calls_are_audited_grouped_by_source_and_code() {
+    let f = fixture().await;
+    let from = |ip: &str| RequestContext { client_addr: Some(format!("{ip}:4000").parse().unwrap()) };
+    let weak = f.create("weak", &["keyward:verify"]).await;
+    let wrong = key_format::render("kw", weak.record.id, &crate::domain::secret::Secret::from_bytes([9; 32]));
+    for _ in 0..3 {
+        assert!(f.keys.authenticate(Some(wrong.expose()), &from("10.0.0.66")).await.is_err());
+    }
+    assert!(f.keys.authenticate(None, &from("10.0.0.67")).await.is_err());
+    let caller = f.keys.authenticate(Some(weak.key.expose()), &from("10.0.0.68")).await.unwrap();
+    assert!(f.keys.get(&caller, &weak.record.id.to_string()).is_err());
+    assert_eq!(f.keys.flush_auth_failures().await.unwrap(), 3);
+    assert_eq!(f.keys.flush_auth_failures().await.unwrap(), 0, "written once");
+
+    let query = |code: &str| AuditQuery { code: Some(code.into()), ..Default::default() };
+    let (unauth, _) = f.keys.query_events(&f.root, &query("UNAUTHENTICATED"), 10, "").unwrap();
+    let summary: Vec<_> = unauth
+        .iter()
+        .map(|e| (e.event.client_addr.clone().unwrap(), e.event.target, e.event.reason.clone().unwrap()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("10.0.0.66".into(), Some(weak.record.id), "3 calls refused: invalid credential".into()),
+            ("10.0.0.67".into(), None, "1 call refused: missing credential: send `authorization: Bearer <key>`".into()),
+        ]
+    );
+    let (denied, _) = f.keys.query_events(&f.root, &query("PERMISSION_DENIED"), 10, "").unwrap();
+    assert_eq!(denied.len(), 1);
+    assert_eq!(denied[0].event.actor, crate::domain::audit::Actor::Key(weak.record.id));
+    assert_eq!(denied[0].event.reason.as_deref(), Some("1 call refused: needs the `keyward:keys:read` permission"));
+    assert_eq!(f.chain().await.broken, None);
+}
