@@ -168,9 +168,10 @@ impl UsageQueue {
         self.uncounted.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Waits for a record, then takes up to `max` of those queued.
-    async fn take(&self, max: usize) -> Vec<UsageRecord> {
-        let Ok(first) = self.rx.recv_async().await else { return Vec::new() };
+    /// Waits for a record (for `wait` at most: an empty batch then), then takes up to `max`
+    /// of those queued.
+    async fn take(&self, max: usize, wait: Duration) -> Vec<UsageRecord> {
+        let Ok(Ok(first)) = tokio::time::timeout(wait, self.rx.recv_async()).await else { return Vec::new() };
         let mut batch = Vec::with_capacity(self.rx.len().min(max) + 1);
         batch.push(first);
         batch.extend(self.rx.try_iter().take(max.saturating_sub(1)));
@@ -207,12 +208,14 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         }
     }
 
-    /// The writer's pass: waits for records, writes up to a batch of them in one durable write
-    /// with retention applied, and audits drops when due. Records of a failed write are counted
-    /// as dropped. Runs forever in a task; a no-op (that never returns) with the log off.
+    /// The writer's pass: waits for records (a report interval at most), writes up to a batch
+    /// of them in one durable write with retention applied, and audits drops when due. Records
+    /// of a failed write are counted as dropped. Run in a loop by a task; with the log off it
+    /// never returns.
     pub async fn write_usage_log(&self) -> Result<UsageWrite> {
         let Some(queue) = &self.usage_log else { return std::future::pending().await };
-        let batch = queue.take(self.config.usage_log.batch).await;
+        let cfg = &self.config.usage_log;
+        let batch = queue.take(cfg.batch, cfg.report_every).await;
         self.write_usage_batch(queue, batch).await
     }
 
@@ -334,7 +337,8 @@ mod tests {
         for n in 0..5 {
             q.offer(record(n));
         }
-        assert_eq!(q.take(10).await, vec![record(0), record(1)]);
+        let wait = Duration::from_millis(10);
+        assert_eq!(q.take(10, wait).await, vec![record(0), record(1)]);
         assert_eq!(q.report_due(Duration::from_secs(60)), Some(3));
         q.offer(record(5));
         q.offer(record(6));
@@ -342,7 +346,9 @@ mod tests {
         assert_eq!(q.report_due(Duration::from_secs(60)), None, "reported less than an interval ago");
         assert_eq!(q.unreported.load(Ordering::Relaxed), 1);
         assert_eq!(q.uncounted.load(Ordering::Relaxed), 4);
-        assert_eq!(q.take(1).await, vec![record(5)]);
+        assert_eq!(q.take(1, wait).await, vec![record(5)]);
+        assert_eq!(q.take(5, wait).await, vec![record(6)]);
+        assert_eq!(q.take(1, wait).await, vec![], "nothing queued: an empty batch after the wait");
     }
 
     #[test]

@@ -15,8 +15,8 @@ use std::{
 pub mod scrape;
 
 use keyward::proto::{
-    self, key_service_client::KeyServiceClient, master_key_service_client::MasterKeyServiceClient,
-    verify_service_client::VerifyServiceClient,
+    self, audit_service_client::AuditServiceClient, key_service_client::KeyServiceClient,
+    master_key_service_client::MasterKeyServiceClient, verify_service_client::VerifyServiceClient,
 };
 use tonic::{
     Request, Status,
@@ -79,6 +79,7 @@ impl Interceptor for Bearer {
 pub type KeyClient = KeyServiceClient<InterceptedService<Channel, Bearer>>;
 pub type VerifyClient = VerifyServiceClient<InterceptedService<Channel, Bearer>>;
 pub type MasterClient = MasterKeyServiceClient<InterceptedService<Channel, Bearer>>;
+pub type AuditClient = AuditServiceClient<InterceptedService<Channel, Bearer>>;
 
 /// A keyward data directory and, while started, its server process.
 pub struct Instance {
@@ -278,6 +279,10 @@ impl Instance {
 
     pub async fn master(&self, bearer: Option<&str>) -> MasterClient {
         MasterKeyServiceClient::with_interceptor(self.channel().await, Self::bearer(bearer))
+    }
+
+    pub async fn audit(&self, bearer: Option<&str>) -> AuditClient {
+        AuditServiceClient::with_interceptor(self.channel().await, Self::bearer(bearer))
     }
 
     pub async fn root_keys(&self) -> KeyClient {
