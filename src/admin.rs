@@ -106,12 +106,30 @@ pub async fn master(target: &str, key: &str, command: MasterCommand) -> Result<S
 pub enum AuditCommand {
     /// Check the chain over a range (0: open).
     Verify { from: u64, to: u64 },
-    /// One key's events (or all), newest first, at most `limit`.
-    Query { key_id: String, limit: usize },
+    /// One key's events (or all), newest first, at most `limit`, optionally of one action or code.
+    Query { key_id: String, action: String, code: String, limit: usize },
+    /// One key's verifications, counted.
+    Usage { key_id: String, since: Option<String>, until: Option<String> },
+    /// Usage-log records, newest first.
+    UsageLog { key_id: String, code: String, since: Option<String>, limit: usize },
     /// Every event in a range, oldest first.
     Export { from: u64, to: u64 },
     /// The chain's head.
     Checkpoint,
+}
+
+/// A verify code's name without its prefix: `VALID`, `RATE_LIMITED`, ….
+fn code_name(code: proto::VerifyCode) -> &'static str {
+    let name = code.as_str_name();
+    name.strip_prefix("VERIFY_CODE_").unwrap_or(name)
+}
+
+/// A time from the command line: RFC 3339, or a duration meaning that long ago.
+fn when(text: &str) -> Result<prost_types::Timestamp, String> {
+    let t = humantime::parse_rfc3339_weak(text)
+        .or_else(|_| humantime::parse_duration(text).map(|ago| std::time::SystemTime::now() - ago))
+        .map_err(|_| format!("{text:?} is neither an RFC 3339 time nor a duration such as `1h`"))?;
+    Ok(t.into())
 }
 
 fn json_line(e: &proto::AuditEvent) -> String {
@@ -120,7 +138,7 @@ fn json_line(e: &proto::AuditEvent) -> String {
         e.changes.iter().map(|c| serde_json::json!({"field": c.field, "before": c.before, "after": c.after})).collect();
     serde_json::json!({
         "seq": e.seq, "at": at, "actor": e.actor, "action": e.action, "key_id": e.key_id,
-        "client_addr": e.client_addr, "reason": e.reason, "changes": changes, "mac": hex(&e.mac),
+        "client_addr": e.client_addr, "reason": e.reason, "changes": changes, "code": e.code, "mac": hex(&e.mac),
     })
     .to_string()
 }
@@ -149,11 +167,13 @@ pub async fn audit(target: &str, key: &str, command: AuditCommand, out: &mut imp
                 Err(format!("chain broken at event {}: {}", r.broken_seq, r.problem))
             }
         }
-        AuditCommand::Query { key_id, limit } => {
+        AuditCommand::Query { key_id, action, code, limit } => {
             let (mut token, mut left) = (String::new(), limit);
             while left > 0 {
                 let request = proto::QueryEventsRequest {
                     key_id: key_id.clone(),
+                    action: action.clone(),
+                    code: code.clone(),
                     newest_first: true,
                     page_size: left.min(1000) as i32,
                     page_token: token,
@@ -174,6 +194,65 @@ pub async fn audit(target: &str, key: &str, command: AuditCommand, out: &mut imp
             let mut stream = client.export_events(request).await.map_err(status)?.into_inner();
             while let Some(event) = stream.message().await.map_err(status)? {
                 out(json_line(&event));
+            }
+            Ok(())
+        }
+        AuditCommand::Usage { key_id, since, until } => {
+            let request = proto::KeyUsageRequest {
+                key_id,
+                since: since.as_deref().map(when).transpose()?,
+                until: until.as_deref().map(when).transpose()?,
+                max_client_ips: 0,
+            };
+            let u = client.key_usage(authorized(request, key)?).await.map_err(status)?.into_inner();
+            let codes: serde_json::Map<_, _> =
+                u.by_code.iter().map(|c| (code_name(c.code()).to_owned(), c.count.into())).collect();
+            let ips: Vec<_> = u
+                .by_client_ip
+                .iter()
+                .map(|c| serde_json::json!({"client_ip": c.client_ip, "count": c.count, "valid": c.valid}))
+                .collect();
+            let text = |t: Option<prost_types::Timestamp>| t.map(|t| t.to_string());
+            out(serde_json::json!({
+                "key_id": u.key_id, "total": u.total, "by_code": codes, "by_client_ip": ips,
+                "other_client_ips": u.other_client_ips, "other_client_ip_count": u.other_client_ip_count,
+                "first_at": text(u.first_at), "last_at": text(u.last_at), "resume_at": text(u.resume_at),
+            })
+            .to_string());
+            Ok(())
+        }
+        AuditCommand::UsageLog { key_id, code, since, limit } => {
+            let code = match code.as_str() {
+                "" => proto::VerifyCode::Unspecified,
+                name => proto::VerifyCode::from_str_name(&format!("VERIFY_CODE_{name}"))
+                    .ok_or_else(|| format!("--code {name:?} is not a verify code (VALID, INVALID, REVOKED, …)"))?,
+            };
+            let since = since.as_deref().map(when).transpose()?;
+            let (mut token, mut left) = (String::new(), limit);
+            while left > 0 {
+                let request = proto::QueryUsageRequest {
+                    key_id: key_id.clone(),
+                    code: code.into(),
+                    since,
+                    newest_first: true,
+                    page_size: left.min(1000) as i32,
+                    page_token: token,
+                    ..Default::default()
+                };
+                let page = client.query_usage(authorized(request, key)?).await.map_err(status)?.into_inner();
+                left -= page.records.len().min(left);
+                for r in &page.records {
+                    let latency = r.latency.map_or(0.0, |d| d.seconds as f64 * 1e3 + f64::from(d.nanos) / 1e6);
+                    out(serde_json::json!({
+                        "at": r.at.map(|t| t.to_string()), "key_id": r.key_id, "code": code_name(r.code()),
+                        "client_ip": r.client_ip, "caller": r.caller, "latency_ms": latency,
+                    })
+                    .to_string());
+                }
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                token = page.next_page_token;
             }
             Ok(())
         }

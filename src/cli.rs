@@ -27,7 +27,7 @@ enum Command {
     Bench(BenchCommand),
     /// The HSM master key of a running server: status, rotate, retire.
     Master(MasterArgs),
-    /// The audit trail of a running server: verify the chain, query, export, checkpoint.
+    /// The audit trail of a running server: verify the chain, query, export, checkpoint, usage.
     Audit(AuditArgs),
 }
 
@@ -57,6 +57,36 @@ enum AuditSub {
         /// Only this key's events.
         #[arg(long, default_value = "")]
         key_id: String,
+        /// Only this action, e.g. `key.revoked`, `auth.failed`.
+        #[arg(long, default_value = "")]
+        action: String,
+        /// Only events with this status code, e.g. `UNAUTHENTICATED`.
+        #[arg(long, default_value = "")]
+        code: String,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// One key's verifications counted by code and by client address, as JSON.
+    Usage {
+        #[arg(long)]
+        key_id: String,
+        /// RFC 3339 time, or a duration meaning that long ago (`1h`, `7d`).
+        #[arg(long)]
+        since: Option<String>,
+        /// Exclusive; RFC 3339 time, or a duration meaning that long ago.
+        #[arg(long)]
+        until: Option<String>,
+    },
+    /// Usage-log records (one per verification) as JSON lines, newest first.
+    UsageLog {
+        #[arg(long, default_value = "")]
+        key_id: String,
+        /// Only this verify code, e.g. `INVALID`, `RATE_LIMITED`.
+        #[arg(long, default_value = "")]
+        code: String,
+        /// RFC 3339 time, or a duration meaning that long ago (`1h`, `7d`).
+        #[arg(long)]
+        since: Option<String>,
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
@@ -279,7 +309,11 @@ pub fn run() -> ExitCode {
             use crate::admin::AuditCommand;
             let command = match a.command {
                 AuditSub::Verify { from, to } => AuditCommand::Verify { from, to },
-                AuditSub::Query { key_id, limit } => AuditCommand::Query { key_id, limit },
+                AuditSub::Query { key_id, action, code, limit } => AuditCommand::Query { key_id, action, code, limit },
+                AuditSub::Usage { key_id, since, until } => AuditCommand::Usage { key_id, since, until },
+                AuditSub::UsageLog { key_id, code, since, limit } => {
+                    AuditCommand::UsageLog { key_id, code, since, limit }
+                }
                 AuditSub::Export { from, to } => AuditCommand::Export { from, to },
                 AuditSub::Checkpoint => AuditCommand::Checkpoint,
             };
