@@ -504,6 +504,22 @@ pub fn bench_audit(opts: &Options, bench: crate::bench_audit::AuditBench) -> Res
     result.map_err(AppError::Refused)
 }
 
+/// `keyward bench usage`: the usage log's disk figures, then VerifyKey with it off and on.
+pub fn bench_usage(opts: &Options, bench: crate::bench_usage::UsageBench) -> Result<(), AppError> {
+    let key = crate::bench::read_key_file(&opts.data_dir.join("root.key")).map_err(AppError::Refused)?;
+    let scratch = opts.data_dir.join("bench-usage-disk");
+    let _ = fs::remove_dir_all(&scratch);
+    let disk = runtime()?.block_on(crate::bench_usage::disk_figures(&scratch, bench.records, &mut |l| println!("{l}")));
+    let _ = fs::remove_dir_all(&scratch);
+    disk.map_err(AppError::Refused)?;
+    let (off, on) = crate::bench_usage::on_off(opts, &bench, &key).map_err(AppError::Refused)?;
+    let what = format!("x{} over {} connections", bench.concurrency, bench.connections);
+    println!("{}", off.report(&format!("VerifyKey, usage log off, {what}")));
+    println!("{}", on.report(&format!("VerifyKey, usage log on, {what}")));
+    println!("usage log on / off: {:.1} % of the throughput", 100.0 * on.per_second() / off.per_second());
+    Ok(())
+}
+
 /// `keyward bench hsm`: raw HMAC verifications through the adapter, on the configured token.
 pub fn bench_hsm(opts: &Options, concurrency: usize, duration: Duration, direct: bool) -> Result<(), AppError> {
     prepare_environment(opts)?;

@@ -45,7 +45,7 @@ impl Figures {
     }
 
     /// Several runs as one: calls and time add up.
-    fn combine(runs: Vec<Figures>) -> Self {
+    pub(crate) fn combine(runs: Vec<Figures>) -> Self {
         let elapsed = runs.iter().map(|f| f.elapsed).sum();
         let errors = runs.iter().map(|f| f.errors).sum();
         Self::new(runs.into_iter().flat_map(|f| f.latencies_us).collect(), errors, elapsed)

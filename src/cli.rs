@@ -203,6 +203,26 @@ enum BenchCommand {
         #[arg(long, default_value_t = 500)]
         queries: usize,
     },
+    /// What the usage log costs (stop the server first): the writer's records/s and disk bytes
+    /// per record in a scratch database, then VerifyKey with the log off and on, in alternating
+    /// rounds, each a `keyward serve` of this instance on a free port.
+    Usage {
+        #[command(flatten)]
+        common: Common,
+        /// Records written to the scratch database.
+        #[arg(long, default_value_t = 1_000_000)]
+        records: u64,
+        /// Rounds of each (off, on, off, on, ...).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds per round.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+    },
     /// Raw HMAC-SHA256 verifications per second through keyward's PKCS#11 adapter.
     Hsm {
         #[command(flatten)]
@@ -322,6 +342,11 @@ pub fn run() -> ExitCode {
         Command::Bench(BenchCommand::Audit { common, events, keys, queries }) => {
             let opts = app::Options::new(common.data_dir, common.config, common.dev);
             app::bench_audit(&opts, crate::bench_audit::AuditBench { events, keys, queries })
+        }
+        Command::Bench(BenchCommand::Usage { common, records, rounds, seconds, concurrency, connections }) => {
+            let opts = app::Options::new(common.data_dir, common.config, common.dev);
+            let round = Duration::from_secs(seconds);
+            app::bench_usage(&opts, crate::bench_usage::UsageBench { records, rounds, round, concurrency, connections })
         }
         Command::Bench(BenchCommand::Hsm { common, concurrency, seconds, direct }) => {
             let opts = app::Options::new(common.data_dir, common.config, common.dev);

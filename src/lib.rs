@@ -6,6 +6,7 @@ pub mod app;
 pub mod bench;
 pub mod bench_audit;
 pub mod bench_rotation;
+pub mod bench_usage;
 pub mod cli;
 pub mod config;
 pub mod domain;

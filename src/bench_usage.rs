@@ -1,0 +1,171 @@
+//! `keyward bench usage`: what the usage log costs. Offline, the writer's ceiling (records/s
+//! through the store, group commit included) and disk bytes per record in a scratch database;
+//! then VerifyKey throughput with the log off and on, in alternating rounds of the same run,
+//! each round a real `keyward serve` on the instance's data directory (stop the server first).
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use crate::{
+    bench::Figures,
+    domain::{
+        key::KeyId,
+        policy::VerifyCode,
+        ports::{AUDIT_MAC_LEN, AuditSealer, HsmError, Store},
+        usage_log::{Retention, UsageRecord},
+    },
+    store::SledStore,
+};
+
+pub struct UsageBench {
+    /// Records written to the scratch database.
+    pub records: u64,
+    pub rounds: usize,
+    pub round: Duration,
+    pub concurrency: usize,
+    pub connections: usize,
+}
+
+/// The scratch database seals nothing.
+struct NoSealer;
+
+impl AuditSealer for NoSealer {
+    fn seal(&self, _: &[u8]) -> Result<[u8; AUDIT_MAC_LEN], HsmError> {
+        Err(HsmError::Refused("the usage bench writes no audit events".into()))
+    }
+    fn check(&self, _: &[u8], _: &[u8; AUDIT_MAC_LEN]) -> Result<bool, HsmError> {
+        Ok(false)
+    }
+}
+
+/// Plausible traffic: 1,000 keys, 250 client addresses, mostly valid.
+fn record(n: u64, keys: &[KeyId], caller: KeyId) -> UsageRecord {
+    let code = if n % 20 == 0 { VerifyCode::Invalid } else { VerifyCode::Valid };
+    UsageRecord {
+        at: SystemTime::now(),
+        key_id: Some(keys[(n as usize * 7919) % keys.len()]),
+        code,
+        client_ip: Some(IpAddr::from([10, 0, (n % 250) as u8, 7])),
+        caller: Some(caller),
+        latency: Duration::from_micros(150 + n % 300),
+    }
+}
+
+/// Writes `n` records into a scratch store in `dir` in writer-sized batches.
+pub async fn disk_figures(dir: &Path, n: u64, out: &mut impl FnMut(String)) -> Result<(), String> {
+    const BATCH: u64 = 4096;
+    let store = SledStore::open(dir, Arc::new(NoSealer)).map_err(|e| e.to_string())?;
+    let empty = store.size_on_disk().map_err(|e| e.to_string())?;
+    let keys: Vec<KeyId> = (0..1000).map(|_| KeyId::new_v7()).collect();
+    let caller = KeyId::new_v7();
+    let started = Instant::now();
+    let mut written = 0;
+    while written < n {
+        let batch = (written..(written + BATCH).min(n)).map(|i| record(i, &keys, caller)).collect::<Vec<_>>();
+        written += batch.len() as u64;
+        store.append_usage(batch, Retention::default()).await.map_err(|e| e.to_string())?;
+    }
+    let took = started.elapsed();
+    let bytes = store.size_on_disk().map_err(|e| e.to_string())?.saturating_sub(empty);
+    store.close();
+    out(format!(
+        "usage log writer: {written} records in {BATCH}-record durable batches in {:.1} s = {:.0} records/s",
+        took.as_secs_f64(),
+        written as f64 / took.as_secs_f64()
+    ));
+    out(format!("usage log on disk: {bytes} bytes for {written} records = {:.0} bytes per record", bytes as f64 / written as f64));
+    Ok(())
+}
+
+/// A `keyward serve` child on a free port; stopped with SIGTERM on drop.
+struct Server(Child);
+
+impl Server {
+    fn start(opts: &crate::app::Options, config: &Path, addr_file: &Path) -> Result<(Self, String), String> {
+        let _ = std::fs::remove_file(addr_file);
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(exe);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&opts.data_dir)
+            .arg("--config")
+            .arg(config)
+            .arg("--addr-file")
+            .arg(addr_file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if opts.dev {
+            cmd.arg("--dev");
+        }
+        let server = Server(cmd.spawn().map_err(|e| format!("starting keyward serve: {e}"))?);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(addr) = std::fs::read_to_string(addr_file)
+                && addr.ends_with('\n')
+            {
+                return Ok((server, addr.trim().to_owned()));
+            }
+            if Instant::now() > deadline {
+                return Err("keyward serve did not start within 30 s (is another server using the data directory?)".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    /// SIGTERM (a clean stop: the usage log is written out), then waits.
+    fn drop(&mut self) {
+        let term = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        if !term.is_ok_and(|s| s.success()) {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// The instance's configuration with `[usage_log] enabled` set as given.
+fn config_with_log(base: &Path, enabled: bool, out: &Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(base).unwrap_or_default();
+    let mut table: toml::Table = toml::from_str(&text).map_err(|e| format!("{}: {e}", base.display()))?;
+    let section = table.entry("usage_log").or_insert_with(|| toml::Value::Table(Default::default()));
+    let toml::Value::Table(section) = section else { return Err("[usage_log] is not a table".into()) };
+    section.insert("enabled".into(), toml::Value::Boolean(enabled));
+    std::fs::write(out, toml::to_string(&table).map_err(|e| e.to_string())?).map_err(|e| e.to_string())
+}
+
+/// VerifyKey with the usage log off and on, alternating rounds; returns (off, on).
+pub fn on_off(opts: &crate::app::Options, b: &UsageBench, admin_key: &str) -> Result<(Figures, Figures), String> {
+    let scratch = opts.data_dir.join("bench-usage");
+    std::fs::create_dir_all(&scratch).map_err(|e| e.to_string())?;
+    let configs: Vec<PathBuf> = [false, true]
+        .iter()
+        .map(|on| {
+            let path = scratch.join(format!("usage-log-{}.toml", if *on { "on" } else { "off" }));
+            config_with_log(&opts.config, *on, &path).map(|()| path)
+        })
+        .collect::<Result<_, _>>()?;
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for round in 0..b.rounds.max(1) {
+        for (i, config) in configs.iter().enumerate() {
+            let (server, addr) = Server::start(opts, config, &scratch.join("addr"))?;
+            let figures = runtime.block_on(crate::bench::verify(
+                &addr,
+                admin_key,
+                b.concurrency,
+                b.connections,
+                b.round,
+            ))?;
+            drop(server);
+            eprintln!("round {}: usage log {}: {:.0}/s", round + 1, if i == 1 { "on" } else { "off" }, figures.per_second());
+            if i == 1 { on.push(figures) } else { off.push(figures) }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok((Figures::combine(off), Figures::combine(on)))
+}
