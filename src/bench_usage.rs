@@ -78,7 +78,10 @@ pub async fn disk_figures(dir: &Path, n: u64, out: &mut impl FnMut(String)) -> R
         took.as_secs_f64(),
         written as f64 / took.as_secs_f64()
     ));
-    out(format!("usage log on disk: {bytes} bytes for {written} records = {:.0} bytes per record", bytes as f64 / written as f64));
+    out(format!(
+        "usage log on disk: {bytes} bytes for {written} records = {:.0} bytes per record",
+        bytes as f64 / written as f64
+    ));
     Ok(())
 }
 
@@ -110,7 +113,9 @@ impl Server {
                 return Ok((server, addr.trim().to_owned()));
             }
             if Instant::now() > deadline {
-                return Err("keyward serve did not start within 30 s (is another server using the data directory?)".into());
+                return Err(
+                    "keyward serve did not start within 30 s (is another server using the data directory?)".into()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -154,15 +159,15 @@ pub fn on_off(opts: &crate::app::Options, b: &UsageBench, admin_key: &str) -> Re
     for round in 0..b.rounds.max(1) {
         for (i, config) in configs.iter().enumerate() {
             let (server, addr) = Server::start(opts, config, &scratch.join("addr"))?;
-            let figures = runtime.block_on(crate::bench::verify(
-                &addr,
-                admin_key,
-                b.concurrency,
-                b.connections,
-                b.round,
-            ))?;
+            let figures =
+                runtime.block_on(crate::bench::verify(&addr, admin_key, b.concurrency, b.connections, b.round))?;
             drop(server);
-            eprintln!("round {}: usage log {}: {:.0}/s", round + 1, if i == 1 { "on" } else { "off" }, figures.per_second());
+            eprintln!(
+                "round {}: usage log {}: {:.0}/s",
+                round + 1,
+                if i == 1 { "on" } else { "off" },
+                figures.per_second()
+            );
             if i == 1 { on.push(figures) } else { off.push(figures) }
         }
     }

@@ -176,6 +176,8 @@ pub struct UsageLogSection {
     pub queue_capacity: usize,
     /// Records per write at most.
     pub batch: usize,
+    /// How long the writer gathers records before writing them (ms): the most a crash loses.
+    pub flush_ms: u64,
     /// Records older than this are pruned (`"off"`: kept whatever their age).
     #[serde(with = "human::off")]
     pub max_age: Option<Duration>,
@@ -190,6 +192,7 @@ impl Default for UsageLogSection {
             enabled: d.enabled,
             queue_capacity: d.queue_capacity,
             batch: d.batch,
+            flush_ms: d.linger.as_millis() as u64,
             max_age: d.max_age,
             max_records: d.max_records.unwrap_or(0),
         }
@@ -202,6 +205,7 @@ impl UsageLogSection {
             enabled: self.enabled,
             queue_capacity: self.queue_capacity.max(1),
             batch: self.batch.max(1),
+            linger: Duration::from_millis(self.flush_ms),
             max_age: self.max_age,
             max_records: (self.max_records > 0).then_some(self.max_records),
             ..Default::default()

@@ -74,7 +74,7 @@ impl AuthFailures {
         let overflow = self.overflow.swap(0, Ordering::Relaxed);
         let total = overflow + groups.values().map(|t| t.count).sum::<u64>();
         let mut groups: Vec<_> = groups.into_iter().collect();
-        groups.sort_by(|a, b| b.1.count.cmp(&a.1.count));
+        groups.sort_by_key(|g| std::cmp::Reverse(g.1.count));
         let mut events: Vec<_> = groups
             .into_iter()
             .map(|(g, tally)| {

@@ -49,6 +49,9 @@ pub struct UsageLogConfig {
     pub queue_capacity: usize,
     /// Records written per batch at most.
     pub batch: usize,
+    /// How long the writer gathers records before it writes them (unless a batch fills up
+    /// first): the most a crash can lose of the usage log, besides what is queued.
+    pub linger: Duration,
     /// Records older than this are pruned (`None`: kept whatever their age).
     pub max_age: Option<Duration>,
     /// Records kept at most, the oldest pruned first (`None`: no limit).
@@ -62,7 +65,8 @@ impl Default for UsageLogConfig {
         Self {
             enabled: true,
             queue_capacity: 100_000,
-            batch: 4096,
+            batch: 8192,
+            linger: Duration::from_millis(200),
             max_age: Some(Duration::from_secs(30 * 86_400)),
             max_records: Some(10_000_000),
             report_every: Duration::from_secs(1),
@@ -168,10 +172,14 @@ impl UsageQueue {
         self.uncounted.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Waits for a record (for `wait` at most: an empty batch then), then takes up to `max`
-    /// of those queued.
-    async fn take(&self, max: usize, wait: Duration) -> Vec<UsageRecord> {
+    /// Waits for a record (for `wait` at most: an empty batch then), then lets records gather
+    /// for `linger` (unless a batch is already there) and takes up to `max`. Sleeping rather
+    /// than receiving one by one keeps the writer from waking on every verification.
+    async fn take(&self, max: usize, wait: Duration, linger: Duration) -> Vec<UsageRecord> {
         let Ok(Ok(first)) = tokio::time::timeout(wait, self.rx.recv_async()).await else { return Vec::new() };
+        if self.rx.len() + 1 < max {
+            tokio::time::sleep(linger).await;
+        }
         let mut batch = Vec::with_capacity(self.rx.len().min(max) + 1);
         batch.push(first);
         batch.extend(self.rx.try_iter().take(max.saturating_sub(1)));
@@ -197,8 +205,8 @@ impl UsageQueue {
 pub const MAX_USAGE_SCAN: usize = 2_000_000;
 /// Entries one QueryUsage page reads at most, even with a short page.
 pub const MAX_QUERY_SCAN: usize = 10_000;
-/// Lengths of a usage page cursor: a time-order key or a key-order key.
-const CURSOR_LENS: [usize; 2] = [13, 29];
+/// Length of a usage page cursor: a block and a place in it.
+const CURSOR_LEN: usize = 17;
 
 impl<H: Hsm, S: Store> Keys<H, S> {
     /// Queues a verification's usage record (when the usage log is on).
@@ -215,7 +223,7 @@ impl<H: Hsm, S: Store> Keys<H, S> {
     pub async fn write_usage_log(&self) -> Result<UsageWrite> {
         let Some(queue) = &self.usage_log else { return std::future::pending().await };
         let cfg = &self.config.usage_log;
-        let batch = queue.take(cfg.batch, cfg.report_every).await;
+        let batch = queue.take(cfg.batch, cfg.report_every, cfg.linger).await;
         self.write_usage_batch(queue, batch).await
     }
 
@@ -310,7 +318,7 @@ impl<H: Hsm, S: Store> Keys<H, S> {
             return Err(Error::invalid("until", "must be after since"));
         }
         let size = validate::page_size(page_size)?;
-        let cursor = audit_log::resume(query, page_token, |n| CURSOR_LENS.contains(&n))?;
+        let cursor = audit_log::resume(query, page_token, |n| n == CURSOR_LEN)?;
         let (records, next) = self.store.query_usage(query, cursor.as_deref(), size, MAX_QUERY_SCAN)?;
         Ok((records, next.map(|c| audit_log::token(query, &c))))
     }
@@ -338,7 +346,7 @@ mod tests {
             q.offer(record(n));
         }
         let wait = Duration::from_millis(10);
-        assert_eq!(q.take(10, wait).await, vec![record(0), record(1)]);
+        assert_eq!(q.take(10, wait, wait).await, vec![record(0), record(1)]);
         assert_eq!(q.report_due(Duration::from_secs(60)), Some(3));
         q.offer(record(5));
         q.offer(record(6));
@@ -346,9 +354,9 @@ mod tests {
         assert_eq!(q.report_due(Duration::from_secs(60)), None, "reported less than an interval ago");
         assert_eq!(q.unreported.load(Ordering::Relaxed), 1);
         assert_eq!(q.uncounted.load(Ordering::Relaxed), 4);
-        assert_eq!(q.take(1, wait).await, vec![record(5)]);
-        assert_eq!(q.take(5, wait).await, vec![record(6)]);
-        assert_eq!(q.take(1, wait).await, vec![], "nothing queued: an empty batch after the wait");
+        assert_eq!(q.take(1, wait, wait).await, vec![record(5)]);
+        assert_eq!(q.take(5, wait, wait).await, vec![record(6)]);
+        assert_eq!(q.take(1, wait, wait).await, vec![], "nothing queued: an empty batch after the wait");
     }
 
     #[test]

@@ -1,14 +1,20 @@
-//! The usage log on sled: one tree, `usage`, so that a batch of records, their index entries,
-//! what retention prunes and the record count change in one atomic `apply_batch`:
+//! The usage log on sled, in blocks: each write of the writer is one block of records, so a
+//! record costs a few bytes of a value rather than a tree entry of its own. One tree, `usage`,
+//! so that a block, its index entries, what retention prunes and the record count change in
+//! one atomic `apply_batch`:
 //!
-//! - `t` ‖ time ‖ n → the record (time: microseconds since the epoch, big-endian, made
-//!   monotonic by the single writer; n: a tie-breaker within one microsecond);
-//! - `k` ‖ key id ‖ time ‖ n → the code and client address (KeyUsage reads only these);
+//! - `b` ‖ start ‖ n → a block: its records, with dictionaries of the key ids, callers and
+//!   addresses they use (start: the first record's time in µs since the epoch, big-endian; n: a
+//!   tie-breaker). Record times are made monotonic by the single writer, and a block spans at
+//!   most `MAX_SPAN`, so blocks are in time order and a range starts one span early;
+//! - `k` ‖ key id ‖ start ‖ n → what that key did in that block: first and last time, counts
+//!   by code and by address. KeyUsage adds these up and opens a block only at a range's edges;
 //! - `c` → how many records there are (for retention by count).
 //!
 //! Durability is the store's group commit, awaited by the caller.
 
 use std::{
+    collections::{BTreeMap, HashMap},
     net::IpAddr,
     ops::Bound,
     sync::Mutex,
@@ -23,21 +29,21 @@ use crate::domain::{
 };
 
 const COUNT: &[u8] = b"c";
-const BY_TIME: u8 = b't';
+const BLOCK: u8 = b'b';
 const BY_KEY: u8 = b'k';
-/// `t` ‖ time ‖ n.
-const TIME_KEY_LEN: usize = 1 + 8 + 4;
-/// `k` ‖ key id ‖ time ‖ n.
-const KEY_KEY_LEN: usize = 1 + 16 + 8 + 4;
-const RECORD_V1: u8 = 1;
+const BLOCK_V1: u8 = 1;
+/// The longest time one block covers, in µs.
+const MAX_SPAN: u64 = 60_000_000;
+/// Most blocks one write prunes (the next write carries on).
+const MAX_PRUNE: usize = 64;
+/// A query cursor: a block key and a record's place in it.
+const CURSOR_LEN: usize = 13 + 4;
 
-const HAS_KEY: u8 = 1;
-const HAS_CALLER: u8 = 2;
-const IPV4: u8 = 4;
-const IPV6: u8 = 8;
+/// Codes by their stored byte: append only.
+const CODES: [VerifyCode; 10] = VerifyCode::ALL;
 
 fn corrupt() -> StoreError {
-    StoreError::Corrupt("usage record".into())
+    StoreError::Corrupt("usage log".into())
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -52,9 +58,6 @@ fn time_of(micros: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_micros(micros)
 }
 
-/// Codes by their stored byte: append only.
-const CODES: [VerifyCode; 10] = VerifyCode::ALL;
-
 fn code_byte(code: VerifyCode) -> u8 {
     CODES.iter().position(|c| *c == code).expect("every code is listed") as u8
 }
@@ -63,109 +66,263 @@ fn code_of(byte: u8) -> Result<VerifyCode, StoreError> {
     CODES.get(usize::from(byte)).copied().ok_or_else(corrupt)
 }
 
-fn push_ip(out: &mut Vec<u8>, ip: Option<IpAddr>) {
+/// Little encoders and a reader over a byte slice.
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_ip(out: &mut Vec<u8>, ip: Option<IpAddr>) {
     match ip {
-        Some(IpAddr::V4(v4)) => out.extend_from_slice(&v4.octets()),
-        Some(IpAddr::V6(v6)) => out.extend_from_slice(&v6.octets()),
-        None => {}
+        None => out.push(0),
+        Some(IpAddr::V4(v4)) => {
+            out.push(4);
+            out.extend_from_slice(&v4.octets());
+        }
+        Some(IpAddr::V6(v6)) => {
+            out.push(16);
+            out.extend_from_slice(&v6.octets());
+        }
     }
 }
 
-fn ip_flag(ip: Option<IpAddr>) -> u8 {
-    match ip {
-        Some(IpAddr::V4(_)) => IPV4,
-        Some(IpAddr::V6(_)) => IPV6,
-        None => 0,
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
+        let (head, rest) = self.0.split_at_checked(n).ok_or_else(corrupt)?;
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, StoreError> {
+        Ok(self.bytes(1)?[0])
+    }
+
+    fn u64(&mut self) -> Result<u64, StoreError> {
+        Ok(u64::from_be_bytes(self.bytes(8)?.try_into().expect("8 bytes")))
+    }
+
+    fn varint(&mut self) -> Result<u64, StoreError> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8()?;
+            v |= u64::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                return Ok(v);
+            }
+        }
+        Err(corrupt())
+    }
+
+    fn len(&mut self) -> Result<usize, StoreError> {
+        usize::try_from(self.varint()?).map_err(|_| corrupt())
+    }
+
+    fn key_id(&mut self) -> Result<KeyId, StoreError> {
+        Ok(KeyId::from_bytes(self.bytes(16)?.try_into().expect("16 bytes")))
+    }
+
+    fn ip(&mut self) -> Result<Option<IpAddr>, StoreError> {
+        Ok(match self.u8()? {
+            0 => None,
+            4 => Some(IpAddr::from(<[u8; 4]>::try_from(self.bytes(4)?).expect("4 bytes"))),
+            16 => Some(IpAddr::from(<[u8; 16]>::try_from(self.bytes(16)?).expect("16 bytes"))),
+            _ => return Err(corrupt()),
+        })
+    }
+
+    /// An index into a dictionary of `len` entries, stored plus one (0: none).
+    fn entry(&mut self, len: usize) -> Result<Option<usize>, StoreError> {
+        match self.len()? {
+            0 => Ok(None),
+            i if i <= len => Ok(Some(i - 1)),
+            _ => Err(corrupt()),
+        }
     }
 }
 
-/// Reads an address of the kind `flags` says from the front of `bytes`.
-fn take_ip(bytes: &mut &[u8], flags: u8) -> Result<Option<IpAddr>, StoreError> {
-    let len = match flags & (IPV4 | IPV6) {
-        0 => return Ok(None),
-        IPV4 => 4,
-        IPV6 => 16,
-        _ => return Err(corrupt()),
-    };
-    let (ip, rest) = bytes.split_at_checked(len).ok_or_else(corrupt)?;
-    *bytes = rest;
-    Ok(Some(match len {
-        4 => IpAddr::from(<[u8; 4]>::try_from(ip).expect("4 bytes")),
-        _ => IpAddr::from(<[u8; 16]>::try_from(ip).expect("16 bytes")),
-    }))
+/// Values in first-seen order, each with its place.
+struct Dictionary<T> {
+    order: Vec<T>,
+    place: HashMap<T, usize>,
 }
 
-fn take_id(bytes: &mut &[u8]) -> Result<KeyId, StoreError> {
-    let (id, rest) = bytes.split_at_checked(16).ok_or_else(corrupt)?;
-    *bytes = rest;
-    Ok(KeyId::from_bytes(id.try_into().expect("16 bytes")))
-}
-
-/// version, code, flags, [key id], [caller], [address], latency µs (u32 BE).
-fn encode_record(r: &UsageRecord) -> Vec<u8> {
-    let mut out = Vec::with_capacity(3 + 16 + 16 + 16 + 4);
-    let flags = ip_flag(r.client_ip)
-        | if r.key_id.is_some() { HAS_KEY } else { 0 }
-        | if r.caller.is_some() { HAS_CALLER } else { 0 };
-    out.extend_from_slice(&[RECORD_V1, code_byte(r.code), flags]);
-    for id in [r.key_id, r.caller].into_iter().flatten() {
-        out.extend_from_slice(id.as_bytes());
+impl<T: Copy + Eq + std::hash::Hash> Dictionary<T> {
+    fn new() -> Self {
+        Self { order: Vec::new(), place: HashMap::new() }
     }
-    push_ip(&mut out, r.client_ip);
-    let latency = u32::try_from(r.latency.as_micros()).unwrap_or(u32::MAX);
-    out.extend_from_slice(&latency.to_be_bytes());
+
+    /// The value's place plus one, or 0 for none.
+    fn code(&mut self, value: Option<T>) -> u64 {
+        let Some(v) = value else { return 0 };
+        let next = self.order.len();
+        let at = *self.place.entry(v).or_insert(next);
+        if at == next {
+            self.order.push(v);
+        }
+        at as u64 + 1
+    }
+}
+
+/// A block: header (version, record count u32, last time µs), dictionaries, then per record:
+/// time delta (varint, from the previous record or the start), code, key, caller and address
+/// (dictionary places plus one), latency µs (varint).
+fn encode_block(start: u64, records: &[(u64, &UsageRecord)]) -> Vec<u8> {
+    let (mut keys, mut callers, mut ips) = (Dictionary::new(), Dictionary::new(), Dictionary::new());
+    let mut body = Vec::with_capacity(records.len() * 8);
+    let mut prev = start;
+    for (at, r) in records {
+        put_varint(&mut body, at - prev);
+        prev = *at;
+        body.push(code_byte(r.code));
+        put_varint(&mut body, keys.code(r.key_id));
+        put_varint(&mut body, callers.code(r.caller));
+        put_varint(&mut body, ips.code(r.client_ip));
+        put_varint(&mut body, u64::try_from(r.latency.as_micros()).unwrap_or(u64::MAX));
+    }
+    let mut out =
+        Vec::with_capacity(13 + 16 * (keys.order.len() + callers.order.len()) + 17 * ips.order.len() + body.len());
+    out.push(BLOCK_V1);
+    out.extend_from_slice(&(records.len() as u32).to_be_bytes());
+    out.extend_from_slice(&prev.to_be_bytes());
+    for dict in [&keys.order, &callers.order] {
+        put_varint(&mut out, dict.len() as u64);
+        dict.iter().for_each(|id| out.extend_from_slice(id.as_bytes()));
+    }
+    put_varint(&mut out, ips.order.len() as u64);
+    ips.order.iter().for_each(|ip| put_ip(&mut out, Some(*ip)));
+    out.extend_from_slice(&body);
     out
 }
 
-fn decode_record(at: SystemTime, bytes: &[u8]) -> Result<UsageRecord, StoreError> {
-    let [RECORD_V1, code, flags, rest @ ..] = bytes else { return Err(corrupt()) };
-    let mut rest = rest;
-    let key_id = if flags & HAS_KEY != 0 { Some(take_id(&mut rest)?) } else { None };
-    let caller = if flags & HAS_CALLER != 0 { Some(take_id(&mut rest)?) } else { None };
-    let client_ip = take_ip(&mut rest, *flags)?;
-    let latency = u32::from_be_bytes(rest.try_into().map_err(|_| corrupt())?);
-    Ok(UsageRecord {
-        at,
-        key_id,
-        code: code_of(*code)?,
-        client_ip,
-        caller,
-        latency: Duration::from_micros(latency.into()),
-    })
+/// A block's record count, last time and key dictionary, read without its records.
+struct BlockHead<'a> {
+    count: u64,
+    last: u64,
+    keys: Vec<KeyId>,
+    rest: Reader<'a>,
 }
 
-/// An index entry's value: code, flags, [address].
-fn encode_index(r: &UsageRecord) -> Vec<u8> {
-    let mut out = vec![code_byte(r.code), ip_flag(r.client_ip)];
-    push_ip(&mut out, r.client_ip);
-    out
+fn block_head(bytes: &[u8]) -> Result<BlockHead<'_>, StoreError> {
+    let mut r = Reader(bytes);
+    if r.u8()? != BLOCK_V1 {
+        return Err(corrupt());
+    }
+    let count = u64::from(u32::from_be_bytes(r.bytes(4)?.try_into().expect("4 bytes")));
+    let last = r.u64()?;
+    let n = r.len()?;
+    let keys = (0..n).map(|_| r.key_id()).collect::<Result<_, _>>()?;
+    Ok(BlockHead { count, last, keys, rest: r })
 }
 
-fn decode_index(bytes: &[u8]) -> Result<(VerifyCode, Option<IpAddr>), StoreError> {
-    let [code, flags, rest @ ..] = bytes else { return Err(corrupt()) };
-    let mut rest = rest;
-    let ip = take_ip(&mut rest, *flags)?;
-    Ok((code_of(*code)?, ip))
+fn decode_block(start: u64, bytes: &[u8]) -> Result<Vec<UsageRecord>, StoreError> {
+    let BlockHead { count, keys, rest: mut r, .. } = block_head(bytes)?;
+    let n = r.len()?;
+    let callers: Vec<KeyId> = (0..n).map(|_| r.key_id()).collect::<Result<_, _>>()?;
+    let n = r.len()?;
+    let ips: Vec<Option<IpAddr>> = (0..n).map(|_| r.ip()).collect::<Result<_, _>>()?;
+    let mut at = start;
+    let mut records = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        at = at.checked_add(r.varint()?).ok_or_else(corrupt)?;
+        let code = code_of(r.u8()?)?;
+        let key_id = r.entry(keys.len())?.map(|i| keys[i]);
+        let caller = r.entry(callers.len())?.map(|i| callers[i]);
+        let client_ip = r.entry(ips.len())?.and_then(|i| ips[i]);
+        let latency = Duration::from_micros(r.varint()?);
+        records.push(UsageRecord { at: time_of(at), key_id, code, client_ip, caller, latency });
+    }
+    Ok(records)
 }
 
-fn time_key(micros: u64, n: u32) -> [u8; TIME_KEY_LEN] {
-    let mut k = [0u8; TIME_KEY_LEN];
-    k[0] = BY_TIME;
-    k[1..9].copy_from_slice(&micros.to_be_bytes());
+/// One key's part of a block, as its index entry keeps it.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Summary {
+    first: u64,
+    last: u64,
+    by_code: BTreeMap<VerifyCode, u64>,
+    by_ip: BTreeMap<Option<IpAddr>, (u64, u64)>,
+}
+
+impl Summary {
+    fn add(&mut self, at: u64, r: &UsageRecord) {
+        if self.by_code.is_empty() {
+            self.first = at;
+        }
+        self.last = at;
+        *self.by_code.entry(r.code).or_default() += 1;
+        let ip = self.by_ip.entry(r.client_ip).or_default();
+        ip.0 += 1;
+        ip.1 += u64::from(r.code == VerifyCode::Valid);
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + 3 * self.by_code.len() + 8 * self.by_ip.len());
+        out.extend_from_slice(&self.first.to_be_bytes());
+        out.extend_from_slice(&self.last.to_be_bytes());
+        put_varint(&mut out, self.by_code.len() as u64);
+        for (code, n) in &self.by_code {
+            out.push(code_byte(*code));
+            put_varint(&mut out, *n);
+        }
+        put_varint(&mut out, self.by_ip.len() as u64);
+        for (ip, (n, valid)) in &self.by_ip {
+            put_ip(&mut out, *ip);
+            put_varint(&mut out, *n);
+            put_varint(&mut out, *valid);
+        }
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        let mut r = Reader(bytes);
+        let (first, last) = (r.u64()?, r.u64()?);
+        let n = r.len()?;
+        let by_code = (0..n).map(|_| Ok((code_of(r.u8()?)?, r.varint()?))).collect::<Result<_, StoreError>>()?;
+        let n = r.len()?;
+        let by_ip = (0..n).map(|_| Ok((r.ip()?, (r.varint()?, r.varint()?)))).collect::<Result<_, StoreError>>()?;
+        Ok(Self { first, last, by_code, by_ip })
+    }
+
+    /// Adds the whole summary to `usage`.
+    fn add_to(&self, usage: &mut KeyUsage) {
+        usage.total += self.by_code.values().sum::<u64>();
+        for (code, n) in &self.by_code {
+            *usage.by_code.entry(*code).or_default() += n;
+        }
+        for (ip, (n, valid)) in &self.by_ip {
+            let e = usage.by_client_ip.entry(*ip).or_default();
+            e.0 += n;
+            e.1 += valid;
+        }
+        let (first, last) = (time_of(self.first), time_of(self.last));
+        usage.first_at = Some(usage.first_at.map_or(first, |t| t.min(first)));
+        usage.last_at = Some(usage.last_at.map_or(last, |t| t.max(last)));
+    }
+}
+
+fn block_key(start: u64, n: u32) -> [u8; 13] {
+    let mut k = [0u8; 13];
+    k[0] = BLOCK;
+    k[1..9].copy_from_slice(&start.to_be_bytes());
     k[9..].copy_from_slice(&n.to_be_bytes());
     k
 }
 
-fn key_key(id: KeyId, micros: u64, n: u32) -> [u8; KEY_KEY_LEN] {
-    let mut k = [0u8; KEY_KEY_LEN];
+fn index_key(id: KeyId, start: u64, n: u32) -> [u8; 29] {
+    let mut k = [0u8; 29];
     k[0] = BY_KEY;
     k[1..17].copy_from_slice(id.as_bytes());
-    k[17..25].copy_from_slice(&micros.to_be_bytes());
+    k[17..25].copy_from_slice(&start.to_be_bytes());
     k[25..].copy_from_slice(&n.to_be_bytes());
     k
 }
 
-/// The time and tie-breaker of a `t` key, or of the tail of a `k` key.
+/// The start and tie-breaker at the end of a block or index key.
 fn stamp_of(key: &[u8]) -> Result<(u64, u32), StoreError> {
     let tail = key.get(key.len().checked_sub(12).ok_or_else(corrupt)?..).ok_or_else(corrupt)?;
     Ok((
@@ -174,17 +331,17 @@ fn stamp_of(key: &[u8]) -> Result<(u64, u32), StoreError> {
     ))
 }
 
-/// Where the writer stands: the count and the newest stamp.
+/// Where the writer stands: the count, the newest block's key and the newest record's time.
 #[derive(Clone, Copy, Default)]
 struct Tail {
     count: u64,
-    micros: u64,
-    n: u32,
+    block: (u64, u32),
+    last: u64,
 }
 
 pub struct UsageTree {
     tree: sled::Tree,
-    /// Held while a batch is built and applied: writes are serialized.
+    /// Held while a write is built and applied: writes are serialized.
     tail: Mutex<Tail>,
 }
 
@@ -195,11 +352,13 @@ impl UsageTree {
             Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(|_| corrupt())?),
             None => 0,
         };
-        let (micros, n) = match tree.scan_prefix([BY_TIME]).next_back() {
-            Some(entry) => stamp_of(&entry.map_err(unavailable)?.0)?,
-            None => (0, 0),
-        };
-        Ok(Self { tree, tail: Mutex::new(Tail { count, micros, n }) })
+        let mut tail = Tail { count, ..Tail::default() };
+        if let Some(entry) = tree.scan_prefix([BLOCK]).next_back() {
+            let (k, v) = entry.map_err(unavailable)?;
+            tail.block = stamp_of(&k)?;
+            tail.last = block_head(&v)?.last;
+        }
+        Ok(Self { tree, tail: Mutex::new(tail) })
     }
 
     /// How many records are kept.
@@ -207,61 +366,72 @@ impl UsageTree {
         self.tail.lock().unwrap_or_else(|e| e.into_inner()).count
     }
 
-    /// Writes `records` and prunes per `retention` (at most `2 × records + 10,000` stored
-    /// records per call, so one write stays short; the next one carries on), in one atomic
-    /// batch. Not yet durable: the caller awaits the flush. Returns how many were pruned.
+    /// Writes `records` as blocks and prunes per `retention` (whole blocks, oldest first, at
+    /// most `MAX_PRUNE` per call: the next call carries on), in one atomic batch. Not yet
+    /// durable: the caller awaits the flush. Returns how many records were pruned.
     pub fn append(&self, records: &[UsageRecord], retention: Retention) -> Result<u64, StoreError> {
         let mut guard = self.tail.lock().unwrap_or_else(|e| e.into_inner());
         let mut tail = *guard;
         let mut batch = sled::Batch::default();
         let incoming = records.len() as u64;
-        let over = retention.max_records.map_or(0, |m| (tail.count + incoming).saturating_sub(m));
-        let cutoff = retention.older_than.map_or(0, micros);
-        let pruned = self.prune(&mut batch, over.min(tail.count), cutoff, 2 * incoming + 10_000)?;
-        // A batch larger than the limit by itself: its oldest records are not kept either.
-        let skipped = if pruned == tail.count { over.saturating_sub(pruned) } else { 0 };
-        for r in &records[skipped as usize..] {
-            // Monotonic, so that the time order is the write order.
-            let at = micros(r.at);
-            if at > tail.micros {
-                (tail.micros, tail.n) = (at, 0);
+        // A write larger than the limit by itself keeps its newest records.
+        let skipped = retention.max_records.map_or(0, |m| incoming.saturating_sub(m));
+        let records = &records[skipped as usize..];
+        let over = retention.max_records.map_or(0, |m| (tail.count + records.len() as u64).saturating_sub(m));
+        let pruned = self.prune(&mut batch, over, retention.older_than.map_or(0, micros))?;
+        // Monotonic times, so that the time order is the write order; a block per span.
+        let mut stamped = Vec::with_capacity(records.len());
+        for r in records {
+            tail.last = tail.last.max(micros(r.at));
+            stamped.push((tail.last, r));
+        }
+        for block in stamped.chunk_by(|a, b| b.0 - a.0 < MAX_SPAN).flat_map(|c| c.chunks(u32::MAX as usize)) {
+            let start = block[0].0;
+            tail.block = if start == tail.block.0 {
+                (start, tail.block.1.checked_add(1).ok_or_else(|| unavailable("too many usage blocks in one µs"))?)
             } else {
-                tail.n =
-                    tail.n.checked_add(1).ok_or_else(|| unavailable("too many usage records in one microsecond"))?;
+                (start, 0)
+            };
+            batch.insert(&block_key(tail.block.0, tail.block.1)[..], encode_block(start, block));
+            let mut summaries: HashMap<KeyId, Summary> = HashMap::new();
+            for (at, r) in block {
+                if let Some(id) = r.key_id {
+                    summaries.entry(id).or_default().add(*at, r);
+                }
             }
-            batch.insert(&time_key(tail.micros, tail.n)[..], encode_record(r));
-            if let Some(id) = r.key_id {
-                batch.insert(&key_key(id, tail.micros, tail.n)[..], encode_index(r));
+            for (id, summary) in summaries {
+                batch.insert(&index_key(id, tail.block.0, tail.block.1)[..], summary.encode());
             }
         }
-        tail.count = tail.count + incoming - pruned - skipped;
+        tail.count = tail.count + records.len() as u64 - pruned;
         batch.insert(COUNT, &tail.count.to_be_bytes());
         self.tree.apply_batch(batch).map_err(unavailable)?;
         *guard = tail;
         Ok(pruned + skipped)
     }
 
-    /// Adds to `batch` the removal of the oldest stored records: the first `over`, and any
-    /// older than `cutoff` (µs), `max` at most. Returns how many.
-    fn prune(&self, batch: &mut sled::Batch, over: u64, cutoff: u64, max: u64) -> Result<u64, StoreError> {
+    /// Adds to `batch` the removal of the oldest blocks, with their index entries, while fewer
+    /// than `over` records are removed or the block is older than `cutoff` (µs). Returns how
+    /// many records.
+    fn prune(&self, batch: &mut sled::Batch, over: u64, cutoff: u64) -> Result<u64, StoreError> {
         let mut pruned = 0;
-        for entry in self.tree.scan_prefix([BY_TIME]) {
+        for entry in self.tree.scan_prefix([BLOCK]).take(MAX_PRUNE) {
             let (key, value) = entry.map_err(unavailable)?;
-            let (at, n) = stamp_of(&key)?;
-            if pruned == max || (pruned >= over && at >= cutoff) {
+            let head = block_head(&value)?;
+            if pruned >= over && head.last >= cutoff {
                 break;
             }
-            batch.remove(key);
-            if value.get(2).is_some_and(|flags| flags & HAS_KEY != 0) {
-                let id = value.get(3..19).ok_or_else(corrupt)?;
-                batch.remove(&key_key(KeyId::from_bytes(id.try_into().expect("16 bytes")), at, n)[..]);
+            let (start, n) = stamp_of(&key)?;
+            for id in head.keys {
+                batch.remove(&index_key(id, start, n)[..]);
             }
-            pruned += 1;
+            batch.remove(key);
+            pruned += head.count;
         }
         Ok(pruned)
     }
 
-    /// Key `key`'s records in `[since, until)`, counted; reads at most `max_scan` of them.
+    /// Key `key`'s records in `[since, until)`, counted, reading about `max_scan` of them at most.
     pub fn key_usage(
         &self,
         key: KeyId,
@@ -269,24 +439,43 @@ impl UsageTree {
         until: Option<SystemTime>,
         max_scan: usize,
     ) -> Result<KeyUsage, StoreError> {
-        let start = key_key(key, since.map_or(0, micros), 0);
-        let end = key_key(key, until.map_or(u64::MAX, micros), 0);
+        let (since, until) = (since.map_or(0, micros), until.map_or(u64::MAX, micros));
+        let start = index_key(key, since.saturating_sub(MAX_SPAN), 0);
+        let end = index_key(key, until, 0);
         let mut usage = KeyUsage::default();
-        for (scanned, entry) in self.tree.range(start..end).enumerate() {
+        let mut scanned = 0u64;
+        for entry in self.tree.range(start..end) {
             let (k, v) = entry.map_err(unavailable)?;
-            let at = time_of(stamp_of(&k)?.0);
-            if scanned == max_scan {
-                usage.resume_at = Some(at);
+            let summary = Summary::decode(&v)?;
+            if summary.last < since || summary.first >= until {
+                continue;
+            }
+            if scanned >= max_scan as u64 {
+                usage.resume_at = Some(time_of(summary.first.max(since)));
                 break;
             }
-            let (code, ip) = decode_index(&v)?;
-            usage.add(at, code, ip);
+            if since <= summary.first && summary.last < until {
+                summary.add_to(&mut usage);
+                scanned += summary.by_code.values().sum::<u64>();
+                continue;
+            }
+            // A block across the range's edge: its records, one by one.
+            let (block_start, n) = stamp_of(&k)?;
+            let Some(bytes) = self.tree.get(block_key(block_start, n)).map_err(unavailable)? else { continue };
+            for r in decode_block(block_start, &bytes)? {
+                let at = micros(r.at);
+                if r.key_id == Some(key) && since <= at && at < until {
+                    usage.add(r.at, r.code, r.client_ip);
+                    scanned += 1;
+                }
+            }
         }
         Ok(usage)
     }
 
-    /// Up to `limit` records matching `query`, resuming after `cursor`, reading at most
-    /// `max_scan` entries; and the cursor to resume from if there may be more.
+    /// Up to `limit` records matching `query`, resuming after `cursor`, examining about
+    /// `max_scan` records at most; and the cursor to resume from if there may be more. With a
+    /// key, only the blocks that hold it are read.
     pub fn query(
         &self,
         query: &UsageQuery,
@@ -296,40 +485,61 @@ impl UsageTree {
     ) -> Result<(Vec<UsageRecord>, Option<Vec<u8>>), StoreError> {
         let since = query.since.map_or(0, micros);
         let until = query.until.map_or(u64::MAX, micros);
-        let (start, end) = match query.key {
-            Some(key) => (key_key(key, since, 0).to_vec(), key_key(key, until, 0).to_vec()),
-            None => (time_key(since, 0).to_vec(), time_key(until, 0).to_vec()),
+        let cursor = match cursor {
+            None => None,
+            Some(c) if c.len() == CURSOR_LEN && c[0] == BLOCK => {
+                let (start, n) = stamp_of(&c[..13])?;
+                Some(((start, n), u32::from_be_bytes(c[13..].try_into().expect("4 bytes")) as usize))
+            }
+            Some(_) => return Err(corrupt()),
         };
+        let key_of = |start: u64, n: u32| match query.key {
+            Some(id) => index_key(id, start, n).to_vec(),
+            None => block_key(start, n).to_vec(),
+        };
+        let first = key_of(since.saturating_sub(MAX_SPAN), 0);
+        let end = key_of(until, 0);
         let (lower, upper) = match (cursor, query.newest_first) {
-            (Some(c), false) => (Bound::Excluded(c.to_vec()), Bound::Excluded(end)),
-            (Some(c), true) => (Bound::Included(start), Bound::Excluded(c.to_vec())),
-            (None, _) => (Bound::Included(start), Bound::Excluded(end)),
+            (Some(((s, n), _)), false) => (Bound::Included(key_of(s, n)), Bound::Excluded(end)),
+            (Some(((s, n), _)), true) => (Bound::Included(first), Bound::Included(key_of(s, n))),
+            (None, _) => (Bound::Included(first), Bound::Excluded(end)),
         };
         let range = self.tree.range::<Vec<u8>, _>((lower, upper));
         let entries: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
             if query.newest_first { Box::new(range.rev()) } else { Box::new(range) };
         let mut found = Vec::new();
-        let mut last = None;
-        for (scanned, entry) in entries.enumerate() {
-            if found.len() == limit || scanned == max_scan {
-                return Ok((found, last));
-            }
+        let mut scanned = 0;
+        let mut examined: Option<((u64, u32), usize)> = None;
+        for entry in entries {
             let (k, v) = entry.map_err(unavailable)?;
-            let (at, n) = stamp_of(&k)?;
-            last = Some(k.to_vec());
-            let record = if query.key.is_some() {
-                let (code, ip) = decode_index(&v)?;
-                if query.code.is_some_and(|c| c != code) || query.client_ip.is_some_and(|q| ip != Some(q)) {
-                    continue;
-                }
-                // An index entry whose record was pruned in between: skip it.
-                let Some(bytes) = self.tree.get(time_key(at, n)).map_err(unavailable)? else { continue };
-                decode_record(time_of(at), &bytes)?
+            let stamp = stamp_of(&k)?;
+            let records = if query.key.is_some() {
+                let Some(bytes) = self.tree.get(block_key(stamp.0, stamp.1)).map_err(unavailable)? else { continue };
+                decode_block(stamp.0, &bytes)?
             } else {
-                decode_record(time_of(at), &v)?
+                decode_block(stamp.0, &v)?
             };
-            if query.matches(&record) {
-                found.push(record);
+            let mut order: Box<dyn Iterator<Item = usize>> =
+                if query.newest_first { Box::new((0..records.len()).rev()) } else { Box::new(0..records.len()) };
+            if let Some((at, place)) = cursor
+                && at == stamp
+            {
+                order = Box::new(order.filter(move |i| if query.newest_first { *i < place } else { *i > place }));
+            }
+            for i in order {
+                if let Some(((start, n), place)) = examined
+                    && (found.len() == limit || scanned >= max_scan)
+                {
+                    // Resume after (or, newest first, before) the last record examined.
+                    let mut next = block_key(start, n).to_vec();
+                    next.extend_from_slice(&(place as u32).to_be_bytes());
+                    return Ok((found, Some(next)));
+                }
+                scanned += 1;
+                examined = Some((stamp, i));
+                if query.matches(&records[i]) {
+                    found.push(records[i].clone());
+                }
             }
         }
         Ok((found, None))
@@ -346,8 +556,8 @@ mod tests {
             key_id: key,
             code,
             client_ip: ip.map(|s| s.parse().unwrap()),
-            caller: Some(KeyId::new_v7()),
-            latency: Duration::from_micros(321),
+            caller: Some(KeyId::from_bytes([9; 16])),
+            latency: Duration::from_micros(321 + secs),
         }
     }
 
@@ -358,108 +568,165 @@ mod tests {
         (dir, db, tree)
     }
 
+    fn at(s: u64) -> Option<SystemTime> {
+        Some(UNIX_EPOCH + Duration::from_secs(s))
+    }
+
     #[test]
-    fn records_round_trip_through_their_encoding() {
+    fn blocks_and_summaries_round_trip_and_damage_is_refused() {
         let key = KeyId::new_v7();
-        for r in [
+        let records = [
             record(5, Some(key), VerifyCode::QuotaExceeded, Some("10.1.2.3")),
             record(6, None, VerifyCode::Invalid, Some("2001:db8::7")),
             UsageRecord { caller: None, ..record(7, Some(key), VerifyCode::Valid, None) },
-        ] {
-            assert_eq!(decode_record(r.at, &encode_record(&r)).unwrap(), r);
-            assert_eq!(decode_index(&encode_index(&r)).unwrap(), (r.code, r.client_ip));
+            record(7, Some(key), VerifyCode::Valid, Some("10.1.2.3")),
+        ];
+        let stamped: Vec<_> = records.iter().map(|r| (micros(r.at), r)).collect();
+        let bytes = encode_block(stamped[0].0, &stamped);
+        assert_eq!(decode_block(stamped[0].0, &bytes).unwrap(), records.to_vec());
+        assert!(bytes.len() < 13 + 3 * 16 + 22 + 4 * 12, "{} bytes: dictionaries keep records small", bytes.len());
+        let head = block_head(&bytes).unwrap();
+        assert_eq!((head.count, head.last, head.keys), (4, micros(records[3].at), vec![key]));
+
+        let mut summary = Summary::default();
+        for (t, r) in stamped.iter().filter(|(_, r)| r.key_id == Some(key)) {
+            summary.add(*t, r);
         }
-        assert!(decode_record(UNIX_EPOCH, &[RECORD_V1, 0, HAS_KEY, 1, 2]).is_err(), "a truncated record");
-        assert!(decode_record(UNIX_EPOCH, &[RECORD_V1, 99, 0, 0, 0, 0, 0]).is_err(), "an unknown code");
+        assert_eq!(Summary::decode(&summary.encode()).unwrap(), summary);
+        assert_eq!(summary.by_ip[&Some("10.1.2.3".parse().unwrap())], (2, 1));
+
+        assert!(decode_block(0, &bytes[..bytes.len() - 1]).is_err(), "a cut block");
+        let bare = UsageRecord { key_id: None, caller: None, client_ip: None, ..records[0].clone() };
+        let mut bad_code = encode_block(0, &[(0, &bare)]);
+        assert_eq!(bad_code[17], code_byte(VerifyCode::QuotaExceeded), "header 13, three empty dictionaries, delta 0");
+        bad_code[17] = 99;
+        assert!(decode_block(0, &bad_code).is_err(), "an unknown code");
+        assert!(Summary::decode(&[0; 10]).is_err());
     }
 
     #[test]
-    fn key_usage_counts_one_keys_range_and_retention_prunes_the_oldest() {
+    fn key_usage_adds_whole_blocks_and_opens_only_the_edges() {
         let (_dir, db, tree) = open();
         let (a, b) = (KeyId::new_v7(), KeyId::new_v7());
-        let mut records = Vec::new();
-        for s in 0..10 {
-            records.push(record(100 + s, Some(a), VerifyCode::Valid, Some("10.0.0.1")));
-            records.push(record(100 + s, Some(b), VerifyCode::Invalid, Some("10.0.0.2")));
-            if s == 5 {
-                records.push(record(105, Some(a), VerifyCode::RateLimited, None));
-                records.push(record(105, None, VerifyCode::Invalid, None));
+        for block in [100..105, 105..110] {
+            let mut records = Vec::new();
+            for s in block {
+                records.push(record(s, Some(a), VerifyCode::Valid, Some("10.0.0.1")));
+                records.push(record(s, Some(b), VerifyCode::Invalid, Some("10.0.0.2")));
             }
+            tree.append(&records, Retention::default()).unwrap();
         }
-        assert_eq!(tree.append(&records, Retention::default()).unwrap(), 0);
+        tree.append(
+            &[record(110, Some(a), VerifyCode::RateLimited, None), record(110, None, VerifyCode::Invalid, None)],
+            Retention::default(),
+        )
+        .unwrap();
         assert_eq!(tree.count(), 22);
 
-        let at = |s| Some(UNIX_EPOCH + Duration::from_secs(s));
-        let u = tree.key_usage(a, at(102), at(106), 1000).unwrap();
-        assert_eq!(u.total, 5, "100+2..=105 valid, and the rate-limited one");
-        assert_eq!(u.by_code[&VerifyCode::Valid], 4);
-        assert_eq!(u.by_code[&VerifyCode::RateLimited], 1);
-        assert_eq!(u.by_client_ip[&Some("10.0.0.1".parse().unwrap())], (4, 4));
-        assert_eq!(u.resume_at, None);
-        let short = tree.key_usage(a, None, None, 3).unwrap();
-        assert_eq!((short.total, short.resume_at), (3, at(103)));
-
-        // A batch alone over the limit keeps its newest.
-        let (_dir2, _db2, small) = open();
-        assert_eq!(small.append(&records[..5], Retention { older_than: None, max_records: Some(2) }).unwrap(), 3);
-        let q = UsageQuery::default();
-        let kept: Vec<_> = small.query(&q, None, 10, 100).unwrap().0.into_iter().map(|r| r.code).collect();
-        assert_eq!((small.count(), kept), (2, vec![VerifyCode::Invalid, VerifyCode::Valid]), "101 s b, 102 s a");
-        assert_eq!(small.key_usage(a, None, None, 100).unwrap().total, 1, "index entries only for records kept");
-
-        // Keep 12: the 10 oldest go, with their index entries.
-        let pruned = tree.append(&[], Retention { older_than: None, max_records: Some(12) }).unwrap();
-        assert_eq!((pruned, tree.count()), (10, 12));
-        assert_eq!(tree.key_usage(a, None, None, 1000).unwrap().total, 6);
-        // Older than 108 s: 100..=107 go (the rest of 105, 106, 107).
-        let pruned = tree.append(&[], Retention { older_than: at(108), max_records: None }).unwrap();
-        assert_eq!((pruned, tree.count()), (8, 4));
-        assert_eq!(tree.key_usage(b, None, None, 1000).unwrap().total, 2);
-        let index_entries = tree.tree.scan_prefix([BY_KEY]).count();
-        assert_eq!(index_entries, 4, "no index entry outlives its record");
+        let all = tree.key_usage(a, None, None, 1000).unwrap();
+        assert_eq!((all.total, all.first_at, all.last_at), (11, at(100), at(110)));
+        assert_eq!(all.by_code[&VerifyCode::RateLimited], 1);
+        assert_eq!(all.by_client_ip[&Some("10.0.0.1".parse().unwrap())], (10, 10));
+        assert_eq!(all.by_client_ip[&None], (1, 0));
+        let edges = tree.key_usage(a, at(103), at(107), 1000).unwrap();
+        assert_eq!((edges.total, edges.first_at, edges.last_at), (4, at(103), at(106)), "across two blocks' edges");
+        assert_eq!(tree.key_usage(b, at(105), at(110), 1000).unwrap().total, 5, "one whole block");
+        let short = tree.key_usage(a, None, None, 5).unwrap();
+        assert_eq!((short.total, short.resume_at), (5, at(105)));
+        let rest = tree.key_usage(a, short.resume_at, None, 1000).unwrap();
+        assert_eq!(rest.total, 6, "resuming counts the rest exactly once");
 
         drop(tree);
-        let reopened = UsageTree::open(&db).unwrap();
-        assert_eq!(reopened.count(), 4);
+        assert_eq!(UsageTree::open(&db).unwrap().count(), 22);
     }
 
     #[test]
-    fn times_are_monotonic_so_equal_and_late_stamps_stay_distinct() {
-        let (_dir, _db, tree) = open();
+    fn retention_prunes_whole_blocks_oldest_first_with_their_index_entries() {
+        let (_dir, db, tree) = open();
         let key = KeyId::new_v7();
-        let records: Vec<_> = [50, 50, 49].map(|s| record(s, Some(key), VerifyCode::Valid, None)).to_vec();
+        for block in 0..3u64 {
+            let records: Vec<_> =
+                (0..4).map(|i| record(100 + block * 10 + i, Some(key), VerifyCode::Valid, None)).collect();
+            tree.append(&records, Retention::default()).unwrap();
+        }
+        let keep_8 = Retention { older_than: None, max_records: Some(8) };
+        assert_eq!(tree.append(&[], keep_8).unwrap(), 4);
+        assert_eq!(tree.count(), 8);
+        assert_eq!(tree.key_usage(key, None, None, 100).unwrap().first_at, at(110));
+        let younger = Retention { older_than: at(120), max_records: None };
+        assert_eq!(tree.append(&[], younger).unwrap(), 4, "the block ending at 113 s");
+        assert_eq!(tree.count(), 4);
+        assert_eq!(tree.tree.scan_prefix([BY_KEY]).count(), 1, "no index entry outlives its block");
+        assert_eq!(tree.append(&[], younger).unwrap(), 0, "the block ending at 123 s stays");
+
+        let big: Vec<_> = (0..5).map(|i| record(200 + i, Some(key), VerifyCode::Valid, None)).collect();
+        let keep_2 = Retention { older_than: None, max_records: Some(2) };
+        assert_eq!(tree.append(&big, keep_2).unwrap(), 4 + 3, "the old block, and the write's 3 oldest");
+        let kept = tree.key_usage(key, None, None, 100).unwrap();
+        assert_eq!((kept.total, kept.first_at), (2, at(203)));
+        drop(tree);
+        assert_eq!(UsageTree::open(&db).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn times_are_monotonic_and_a_block_spans_a_minute_at_most() {
+        let (_dir, db, tree) = open();
+        let key = KeyId::new_v7();
+        let records: Vec<_> = [50, 50, 49, 200].map(|s| record(s, Some(key), VerifyCode::Valid, None)).to_vec();
         tree.append(&records, Retention::default()).unwrap();
-        assert_eq!(tree.count(), 3);
+        assert_eq!(tree.tree.scan_prefix([BLOCK]).count(), 2, "200 s is more than a span after 50 s");
         let q = UsageQuery { key: Some(key), ..Default::default() };
         let (found, next) = tree.query(&q, None, 10, 100).unwrap();
-        assert_eq!((found.len(), next), (3, None));
-        assert!(found.iter().all(|r| r.at == UNIX_EPOCH + Duration::from_secs(50)), "the late one is stamped at 50 s");
+        assert_eq!(next, None);
+        let times: Vec<_> = found.iter().map(|r| r.at).collect();
+        assert_eq!(times, vec![at(50).unwrap(), at(50).unwrap(), at(50).unwrap(), at(200).unwrap()]);
+        // After a restart, a late record still sorts after the newest.
+        drop(tree);
+        let tree = UsageTree::open(&db).unwrap();
+        tree.append(&[record(10, Some(key), VerifyCode::Valid, None)], Retention::default()).unwrap();
+        let (found, _) = tree.query(&UsageQuery { newest_first: true, ..q }, None, 1, 100).unwrap();
+        assert_eq!(found[0].at, at(200).unwrap());
     }
 
     #[test]
-    fn queries_filter_page_and_go_either_way() {
+    fn queries_page_through_blocks_either_way_with_and_without_a_key() {
         let (_dir, _db, tree) = open();
-        let key = KeyId::new_v7();
-        let records: Vec<_> = (0..6)
-            .map(|s| {
-                let code = if s % 2 == 0 { VerifyCode::Valid } else { VerifyCode::Revoked };
-                record(200 + s, Some(key), code, Some("10.9.9.9"))
-            })
-            .collect();
-        tree.append(&records, Retention::default()).unwrap();
-        for key_filter in [Some(key), None] {
-            let q = UsageQuery {
-                key: key_filter,
-                code: Some(VerifyCode::Revoked),
-                newest_first: true,
-                ..Default::default()
-            };
-            let (page, next) = tree.query(&q, None, 2, 100).unwrap();
-            assert_eq!(page.iter().map(|r| r.at).collect::<Vec<_>>(), vec![records[5].at, records[3].at]);
-            let (rest, end) = tree.query(&q, next.as_deref(), 2, 100).unwrap();
-            assert_eq!(rest.iter().map(|r| r.at).collect::<Vec<_>>(), vec![records[1].at]);
-            assert_eq!(end, None);
-            assert_eq!(rest[0].caller, records[1].caller);
+        let (key, other) = (KeyId::new_v7(), KeyId::new_v7());
+        let mut all = Vec::new();
+        for block in 0..3u64 {
+            let records: Vec<_> = (0..4)
+                .map(|i| {
+                    let s = 300 + block * 10 + i;
+                    let code = if s % 2 == 0 { VerifyCode::Valid } else { VerifyCode::Revoked };
+                    record(s, Some(if i == 3 { other } else { key }), code, Some("10.9.9.9"))
+                })
+                .collect();
+            tree.append(&records, Retention::default()).unwrap();
+            all.extend(records);
         }
+        for key_filter in [Some(key), None] {
+            for newest_first in [false, true] {
+                for code in [None, Some(VerifyCode::Revoked)] {
+                    let q = UsageQuery { key: key_filter, code, newest_first, since: at(301), ..Default::default() };
+                    let mut want: Vec<_> = all.iter().filter(|r| q.matches(r)).cloned().collect();
+                    if newest_first {
+                        want.reverse();
+                    }
+                    let (mut got, mut cursor) = (Vec::new(), None);
+                    for _ in 0..20 {
+                        let (page, next) = tree.query(&q, cursor.as_deref(), 2, 3).unwrap();
+                        assert!(page.len() <= 2);
+                        got.extend(page);
+                        cursor = next;
+                        if cursor.is_none() {
+                            break;
+                        }
+                    }
+                    assert_eq!(cursor, None);
+                    assert_eq!(got, want, "{q:?}");
+                }
+            }
+        }
+        assert!(tree.query(&UsageQuery::default(), Some(&[1, 2, 3]), 2, 3).is_err(), "a malformed cursor");
     }
 }
