@@ -16,8 +16,8 @@ use crate::{
     domain::{
         key::KeyId,
         policy::VerifyCode,
-        ports::{AUDIT_MAC_LEN, AuditSealer, HsmError, Store},
-        usage_log::{Retention, UsageRecord},
+        ports::{AUDIT_MAC_LEN, AuditSealer, HsmError, Store, StoreError},
+        usage_log::{MAX_QUERY_SCAN, MAX_USAGE_SCAN, Retention, UsageQuery, UsageRecord},
     },
     store::SledStore,
 };
@@ -72,6 +72,20 @@ pub async fn disk_figures(dir: &Path, n: u64, out: &mut impl FnMut(String)) -> R
     }
     let took = started.elapsed();
     let bytes = store.size_on_disk().map_err(|e| e.to_string())?.saturating_sub(empty);
+    let query =
+        |i: usize| UsageQuery { key: Some(keys[i * 7919 % keys.len()]), newest_first: true, ..Default::default() };
+    let time = |f: &dyn Fn(usize) -> Result<usize, StoreError>| -> Result<(Figures, usize), String> {
+        let (mut latencies, mut returned, started) = (Vec::new(), 0, Instant::now());
+        for i in 0..200 {
+            let t = Instant::now();
+            returned += f(i).map_err(|e| e.to_string())?;
+            latencies.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+        }
+        Ok((Figures::new(latencies, 0, started.elapsed()), returned / 200))
+    };
+    let (newest, per_page) = time(&|i| Ok(store.query_usage(&query(i), None, 100, MAX_QUERY_SCAN)?.0.len()))?;
+    let (counts, per_key) =
+        time(&|i| Ok(store.key_usage(query(i).key.expect("a key"), None, None, MAX_USAGE_SCAN)?.total as usize))?;
     store.close();
     out(format!(
         "usage log writer: {written} records in {BATCH}-record durable batches in {:.1} s = {:.0} records/s",
@@ -82,6 +96,8 @@ pub async fn disk_figures(dir: &Path, n: u64, out: &mut impl FnMut(String)) -> R
         "usage log on disk: {bytes} bytes for {written} records = {:.0} bytes per record",
         bytes as f64 / written as f64
     ));
+    out(newest.report(&format!("QueryUsage store query, one key's newest 100 ({per_page} returned) among {written}")));
+    out(counts.report(&format!("KeyUsage store count, one key's whole history ({per_key} records) among {written}")));
     Ok(())
 }
 

@@ -527,6 +527,9 @@ impl UsageTree {
                 order = Box::new(order.filter(move |i| if query.newest_first { *i < place } else { *i > place }));
             }
             for i in order {
+                if query.key.is_some_and(|k| records[i].key_id != Some(k)) {
+                    continue; // Another key's record in a block this key is in: not counted.
+                }
                 if let Some(((start, n), place)) = examined
                     && (found.len() == limit || scanned >= max_scan)
                 {
