@@ -223,6 +223,19 @@ struct ServeArgs {
     /// Write the bound metrics address to this file (written before `--addr-file`).
     #[arg(long)]
     metrics_addr_file: Option<PathBuf>,
+    /// Serve TLS with this PEM certificate chain, the server's first [default: `tls.cert`].
+    #[arg(long, env = "KEYWARD_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of `--tls-cert` [default: `tls.key`].
+    #[arg(long, env = "KEYWARD_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// mTLS: PEM CA certificates client certificates must chain to [default: `tls.client_ca`].
+    #[arg(long, env = "KEYWARD_CLIENT_CA")]
+    client_ca: Option<PathBuf>,
+    /// Serve plaintext gRPC on a non-loopback address (behind a TLS-terminating proxy) [default:
+    /// `server.allow_plaintext`].
+    #[arg(long, env = "KEYWARD_ALLOW_PLAINTEXT")]
+    allow_plaintext: bool,
 }
 
 pub fn run() -> ExitCode {
@@ -240,6 +253,8 @@ pub fn run() -> ExitCode {
                 addr_file: a.addr_file,
                 metrics_listen: a.metrics_listen,
                 metrics_addr_file: a.metrics_addr_file,
+                tls: crate::config::TlsFlags { cert: a.tls_cert, key: a.tls_key, client_ca: a.client_ca },
+                allow_plaintext: a.allow_plaintext,
             };
             app::serve(&opts, &serving, cli.log_format)
         }

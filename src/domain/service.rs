@@ -263,6 +263,22 @@ impl<H: Hsm, S: Store> Keys<H, S> {
                 return Err(INVALID);
             }
         };
+        self.admit(record, ctx)
+    }
+
+    /// Authenticates a caller as the key `key_id` without its secret, because something the
+    /// edge verified stands for it (an mTLS client certificate mapped to the key). The key must
+    /// exist and pass the same checks as a bearer key: state, validity window, allowlist.
+    pub async fn authenticate_identity(&self, key_id: KeyId, ctx: &RequestContext) -> Result<Caller> {
+        let record = self
+            .store
+            .get_key(key_id)?
+            .ok_or(Error::Unauthenticated("the client certificate is mapped to a key that does not exist"))?;
+        self.admit(record, ctx)
+    }
+
+    /// The checks every caller's key passes once its holder is proven.
+    fn admit(&self, record: KeyRecord, ctx: &RequestContext) -> Result<Caller> {
         let peer = ctx.client_addr.map(|a| a.ip());
         let now = self.clock.now();
         match policy::evaluate(&record, now, peer, &[], &self.config.rotation.rules) {
