@@ -18,3 +18,4 @@ mod reflection;
 mod rotation;
 mod secrets;
 mod startup;
+mod tls;
