@@ -12,6 +12,7 @@ use std::{
 };
 
 use crate::{
+    admin::ClientTls,
     config::{self, Config, ConfigError, DEV_TOKEN_LABEL},
     domain::{
         clock::{Clock, SystemClock},
@@ -453,23 +454,43 @@ async fn sweep_every_interval(keys: Arc<Keys<Pkcs11Hsm, SledStore>>, every: Dura
     }
 }
 
+/// The admin credential: the key in `key_file`, or none when a client certificate stands for
+/// one (mTLS).
+fn admin_key(key_file: Option<&Path>, tls: &ClientTls, scope: &str) -> Result<Option<String>, AppError> {
+    match key_file {
+        Some(path) => crate::bench::read_key_file(path).map(Some).map_err(AppError::Refused),
+        None if tls.has_identity() => Ok(None),
+        None => Err(AppError::Refused(format!(
+            "--key-file is required (a key holding {scope}), or over mTLS a client certificate mapped to one \
+             (--client-cert and --client-key)"
+        ))),
+    }
+}
+
 /// `keyward master ...` against a running server.
-pub fn master(target: &str, key_file: Option<&Path>, command: crate::admin::MasterCommand) -> Result<(), AppError> {
-    let key_file = key_file
-        .ok_or_else(|| AppError::Refused("--key-file is required (a key holding keyward:master:rotate)".into()))?;
-    let key = crate::bench::read_key_file(key_file).map_err(AppError::Refused)?;
-    let out = runtime()?.block_on(crate::admin::master(target, &key, command)).map_err(AppError::Refused)?;
+pub fn master(
+    target: &str,
+    tls: &ClientTls,
+    key_file: Option<&Path>,
+    command: crate::admin::MasterCommand,
+) -> Result<(), AppError> {
+    let key = admin_key(key_file, tls, "keyward:master:rotate")?;
+    let out =
+        runtime()?.block_on(crate::admin::master(target, tls, key.as_deref(), command)).map_err(AppError::Refused)?;
     println!("{out}");
     Ok(())
 }
 
 /// `keyward audit ...` against a running server; lines go to stdout as they come.
-pub fn audit(target: &str, key_file: Option<&Path>, command: crate::admin::AuditCommand) -> Result<(), AppError> {
-    let key_file = key_file
-        .ok_or_else(|| AppError::Refused("--key-file is required (a key holding keyward:audit:read)".into()))?;
-    let key = crate::bench::read_key_file(key_file).map_err(AppError::Refused)?;
+pub fn audit(
+    target: &str,
+    tls: &ClientTls,
+    key_file: Option<&Path>,
+    command: crate::admin::AuditCommand,
+) -> Result<(), AppError> {
+    let key = admin_key(key_file, tls, "keyward:audit:read")?;
     runtime()?
-        .block_on(crate::admin::audit(target, &key, command, &mut |line| println!("{line}")))
+        .block_on(crate::admin::audit(target, tls, key.as_deref(), command, &mut |line| println!("{line}")))
         .map_err(AppError::Refused)
 }
 

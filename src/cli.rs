@@ -41,6 +41,30 @@ struct AuditArgs {
     /// File whose first line is a key holding `keyward:audit:read`, e.g. DATA_DIR/root.key.
     #[arg(long, global = true, env = "KEYWARD_KEY_FILE")]
     key_file: Option<PathBuf>,
+    #[command(flatten)]
+    tls: ClientTlsArgs,
+}
+
+/// TLS for the admin commands.
+#[derive(Args, Debug)]
+struct ClientTlsArgs {
+    /// Connect with TLS, trusting this PEM CA for the server's certificate (the --target host
+    /// must be a name or address in it).
+    #[arg(long, global = true, env = "KEYWARD_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// mTLS: present this PEM client certificate; mapped to a key in [tls.identities], it
+    /// stands in for --key-file.
+    #[arg(long, global = true, env = "KEYWARD_CLIENT_CERT")]
+    client_cert: Option<PathBuf>,
+    /// The PEM private key of --client-cert.
+    #[arg(long, global = true, env = "KEYWARD_CLIENT_KEY")]
+    client_key: Option<PathBuf>,
+}
+
+impl ClientTlsArgs {
+    fn into_tls(self) -> crate::admin::ClientTls {
+        crate::admin::ClientTls { ca: self.ca_cert, cert: self.client_cert, key: self.client_key }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -82,6 +106,8 @@ struct MasterArgs {
     /// e.g. DATA_DIR/root.key.
     #[arg(long, global = true, env = "KEYWARD_KEY_FILE")]
     key_file: Option<PathBuf>,
+    #[command(flatten)]
+    tls: ClientTlsArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -288,7 +314,7 @@ pub fn run() -> ExitCode {
                 MasterSub::Rotate { wait } => crate::admin::MasterCommand::Rotate { wait },
                 MasterSub::Retire { version } => crate::admin::MasterCommand::Retire { version },
             };
-            app::master(&a.target, a.key_file.as_deref(), command)
+            app::master(&a.target, &a.tls.into_tls(), a.key_file.as_deref(), command)
         }
         Command::Audit(a) => {
             use crate::admin::AuditCommand;
@@ -298,7 +324,7 @@ pub fn run() -> ExitCode {
                 AuditSub::Export { from, to } => AuditCommand::Export { from, to },
                 AuditSub::Checkpoint => AuditCommand::Checkpoint,
             };
-            app::audit(&a.target, a.key_file.as_deref(), command)
+            app::audit(&a.target, &a.tls.into_tls(), a.key_file.as_deref(), command)
         }
         Command::Bench(BenchCommand::Audit { common, events, keys, queries }) => {
             let opts = app::Options::new(common.data_dir, common.config, common.dev);

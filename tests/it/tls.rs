@@ -452,3 +452,46 @@ async fn plaintext_off_loopback_needs_the_allow_flag_and_bad_tls_settings_stop_s
     instance.start().await;
     assert_eq!(try_call(&instance, &ca.pem, None).await, Ok(VerifyCode::Valid));
 }
+
+#[tokio::test]
+async fn admin_commands_speak_tls_and_a_mapped_certificate_stands_in_for_the_key_file() {
+    let ca = Ca::new("keyward test CA");
+    let clients = Ca::new("clients CA");
+    let mut instance = Instance::started().await;
+    let (_, auditor_id) = instance.create_key("auditor", &["keyward:audit:read", "keyward:master:read"]).await;
+    instance.stop().await;
+    let files = Files::new(&instance);
+    instance.serve_args = files.server(&ca.server("keyward", 1));
+    instance.configure("tls", "client_ca", &toml_str(Path::new(&files.write("clients.crt", &clients.pem))));
+    instance.configure("tls", "client_auth", "\"optional\"");
+    instance.configure("tls", "identities", &format!("{{ \"spiffe://ops/auditor\" = \"{auditor_id}\" }}"));
+    instance.start().await;
+
+    let auditor = clients.client("spiffe://ops/auditor");
+    let target = format!("127.0.0.1:{}", instance.addr().port());
+    let ca_file = files.write("ca.crt", &ca.pem);
+    let (cert, key) = (files.write("auditor.crt", &auditor.cert), files.write("auditor.key", &auditor.key));
+    let tls = ["--target", &target, "--ca-cert", &ca_file];
+    let mtls = [&tls[..], &["--client-cert", &cert, "--client-key", &key]].concat();
+
+    let out = instance.keyward(&[&["audit", "checkpoint"], &mtls[..]].concat());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let checkpoint: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(checkpoint["seq"].as_u64().unwrap() >= 2, "{checkpoint}");
+    let out = instance.keyward(&[&["master", "status"], &mtls[..]].concat());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("current master key: v1"), "{out:?}");
+    // The auditor's permissions, no more.
+    let out = instance.keyward(&[&["master", "rotate"], &mtls[..]].concat());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PermissionDenied"), "{out:?}");
+
+    // TLS without a client certificate: the key file is the credential, and it is required.
+    let out = instance.keyward(&[&["master", "status"], &tls[..]].concat());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--key-file is required"), "{out:?}");
+    let root_key = instance.data_dir.join("root.key");
+    let out = instance.keyward(&[&["master", "status", "--key-file", root_key.to_str().unwrap()], &tls[..]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Plaintext against the TLS port fails.
+    let out = instance.keyward(&["master", "status", "--target", &target, "--key-file", root_key.to_str().unwrap()]);
+    assert!(!out.status.success());
+}
