@@ -441,16 +441,41 @@ mod tests {
         assert_eq!(c.server.max_message_bytes, 64 * 1024);
     }
 
+    /// The README's TOML blocks after `from`, in order.
+    fn readme_toml_blocks(from: &str) -> Vec<&'static str> {
+        let readme = include_str!("../README.md");
+        let mut rest = &readme[readme.find(from).expect("the heading")..];
+        let mut blocks = Vec::new();
+        while let Some(start) = rest.find("```toml\n") {
+            rest = &rest[start + "```toml\n".len()..];
+            let end = rest.find("```").expect("a closed block");
+            blocks.push(&rest[..end]);
+            rest = &rest[end..];
+        }
+        blocks
+    }
+
+    #[test]
+    fn every_readme_configuration_example_is_valid() {
+        let blocks = readme_toml_blocks("# keyward");
+        assert!(blocks.len() >= 2, "the TLS example and the configuration reference");
+        for block in blocks {
+            let c: Config = toml::from_str(block).unwrap_or_else(|e| panic!("{e}\n{block}"));
+            c.tls.settings(&TlsFlags::default()).unwrap_or_else(|e| panic!("{e}\n{block}"));
+            crate::tls::Identities::from_config(&c.tls.identities).unwrap();
+        }
+    }
+
     #[test]
     fn the_readme_configuration_example_is_valid_and_says_the_defaults() {
-        let readme = include_str!("../README.md");
-        let start = readme.find("```toml\n").expect("a toml block") + "```toml\n".len();
-        let block = &readme[start..start + readme[start..].find("```").unwrap()];
+        let block = readme_toml_blocks("## Configuration")[0];
         let c: Config = toml::from_str(block).unwrap();
         let d = Config::default();
         assert_eq!(toml::to_string(&c.rotation).unwrap(), toml::to_string(&d.rotation).unwrap());
         assert_eq!(toml::to_string(&c.master).unwrap(), toml::to_string(&d.master).unwrap());
         assert_eq!(toml::to_string(&c.policy).unwrap(), toml::to_string(&d.policy).unwrap());
+        assert_eq!(toml::to_string(&c.server).unwrap(), toml::to_string(&d.server).unwrap());
+        assert_eq!(toml::to_string(&c.tls).unwrap(), toml::to_string(&d.tls).unwrap());
     }
 
     #[test]
