@@ -330,7 +330,8 @@ impl TlsSection {
             (Some(cert), Some(key)) => (cert, key),
             (None, None) if client_ca.is_some() => {
                 return invalid(
-                    "a client CA (tls.client_ca, --client-ca) needs the server's own certificate and key: set tls.cert and tls.key (or --tls-cert and --tls-key)",
+                    "a client CA (tls.client_ca, --client-ca) needs the server's own certificate and key: set \
+                     tls.cert and tls.key (or --tls-cert and --tls-key)",
                 );
             }
             (None, None) => return Ok(None),

@@ -115,9 +115,13 @@ pub async fn serve<H: Hsm, S: Store>(
     let verify_api = VerifyServiceServer::new(VerifyApi::new(keys, ids.clone())).max_decoding_message_size(max);
 
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    // tonic keeps the incoming stream until the drain ends: keyward's TLS acceptor is told to
+    // stop accepting (and close the listener) at once.
+    let (stop_accepting, accepting) = tokio::sync::watch::channel(false);
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down: no new connections, draining in-flight calls");
+        let _ = stop_accepting.send(true);
         let _ = drain_tx.send(());
     };
     let router = tonic::transport::Server::builder()
@@ -138,7 +142,8 @@ pub async fn serve<H: Hsm, S: Store>(
             Box::pin(router.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal))
         }
         Transport::Tls(tls) => {
-            Box::pin(router.serve_with_incoming_shutdown(crate::tls::incoming(listener, tls), signal))
+            let incoming = crate::tls::incoming(listener, tls, accepting);
+            Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
         }
     };
 

@@ -6,7 +6,10 @@
 
 use std::{io, sync::Arc, time::Duration};
 
-use tokio::{net::TcpListener, sync::mpsc};
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, watch},
+};
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -15,17 +18,20 @@ use super::TlsReloader;
 /// A handshake not finished by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The stream of established TLS connections on `listener`. Accepting stops (and the listener
-/// closes) once the stream is dropped, i.e. when the server stops accepting at shutdown.
+/// The stream of established TLS connections on `listener`. Accepting stops, and the listener
+/// closes, once `stop` turns true (shutdown: the server drains but takes no new connection) or
+/// the stream is dropped.
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<TlsReloader>,
+    mut stop: watch::Receiver<bool>,
 ) -> ReceiverStream<Result<TlsStream<tokio::net::TcpStream>, io::Error>> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = tokio::select! {
                 _ = tx.closed() => return,
+                _ = stopped(&mut stop) => return,
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
                     Err(e) => {
@@ -55,4 +61,13 @@ pub fn incoming(
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// Resolves once `stop` is true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
 }

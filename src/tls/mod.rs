@@ -86,7 +86,8 @@ impl Files {
         let key = PrivateKeyDer::from_pem_slice(&self.key).map_err(|e| {
             let what = match e {
                 rustls::pki_types::pem::Error::NoItemsFound => {
-                    "no unencrypted private key in it (expected PEM `PRIVATE KEY`, `RSA PRIVATE KEY` or `EC PRIVATE KEY`)"
+                    "no unencrypted private key in it (expected PEM `PRIVATE KEY`, `RSA PRIVATE KEY` or \
+                     `EC PRIVATE KEY`)"
                 }
                 _ => "not a valid PEM private key",
             };
@@ -96,8 +97,9 @@ impl Files {
         let builder = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError(format!("protocol versions: {e}")))?;
-        let builder = match (&settings.client_ca, &self.client_ca) {
-            (Some((path, auth)), Some(pem)) => {
+        let builder = match &settings.client_ca {
+            Some((path, auth)) => {
+                let pem = self.client_ca.as_deref().unwrap_or_default();
                 let mut roots = RootCertStore::empty();
                 for cert in CertificateDer::pem_slice_iter(pem) {
                     let cert = cert.map_err(|e| TlsError(format!("{}: not a PEM certificate: {e}", path.display())))?;
@@ -114,7 +116,7 @@ impl Files {
                 let verifier = verifier.build().map_err(|e| TlsError(format!("{}: client CA: {e}", path.display())))?;
                 builder.with_client_cert_verifier(verifier)
             }
-            _ => builder.with_no_client_auth(),
+            None => builder.with_no_client_auth(),
         };
         let mut config = builder
             .with_single_cert(chain, key)

@@ -103,7 +103,8 @@ pub async fn watch(reloader: Option<Arc<TlsReloader>>, mut hangup: Signal) {
             Ok(Ok(Reloaded::Unchanged)) => {}
             Ok(Ok(Reloaded::New(summary))) => summary.log(&format!("TLS certificate reloaded ({why})")),
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, trigger = why, "TLS reload failed; new connections keep the previous certificate")
+                let what = "TLS reload failed; new connections keep the previous certificate";
+                tracing::warn!(error = %e, trigger = why, "{what}")
             }
             Err(e) => tracing::error!(error = %e, "TLS reload task failed"),
         }

@@ -204,6 +204,15 @@ async fn tls_serves_clients_that_trust_its_ca_and_no_plaintext() {
         Err(_) => Some(tonic::Status::unavailable("refused")),
     };
     assert!(plain.is_some(), "plaintext h2 on the TLS port does not work");
+
+    // SIGTERM with a TLS connection open: it drains, stops accepting at once, and exits 0.
+    let mut open = verifier(channel(&instance, &ca.pem, None).await.unwrap(), Some(&instance.root_key));
+    assert_eq!(verify(&mut open, &instance.root_key).await.unwrap().code(), VerifyCode::Valid);
+    let (mut instance, started) = (instance, Instant::now());
+    let port = instance.addr().port();
+    assert!(instance.stop().await.success());
+    assert!(started.elapsed() < Duration::from_secs(8), "no drain deadline reached: {:?}", started.elapsed());
+    assert!(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err(), "the listener is closed");
 }
 
 #[tokio::test]
