@@ -1,9 +1,16 @@
-//! `keyward master`: the master key admin commands, as a gRPC client of a running server (the
-//! server holds the database, so changes go through it and its audit trail).
+//! `keyward master` and `keyward audit`: admin commands, as a gRPC client of a running server
+//! (the server holds the database, so changes go through it and its audit trail), over plaintext
+//! or TLS, authenticated with a key or, over mTLS, a client certificate mapped to one.
 
-use std::time::{Duration, Instant};
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
 
-use tonic::{Request, transport::Channel};
+use tonic::{
+    Request,
+    transport::{Certificate, Channel, ClientTlsConfig, Identity},
+};
 
 use crate::{
     domain::audit_log::hex,
@@ -23,10 +30,55 @@ pub enum MasterCommand {
     },
 }
 
-fn authorized<T>(message: T, key: &str) -> Result<Request<T>, String> {
+/// How an admin command reaches the server: plaintext, or TLS trusting `ca`, presenting the
+/// client certificate `cert` (with its private key `key`) for mTLS.
+#[derive(Clone, Debug, Default)]
+pub struct ClientTls {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl ClientTls {
+    /// Whether a client certificate stands in for a key file.
+    pub fn has_identity(&self) -> bool {
+        self.cert.is_some()
+    }
+}
+
+/// One connection to `target` (`host:port`; over TLS the host must be a name or address in the
+/// server's certificate).
+async fn connect(target: &str, tls: &ClientTls) -> Result<Channel, String> {
+    let read = |path: &Path| std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()));
+    let endpoint = match (&tls.ca, &tls.cert, &tls.key) {
+        (None, None, None) => Channel::from_shared(format!("http://{target}")).map_err(|e| e.to_string())?,
+        (None, _, _) => return Err("a client certificate needs --ca-cert, the CA of the server's certificate".into()),
+        (Some(_), Some(_), None) | (Some(_), None, Some(_)) => {
+            return Err("--client-cert and --client-key go together".into());
+        }
+        (Some(ca), cert, key) => {
+            let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+            if let (Some(cert), Some(key)) = (cert, key) {
+                let key = zeroize::Zeroizing::new(read(key)?);
+                config = config.identity(Identity::from_pem(read(cert)?, &*key));
+            }
+            Channel::from_shared(format!("https://{target}"))
+                .map_err(|e| e.to_string())?
+                .tls_config(config)
+                .map_err(|e| format!("TLS: {e}"))?
+        }
+    };
+    endpoint.connect().await.map_err(|e| format!("connecting to {target}: {e}"))
+}
+
+/// `message` with `authorization: Bearer <key>`; without a key (a client certificate stands for
+/// one), as it is.
+fn authorized<T>(message: T, key: Option<&str>) -> Result<Request<T>, String> {
     let mut request = Request::new(message);
-    let value = format!("Bearer {key}").parse().map_err(|_| "the key is not ASCII".to_string())?;
-    request.metadata_mut().insert("authorization", value);
+    if let Some(key) = key {
+        let value = format!("Bearer {key}").parse().map_err(|_| "the key is not ASCII".to_string())?;
+        request.metadata_mut().insert("authorization", value);
+    }
     Ok(request)
 }
 
@@ -57,12 +109,13 @@ fn describe(status: &proto::MasterKeyStatus) -> String {
 }
 
 /// Runs `command` against the server at `target` with `key`; returns what to print.
-pub async fn master(target: &str, key: &str, command: MasterCommand) -> Result<String, String> {
-    let channel = Channel::from_shared(format!("http://{target}"))
-        .map_err(|e| e.to_string())?
-        .connect()
-        .await
-        .map_err(|e| format!("connecting to {target}: {e}"))?;
+pub async fn master(
+    target: &str,
+    tls: &ClientTls,
+    key: Option<&str>,
+    command: MasterCommand,
+) -> Result<String, String> {
+    let channel = connect(target, tls).await?;
     let mut client = MasterKeyServiceClient::new(channel);
     let status = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
     match command {
@@ -144,13 +197,15 @@ fn json_line(e: &proto::AuditEvent) -> String {
 }
 
 /// Runs `command` against the AuditService at `target` with `key`; writes lines to `out`.
-pub async fn audit(target: &str, key: &str, command: AuditCommand, out: &mut impl FnMut(String)) -> Result<(), String> {
+pub async fn audit(
+    target: &str,
+    tls: &ClientTls,
+    key: Option<&str>,
+    command: AuditCommand,
+    out: &mut impl FnMut(String),
+) -> Result<(), String> {
     use crate::proto::audit_service_client::AuditServiceClient;
-    let channel = Channel::from_shared(format!("http://{target}"))
-        .map_err(|e| e.to_string())?
-        .connect()
-        .await
-        .map_err(|e| format!("connecting to {target}: {e}"))?;
+    let channel = connect(target, tls).await?;
     let mut client = AuditServiceClient::new(channel);
     let status = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
     match command {

@@ -12,6 +12,7 @@ use std::{
 };
 
 use crate::{
+    admin::ClientTls,
     config::{self, Config, ConfigError, DEV_TOKEN_LABEL},
     domain::{
         clock::{Clock, SystemClock},
@@ -43,6 +44,8 @@ pub enum AppError {
     Domain(#[from] DomainError),
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("{0}")]
     Refused(String),
 }
@@ -211,6 +214,10 @@ pub struct Serving {
     pub addr_file: Option<PathBuf>,
     pub metrics_listen: Option<SocketAddr>,
     pub metrics_addr_file: Option<PathBuf>,
+    /// `--tls-cert`, `--tls-key`, `--client-ca`, over `[tls]`.
+    pub tls: config::TlsFlags,
+    /// `--allow-plaintext`: plaintext on a non-loopback address (or `server.allow_plaintext`).
+    pub allow_plaintext: bool,
 }
 
 /// `keyward serve`: sets up logging (and trace export), runs until SIGINT or SIGTERM, then
@@ -271,6 +278,9 @@ async fn run_server(opts: &Options, serving: &Serving) -> Result<(), AppError> {
             opts.data_dir.display()
         )));
     }
+    let listen =
+        serving.listen.or(config.listen).unwrap_or_else(|| config::DEFAULT_LISTEN.parse().expect("a valid default"));
+    let (transport, identities) = transport(serving, &config, listen)?;
     let db = opts.db_path();
     if !db.exists() {
         return Err(AppError::Refused(format!("no database at {}: run `keyward init` first", db.display())));
@@ -312,16 +322,33 @@ async fn run_server(opts: &Options, serving: &Serving) -> Result<(), AppError> {
     let sweeper = sweep_every.map(|every| tokio::spawn(sweep_every_interval(keys.clone(), every)));
 
     let shutdown = shutdown_signal();
+    // Registered before the address is announced, like the shutdown signals: SIGHUP's default
+    // action would end the process. It reloads the TLS files; without TLS it does nothing.
+    let hangup =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(io("listening for SIGHUP"))?;
+    let tls = match &transport {
+        grpc::Transport::Tls(tls) => Some(tls.clone()),
+        grpc::Transport::Plain => None,
+    };
+    let reloads = tokio::spawn(crate::tls::watch(tls, hangup));
     let metrics_tasks = start_metrics(serving, &config, &store).await?;
-    let listen =
-        serving.listen.or(config.listen).unwrap_or_else(|| config::DEFAULT_LISTEN.parse().expect("a valid default"));
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(io(format!("listening on {listen}")))?;
     let local = listener.local_addr().map_err(io("reading the bound address"))?;
     if let Some(path) = &serving.addr_file {
         write_addr_file(path, local)?;
     }
-    tracing::info!(address = %local, "keyward serving");
-    let served = grpc::serve(keys.clone(), listener, config.server.limits(), shutdown).await;
+    let mode = match &transport {
+        grpc::Transport::Plain => "plaintext",
+        grpc::Transport::Tls(tls) => match tls.settings().client_ca {
+            None => "TLS",
+            Some((_, config::ClientAuth::Required)) => "mTLS, client certificate required",
+            Some((_, config::ClientAuth::Optional)) => "mTLS, client certificate optional",
+        },
+    };
+    tracing::info!(address = %local, transport = mode, "keyward serving");
+    let served = grpc::serve(keys.clone(), listener, transport, identities, config.server.limits(), shutdown).await;
+    reloads.abort();
+    let _ = reloads.await;
     usage_flush.abort();
     let _ = usage_flush.await;
     usage_log.abort();
@@ -351,6 +378,37 @@ async fn run_server(opts: &Options, serving: &Serving) -> Result<(), AppError> {
     served.map_err(|e| AppError::Refused(format!("server error: {e}")))?;
     tracing::info!("keyward stopped");
     Ok(())
+}
+
+/// Plaintext or TLS, from the flags over `[tls]`, and the mTLS identities; refuses plaintext on
+/// a non-loopback address unless allowed. The TLS files are read here, so a bad one stops
+/// startup with what is wrong with it.
+fn transport(
+    serving: &Serving,
+    config: &Config,
+    listen: SocketAddr,
+) -> Result<(grpc::Transport, Arc<crate::tls::Identities>), AppError> {
+    let settings = config.tls.settings(&serving.tls)?;
+    let identities = Arc::new(crate::tls::Identities::from_config(&config.tls.identities)?);
+    let Some(settings) = settings else {
+        let allowed = serving.allow_plaintext || config.server.allow_plaintext;
+        if !config::plaintext_allowed(listen, allowed) {
+            return Err(AppError::Refused(format!(
+                "refusing to serve plaintext gRPC on {listen}, a non-loopback address: bearer keys would cross the \
+                 network in clear. Configure TLS (--tls-cert and --tls-key, or [tls]), listen on loopback, or, \
+                 behind a TLS-terminating proxy, pass --allow-plaintext (or set server.allow_plaintext)"
+            )));
+        }
+        if !listen.ip().to_canonical().is_loopback() {
+            tracing::warn!(address = %listen, "serving plaintext gRPC on a non-loopback address (allowed explicitly)");
+        }
+        return Ok((grpc::Transport::Plain, identities));
+    };
+    let tls = crate::tls::TlsReloader::load(settings)?;
+    if !identities.is_empty() {
+        tracing::info!(identities = identities.len(), "client certificate identities mapped to keys");
+    }
+    Ok((grpc::Transport::Tls(Arc::new(tls)), identities))
 }
 
 /// The clock: the system's, or in `--dev` only, the system's moved by the whole seconds held in
@@ -432,23 +490,43 @@ async fn sweep_every_interval(keys: Arc<Keys<Pkcs11Hsm, SledStore>>, every: Dura
     }
 }
 
+/// The admin credential: the key in `key_file`, or none when a client certificate stands for
+/// one (mTLS).
+fn admin_key(key_file: Option<&Path>, tls: &ClientTls, scope: &str) -> Result<Option<String>, AppError> {
+    match key_file {
+        Some(path) => crate::bench::read_key_file(path).map(Some).map_err(AppError::Refused),
+        None if tls.has_identity() => Ok(None),
+        None => Err(AppError::Refused(format!(
+            "--key-file is required (a key holding {scope}), or over mTLS a client certificate mapped to one \
+             (--client-cert and --client-key)"
+        ))),
+    }
+}
+
 /// `keyward master ...` against a running server.
-pub fn master(target: &str, key_file: Option<&Path>, command: crate::admin::MasterCommand) -> Result<(), AppError> {
-    let key_file = key_file
-        .ok_or_else(|| AppError::Refused("--key-file is required (a key holding keyward:master:rotate)".into()))?;
-    let key = crate::bench::read_key_file(key_file).map_err(AppError::Refused)?;
-    let out = runtime()?.block_on(crate::admin::master(target, &key, command)).map_err(AppError::Refused)?;
+pub fn master(
+    target: &str,
+    tls: &ClientTls,
+    key_file: Option<&Path>,
+    command: crate::admin::MasterCommand,
+) -> Result<(), AppError> {
+    let key = admin_key(key_file, tls, "keyward:master:rotate")?;
+    let out =
+        runtime()?.block_on(crate::admin::master(target, tls, key.as_deref(), command)).map_err(AppError::Refused)?;
     println!("{out}");
     Ok(())
 }
 
 /// `keyward audit ...` against a running server; lines go to stdout as they come.
-pub fn audit(target: &str, key_file: Option<&Path>, command: crate::admin::AuditCommand) -> Result<(), AppError> {
-    let key_file = key_file
-        .ok_or_else(|| AppError::Refused("--key-file is required (a key holding keyward:audit:read)".into()))?;
-    let key = crate::bench::read_key_file(key_file).map_err(AppError::Refused)?;
+pub fn audit(
+    target: &str,
+    tls: &ClientTls,
+    key_file: Option<&Path>,
+    command: crate::admin::AuditCommand,
+) -> Result<(), AppError> {
+    let key = admin_key(key_file, tls, "keyward:audit:read")?;
     runtime()?
-        .block_on(crate::admin::audit(target, &key, command, &mut |line| println!("{line}")))
+        .block_on(crate::admin::audit(target, tls, key.as_deref(), command, &mut |line| println!("{line}")))
         .map_err(AppError::Refused)
 }
 

@@ -41,6 +41,30 @@ struct AuditArgs {
     /// File whose first line is a key holding `keyward:audit:read`, e.g. DATA_DIR/root.key.
     #[arg(long, global = true, env = "KEYWARD_KEY_FILE")]
     key_file: Option<PathBuf>,
+    #[command(flatten)]
+    tls: ClientTlsArgs,
+}
+
+/// TLS for the admin commands.
+#[derive(Args, Debug)]
+struct ClientTlsArgs {
+    /// Connect with TLS, trusting this PEM CA for the server's certificate (the --target host
+    /// must be a name or address in it).
+    #[arg(long, global = true, env = "KEYWARD_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// mTLS: present this PEM client certificate; mapped to a key in [tls.identities], it
+    /// stands in for --key-file.
+    #[arg(long, global = true, env = "KEYWARD_CLIENT_CERT")]
+    client_cert: Option<PathBuf>,
+    /// The PEM private key of --client-cert.
+    #[arg(long, global = true, env = "KEYWARD_CLIENT_KEY")]
+    client_key: Option<PathBuf>,
+}
+
+impl ClientTlsArgs {
+    fn into_tls(self) -> crate::admin::ClientTls {
+        crate::admin::ClientTls { ca: self.ca_cert, cert: self.client_cert, key: self.client_key }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -112,6 +136,8 @@ struct MasterArgs {
     /// e.g. DATA_DIR/root.key.
     #[arg(long, global = true, env = "KEYWARD_KEY_FILE")]
     key_file: Option<PathBuf>,
+    #[command(flatten)]
+    tls: ClientTlsArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -273,6 +299,19 @@ struct ServeArgs {
     /// Write the bound metrics address to this file (written before `--addr-file`).
     #[arg(long)]
     metrics_addr_file: Option<PathBuf>,
+    /// Serve TLS with this PEM certificate chain, the server's first [default: `tls.cert`].
+    #[arg(long, env = "KEYWARD_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of `--tls-cert` [default: `tls.key`].
+    #[arg(long, env = "KEYWARD_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// mTLS: PEM CA certificates client certificates must chain to [default: `tls.client_ca`].
+    #[arg(long, env = "KEYWARD_CLIENT_CA")]
+    client_ca: Option<PathBuf>,
+    /// Serve plaintext gRPC on a non-loopback address (behind a TLS-terminating proxy) [default:
+    /// `server.allow_plaintext`].
+    #[arg(long, env = "KEYWARD_ALLOW_PLAINTEXT")]
+    allow_plaintext: bool,
 }
 
 pub fn run() -> ExitCode {
@@ -290,6 +329,8 @@ pub fn run() -> ExitCode {
                 addr_file: a.addr_file,
                 metrics_listen: a.metrics_listen,
                 metrics_addr_file: a.metrics_addr_file,
+                tls: crate::config::TlsFlags { cert: a.tls_cert, key: a.tls_key, client_ca: a.client_ca },
+                allow_plaintext: a.allow_plaintext,
             };
             app::serve(&opts, &serving, cli.log_format)
         }
@@ -323,7 +364,7 @@ pub fn run() -> ExitCode {
                 MasterSub::Rotate { wait } => crate::admin::MasterCommand::Rotate { wait },
                 MasterSub::Retire { version } => crate::admin::MasterCommand::Retire { version },
             };
-            app::master(&a.target, a.key_file.as_deref(), command)
+            app::master(&a.target, &a.tls.into_tls(), a.key_file.as_deref(), command)
         }
         Command::Audit(a) => {
             use crate::admin::AuditCommand;
@@ -337,7 +378,7 @@ pub fn run() -> ExitCode {
                 AuditSub::Export { from, to } => AuditCommand::Export { from, to },
                 AuditSub::Checkpoint => AuditCommand::Checkpoint,
             };
-            app::audit(&a.target, a.key_file.as_deref(), command)
+            app::audit(&a.target, &a.tls.into_tls(), a.key_file.as_deref(), command)
         }
         Command::Bench(BenchCommand::Audit { common, events, keys, queries }) => {
             let opts = app::Options::new(common.data_dir, common.config, common.dev);

@@ -32,6 +32,8 @@ pub enum ConfigError {
     Parse { path: String, reason: String },
     #[error("{0}")]
     Missing(String),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -47,6 +49,7 @@ pub struct Config {
     pub rotation: RotationSection,
     pub master: MasterSection,
     pub usage_log: UsageLogSection,
+    pub tls: TlsSection,
 }
 
 /// Durations in the configuration: humantime text (`90d`, `24h`, `30s`); `"off"` for none.
@@ -262,6 +265,9 @@ pub struct ServerSection {
     /// How long a caller's HSM-verified credential is remembered (memory only).
     pub auth_cache_ttl_ms: u64,
     pub auth_cache_capacity: usize,
+    /// Serve plaintext gRPC on a non-loopback address (`--allow-plaintext`): only behind a
+    /// TLS-terminating proxy or on a network you trust.
+    pub allow_plaintext: bool,
 }
 
 impl Default for ServerSection {
@@ -274,6 +280,7 @@ impl Default for ServerSection {
             shutdown_grace_ms: limits.shutdown_grace.as_millis() as u64,
             auth_cache_ttl_ms: 300_000,
             auth_cache_capacity: 10_000,
+            allow_plaintext: false,
         }
     }
 }
@@ -287,6 +294,108 @@ impl ServerSection {
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
         }
     }
+}
+
+/// TLS on the gRPC listener (see `crate::tls`); `--tls-cert`, `--tls-key` and `--client-ca` win.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// PEM certificate chain, the server's certificate first.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of the server's certificate (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+    /// PEM CA certificates that client certificates must chain to (mTLS).
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: whether every client must present a certificate. Default `required`.
+    pub client_auth: Option<ClientAuth>,
+    /// How often the files are checked for changes (`"off"`: only on SIGHUP).
+    #[serde(with = "human::off")]
+    pub reload_interval: Option<Duration>,
+    /// A verified client certificate's SAN (URI or DNS name) → the key id it stands for.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub identities: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        Self {
+            cert: None,
+            key: None,
+            client_ca: None,
+            client_auth: None,
+            reload_interval: Some(Duration::from_secs(5)),
+            identities: Default::default(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// The handshake fails without a certificate from `client_ca`.
+    Required,
+    /// A certificate, if presented, must chain to `client_ca`; clients without one may still
+    /// authenticate with a bearer key.
+    Optional,
+}
+
+/// The TLS files given on the command line, over `[tls]`.
+#[derive(Clone, Debug, Default)]
+pub struct TlsFlags {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub client_ca: Option<PathBuf>,
+}
+
+/// What the server needs to serve TLS, checked for consistency (the files are read later).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// With the client authentication it requires.
+    pub client_ca: Option<(PathBuf, ClientAuth)>,
+    pub reload_interval: Option<Duration>,
+}
+
+impl TlsSection {
+    /// The TLS settings with the flags over the file, or `None` for plaintext. Refuses
+    /// combinations that cannot work (a key without a certificate, mTLS without TLS...).
+    pub fn settings(&self, flags: &TlsFlags) -> Result<Option<TlsSettings>, ConfigError> {
+        let cert = flags.cert.clone().or_else(|| self.cert.clone());
+        let key = flags.key.clone().or_else(|| self.key.clone());
+        let client_ca = flags.client_ca.clone().or_else(|| self.client_ca.clone());
+        let invalid = |reason: &str| Err(ConfigError::Invalid(format!("TLS: {reason}")));
+        if self.client_auth.is_some() && client_ca.is_none() {
+            return invalid("tls.client_auth needs tls.client_ca (or --client-ca)");
+        }
+        if !self.identities.is_empty() && client_ca.is_none() {
+            return invalid(
+                "tls.identities needs tls.client_ca (or --client-ca): only verified client certificates stand for keys",
+            );
+        }
+        let (cert, key) = match (cert, key) {
+            (Some(cert), Some(key)) => (cert, key),
+            (None, None) if client_ca.is_some() => {
+                return invalid(
+                    "a client CA (tls.client_ca, --client-ca) needs the server's own certificate and key: set \
+                     tls.cert and tls.key (or --tls-cert and --tls-key)",
+                );
+            }
+            (None, None) => return Ok(None),
+            (Some(_), None) => return invalid("a certificate without its private key: set tls.key (or --tls-key)"),
+            (None, Some(_)) => {
+                return invalid("a private key without its certificate: set tls.cert (or --tls-cert)");
+            }
+        };
+        let client_ca = client_ca.map(|ca| (ca, self.client_auth.unwrap_or(ClientAuth::Required)));
+        Ok(Some(TlsSettings { cert, key, client_ca, reload_interval: self.reload_interval }))
+    }
+}
+
+/// Whether plaintext gRPC may be served on `addr`: on loopback always, elsewhere only when
+/// explicitly allowed.
+pub fn plaintext_allowed(addr: SocketAddr, allowed: bool) -> bool {
+    allowed || addr.ip().to_canonical().is_loopback()
 }
 
 /// The default configuration file of a data directory.
@@ -380,16 +489,84 @@ mod tests {
         assert_eq!(c.server.max_message_bytes, 64 * 1024);
     }
 
+    /// The README's TOML blocks after `from`, in order.
+    fn readme_toml_blocks(from: &str) -> Vec<&'static str> {
+        let readme = include_str!("../README.md");
+        let mut rest = &readme[readme.find(from).expect("the heading")..];
+        let mut blocks = Vec::new();
+        while let Some(start) = rest.find("```toml\n") {
+            rest = &rest[start + "```toml\n".len()..];
+            let end = rest.find("```").expect("a closed block");
+            blocks.push(&rest[..end]);
+            rest = &rest[end..];
+        }
+        blocks
+    }
+
+    #[test]
+    fn every_readme_configuration_example_is_valid() {
+        let blocks = readme_toml_blocks("# keyward");
+        assert!(blocks.len() >= 2, "the TLS example and the configuration reference");
+        for block in blocks {
+            let c: Config = toml::from_str(block).unwrap_or_else(|e| panic!("{e}\n{block}"));
+            c.tls.settings(&TlsFlags::default()).unwrap_or_else(|e| panic!("{e}\n{block}"));
+            crate::tls::Identities::from_config(&c.tls.identities).unwrap();
+        }
+    }
+
     #[test]
     fn the_readme_configuration_example_is_valid_and_says_the_defaults() {
-        let readme = include_str!("../README.md");
-        let start = readme.find("```toml\n").expect("a toml block") + "```toml\n".len();
-        let block = &readme[start..start + readme[start..].find("```").unwrap()];
+        let block = readme_toml_blocks("## Configuration")[0];
         let c: Config = toml::from_str(block).unwrap();
         let d = Config::default();
         assert_eq!(toml::to_string(&c.rotation).unwrap(), toml::to_string(&d.rotation).unwrap());
         assert_eq!(toml::to_string(&c.master).unwrap(), toml::to_string(&d.master).unwrap());
         assert_eq!(toml::to_string(&c.policy).unwrap(), toml::to_string(&d.policy).unwrap());
+        assert_eq!(toml::to_string(&c.server).unwrap(), toml::to_string(&d.server).unwrap());
+        assert_eq!(toml::to_string(&c.tls).unwrap(), toml::to_string(&d.tls).unwrap());
+    }
+
+    #[test]
+    fn tls_flags_win_over_the_file_and_inconsistent_settings_are_refused() {
+        let c: Config = toml::from_str(
+            "[tls]\ncert = \"/etc/k/s.crt\"\nkey = \"/etc/k/s.key\"\nclient_ca = \"/etc/k/ca.crt\"\n\
+             client_auth = \"optional\"\nreload_interval = \"2s\"\n[tls.identities]\n\"spiffe://a/b\" = \"x\"\n",
+        )
+        .unwrap();
+        let s = c.tls.settings(&TlsFlags::default()).unwrap().unwrap();
+        assert_eq!(s.cert, PathBuf::from("/etc/k/s.crt"));
+        assert_eq!(s.client_ca, Some((PathBuf::from("/etc/k/ca.crt"), ClientAuth::Optional)));
+        assert_eq!(s.reload_interval, Some(Duration::from_secs(2)));
+        let flags = TlsFlags { cert: Some("/x.crt".into()), key: None, client_ca: Some("/ca2".into()) };
+        let s = c.tls.settings(&flags).unwrap().unwrap();
+        assert_eq!((s.cert, s.key), (PathBuf::from("/x.crt"), PathBuf::from("/etc/k/s.key")));
+        assert_eq!(s.client_ca.unwrap().0, PathBuf::from("/ca2"));
+
+        assert_eq!(TlsSection::default().settings(&TlsFlags::default()).unwrap(), None, "no TLS by default");
+        let only_cert = TlsFlags { cert: Some("/x.crt".into()), ..Default::default() };
+        let err = TlsSection::default().settings(&only_cert).unwrap_err().to_string();
+        assert!(err.contains("without its private key"), "{err}");
+        let only_ca = TlsFlags { client_ca: Some("/ca".into()), ..Default::default() };
+        let err = TlsSection::default().settings(&only_ca).unwrap_err().to_string();
+        assert!(err.contains("needs the server's own certificate"), "{err}");
+        let mut section = TlsSection { client_auth: Some(ClientAuth::Required), ..Default::default() };
+        assert!(section.settings(&TlsFlags::default()).unwrap_err().to_string().contains("client_auth needs"));
+        section.client_auth = None;
+        section.identities.insert("spiffe://a/b".into(), "x".into());
+        assert!(section.settings(&TlsFlags::default()).unwrap_err().to_string().contains("identities needs"));
+        let err = toml::from_str::<Config>("[tls]\nclient_auth = \"sometimes\"\n").unwrap_err();
+        assert!(err.to_string().contains("sometimes"), "{err}");
+    }
+
+    #[test]
+    fn plaintext_only_on_loopback_unless_allowed() {
+        for (addr, allowed) in [("127.0.0.1:1", true), ("[::1]:1", true), ("[::ffff:127.0.0.1]:1", true)] {
+            assert_eq!(plaintext_allowed(addr.parse().unwrap(), false), allowed, "{addr}");
+        }
+        for addr in ["0.0.0.0:1", "[::]:1", "10.0.0.5:1"] {
+            assert!(!plaintext_allowed(addr.parse().unwrap(), false), "{addr}");
+            assert!(plaintext_allowed(addr.parse().unwrap(), true), "{addr}");
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod hsm;
 pub mod metrics;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 
 /// Generated protobuf and gRPC code for `keyward.v1`.
 pub mod proto {

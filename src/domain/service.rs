@@ -294,6 +294,26 @@ impl<H: Hsm, S: Store> Keys<H, S> {
             }
         };
         *named = Some(record.id);
+        self.admit(record, source)
+    }
+
+    /// Authenticates a caller as the key `key_id` without its secret, because something the
+    /// edge verified stands for it (an mTLS client certificate mapped to the key). The key must
+    /// exist and pass the same checks as a bearer key: state, validity window, allowlist.
+    pub async fn authenticate_identity(&self, key_id: KeyId, ctx: &RequestContext) -> Result<Caller> {
+        let source = ctx.client_addr.map(|a| a.ip());
+        let result = match self.store.get_key(key_id)? {
+            Some(record) => self.admit(record, source),
+            None => Err(Error::Unauthenticated("the client certificate is mapped to a key that does not exist")),
+        };
+        if let Err(Error::Unauthenticated(why)) = &result {
+            self.unauthenticated(source, Some(key_id), why);
+        }
+        result
+    }
+
+    /// The checks every caller's key passes once its holder is proven.
+    fn admit(&self, record: KeyRecord, source: Option<std::net::IpAddr>) -> Result<Caller> {
         let now = self.clock.now();
         match policy::evaluate(&record, now, source, &[], &self.config.rotation.rules) {
             VerifyCode::Valid => {

@@ -327,6 +327,40 @@ async fn authentication_rejects_missing_bad_revoked_and_expired_credentials() {
 }
 
 #[tokio::test]
+async fn an_identity_stands_for_its_key_with_no_hsm_call_and_the_same_checks() {
+    let f = fixture().await;
+    let ctx = RequestContext::default();
+    let svc = f.create("payments", &["keyward:verify"]).await;
+    let before = f.hsm.calls();
+    let caller = f.keys.authenticate_identity(svc.record.id, &ctx).await.unwrap();
+    assert_eq!((caller.key_id, caller.scopes), (svc.record.id, strings(&["keyward:verify"])));
+    assert_eq!(f.hsm.calls(), before, "the certificate was the proof: no HSM operation");
+    assert!(matches!(
+        f.keys.authenticate_identity(KeyId::new_v7(), &ctx).await,
+        Err(Error::Unauthenticated(m)) if m.contains("does not exist")
+    ));
+
+    f.keys.disable(&f.root, &svc.record.id.to_string(), "", &ctx).await.unwrap();
+    assert!(matches!(f.keys.authenticate_identity(svc.record.id, &ctx).await, Err(Error::Unauthenticated(_))));
+    f.keys.enable(&f.root, &svc.record.id.to_string(), &ctx).await.unwrap();
+    assert!(f.keys.authenticate_identity(svc.record.id, &ctx).await.is_ok());
+
+    let mut new = named("office", &["keyward:verify"]);
+    new.allowed_cidrs = vec!["10.0.0.0/8".into()];
+    let office = f.keys.create(&f.root, new, &ctx).await.unwrap();
+    let inside = RequestContext { client_addr: Some("10.1.2.3:5000".parse().unwrap()) };
+    let outside = RequestContext { client_addr: Some("192.0.2.1:5000".parse().unwrap()) };
+    assert!(f.keys.authenticate_identity(office.record.id, &inside).await.is_ok());
+    assert!(matches!(
+        f.keys.authenticate_identity(office.record.id, &outside).await,
+        Err(Error::Unauthenticated(m)) if m.contains("address")
+    ));
+
+    f.keys.revoke(&f.root, &svc.record.id.to_string(), "", &ctx).await.unwrap();
+    assert!(matches!(f.keys.authenticate_identity(svc.record.id, &ctx).await, Err(Error::Unauthenticated(_))));
+}
+
+#[tokio::test]
 async fn a_known_caller_costs_no_hsm_call_but_a_forged_one_still_does() {
     let f = fixture().await;
     let svc = f.create("svc", &["keyward:verify"]).await;

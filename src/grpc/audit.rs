@@ -13,15 +13,17 @@ use crate::{
         service::Keys,
     },
     proto::{self, audit_service_server::AuditService},
+    tls::Identities,
 };
 
 pub struct AuditApi<H, S> {
     keys: Arc<Keys<H, S>>,
+    identities: Arc<Identities>,
 }
 
 impl<H, S> AuditApi<H, S> {
-    pub fn new(keys: Arc<Keys<H, S>>) -> Self {
-        Self { keys }
+    pub fn new(keys: Arc<Keys<H, S>>, identities: Arc<Identities>) -> Self {
+        Self { keys, identities }
     }
 }
 
@@ -49,7 +51,7 @@ impl<H: Hsm, S: Store> AuditService for AuditApi<H, S> {
         &self,
         request: Request<proto::ExportEventsRequest>,
     ) -> Result<Response<Self::ExportEventsStream>, Status> {
-        let (caller, _) = auth::caller(&self.keys, &request).await?;
+        let (caller, _) = auth::caller(&self.keys, &self.identities, &request).await?;
         let req = request.into_inner();
         if req.to_seq != 0 && req.to_seq < req.from_seq {
             return Err(crate::domain::error::Error::invalid("to_seq", "must not be below from_seq").into());
@@ -85,7 +87,7 @@ impl<H: Hsm, S: Store> AuditService for AuditApi<H, S> {
         &self,
         request: Request<proto::TailEventsRequest>,
     ) -> Result<Response<Self::TailEventsStream>, Status> {
-        let (caller, _) = auth::caller(&self.keys, &request).await?;
+        let (caller, _) = auth::caller(&self.keys, &self.identities, &request).await?;
         let mut durable = self.keys.audit_durable(&caller)?;
         let from = request.get_ref().from_seq;
         let mut after = if from == 0 { *durable.borrow_and_update() } else { from - 1 };
@@ -121,7 +123,7 @@ impl<H: Hsm, S: Store> AuditService for AuditApi<H, S> {
         &self,
         request: Request<proto::GetCheckpointRequest>,
     ) -> Result<Response<proto::Checkpoint>, Status> {
-        let (caller, _) = auth::caller(&self.keys, &request).await?;
+        let (caller, _) = auth::caller(&self.keys, &self.identities, &request).await?;
         let head = self.keys.checkpoint(&caller)?;
         Ok(Response::new(head.map_or_else(Default::default, |e| proto::Checkpoint {
             seq: e.seq,
@@ -134,7 +136,7 @@ impl<H: Hsm, S: Store> AuditService for AuditApi<H, S> {
         &self,
         request: Request<proto::QueryEventsRequest>,
     ) -> Result<Response<proto::QueryEventsResponse>, Status> {
-        let (caller, _) = auth::caller(&self.keys, &request).await?;
+        let (caller, _) = auth::caller(&self.keys, &self.identities, &request).await?;
         let req = request.into_inner();
         let query = convert::audit_query(&req)?;
         let (events, next) = self.keys.query_events(&caller, &query, req.page_size, &req.page_token)?;
@@ -148,7 +150,7 @@ impl<H: Hsm, S: Store> AuditService for AuditApi<H, S> {
         &self,
         request: Request<proto::KeyUsageRequest>,
     ) -> Result<Response<proto::KeyUsageResponse>, Status> {
-        let (caller, _) = auth::caller(&self.keys, &request).await?;
+        let (caller, _) = auth::caller(&self.keys, &self.identities, &request).await?;
         let req = request.into_inner();
         let key = crate::domain::validate::key_id("key_id", &req.key_id)?;
         let (since, until) = convert::usage_window(&req)?;
@@ -164,7 +166,7 @@ impl<H: Hsm, S: Store> AuditService for AuditApi<H, S> {
         &self,
         request: Request<proto::QueryUsageRequest>,
     ) -> Result<Response<proto::QueryUsageResponse>, Status> {
-        let (caller, _) = auth::caller(&self.keys, &request).await?;
+        let (caller, _) = auth::caller(&self.keys, &self.identities, &request).await?;
         let req = request.into_inner();
         let query = convert::usage_query(&req)?;
         let (records, next) = self.keys.query_usage(&caller, &query, req.page_size, &req.page_token)?;
@@ -178,7 +180,7 @@ impl<H: Hsm, S: Store> AuditService for AuditApi<H, S> {
         &self,
         request: Request<proto::VerifyChainRequest>,
     ) -> Result<Response<proto::VerifyChainResponse>, Status> {
-        let (caller, _) = auth::caller(&self.keys, &request).await?;
+        let (caller, _) = auth::caller(&self.keys, &self.identities, &request).await?;
         let req = request.get_ref();
         let report = self.keys.verify_chain(&caller, req.from_seq, req.to_seq).await?;
         if let Some((seq, why)) = &report.broken {

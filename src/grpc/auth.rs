@@ -1,11 +1,16 @@
-//! Reads the caller's credential (`authorization: Bearer <key>`) and address from a request.
+//! Who the caller is: the key in `authorization: Bearer <key>`, or, on an mTLS connection
+//! without that header, the key a verified client certificate is mapped to; and the caller's
+//! address.
 
 use tonic::Request;
 
-use crate::domain::{
-    error::Result,
-    ports::{Hsm, Store},
-    service::{Caller, Keys, RequestContext},
+use crate::{
+    domain::{
+        error::{Error, Result},
+        ports::{Hsm, Store},
+        service::{Caller, Keys, RequestContext},
+    },
+    tls::{Identities, Resolution},
 };
 
 /// The bearer token, if the header is present and well-formed.
@@ -19,10 +24,36 @@ pub fn context<T>(request: &Request<T>) -> RequestContext {
     RequestContext { client_addr: request.remote_addr() }
 }
 
-/// Authenticates the caller and returns it with the request's audit context.
-pub async fn caller<H: Hsm, S: Store, T>(keys: &Keys<H, S>, request: &Request<T>) -> Result<(Caller, RequestContext)> {
+/// What the client certificate of the request's connection stands for: `None` without one.
+fn certificate<T>(identities: &Identities, request: &Request<T>) -> Option<Resolution> {
+    let certs = request.peer_certs()?;
+    Some(identities.resolve(certs.first()?))
+}
+
+/// Authenticates the caller and returns it with the request's audit context. An
+/// `authorization` header, when present, decides alone (a bearer key wins over a certificate).
+pub async fn caller<H: Hsm, S: Store, T>(
+    keys: &Keys<H, S>,
+    identities: &Identities,
+    request: &Request<T>,
+) -> Result<(Caller, RequestContext)> {
     let ctx = context(request);
-    let caller = keys.authenticate(bearer(request), &ctx).await?;
+    // The certificate is read only when there is no header: bearer calls pay nothing for mTLS.
+    let by_certificate =
+        if request.metadata().contains_key("authorization") { None } else { certificate(identities, request) };
+    let caller = match by_certificate {
+        None => keys.authenticate(bearer(request), &ctx).await?,
+        Some(Resolution::Key(id)) => keys.authenticate_identity(id, &ctx).await?,
+        Some(Resolution::Unmapped) => {
+            return Err(Error::Unauthenticated(
+                "the client certificate stands for no key: send `authorization: Bearer <key>`, or map one of its \
+                 names in [tls.identities]",
+            ));
+        }
+        Some(Resolution::Ambiguous) => {
+            return Err(Error::Unauthenticated("the client certificate's names are mapped to different keys"));
+        }
+    };
     Ok((caller, ctx))
 }
 

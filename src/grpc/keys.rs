@@ -11,15 +11,17 @@ use crate::{
         service::Keys,
     },
     proto::{self, key_service_server::KeyService},
+    tls::Identities,
 };
 
 pub struct KeyApi<H, S> {
     keys: Arc<Keys<H, S>>,
+    identities: Arc<Identities>,
 }
 
 impl<H, S> KeyApi<H, S> {
-    pub fn new(keys: Arc<Keys<H, S>>) -> Self {
-        Self { keys }
+    pub fn new(keys: Arc<Keys<H, S>>, identities: Arc<Identities>) -> Self {
+        Self { keys, identities }
     }
 }
 
@@ -29,7 +31,7 @@ impl<H: Hsm, S: Store> KeyService for KeyApi<H, S> {
         &self,
         request: Request<proto::CreateKeyRequest>,
     ) -> Result<Response<proto::CreateKeyResponse>, Status> {
-        let (caller, ctx) = auth::caller(&self.keys, &request).await?;
+        let (caller, ctx) = auth::caller(&self.keys, &self.identities, &request).await?;
         let new = convert::new_key(request.into_inner())?;
         let created = self.keys.create(&caller, new, &ctx).await?;
         tracing::info!(key_id = %created.record.id, actor = %caller.key_id, "key created");
@@ -40,7 +42,7 @@ impl<H: Hsm, S: Store> KeyService for KeyApi<H, S> {
     }
 
     async fn get_key(&self, request: Request<proto::GetKeyRequest>) -> Result<Response<proto::KeyInfo>, Status> {
-        let (caller, _) = auth::caller(&self.keys, &request).await?;
+        let (caller, _) = auth::caller(&self.keys, &self.identities, &request).await?;
         let record = self.keys.get(&caller, &request.get_ref().key_id)?;
         Ok(Response::new(convert::key_info(&record)))
     }
@@ -49,7 +51,7 @@ impl<H: Hsm, S: Store> KeyService for KeyApi<H, S> {
         &self,
         request: Request<proto::ListKeysRequest>,
     ) -> Result<Response<proto::ListKeysResponse>, Status> {
-        let (caller, _) = auth::caller(&self.keys, &request).await?;
+        let (caller, _) = auth::caller(&self.keys, &self.identities, &request).await?;
         let req = request.get_ref();
         let filter = convert::list_filter(req)?;
         let (keys, next) = self.keys.list(&caller, &filter, req.page_size, &req.page_token)?;
@@ -60,7 +62,7 @@ impl<H: Hsm, S: Store> KeyService for KeyApi<H, S> {
     }
 
     async fn update_key(&self, request: Request<proto::UpdateKeyRequest>) -> Result<Response<proto::KeyInfo>, Status> {
-        let (caller, ctx) = auth::caller(&self.keys, &request).await?;
+        let (caller, ctx) = auth::caller(&self.keys, &self.identities, &request).await?;
         let req = request.into_inner();
         let key_id = req.key_id.clone();
         let patch = convert::key_patch(req)?;
@@ -73,7 +75,7 @@ impl<H: Hsm, S: Store> KeyService for KeyApi<H, S> {
         &self,
         request: Request<proto::DisableKeyRequest>,
     ) -> Result<Response<proto::KeyInfo>, Status> {
-        let (caller, ctx) = auth::caller(&self.keys, &request).await?;
+        let (caller, ctx) = auth::caller(&self.keys, &self.identities, &request).await?;
         let req = request.get_ref();
         let record = self.keys.disable(&caller, &req.key_id, &req.reason, &ctx).await?;
         tracing::info!(key_id = %record.id, actor = %caller.key_id, "key disabled");
@@ -81,14 +83,14 @@ impl<H: Hsm, S: Store> KeyService for KeyApi<H, S> {
     }
 
     async fn enable_key(&self, request: Request<proto::EnableKeyRequest>) -> Result<Response<proto::KeyInfo>, Status> {
-        let (caller, ctx) = auth::caller(&self.keys, &request).await?;
+        let (caller, ctx) = auth::caller(&self.keys, &self.identities, &request).await?;
         let record = self.keys.enable(&caller, &request.get_ref().key_id, &ctx).await?;
         tracing::info!(key_id = %record.id, actor = %caller.key_id, "key enabled");
         Ok(Response::new(convert::key_info(&record)))
     }
 
     async fn revoke_key(&self, request: Request<proto::RevokeKeyRequest>) -> Result<Response<proto::KeyInfo>, Status> {
-        let (caller, ctx) = auth::caller(&self.keys, &request).await?;
+        let (caller, ctx) = auth::caller(&self.keys, &self.identities, &request).await?;
         let req = request.get_ref();
         let record = self.keys.revoke(&caller, &req.key_id, &req.reason, &ctx).await?;
         tracing::info!(key_id = %record.id, actor = %caller.key_id, "key revoked");
@@ -99,7 +101,7 @@ impl<H: Hsm, S: Store> KeyService for KeyApi<H, S> {
         &self,
         request: Request<proto::RotateKeyRequest>,
     ) -> Result<Response<proto::RotateKeyResponse>, Status> {
-        let (caller, ctx) = auth::caller(&self.keys, &request).await?;
+        let (caller, ctx) = auth::caller(&self.keys, &self.identities, &request).await?;
         let req = request.get_ref();
         let grace = convert::optional_duration("grace_period", req.grace_period)?;
         let rotated = self.keys.rotate(&caller, &req.key_id, grace, &ctx).await?;
@@ -115,7 +117,7 @@ impl<H: Hsm, S: Store> KeyService for KeyApi<H, S> {
         &self,
         request: Request<proto::SweepKeysRequest>,
     ) -> Result<Response<proto::SweepKeysResponse>, Status> {
-        let (caller, ctx) = auth::caller(&self.keys, &request).await?;
+        let (caller, ctx) = auth::caller(&self.keys, &self.identities, &request).await?;
         let dry_run = request.get_ref().dry_run;
         let report = self.keys.sweep_as(&caller, dry_run, &ctx).await?;
         tracing::info!(

@@ -13,15 +13,17 @@ use crate::{
         service::{Caller, Keys},
     },
     proto::{self, master_key_service_server::MasterKeyService},
+    tls::Identities,
 };
 
 pub struct MasterApi<H, S> {
     keys: Arc<Keys<H, S>>,
+    identities: Arc<Identities>,
 }
 
 impl<H, S> MasterApi<H, S> {
-    pub fn new(keys: Arc<Keys<H, S>>) -> Self {
-        Self { keys }
+    pub fn new(keys: Arc<Keys<H, S>>, identities: Arc<Identities>) -> Self {
+        Self { keys, identities }
     }
 }
 
@@ -42,7 +44,7 @@ impl<H: Hsm, S: Store> MasterKeyService for MasterApi<H, S> {
         &self,
         request: Request<proto::GetMasterKeyStatusRequest>,
     ) -> Result<Response<proto::MasterKeyStatus>, Status> {
-        let (caller, _) = auth::caller(&self.keys, &request).await?;
+        let (caller, _) = auth::caller(&self.keys, &self.identities, &request).await?;
         self.status(&caller, !request.get_ref().skip_counts).await
     }
 
@@ -50,7 +52,7 @@ impl<H: Hsm, S: Store> MasterKeyService for MasterApi<H, S> {
         &self,
         request: Request<proto::RotateMasterKeyRequest>,
     ) -> Result<Response<proto::MasterKeyStatus>, Status> {
-        let (caller, ctx) = auth::caller(&self.keys, &request).await?;
+        let (caller, ctx) = auth::caller(&self.keys, &self.identities, &request).await?;
         let state = self.keys.rotate_master(&caller, &ctx).await?;
         tracing::info!(current = %state.current, actor = %caller.key_id, "master key rotated");
         self.status(&caller, true).await
@@ -60,7 +62,7 @@ impl<H: Hsm, S: Store> MasterKeyService for MasterApi<H, S> {
         &self,
         request: Request<proto::RetireMasterKeyRequest>,
     ) -> Result<Response<proto::MasterKeyStatus>, Status> {
-        let (caller, ctx) = auth::caller(&self.keys, &request).await?;
+        let (caller, ctx) = auth::caller(&self.keys, &self.identities, &request).await?;
         let version = request.get_ref().version;
         if version == 0 {
             return Err(Error::invalid("version", "is required (1 or more)").into());

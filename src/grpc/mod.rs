@@ -1,6 +1,6 @@
 //! The gRPC edge: keyward's services, health, reflection (v1 and v1alpha), and the limits and
-//! graceful drain of the server that carries them, observed by `layer`. Wire types end in this
-//! module.
+//! graceful drain of the server that carries them (plaintext, or TLS through `crate::tls`),
+//! observed by `layer`. Wire types end in this module.
 
 mod audit;
 mod auth;
@@ -11,7 +11,7 @@ mod master;
 mod status;
 mod verify;
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
@@ -27,6 +27,7 @@ use crate::{
         self, audit_service_server::AuditServiceServer, key_service_server::KeyServiceServer,
         master_key_service_server::MasterKeyServiceServer, verify_service_server::VerifyServiceServer,
     },
+    tls::{Identities, TlsReloader},
 };
 
 /// The services whose health is reported (besides the server as a whole, "").
@@ -53,6 +54,14 @@ impl Default for ServerLimits {
     }
 }
 
+/// How connections arrive.
+pub enum Transport {
+    /// Plain TCP (h2c).
+    Plain,
+    /// TLS through keyward's own acceptor, whose configuration can be reloaded.
+    Tls(Arc<TlsReloader>),
+}
+
 /// Keeps health in step with the HSM: `NOT_SERVING` while the token is unreachable.
 async fn track_health<H: Hsm, S: Store>(keys: Arc<Keys<H, S>>, reporter: HealthReporter) {
     let mut serving = None;
@@ -73,10 +82,13 @@ async fn track_health<H: Hsm, S: Store>(keys: Arc<Keys<H, S>>, reporter: HealthR
 }
 
 /// Serves until `shutdown` resolves, then stops accepting, drains in-flight calls for up to
-/// `limits.shutdown_grace`, and returns.
+/// `limits.shutdown_grace`, and returns. `identities` map verified client certificates to keys
+/// (meaningful with mTLS only).
 pub async fn serve<H: Hsm, S: Store>(
     keys: Arc<Keys<H, S>>,
     listener: TcpListener,
+    transport: Transport,
+    identities: Arc<Identities>,
     limits: ServerLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
@@ -95,18 +107,24 @@ pub async fn serve<H: Hsm, S: Store>(
     let reflection_v1alpha = reflection().build_v1alpha().expect("the embedded descriptor sets are valid");
 
     let max = limits.max_message_bytes;
-    let key_api = KeyServiceServer::new(KeyApi::new(keys.clone())).max_decoding_message_size(max);
-    let master_api = MasterKeyServiceServer::new(MasterApi::new(keys.clone())).max_decoding_message_size(max);
-    let audit_api = AuditServiceServer::new(AuditApi::new(keys.clone())).max_decoding_message_size(max);
-    let verify_api = VerifyServiceServer::new(VerifyApi::new(keys)).max_decoding_message_size(max);
+    let ids = &identities;
+    let key_api = KeyServiceServer::new(KeyApi::new(keys.clone(), ids.clone())).max_decoding_message_size(max);
+    let master_api =
+        MasterKeyServiceServer::new(MasterApi::new(keys.clone(), ids.clone())).max_decoding_message_size(max);
+    let audit_api = AuditServiceServer::new(AuditApi::new(keys.clone(), ids.clone())).max_decoding_message_size(max);
+    let verify_api = VerifyServiceServer::new(VerifyApi::new(keys, ids.clone())).max_decoding_message_size(max);
 
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    // tonic keeps the incoming stream until the drain ends: keyward's TLS acceptor is told to
+    // stop accepting (and close the listener) at once.
+    let (stop_accepting, accepting) = tokio::sync::watch::channel(false);
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down: no new connections, draining in-flight calls");
+        let _ = stop_accepting.send(true);
         let _ = drain_tx.send(());
     };
-    let server = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .timeout(limits.request_timeout)
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -118,10 +136,17 @@ pub async fn serve<H: Hsm, S: Store>(
         .add_service(key_api)
         .add_service(master_api)
         .add_service(audit_api)
-        .add_service(verify_api)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
+        .add_service(verify_api);
+    let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match transport {
+        Transport::Plain => {
+            Box::pin(router.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal))
+        }
+        Transport::Tls(tls) => {
+            let incoming = crate::tls::incoming(listener, tls, accepting);
+            Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
+        }
+    };
 
-    tokio::pin!(server);
     let deadline = async move {
         if drain_rx.await.is_ok() {
             tokio::time::sleep(limits.shutdown_grace).await;
@@ -129,6 +154,7 @@ pub async fn serve<H: Hsm, S: Store>(
             std::future::pending::<()>().await;
         }
     };
+    let mut server = server;
     let result = tokio::select! {
         r = &mut server => r,
         _ = deadline => {

@@ -13,6 +13,7 @@ use crate::{
     },
     metrics,
     proto::{self, verify_service_server::VerifyService},
+    tls::Identities,
 };
 
 /// The verify code's name without its `VERIFY_CODE_` prefix: `VALID`, `INVALID`, ….
@@ -23,11 +24,12 @@ fn verify_code_name(code: proto::VerifyCode) -> &'static str {
 
 pub struct VerifyApi<H, S> {
     keys: Arc<Keys<H, S>>,
+    identities: Arc<Identities>,
 }
 
 impl<H, S> VerifyApi<H, S> {
-    pub fn new(keys: Arc<Keys<H, S>>) -> Self {
-        Self { keys }
+    pub fn new(keys: Arc<Keys<H, S>>, identities: Arc<Identities>) -> Self {
+        Self { keys, identities }
     }
 }
 
@@ -37,7 +39,7 @@ impl<H: Hsm, S: Store> VerifyService for VerifyApi<H, S> {
         &self,
         request: Request<proto::VerifyKeyRequest>,
     ) -> Result<Response<proto::VerifyKeyResponse>, Status> {
-        let (caller, _) = auth::caller(&self.keys, &request).await?;
+        let (caller, _) = auth::caller(&self.keys, &self.identities, &request).await?;
         let req = request.into_inner();
         let verification = self
             .keys

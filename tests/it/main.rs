@@ -18,4 +18,5 @@ mod reflection;
 mod rotation;
 mod secrets;
 mod startup;
+mod tls;
 mod usage;

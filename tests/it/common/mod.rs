@@ -95,6 +95,10 @@ pub struct Instance {
     /// Serve metrics on `127.0.0.1:0` (`--metrics-listen`).
     pub metrics: bool,
     metrics_addr: Option<SocketAddr>,
+    /// `--listen` of `serve`.
+    pub listen: String,
+    /// More arguments for `serve` (e.g. `--tls-cert`), after the fixture's own.
+    pub serve_args: Vec<String>,
 }
 
 impl Instance {
@@ -120,6 +124,8 @@ impl Instance {
             log_filter: "trace",
             metrics: false,
             metrics_addr: None,
+            listen: "127.0.0.1:0".into(),
+            serve_args: Vec::new(),
         }
     }
 
@@ -179,10 +185,11 @@ impl Instance {
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log_file).unwrap();
         let mut command = Command::new(BIN);
         command
-            .args(["serve", "--dev", "--data-dir", self.data_dir_str(), "--listen", "127.0.0.1:0", "--addr-file"])
+            .args(["serve", "--dev", "--data-dir", self.data_dir_str(), "--listen", &self.listen, "--addr-file"])
             .arg(&addr_file)
             .arg("--metrics-addr-file")
-            .arg(&metrics_addr_file);
+            .arg(&metrics_addr_file)
+            .args(&self.serve_args);
         if self.metrics {
             command.args(["--metrics-listen", "127.0.0.1:0"]);
         }
@@ -250,6 +257,13 @@ impl Instance {
         }
     }
 
+    /// Sends a signal (`"HUP"`, `"TERM"`...) to the running server.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.server.as_ref().expect("running").id().to_string();
+        let status = Command::new("kill").args([&format!("-{signal}"), &pid]).status().unwrap();
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
     /// SIGKILL: no chance to flush or clean up.
     pub fn kill(&mut self) {
         let mut child = self.server.take().expect("running");
@@ -265,7 +279,7 @@ impl Instance {
         Channel::from_shared(format!("http://{}", self.addr())).unwrap().connect().await.expect("connecting to keyward")
     }
 
-    fn bearer(key: Option<&str>) -> Bearer {
+    pub fn bearer(key: Option<&str>) -> Bearer {
         Bearer(key.map(|k| format!("Bearer {k}").parse().expect("an ASCII key")))
     }
 
@@ -353,12 +367,18 @@ pub fn softhsm_env(instance: &Instance) -> (String, String) {
 /// Runs `keyward serve --dev` on this data directory expecting it to refuse: returns its exit
 /// status and stderr. Kills it (and fails) if it is still running after 30 s.
 pub fn serve_expecting_refusal(instance: &Instance, dev: bool, env: &[(&str, &str)]) -> (ExitStatus, String) {
-    let mut args = vec!["serve", "--data-dir", instance.data_dir_str(), "--listen", "127.0.0.1:0"];
+    let mut args = vec!["--listen", "127.0.0.1:0"];
     if dev {
         args.push("--dev");
     }
+    serve_expecting_refusal_with(instance, &args, env)
+}
+
+/// `serve_expecting_refusal` with these arguments after `serve --data-dir DIR`.
+pub fn serve_expecting_refusal_with(instance: &Instance, args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String) {
     let mut child = Command::new(BIN)
-        .args(&args)
+        .args(["serve", "--data-dir", instance.data_dir_str()])
+        .args(args)
         .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
