@@ -16,6 +16,7 @@ use crate::common::{
 /// `[brute_force] max_failures`, as documented in the README.
 const N: usize = 20;
 const GUESSES: usize = 10_000;
+/// Concurrent callers; `GUESSES` is a multiple of it.
 const WORKERS: usize = 16;
 
 /// A well-formed key (right shape, prefix and checksum) for a random key id and secret.
@@ -50,11 +51,11 @@ async fn ten_thousand_guesses_from_one_source_are_throttled_after_n_while_others
     let before = scrape(&kw).await;
 
     let mut workers = tokio::task::JoinSet::new();
-    for w in 0..WORKERS {
+    for _ in 0..WORKERS {
         let mut v = kw.root_verifier().await;
         workers.spawn(async move {
             let (mut invalid, mut exhausted) = (0, 0);
-            for _ in 0..GUESSES / WORKERS + usize::from(w < GUESSES % WORKERS) {
+            for _ in 0..GUESSES / WORKERS {
                 match v.verify_key(from(&guess(), "203.0.113.9")).await {
                     Ok(r) => {
                         assert_eq!(r.into_inner().code(), VerifyCode::Invalid);
