@@ -308,6 +308,7 @@ async fn run_server(opts: &Options, serving: &Serving) -> Result<(), AppError> {
         rotation: config.rotation.domain(),
         migration: config.master.domain(),
         usage_log: config.usage_log.domain(),
+        brute_force: config.brute_force.domain()?,
     };
     let clock = clock(opts)?;
     let keys = Arc::new(Keys::new(Arc::new(hsm.clone()), Arc::new(store.clone()), clock, master, keys_config));

@@ -49,6 +49,7 @@ pub struct Config {
     pub rotation: RotationSection,
     pub master: MasterSection,
     pub usage_log: UsageLogSection,
+    pub brute_force: BruteForceSection,
     pub tls: TlsSection,
 }
 
@@ -213,6 +214,62 @@ impl UsageLogSection {
             max_records: (self.max_records > 0).then_some(self.max_records),
             ..Default::default()
         }
+    }
+}
+
+/// Brute-force defence: per-source failure counters with exponential back-off.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BruteForceSection {
+    pub enabled: bool,
+    /// Failed verifications (or authentications) within `window` that block a source.
+    pub max_failures: u32,
+    #[serde(with = "human")]
+    pub window: Duration,
+    /// The first block's length; each further block of the same source doubles it.
+    #[serde(with = "human")]
+    pub backoff: Duration,
+    /// The longest block.
+    #[serde(with = "human")]
+    pub max_backoff: Duration,
+    /// Sources whose counters are kept at once (least recently used are dropped).
+    pub capacity: usize,
+}
+
+impl Default for BruteForceSection {
+    fn default() -> Self {
+        let d = crate::domain::throttle::ThrottleConfig::default();
+        Self {
+            enabled: d.enabled,
+            max_failures: d.max_failures,
+            window: d.window,
+            backoff: d.base_backoff,
+            max_backoff: d.max_backoff,
+            capacity: d.capacity,
+        }
+    }
+}
+
+impl BruteForceSection {
+    pub fn domain(&self) -> Result<crate::domain::throttle::ThrottleConfig, ConfigError> {
+        let invalid = |what: &str| Err(ConfigError::Invalid(format!("brute_force.{what}")));
+        if self.max_failures == 0 {
+            return invalid("max_failures must be at least 1");
+        }
+        if self.window.is_zero() || self.backoff.is_zero() {
+            return invalid("window and backoff must be longer than 0s");
+        }
+        if self.max_backoff < self.backoff {
+            return invalid("max_backoff must be at least backoff");
+        }
+        Ok(crate::domain::throttle::ThrottleConfig {
+            enabled: self.enabled,
+            max_failures: self.max_failures,
+            window: self.window,
+            base_backoff: self.backoff,
+            max_backoff: self.max_backoff,
+            capacity: self.capacity.max(1),
+        })
     }
 }
 
@@ -524,6 +581,21 @@ mod tests {
         assert_eq!(toml::to_string(&c.policy).unwrap(), toml::to_string(&d.policy).unwrap());
         assert_eq!(toml::to_string(&c.server).unwrap(), toml::to_string(&d.server).unwrap());
         assert_eq!(toml::to_string(&c.tls).unwrap(), toml::to_string(&d.tls).unwrap());
+        assert_eq!(toml::to_string(&c.brute_force).unwrap(), toml::to_string(&d.brute_force).unwrap());
+    }
+
+    #[test]
+    fn brute_force_reads_durations_and_refuses_settings_that_cannot_work() {
+        let c: Config =
+            toml::from_str("[brute_force]\nmax_failures = 5\nwindow = \"10s\"\nmax_backoff = \"1h\"\n").unwrap();
+        let d = c.brute_force.domain().unwrap();
+        assert_eq!((d.max_failures, d.window, d.max_backoff), (5, Duration::from_secs(10), Duration::from_secs(3600)));
+        assert_eq!(d.base_backoff, Duration::from_secs(1), "unset keys keep their default");
+        for bad in ["max_failures = 0", "window = \"0s\"", "backoff = \"2h\""] {
+            let c: Config = toml::from_str(&format!("[brute_force]\n{bad}\n")).unwrap();
+            let err = c.brute_force.domain().unwrap_err().to_string();
+            assert!(err.contains("brute_force."), "{bad}: {err}");
+        }
     }
 
     #[test]

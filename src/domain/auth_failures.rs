@@ -19,6 +19,7 @@ use super::{
     key::KeyId,
     ports::{Hsm, Store},
     service::Keys,
+    throttle::Source,
 };
 
 /// Groups kept per interval; failures beyond them are only counted.
@@ -29,7 +30,7 @@ pub const MAX_GROUPS: usize = 100;
 struct Group {
     source: Option<IpAddr>,
     /// For `UNAUTHENTICATED`: the existing key the credential named, if any. For
-    /// `PERMISSION_DENIED`: the caller.
+    /// `PERMISSION_DENIED` and a throttled VerifyKey (`RESOURCE_EXHAUSTED`): the caller.
     key: Option<KeyId>,
     code: &'static str,
     why: String,
@@ -78,7 +79,8 @@ impl AuthFailures {
         let mut events: Vec<_> = groups
             .into_iter()
             .map(|(g, tally)| {
-                let denied = g.code == "PERMISSION_DENIED";
+                // The caller is the actor of what it was refused.
+                let denied = g.code != "UNAUTHENTICATED";
                 AuditEvent {
                     at: tally.first_at,
                     actor: match g.key {
@@ -126,6 +128,17 @@ impl<H: Hsm, S: Store> Keys<H, S> {
     /// Counts a call refused as `UNAUTHENTICATED`.
     pub(super) fn unauthenticated(&self, source: Option<IpAddr>, named: Option<KeyId>, why: &str) {
         let group = Group { source, key: named, code: "UNAUTHENTICATED", why: why.to_owned() };
+        self.auth_failures.record(group, self.clock.now());
+    }
+
+    /// Counts a call refused as `RESOURCE_EXHAUSTED` because its source is blocked (see
+    /// `throttle`); `why` says the block, `caller` is the VerifyKey caller, if any.
+    pub(super) fn throttled(&self, source: Source, caller: Option<KeyId>, why: &str) {
+        let key = match source {
+            Source::Caller(id) => Some(id),
+            _ => caller,
+        };
+        let group = Group { source: source.address(), key, code: "RESOURCE_EXHAUSTED", why: why.to_owned() };
         self.auth_failures.record(group, self.clock.now());
     }
 

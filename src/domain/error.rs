@@ -24,6 +24,15 @@ pub enum Error {
     Unavailable(String),
     #[error("{0}")]
     ResourceExhausted(String),
+    /// Too many failed verifications or authentications from this source (brute-force
+    /// defence); answered before any HSM operation. A `RESOURCE_EXHAUSTED` status.
+    #[error("too many failed attempts from this source: retry after {}s", whole_secs(.0))]
+    Throttled(std::time::Duration),
+}
+
+/// A wait in whole seconds, rounded up (never 0 for a wait that is not over).
+fn whole_secs(d: &std::time::Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 impl Error {

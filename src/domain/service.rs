@@ -27,6 +27,7 @@ use super::{
     rotation::{MigrationConfig, RotationConfig},
     scope,
     secret::{KeyString, Secret, SensitiveBytes},
+    throttle::{Source, Throttle, ThrottleConfig},
     update::{self, KeyPatch},
     usage::UsageBuffer,
     usage_log::{UsageLogConfig, UsageQueue},
@@ -138,6 +139,8 @@ pub struct KeysConfig {
     pub rotation: RotationConfig,
     pub migration: MigrationConfig,
     pub usage_log: UsageLogConfig,
+    /// Brute-force defence: per-source failure counters and back-off.
+    pub brute_force: ThrottleConfig,
 }
 
 impl Default for KeysConfig {
@@ -150,6 +153,7 @@ impl Default for KeysConfig {
             rotation: RotationConfig::default(),
             migration: MigrationConfig::default(),
             usage_log: UsageLogConfig::default(),
+            brute_force: ThrottleConfig::default(),
         }
     }
 }
@@ -180,6 +184,8 @@ pub struct Keys<H, S> {
     pub(super) usage_log: Option<UsageQueue>,
     /// Refused calls counted for the audit trail.
     pub(super) auth_failures: AuthFailures,
+    /// Failed verifications and authentications per source, and the blocks they earned.
+    pub(super) throttle: Throttle,
     pub(super) config: KeysConfig,
 }
 
@@ -204,6 +210,7 @@ impl<H: Hsm, S: Store> Keys<H, S> {
             usage_flush: tokio::sync::Mutex::new(()),
             usage_log: config.usage_log.enabled.then(|| UsageQueue::new(config.usage_log.queue_capacity)),
             auth_failures: AuthFailures::default(),
+            throttle: Throttle::new(config.brute_force.clone()),
             config,
         }
     }
@@ -249,15 +256,34 @@ impl<H: Hsm, S: Store> Keys<H, S> {
     /// Checks a bearer credential: a genuine key that is active, in its validity window and, if
     /// it has an IP allowlist, called from an allowed peer address. (A caller's rate limit and
     /// quota apply only when its key is checked through `verify`.) Any failure is
-    /// `Unauthenticated`, saying no more than that.
+    /// `Unauthenticated`, saying no more than that, and counts against the peer address (see
+    /// `throttle`): a blocked address is `Throttled` before any HSM operation or database read,
+    /// unless its credential is one the HSM proved lately (in the auth cache), so that proven
+    /// callers sharing an address with an attacker (a proxy, a NAT) keep working.
     pub async fn authenticate(&self, bearer: Option<&str>, ctx: &RequestContext) -> Result<Caller> {
         let source = ctx.client_addr.map(|a| a.ip());
+        let peer = source.map(Source::Peer);
+        if let Some(peer) = peer
+            && let Err(blocked) = self.throttle.check(peer, self.clock.now())
+            && !self.proven_lately(bearer)
+        {
+            self.throttled(peer, None, &blocked.why);
+            return Err(Error::Throttled(blocked.retry_after));
+        }
         let mut named = None;
         let result = self.check_bearer(bearer, source, &mut named).await;
         if let Err(Error::Unauthenticated(why)) = &result {
             self.unauthenticated(source, named, why);
+            if let Some(peer) = peer {
+                self.throttle.fail(peer, self.clock.now());
+            }
         }
         result
+    }
+
+    /// Whether `bearer` is a credential the HSM verified within the auth cache's TTL (memory only).
+    fn proven_lately(&self, bearer: Option<&str>) -> bool {
+        bearer.and_then(key_format::parse).is_some_and(|p| self.auth_cache.contains(p.key_id, &p.secret))
     }
 
     /// `authenticate`'s checks; `named` is set to the key the credential names once it is

@@ -9,13 +9,14 @@ use std::{
 };
 
 use super::{
-    error::Result,
+    error::{Error, Result},
     key::{KeyId, KeyRecord, KeyState, Quota},
     key_format,
     policy::{self, RotationNotice, VerifyCode},
     ports::{Hsm, Store, Updated},
     quota::{self, Lease, Spend},
     service::{Caller, Keys, Permission},
+    throttle::Source,
     usage_log::UsageRecord,
     validate,
 };
@@ -77,8 +78,17 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         validate::scopes("required_scopes", req.required_scopes, validate::MAX_SCOPES)?;
         let client_ip = validate::client_ip(req.client_ip)?;
         let cost = validate::cost(req.cost)?;
+        // Brute-force defence: the end user when the caller names one, else the caller itself.
+        let source = client_ip.map_or(Source::Caller(caller.key_id), Source::Client);
+        if let Err(blocked) = self.throttle.check(source, self.clock.now()) {
+            self.throttled(source, Some(caller.key_id), &blocked.why);
+            return Err(Error::Throttled(blocked.retry_after));
+        }
         let started = Instant::now();
         let (verification, key_id) = self.check(req.key, client_ip, req.required_scopes, cost).await?;
+        if verification.code == VerifyCode::Invalid {
+            self.throttle.fail(source, self.clock.now());
+        }
         self.log_usage(UsageRecord {
             at: self.clock.now(),
             key_id,

@@ -42,7 +42,11 @@ pub async fn caller<H: Hsm, S: Store, T>(
     let by_certificate =
         if request.metadata().contains_key("authorization") { None } else { certificate(identities, request) };
     let caller = match by_certificate {
-        None => keys.authenticate(bearer(request), &ctx).await?,
+        None => keys.authenticate(bearer(request), &ctx).await.inspect_err(|e| {
+            if matches!(e, Error::Throttled(_)) {
+                crate::metrics::get().brute_force_refused("authenticate");
+            }
+        })?,
         Some(Resolution::Key(id)) => keys.authenticate_identity(id, &ctx).await?,
         Some(Resolution::Unmapped) => {
             return Err(Error::Unauthenticated(

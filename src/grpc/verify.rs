@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 use super::{auth, convert};
 use crate::{
     domain::{
+        error::Error,
         ports::{Hsm, Store},
         service::Keys,
         verify::VerifyRequest,
@@ -52,7 +53,12 @@ impl<H: Hsm, S: Store> VerifyService for VerifyApi<H, S> {
                     cost: req.cost,
                 },
             )
-            .await?;
+            .await
+            .inspect_err(|e| {
+                if matches!(e, Error::Throttled(_)) {
+                    metrics::get().brute_force_refused("verify");
+                }
+            })?;
         tracing::debug!(code = ?verification.code, key_id = ?verification.record.as_ref().map(|r| r.id), "key verified");
         let response = convert::verification(verification);
         metrics::get().verify_outcome(verify_code_name(response.code()));

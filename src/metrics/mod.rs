@@ -61,6 +61,11 @@ struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CheckLabel {
+    check: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
     state: &'static str,
 }
@@ -99,6 +104,7 @@ pub struct Metrics {
     flush_duration: Histogram,
     flush_failures: Counter,
     keys: Family<StateLabel, Gauge>,
+    throttled: Family<CheckLabel, Counter>,
     usage_queue: OnceLock<UsageQueueMetrics>,
 }
 
@@ -127,6 +133,7 @@ impl Metrics {
             flush_duration: rpc_histogram(),
             flush_failures: Counter::default(),
             keys: Family::default(),
+            throttled: Family::default(),
             usage_queue: OnceLock::new(),
         };
         {
@@ -164,6 +171,11 @@ impl Metrics {
             );
             r.register("store_flush_failures", "sled flushes that failed", m.flush_failures.clone());
             r.register("keys", "keys by state, counted in the background every 30 s", m.keys.clone());
+            r.register(
+                "brute_force_refused",
+                "calls refused because their source is blocked after failing too often, by check",
+                m.throttled.clone(),
+            );
         }
         m
     }
@@ -203,6 +215,12 @@ impl Metrics {
         if !ok {
             self.flush_failures.inc();
         }
+    }
+
+    /// A call refused by the brute-force defence; `check` is `verify` (VerifyKey's source) or
+    /// `authenticate` (the caller's address).
+    pub fn brute_force_refused(&self, check: &'static str) {
+        self.throttled.get_or_create(&CheckLabel { check }).inc();
     }
 
     pub fn set_keys(&self, counts: &StateCounts) {
