@@ -457,3 +457,7 @@ mod audit_trail;
 #[cfg(test)]
 #[path = "service_usage_tests.rs"]
 mod usage_log;
+
+#[cfg(test)]
+#[path = "service_leak_tests.rs"]
+mod leaks;
