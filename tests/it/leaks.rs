@@ -99,3 +99,15 @@ async fn a_leaked_rotated_key_is_revoked_and_its_successor_keeps_working() {
     assert_eq!(kw.code(&old, &[]).await, VerifyCode::Revoked);
     assert_eq!(kw.code(&rotated.key, &[]).await, VerifyCode::Valid);
 }
+
+#[tokio::test]
+async fn a_leaked_admin_key_is_locked_out_on_its_next_call() {
+    let kw = Instance::started().await;
+    let (scanner, _) = kw.create_key("scanner", &["keyward:leaks:report"]).await;
+    let (admin, _) = kw.create_key("admin", &["keyward:keys:read"]).await;
+    let mut admin_client = kw.keys(Some(&admin)).await;
+    admin_client.list_keys(proto::ListKeysRequest::default()).await.expect("the admin works (and is now cached)");
+    kw.keys(Some(&scanner)).await.report_leak(report(&admin, "https://example.com/ci-log/42")).await.unwrap();
+    let status = admin_client.list_keys(proto::ListKeysRequest::default()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+}
