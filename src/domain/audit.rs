@@ -99,10 +99,12 @@ pub enum AuditAction {
     /// Calls refused for a bad credential or a missing permission, counted per source over a
     /// short interval: the reason says how many and why, the code which status they got.
     AuthFailed,
+    /// ReportLeak revoked a key found exposed; the reason is where it was found.
+    KeyLeaked,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 12] = [
+    pub const ALL: [AuditAction; 13] = [
         AuditAction::KeyCreated,
         AuditAction::KeyRevoked,
         AuditAction::KeyUpdated,
@@ -115,6 +117,7 @@ impl AuditAction {
         AuditAction::MasterRetired,
         AuditAction::UsageDropped,
         AuditAction::AuthFailed,
+        AuditAction::KeyLeaked,
     ];
 
     pub fn as_str(&self) -> &'static str {
@@ -131,6 +134,7 @@ impl AuditAction {
             AuditAction::MasterRetired => "master.retired",
             AuditAction::UsageDropped => "usage.dropped",
             AuditAction::AuthFailed => "auth.failed",
+            AuditAction::KeyLeaked => "key.leaked",
         }
     }
 

@@ -8,6 +8,7 @@ pub mod clock;
 pub mod error;
 pub mod key;
 pub mod key_format;
+pub mod leak;
 pub mod listing;
 pub mod master;
 pub mod policy;

@@ -68,6 +68,8 @@ pub enum Permission {
     MasterRead,
     MasterRotate,
     AuditRead,
+    /// Report a leaked key (`ReportLeak`): revokes the key presented, nothing else.
+    LeaksReport,
 }
 
 impl Permission {
@@ -83,6 +85,7 @@ impl Permission {
             Permission::MasterRead => "keyward:master:read",
             Permission::MasterRotate => "keyward:master:rotate",
             Permission::AuditRead => "keyward:audit:read",
+            Permission::LeaksReport => "keyward:leaks:report",
         }
     }
 }

@@ -461,3 +461,7 @@ mod usage_log;
 #[cfg(test)]
 #[path = "service_throttle_tests.rs"]
 mod brute_force;
+
+#[cfg(test)]
+#[path = "service_leak_tests.rs"]
+mod leaks;

@@ -20,6 +20,8 @@ pub const MAX_METADATA_ENTRIES: usize = 64;
 pub const MAX_METADATA_KEY_LEN: usize = 128;
 pub const MAX_METADATA_VALUE_LEN: usize = 1024;
 pub const MAX_REASON_LEN: usize = 512;
+/// Longest `source_url` of a leak report, in characters.
+pub const MAX_SOURCE_URL_LEN: usize = 2048;
 pub const MAX_PAGE_SIZE: u32 = 1000;
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
 pub const MAX_CIDRS: usize = 64;
@@ -200,6 +202,32 @@ pub fn reason(reason: &str) -> Result<Option<String>> {
     Ok((!reason.is_empty()).then(|| reason.to_owned()))
 }
 
+/// Where a leaked key was found: required, at most `MAX_SOURCE_URL_LEN` characters, printable
+/// (no control characters).
+pub fn source_url(url: &str) -> Result<String> {
+    let url = url.trim();
+    if url.is_empty() {
+        return Err(Error::invalid("source_url", "is required: say where the key was found"));
+    }
+    if url.chars().count() > MAX_SOURCE_URL_LEN || has_control(url) {
+        return Err(Error::invalid("source_url", "must be at most 2048 characters without control characters"));
+    }
+    if looks_like_a_key(url) {
+        // It is logged and audited: a key in it would be kept in clear.
+        return Err(Error::invalid("source_url", "must not contain a key: say where it was found, without the key"));
+    }
+    Ok(url.to_owned())
+}
+
+/// Whether `text` holds something shaped like a key body: `_` then exactly
+/// `key_format::BODY_LEN` base62 characters.
+fn looks_like_a_key(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.iter().enumerate().filter(|(_, b)| **b == b'_').any(|(i, _)| {
+        bytes[i + 1..].iter().take_while(|b| b.is_ascii_alphanumeric()).count() == super::key_format::BODY_LEN
+    })
+}
+
 pub fn key_id(field: &'static str, id: &str) -> Result<KeyId> {
     if id.is_empty() {
         return Err(Error::invalid(field, "is required"));
@@ -285,5 +313,36 @@ mod tests {
                 .unwrap();
         let nets: Vec<String> = nets.iter().map(|n| n.to_string()).collect();
         assert_eq!(nets, vec!["10.0.0.0/8", "10.1.2.3/32", "2001:db8::/32"]);
+    }
+}
+
+#[cfg(test)]
+mod source_url_tests {
+    use super::*;
+
+    #[test]
+    fn source_urls_are_required_bounded_printable_and_keyless() {
+        assert_eq!(
+            source_url("  https://github.com/o/r/blob/main/.env#L3 ").unwrap(),
+            "https://github.com/o/r/blob/main/.env#L3"
+        );
+        let body = "A".repeat(key_format_body_len());
+        for bad in [
+            "",
+            "   ",
+            "https://x/\nsecond line",
+            &"x".repeat(MAX_SOURCE_URL_LEN + 1),
+            &format!("https://x/?k=kw_{body}"),
+        ] {
+            assert!(matches!(source_url(bad), Err(Error::InvalidArgument { field: "source_url", .. })), "{bad:?}");
+        }
+        assert!(source_url(&"x".repeat(MAX_SOURCE_URL_LEN)).is_ok());
+        // A shorter or longer run after `_` is not a key body.
+        assert!(source_url(&format!("https://x/a_{}", "B".repeat(69))).is_ok());
+        assert!(source_url(&format!("https://x/a_{}", "B".repeat(71))).is_ok());
+    }
+
+    fn key_format_body_len() -> usize {
+        crate::domain::key_format::BODY_LEN
     }
 }

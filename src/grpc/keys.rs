@@ -133,4 +133,18 @@ impl<H: Hsm, S: Store> KeyService for KeyApi<H, S> {
             dry_run,
         }))
     }
+
+    async fn report_leak(
+        &self,
+        request: Request<proto::ReportLeakRequest>,
+    ) -> Result<Response<proto::ReportLeakResponse>, Status> {
+        let (caller, ctx) = auth::caller(&self.keys, &self.identities, &request).await?;
+        let req = request.get_ref();
+        let report = self.keys.report_leak(&caller, &req.key, &req.source_url, &ctx).await?;
+        Ok(Response::new(proto::ReportLeakResponse {
+            key_id: report.key_id.to_string(),
+            already_revoked: report.already_revoked,
+            revoked_at: report.revoked_at.map(convert::timestamp),
+        }))
+    }
 }
