@@ -1,6 +1,6 @@
 //! The gRPC edge: keyward's services, health, reflection (v1 and v1alpha), and the limits and
 //! graceful drain of the server that carries them (plaintext, or TLS through `crate::tls`),
-//! observed by `layer`. Wire types end in this module.
+//! observed by `layer`, load shed by `shed`. Wire types end in this module.
 
 mod audit;
 mod auth;
@@ -8,6 +8,7 @@ mod convert;
 mod keys;
 mod layer;
 mod master;
+mod shed;
 mod status;
 mod verify;
 
@@ -40,6 +41,10 @@ pub struct ServerLimits {
     pub max_message_bytes: usize,
     pub request_timeout: Duration,
     pub max_concurrent_streams: u32,
+    /// Calls in flight across all connections; beyond it `RESOURCE_EXHAUSTED` at once (0: no limit).
+    pub max_in_flight: usize,
+    /// HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`: request headers (metadata) larger are refused.
+    pub max_header_list_bytes: u32,
     pub shutdown_grace: Duration,
 }
 
@@ -49,6 +54,8 @@ impl Default for ServerLimits {
             max_message_bytes: 64 * 1024,
             request_timeout: Duration::from_secs(10),
             max_concurrent_streams: 256,
+            max_in_flight: 1024,
+            max_header_list_bytes: 16 * 1024,
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -127,9 +134,11 @@ pub async fn serve<H: Hsm, S: Store>(
     let router = tonic::transport::Server::builder()
         .timeout(limits.request_timeout)
         .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_max_header_list_size(limits.max_header_list_bytes)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .layer(layer::ObserveLayer)
+        .layer(shed::ShedLayer::new(limits.max_in_flight))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
