@@ -1,12 +1,13 @@
 //! The gRPC edge: keyward's services, health, reflection (v1 and v1alpha), and the limits and
 //! graceful drain of the server that carries them (plaintext, or TLS through `crate::tls`),
-//! observed by `layer`, load shed by `shed`. Wire types end in this module.
+//! observed by `layer`, load shed by `shed`, undecodable requests answered by `malformed`. Wire types end in this module.
 
 mod audit;
 mod auth;
 mod convert;
 mod keys;
 mod layer;
+mod malformed;
 mod master;
 mod shed;
 mod status;
@@ -139,6 +140,7 @@ pub async fn serve<H: Hsm, S: Store>(
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .layer(layer::ObserveLayer)
         .layer(shed::ShedLayer::new(limits.max_in_flight))
+        .layer(malformed::MalformedLayer)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
