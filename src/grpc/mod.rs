@@ -100,7 +100,9 @@ pub async fn serve<H: Hsm, S: Store>(
     limits: ServerLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
+    let max = limits.max_message_bytes;
     let (reporter, health) = tonic_health::server::health_reporter();
+    let health = health.max_decoding_message_size(max);
     let health_task = tokio::spawn(track_health(keys.clone(), reporter));
     let reflection = || {
         // Both reflection versions list every service, each other included.
@@ -111,10 +113,11 @@ pub async fn serve<H: Hsm, S: Store>(
             .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
     };
-    let reflection_v1 = reflection().build_v1().expect("the embedded descriptor sets are valid");
-    let reflection_v1alpha = reflection().build_v1alpha().expect("the embedded descriptor sets are valid");
+    let reflection_v1 =
+        reflection().build_v1().expect("the embedded descriptor sets are valid").max_decoding_message_size(max);
+    let reflection_v1alpha =
+        reflection().build_v1alpha().expect("the embedded descriptor sets are valid").max_decoding_message_size(max);
 
-    let max = limits.max_message_bytes;
     let ids = &identities;
     let key_api = KeyServiceServer::new(KeyApi::new(keys.clone(), ids.clone())).max_decoding_message_size(max);
     let master_api =
