@@ -153,13 +153,16 @@ mod tests {
 
     use super::*;
 
-    /// A service whose calls answer OK with an empty body once `release` fires.
+    /// Calls waiting in `held`, each answered when its sender fires.
+    type Waiting = Arc<tokio::sync::Mutex<Vec<oneshot::Sender<()>>>>;
+
+    /// A service whose calls answer OK with an empty body once their sender in `Waiting` fires.
     fn held() -> (
         impl Service<http::Request<()>, Response = http::Response<tonic::body::Body>, Error = Infallible, Future: Send>
         + Clone,
-        Arc<tokio::sync::Mutex<Vec<oneshot::Sender<()>>>>,
+        Waiting,
     ) {
-        let waiting = Arc::new(tokio::sync::Mutex::new(Vec::new()));
+        let waiting = Waiting::default();
         let w = waiting.clone();
         let svc = tower::service_fn(move |_req: http::Request<()>| {
             let w = w.clone();
