@@ -88,6 +88,21 @@ const KINDS: [&str; 16] = [
     "empty body",
 ];
 
+/// Enum fields out of range: `ListKeysRequest.state`, `QueryUsageRequest.code`; elsewhere
+/// varints where strings belong.
+fn bad_enums(path: &str, noise: &mut Noise) -> Vec<u8> {
+    let field = match path {
+        "/keyward.v1.KeyService/ListKeys" => 3,
+        "/keyward.v1.AuditService/QueryUsage" => 2,
+        _ => 1,
+    };
+    let mut message = Vec::new();
+    tag(field, 0, &mut message);
+    varint([99, u64::MAX, 1 << 31, 0xffff_ffff][noise.below(4)], &mut message);
+    message
+}
+
+/// `kind` of request to `path`; `bearer` authenticates it (see the test for which key).
 fn hostile(kind: usize, path: &str, bearer: &str, noise: &mut Noise) -> RawRequest {
     let auth = format!("Bearer {bearer}");
     let body = match kind {
@@ -120,15 +135,7 @@ fn hostile(kind: usize, path: &str, bearer: &str, noise: &mut Noise) -> RawReque
             length_delimited(1, &text, &mut message);
             raw::frame(&message)
         }
-        6 => {
-            // ListKeysRequest.state = 3 (and KeyInfo-like fields elsewhere), far out of range.
-            let mut message = Vec::new();
-            for field in [3, 5, 1] {
-                tag(field, 0, &mut message);
-                varint([99, u64::MAX, 1 << 31][noise.below(3)], &mut message);
-            }
-            raw::frame(&message)
-        }
+        6 => raw::frame(&bad_enums(path, noise)),
         7 => {
             // Start-group tags 1000 deep, never closed, on an unknown field.
             let mut message = Vec::new();
@@ -186,10 +193,12 @@ async fn ten_thousand_hostile_requests_get_no_internal_no_panic_and_leave_the_se
     // mutation is refused PERMISSION_DENIED instead of changing anything.
     let (gateway, _) = kw.create_key("gateway", &["keyward:verify"]).await;
     let addr = kw.addr();
-    let gateway = Arc::new(gateway);
+    // Out-of-range enums go with the root key to the read-only queries that have them, so that
+    // they reach keyward's own checks.
+    let keys = Arc::new((gateway, kw.root_key.clone()));
     let mut tasks = Vec::new();
     for worker in 0..WORKERS {
-        let gateway = gateway.clone();
+        let keys = keys.clone();
         tasks.push(tokio::spawn(async move {
             let mut noise = Noise(0x9e37_79b9_7f4a_7c15 ^ (worker as u64 + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9));
             let mut send = raw::connect(addr).await;
@@ -200,7 +209,8 @@ async fn ten_thousand_hostile_requests_get_no_internal_no_panic_and_leave_the_se
                 // Real oversized messages are sent less often: they are 64 KiB each.
                 let kind = if kind == 4 && i % 5 != 4 { 3 } else { kind };
                 let path = PATHS[noise.below(PATHS.len())];
-                let outcome = raw::call(&send, addr, hostile(kind, path, &gateway, &mut noise)).await;
+                let bearer = if kind == 6 { &keys.1 } else { &keys.0 };
+                let outcome = raw::call(&send, addr, hostile(kind, path, bearer, &mut noise)).await;
                 if matches!(&outcome, Outcome::Reset(_)) {
                     // HTTP/2 closes a connection after some header blocks it refuses.
                     send = raw::connect(addr).await;
@@ -255,10 +265,22 @@ async fn ten_thousand_hostile_requests_get_no_internal_no_panic_and_leave_the_se
         assert!(codes.iter().all(|c| matches!(c, Some(11 | 12))), "{}: {codes:?}", KINDS[kind]);
     }
 
+    // keyward's own checks name the enum field.
+    let send = raw::connect(addr).await;
+    let mut noise = Noise(7);
+    for (path, field) in [("/keyward.v1.KeyService/ListKeys", "state"), ("/keyward.v1.AuditService/QueryUsage", "code")]
+    {
+        let request = RawRequest::new(path, raw::frame(&bad_enums(path, &mut noise)))
+            .header("authorization", format!("Bearer {}", kw.root_key))
+            .header("grpc-accept-encoding", "identity");
+        let answer = raw::call_with_message(&send, addr, request).await;
+        assert_eq!(answer.0, Some(3), "{path}: {answer:?}");
+        assert!(answer.1.contains(field), "{path}: {answer:?}");
+    }
+
     let logs = kw.logs();
     assert!(!logs.contains("panicked"), "the server panicked:\n{logs}");
     assert!(kw.is_running(), "the server is still running");
-    let send = raw::connect(addr).await;
     let health = raw::call(&send, addr, RawRequest::new("/grpc.health.v1.Health/Check", raw::frame(&[]))).await;
     assert_eq!(health, Outcome::Grpc(0, raw::frame(&[0x08, 0x01])), "health: SERVING");
     let (key, _) = kw.create_key("after", &[]).await;

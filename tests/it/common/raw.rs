@@ -66,6 +66,20 @@ pub async fn connect(addr: SocketAddr) -> SendRequest<Bytes> {
 
 /// Sends `request` on `send` and reads the whole answer.
 pub async fn call(send: &SendRequest<Bytes>, addr: SocketAddr, request: RawRequest) -> Outcome {
+    exchange(send, addr, request).await.0
+}
+
+/// `call`, for the `grpc-status` and the (percent-decoded) `grpc-message`.
+pub async fn call_with_message(
+    send: &SendRequest<Bytes>,
+    addr: SocketAddr,
+    request: RawRequest,
+) -> (Option<i32>, String) {
+    let (outcome, message) = exchange(send, addr, request).await;
+    (outcome.code(), message)
+}
+
+async fn exchange(send: &SendRequest<Bytes>, addr: SocketAddr, request: RawRequest) -> (Outcome, String) {
     let mut builder = http::Request::builder().method("POST").uri(format!("http://{addr}{}", request.path));
     let mut has_content_type = false;
     for (name, value) in &request.headers {
@@ -78,11 +92,11 @@ pub async fn call(send: &SendRequest<Bytes>, addr: SocketAddr, request: RawReque
     let http_request = builder.header("te", "trailers").body(()).unwrap();
     let mut send = match send.clone().ready().await {
         Ok(send) => send,
-        Err(e) => return Outcome::Reset(format!("connection: {e}")),
+        Err(e) => return (Outcome::Reset(format!("connection: {e}")), String::new()),
     };
     let (response, mut stream) = match send.send_request(http_request, request.body.is_empty()) {
         Ok(sent) => sent,
-        Err(e) => return Outcome::Reset(format!("send: {e}")),
+        Err(e) => return (Outcome::Reset(format!("send: {e}")), String::new()),
     };
     if !request.body.is_empty() {
         // An error here (the server answered and reset early) shows in the response below.
@@ -90,10 +104,10 @@ pub async fn call(send: &SendRequest<Bytes>, addr: SocketAddr, request: RawReque
     }
     let response = match response.await {
         Ok(response) => response,
-        Err(e) => return Outcome::Reset(reason(&e)),
+        Err(e) => return (Outcome::Reset(reason(&e)), String::new()),
     };
     if let Some(code) = grpc_status(response.headers()) {
-        return Outcome::Grpc(code, Vec::new());
+        return (Outcome::Grpc(code, Vec::new()), grpc_message(response.headers()));
     }
     let status = response.status().as_u16();
     let mut body = response.into_body();
@@ -104,16 +118,16 @@ pub async fn call(send: &SendRequest<Bytes>, addr: SocketAddr, request: RawReque
                 let _ = body.flow_control().release_capacity(chunk.len());
                 data.extend_from_slice(&chunk);
             }
-            Err(e) => return Outcome::Reset(reason(&e)),
+            Err(e) => return (Outcome::Reset(reason(&e)), String::new()),
         }
     }
     match body.trailers().await {
         Ok(Some(trailers)) => match grpc_status(&trailers) {
-            Some(code) => Outcome::Grpc(code, data),
-            None => Outcome::Http(status),
+            Some(code) => (Outcome::Grpc(code, data), grpc_message(&trailers)),
+            None => (Outcome::Http(status), String::new()),
         },
-        Ok(None) => Outcome::Http(status),
-        Err(e) => Outcome::Reset(reason(&e)),
+        Ok(None) => (Outcome::Http(status), String::new()),
+        Err(e) => (Outcome::Reset(reason(&e)), String::new()),
     }
 }
 
@@ -126,4 +140,8 @@ fn reason(e: &h2::Error) -> String {
 
 fn grpc_status(headers: &http::HeaderMap) -> Option<i32> {
     headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+fn grpc_message(headers: &http::HeaderMap) -> String {
+    tonic::Status::from_header_map(headers).map(|s| s.message().to_owned()).unwrap_or_default()
 }
