@@ -78,9 +78,12 @@ impl Options {
     }
 }
 
-/// Points SoftHSM2 at its configuration before any thread exists (the environment is
-/// process-wide and SoftHSM2 reads it when the module initializes).
+/// Makes every file the process creates owner-only (keyward's own, and sled's and SoftHSM2's,
+/// which follow the umask), and points SoftHSM2 at its configuration, before any thread exists
+/// (the environment is process-wide and SoftHSM2 reads it when the module initializes).
 fn prepare_environment(opts: &Options) -> Result<(), AppError> {
+    // SAFETY: umask only swaps the process's file-creation mask; it cannot fail.
+    unsafe { libc::umask(0o077) };
     let conf = if opts.dev {
         Some(absolute(&opts.softhsm_dir())?.join("softhsm2.conf"))
     } else if opts.config.exists() {

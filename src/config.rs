@@ -318,6 +318,10 @@ pub struct ServerSection {
     pub max_message_bytes: usize,
     pub request_timeout_ms: u64,
     pub max_concurrent_streams: u32,
+    /// Calls in flight across all connections; beyond it `RESOURCE_EXHAUSTED` (0: no limit).
+    pub max_in_flight: usize,
+    /// Largest request header list (gRPC metadata), in bytes.
+    pub max_header_list_bytes: u32,
     pub shutdown_grace_ms: u64,
     /// How long a caller's HSM-verified credential is remembered (memory only).
     pub auth_cache_ttl_ms: u64,
@@ -334,6 +338,8 @@ impl Default for ServerSection {
             max_message_bytes: limits.max_message_bytes,
             request_timeout_ms: limits.request_timeout.as_millis() as u64,
             max_concurrent_streams: limits.max_concurrent_streams,
+            max_in_flight: limits.max_in_flight,
+            max_header_list_bytes: limits.max_header_list_bytes,
             shutdown_grace_ms: limits.shutdown_grace.as_millis() as u64,
             auth_cache_ttl_ms: 300_000,
             auth_cache_capacity: 10_000,
@@ -348,6 +354,8 @@ impl ServerSection {
             max_message_bytes: self.max_message_bytes,
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             max_concurrent_streams: self.max_concurrent_streams,
+            max_in_flight: self.max_in_flight,
+            max_header_list_bytes: self.max_header_list_bytes,
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
         }
     }

@@ -1,13 +1,15 @@
 //! The gRPC edge: keyward's services, health, reflection (v1 and v1alpha), and the limits and
 //! graceful drain of the server that carries them (plaintext, or TLS through `crate::tls`),
-//! observed by `layer`. Wire types end in this module.
+//! observed by `layer`, load shed by `shed`, undecodable requests answered by `malformed`. Wire types end in this module.
 
 mod audit;
 mod auth;
 mod convert;
 mod keys;
 mod layer;
+mod malformed;
 mod master;
+mod shed;
 mod status;
 mod verify;
 
@@ -40,6 +42,10 @@ pub struct ServerLimits {
     pub max_message_bytes: usize,
     pub request_timeout: Duration,
     pub max_concurrent_streams: u32,
+    /// Calls in flight across all connections; beyond it `RESOURCE_EXHAUSTED` at once (0: no limit).
+    pub max_in_flight: usize,
+    /// HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`: request headers (metadata) larger are refused.
+    pub max_header_list_bytes: u32,
     pub shutdown_grace: Duration,
 }
 
@@ -49,6 +55,8 @@ impl Default for ServerLimits {
             max_message_bytes: 64 * 1024,
             request_timeout: Duration::from_secs(10),
             max_concurrent_streams: 256,
+            max_in_flight: 1024,
+            max_header_list_bytes: 16 * 1024,
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -92,7 +100,9 @@ pub async fn serve<H: Hsm, S: Store>(
     limits: ServerLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
+    let max = limits.max_message_bytes;
     let (reporter, health) = tonic_health::server::health_reporter();
+    let health = health.max_decoding_message_size(max);
     let health_task = tokio::spawn(track_health(keys.clone(), reporter));
     let reflection = || {
         // Both reflection versions list every service, each other included.
@@ -103,10 +113,11 @@ pub async fn serve<H: Hsm, S: Store>(
             .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
     };
-    let reflection_v1 = reflection().build_v1().expect("the embedded descriptor sets are valid");
-    let reflection_v1alpha = reflection().build_v1alpha().expect("the embedded descriptor sets are valid");
+    let reflection_v1 =
+        reflection().build_v1().expect("the embedded descriptor sets are valid").max_decoding_message_size(max);
+    let reflection_v1alpha =
+        reflection().build_v1alpha().expect("the embedded descriptor sets are valid").max_decoding_message_size(max);
 
-    let max = limits.max_message_bytes;
     let ids = &identities;
     let key_api = KeyServiceServer::new(KeyApi::new(keys.clone(), ids.clone())).max_decoding_message_size(max);
     let master_api =
@@ -127,9 +138,12 @@ pub async fn serve<H: Hsm, S: Store>(
     let router = tonic::transport::Server::builder()
         .timeout(limits.request_timeout)
         .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_max_header_list_size(limits.max_header_list_bytes)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .layer(layer::ObserveLayer)
+        .layer(shed::ShedLayer::new(limits.max_in_flight))
+        .layer(malformed::MalformedLayer)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

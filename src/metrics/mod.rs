@@ -96,6 +96,7 @@ pub struct Metrics {
     registry: Mutex<Registry>,
     rpc_requests: Family<RpcLabels, Counter>,
     rpc_duration: HistogramFamily<RpcLabels>,
+    rpc_shed: Counter,
     verify_outcomes: Family<CodeLabel, Counter>,
     hsm_duration: HistogramFamily<OperationLabel>,
     hsm_errors: Family<HsmErrorLabels, Counter>,
@@ -125,6 +126,7 @@ impl Metrics {
             registry: Mutex::new(Registry::with_prefix("keyward")),
             rpc_requests: Family::default(),
             rpc_duration: Family::new_with_constructor(rpc_histogram),
+            rpc_shed: Counter::default(),
             verify_outcomes: Family::default(),
             hsm_duration: Family::new_with_constructor(hsm_histogram),
             hsm_errors: Family::default(),
@@ -148,6 +150,11 @@ impl Metrics {
                 "gRPC call latency, from request to the end of the response",
                 Unit::Seconds,
                 m.rpc_duration.clone(),
+            );
+            r.register(
+                "rpc_shed",
+                "gRPC calls refused RESOURCE_EXHAUSTED because server.max_in_flight calls were in flight",
+                m.rpc_shed.clone(),
             );
             r.register("verify_outcomes", "VerifyKey results by verify code", m.verify_outcomes.clone());
             r.register_with_unit(
@@ -184,6 +191,11 @@ impl Metrics {
     pub fn rpc(&self, labels: &RpcLabels, elapsed: Duration) {
         self.rpc_requests.get_or_create(labels).inc();
         self.rpc_duration.get_or_create(labels).observe(seconds(elapsed));
+    }
+
+    /// A call shed because too many were in flight.
+    pub fn rpc_shed(&self) {
+        self.rpc_shed.inc();
     }
 
     /// A VerifyKey result; `code` is the verify code's name (`VALID`, `INVALID`, …).
@@ -268,6 +280,7 @@ mod tests {
         m.hsm_error("sign", "unavailable");
         m.hsm_healthy(true);
         m.store_flush(Duration::from_millis(1), false);
+        m.rpc_shed();
         let text = m.encode();
         let rpc = r#"keyward_rpc_requests_total{service="keyward.v1.KeyService",method="CreateKey",code="OK"}"#;
         assert_eq!(sample(&text, rpc), Some(2.0), "{text}");
@@ -276,6 +289,7 @@ mod tests {
         assert_eq!(sample(&text, r#"keyward_hsm_errors_total{operation="sign",kind="unavailable"}"#), Some(1.0));
         assert_eq!(sample(&text, "keyward_hsm_healthy"), Some(1.0));
         assert_eq!(sample(&text, "keyward_store_flush_failures_total"), Some(1.0));
+        assert_eq!(sample(&text, "keyward_rpc_shed_total"), Some(1.0));
         assert!(text.ends_with("# EOF\n"));
     }
 

@@ -1,7 +1,7 @@
 //! No key, secret, digest or PIN in logs (at trace level), in the database files, or in
-//! error messages.
+//! error messages; the data directory readable by its owner only.
 
-use std::{fs, path::Path};
+use std::{collections::HashMap, fs, os::unix::fs::PermissionsExt, path::Path};
 
 use keyward::{
     domain::{key_format, ports::Store},
@@ -65,13 +65,65 @@ async fn no_secret_reaches_logs_database_files_or_errors() {
         errors.push(kw.root_verifier().await.verify_key(bad).await.unwrap_err());
         keys.push(created.key);
     }
+
+    // The newer RPCs: rotation, update, disable and enable, master key rotation, audit and usage
+    // queries, with errors from a bad bearer on each service.
+    let (rotating, rotating_id) = kw.create_key("rotating", &["a:b"]).await;
+    kw.verify(&rotating, &["a:b"]).await;
+    let rotated = admin
+        .rotate_key(proto::RotateKeyRequest { key_id: rotating_id, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    let successor = rotated.info.unwrap().key_id;
+    kw.verify(&rotated.key, &["a:b"]).await;
+    kw.verify(&rotating, &[]).await;
+    admin
+        .update_key(proto::UpdateKeyRequest {
+            key_id: successor.clone(),
+            metadata: HashMap::from([("team".to_owned(), "payments".to_owned())]),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["metadata".into()] }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    admin.disable_key(proto::DisableKeyRequest { key_id: successor.clone(), reason: "x".into() }).await.unwrap();
+    kw.verify(&rotated.key, &[]).await;
+    admin.enable_key(proto::EnableKeyRequest { key_id: successor.clone() }).await.unwrap();
+    let mut master = kw.master(Some(&kw.root_key)).await;
+    master.rotate_master_key(proto::RotateMasterKeyRequest {}).await.unwrap();
+    master.get_master_key_status(proto::GetMasterKeyStatusRequest::default()).await.unwrap();
+    kw.verify(&rotated.key, &["a:b"]).await;
+    let mut audit = kw.audit(Some(&kw.root_key)).await;
+    audit.query_events(proto::QueryEventsRequest::default()).await.unwrap();
+    audit.verify_chain(proto::VerifyChainRequest::default()).await.unwrap();
+    audit.key_usage(proto::KeyUsageRequest { key_id: successor.clone(), ..Default::default() }).await.unwrap();
+    audit.query_usage(proto::QueryUsageRequest::default()).await.unwrap();
+    let truncated = &rotated.key[..rotated.key.len() - 1];
+    errors.push(kw.audit(Some(truncated)).await.query_events(proto::QueryEventsRequest::default()).await.unwrap_err());
+    errors.push(
+        kw.master(Some(&rotated.key)).await.rotate_master_key(proto::RotateMasterKeyRequest {}).await.unwrap_err(),
+    );
+    errors.push(
+        kw.keys(Some(&rotated.key))
+            .await
+            .rotate_key(proto::RotateKeyRequest { key_id: successor, ..Default::default() })
+            .await
+            .unwrap_err(),
+    );
+    keys.extend([rotating, rotated.key.clone()]);
+    assert!(kw.stop().await.success());
+
+    // The PIN from the environment rather than the PIN file.
+    let pin = fs::read_to_string(kw.data_dir.join("softhsm/user.pin")).unwrap().trim().to_owned();
+    kw.start_with_env(&[("KEYWARD_HSM_PIN", &pin)]).await;
+    kw.verify(&rotated.key, &[]).await;
     assert!(kw.stop().await.success());
 
     let logs = kw.logs();
     assert!(logs.contains("TRACE") || logs.contains("DEBUG"), "the server logged at trace level");
     let db_bytes = all_bytes(&kw.data_dir.join("db"));
     let store = SledStore::open(&kw.data_dir.join("db"), std::sync::Arc::new(crate::common::NoSealer)).unwrap();
-    let pin = fs::read_to_string(kw.data_dir.join("softhsm/user.pin")).unwrap().trim().to_owned();
     let so_pin = fs::read_to_string(kw.data_dir.join("softhsm/so.pin")).unwrap().trim().to_owned();
     for p in [&pin, &so_pin] {
         assert!(!logs.contains(p.as_str()), "a PIN is in the logs");
@@ -103,4 +155,33 @@ async fn no_secret_reaches_logs_database_files_or_errors() {
         assert!(contains(&db_bytes, &digest), "the database holds the HSM digest (sanity check of this search)");
     }
     store.close();
+}
+
+/// Every directory under `dir` (itself included) 0700, every file 0600.
+fn assert_owner_only(dir: &Path) {
+    let mode = fs::metadata(dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "{} is {mode:o}", dir.display());
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            assert_owner_only(&path);
+        } else {
+            let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{} is {mode:o}", path.display());
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_data_directory_is_readable_by_its_owner_only() {
+    let mut kw = Instance::init();
+    // The root key, PINs, token, configuration and the database that init wrote.
+    assert_owner_only(&kw.data_dir);
+    kw.start().await;
+    let (key, _) = kw.create_key("moded", &[]).await;
+    kw.verify(&key, &[]).await;
+    kw.master(Some(&kw.root_key)).await.rotate_master_key(proto::RotateMasterKeyRequest {}).await.unwrap();
+    assert!(kw.stop().await.success());
+    // And whatever sled and SoftHSM2 wrote while serving.
+    assert_owner_only(&kw.data_dir);
 }

@@ -12,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod raw;
 pub mod scrape;
 
 use keyward::proto::{
@@ -269,6 +270,11 @@ impl Instance {
         let mut child = self.server.take().expect("running");
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    /// Whether the server process is still running (it has not exited or crashed).
+    pub fn is_running(&mut self) -> bool {
+        self.server.as_mut().is_some_and(|child| child.try_wait().unwrap().is_none())
     }
 
     pub fn logs(&self) -> String {
