@@ -65,7 +65,10 @@ impl ListFilter {
     }
 
     fn fingerprint(&self) -> String {
-        let text = format!("{:?}", (self.state, &self.prefix, &self.name_contains, &self.scope, self.master_version, &self.owner));
+        let text = format!(
+            "{:?}",
+            (self.state, &self.prefix, &self.name_contains, &self.scope, self.master_version, &self.owner)
+        );
         blake3::hash(text.as_bytes()).to_hex()[..16].to_owned()
     }
 

@@ -94,7 +94,8 @@ mod tests {
         let all = Reach::of(&["keyward:keys:*", "keyward:keys:read@a"], Permission::KeysRead);
         assert_eq!(all, Reach::All);
         assert!(all.covers(None) && all.covers(Some("z")));
-        let teams = Reach::of(&["keyward:keys:*@a", "keyward:keys:read@b", "keyward:keys:revoke@c"], Permission::KeysRead);
+        let teams =
+            Reach::of(&["keyward:keys:*@a", "keyward:keys:read@b", "keyward:keys:revoke@c"], Permission::KeysRead);
         assert!(teams.covers(Some("a")) && teams.covers(Some("b")));
         assert!(!teams.covers(Some("c")) && !teams.covers(None));
         assert!(Reach::of(&["keyward:keys:revoke@c", "*"], Permission::KeysRead).is_none());

@@ -307,12 +307,18 @@ mod tests {
 
     #[test]
     fn the_owner_is_validated_set_cleared_and_listed() {
-        assert!(matches!(patch(&["owner"], |p| p.owner = "Team A".into()), Err(Error::InvalidArgument { field: "owner", .. })));
+        assert!(matches!(
+            patch(&["owner"], |p| p.owner = "Team A".into()),
+            Err(Error::InvalidArgument { field: "owner", .. })
+        ));
         let p = patch(&["owner"], |p| p.owner = "team-a".into()).unwrap();
         assert_eq!(p.owner(), Some(Some("team-a")));
         let (owned, changes) = apply(&record(), &p, T0).unwrap();
         assert_eq!(owned.owner.as_deref(), Some("team-a"));
-        assert_eq!((changes[0].field.as_str(), changes[0].before.as_str(), changes[0].after.as_str()), ("owner", "none", "team-a"));
+        assert_eq!(
+            (changes[0].field.as_str(), changes[0].before.as_str(), changes[0].after.as_str()),
+            ("owner", "none", "team-a")
+        );
         let clear = patch(&["owner"], |_| {}).unwrap();
         assert_eq!(clear.owner(), Some(None));
         assert_eq!(apply(&owned, &clear, T0).unwrap().0.owner, None);

@@ -114,9 +114,9 @@ pub fn list_filter(req: &proto::ListKeysRequest) -> Result<ListFilter> {
         Ok(proto::KeyState::Rotated) => Some(KeyState::Rotated),
         Err(_) => return Err(Error::invalid("state", "is not a KeyState")),
     };
-    Ok(ListFilter::new(state, &req.prefix, &req.name_contains, &req.scope)?
+    ListFilter::new(state, &req.prefix, &req.name_contains, &req.scope)?
         .with_master_version(req.master_key_version)
-        .with_owner(&req.owner)?)
+        .with_owner(&req.owner)
 }
 
 fn key_state(state: KeyState) -> proto::KeyState {

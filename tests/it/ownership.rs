@@ -44,7 +44,8 @@ fn get(key_id: &str) -> proto::GetKeyRequest {
 async fn a_team_admin_manages_only_its_teams_keys() {
     let kw = Instance::started().await;
     let mut root = kw.root_keys().await;
-    let (team_admin, _) = create(&mut root, new_key("team-a admin", &["keyward:keys:*@team-a"], "team-a")).await.unwrap();
+    let (team_admin, _) =
+        create(&mut root, new_key("team-a admin", &["keyward:keys:*@team-a"], "team-a")).await.unwrap();
     let (_, b_id) = create(&mut root, new_key("b worker", &["orders:read"], "team-b")).await.unwrap();
     let (_, unowned_id) = create(&mut root, new_key("unowned", &[], "")).await.unwrap();
     let mut admin = kw.keys(Some(&team_admin)).await;
