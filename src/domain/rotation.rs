@@ -109,6 +109,9 @@ impl<H: Hsm, S: Store> Keys<H, S> {
             )));
         }
         let grace = validate::grace_period(grace.unwrap_or(self.config.rotation.default_grace))?;
+        if !own {
+            self.check_reach(caller, &reach, Permission::KeysRotate, id)?;
+        }
         let now = self.clock.now();
         let new_id = KeyId::new_v7();
         let secret = self.hsm.random_secret().await?;

@@ -421,7 +421,7 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         let reach = self.reach(caller, Permission::KeysRead)?;
         let id = validate::key_id("key_id", key_id)?;
         let record = self.store.get_key(id)?.ok_or_else(|| ownership::not_found(id))?;
-        reach.check_key(&record)?;
+        self.check_reach_of(caller, &reach, Permission::KeysRead, &record)?;
         Ok(self.view(record))
     }
 
@@ -474,6 +474,7 @@ impl<H: Hsm, S: Store> Keys<H, S> {
             // Moving a key needs the permission for the new owner too (the old one is below).
             reach.check_owner(owner)?;
         }
+        self.check_reach(caller, &reach, Permission::KeysUpdate, id)?;
         let base = audit(now, Actor::Key(caller.key_id), AuditAction::KeyUpdated, id, ctx, None);
         // A quota change folds this node's lease back into the stored count first.
         let gate = patch.touches_quota().then(|| self.accounts.gate(id));
@@ -525,6 +526,7 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         let reach = self.reach(caller, Permission::KeysUpdate)?;
         let id = validate::key_id("key_id", key_id)?;
         let reason = validate::reason(reason)?;
+        self.check_reach(caller, &reach, Permission::KeysUpdate, id)?;
         let now = self.clock.now();
         let event = audit(now, Actor::Key(caller.key_id), AuditAction::KeyDisabled, id, ctx, reason.clone());
         let updated = self
@@ -553,6 +555,7 @@ impl<H: Hsm, S: Store> Keys<H, S> {
     pub async fn enable(&self, caller: &Caller, key_id: &str, ctx: &RequestContext) -> Result<KeyRecord> {
         let reach = self.reach(caller, Permission::KeysUpdate)?;
         let id = validate::key_id("key_id", key_id)?;
+        self.check_reach(caller, &reach, Permission::KeysUpdate, id)?;
         let now = self.clock.now();
         let event = audit(now, Actor::Key(caller.key_id), AuditAction::KeyEnabled, id, ctx, None);
         let updated = self
@@ -579,6 +582,7 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         let reach = self.reach(caller, Permission::KeysRevoke)?;
         let id = validate::key_id("key_id", key_id)?;
         let reason = validate::reason(reason)?;
+        self.check_reach(caller, &reach, Permission::KeysRevoke, id)?;
         let now = self.clock.now();
         let event = audit(now, Actor::Key(caller.key_id), AuditAction::KeyRevoked, id, ctx, reason.clone());
         let updated = self

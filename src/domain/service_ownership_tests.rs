@@ -62,7 +62,20 @@ async fn a_team_admin_manages_its_teams_keys_and_finds_no_other() {
         assert!(is_not_found(f.keys.rotate(&admin, &id, None, &CTX).await, other.id));
         assert_eq!(f.keys.get(&f.root, &id).unwrap().state, KeyState::Active, "nothing changed");
     }
-    assert_eq!(f.events(), before, "nothing was written or audited");
+    assert_eq!(f.events(), before, "nothing was written");
+    // The probes are in the audit trail as refused calls, one group per permission.
+    f.keys.flush_auth_failures().await.unwrap();
+    let probes: Vec<AuditEvent> =
+        f.store.audit_after(0, 1000).unwrap().into_iter().skip(before).map(|e| e.event).collect();
+    assert_eq!(probes.len(), 4, "read, update, revoke, rotate: {probes:?}");
+    let mut refused = 0;
+    for probe in &probes {
+        assert_eq!((probe.action, probe.code.as_deref()), (AuditAction::AuthFailed, Some("NOT_FOUND")));
+        assert_eq!(probe.actor, Actor::Key(admin.key_id));
+        let reason = probe.reason.as_deref().unwrap();
+        refused += reason.split(' ').next().unwrap().parse::<u32>().unwrap();
+    }
+    assert_eq!(refused, 12, "six calls for each of the two keys");
     // Even a revoked key of another team is not found (not FAILED_PRECONDITION).
     f.keys.revoke(&f.root, &theirs.id.to_string(), "", &CTX).await.unwrap();
     assert!(is_not_found(f.keys.update(&admin, &theirs.id.to_string(), rename(), &CTX).await, theirs.id));
