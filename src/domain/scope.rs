@@ -47,15 +47,14 @@ pub fn check_syntax(scope: &str) -> Result<(), &'static str> {
     if scope.len() > MAX_SCOPE_LEN {
         return Err("a scope may be at most 128 characters");
     }
-    let (scope, team) = split_team(scope);
-    if let Some(team) = team {
-        if !is_team(team) {
-            return Err("a team suffix `@<team>` must match [a-z0-9][a-z0-9_.-]{0,62}");
+    let scope = match split_team(scope) {
+        // Elsewhere `@` is just a character segments may not hold.
+        (base, Some(team)) if is_reserved(base) => {
+            check_team_suffix(base, team)?;
+            base
         }
-        if !TEAM_SCOPED.iter().any(|p| base_grants(scope, p)) {
-            return Err("a team suffix `@<team>` applies only to `keyward:keys:` permissions");
-        }
-    }
+        _ => scope,
+    };
     let segments: Vec<&str> = scope.split(':').collect();
     let last = segments.len() - 1;
     for (i, segment) in segments.iter().enumerate() {
@@ -71,6 +70,16 @@ pub fn check_syntax(scope: &str) -> Result<(), &'static str> {
         if !segment.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)) {
             return Err("scope segments use only letters, digits, `_`, `-`, `.` (or a final `*`)");
         }
+    }
+    Ok(())
+}
+
+fn check_team_suffix(base: &str, team: &str) -> Result<(), &'static str> {
+    if !is_team(team) {
+        return Err("a team suffix `@<team>` must match [a-z0-9][a-z0-9_.-]{0,62}");
+    }
+    if !TEAM_SCOPED.iter().any(|p| base_grants(base, p)) {
+        return Err("a team suffix `@<team>` applies only to `keyward:keys:` permissions");
     }
     Ok(())
 }
@@ -178,6 +187,7 @@ mod tests {
             "keyward:master:*@team-a",
             "keyward:self:rotate@team-a",
             "orders:read@team-a",
+            "keyward@team-a",
             "keyward:keys:read@",
             "keyward:keys:read@Team",
             "keyward:keys:read@-a",
