@@ -142,6 +142,13 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         self.auth_failures.record(group, self.clock.now());
     }
 
+    /// Counts a call answered `NOT_FOUND` because the key it named belongs to a team the
+    /// caller's team-scoped permission does not reach (see `ownership`).
+    pub(super) fn outside_teams(&self, source: Option<IpAddr>, caller: KeyId, permission: &str) {
+        let why = format!("the caller holds `{permission}` only for teams other than the key's owner");
+        self.auth_failures.record(Group { source, key: Some(caller), code: "NOT_FOUND", why }, self.clock.now());
+    }
+
     /// Counts a call refused as `PERMISSION_DENIED`.
     pub(super) fn denied(&self, source: Option<IpAddr>, caller: KeyId, permission: &str) {
         let why = format!("needs the `{permission}` permission");

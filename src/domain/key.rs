@@ -221,6 +221,9 @@ pub struct KeyRecord {
     /// The rotation policy: the key should be rotated before it is this old, and stops verifying
     /// a configured grace after. `None`: no limit.
     pub max_age: Option<Duration>,
+    /// The team that owns the key: admins with team-scoped permissions (`keyward:keys:read@team`)
+    /// reach only their teams' keys. `None`: only unrestricted admins reach it.
+    pub owner: Option<String>,
 }
 
 impl KeyRecord {
@@ -252,6 +255,7 @@ impl KeyRecord {
             rotated_at: None,
             rotation_deadline: None,
             max_age: None,
+            owner: None,
         }
     }
 

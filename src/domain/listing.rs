@@ -21,6 +21,8 @@ pub struct ListFilter {
     pub scope: Option<String>,
     /// Only keys whose digest needs this master key version.
     pub master_version: Option<MasterKeyVersion>,
+    /// Only keys owned by this team.
+    pub owner: Option<String>,
 }
 
 impl ListFilter {
@@ -38,7 +40,7 @@ impl ListFilter {
         if let Some(s) = &scope {
             scope::check_syntax(s).map_err(|why| Error::invalid("scope", why))?;
         }
-        Ok(Self { state, prefix, name_contains, scope, master_version: None })
+        Ok(Self { state, prefix, name_contains, scope, master_version: None, owner: None })
     }
 
     /// Adds the master key version filter (0: none).
@@ -47,16 +49,26 @@ impl ListFilter {
         self
     }
 
+    /// Adds the owner filter (empty: none).
+    pub fn with_owner(mut self, owner: &str) -> Result<Self> {
+        self.owner = super::validate::owner("owner", owner)?;
+        Ok(self)
+    }
+
     pub fn matches(&self, r: &KeyRecord) -> bool {
         self.state.is_none_or(|s| r.state == s)
             && self.prefix.as_ref().is_none_or(|p| &r.prefix == p)
             && self.name_contains.as_ref().is_none_or(|n| r.name.to_lowercase().contains(n.as_str()))
             && self.scope.as_ref().is_none_or(|s| scope::any_grants(&r.scopes, s))
             && self.master_version.is_none_or(|v| r.digest.uses(v))
+            && self.owner.as_ref().is_none_or(|o| r.owner.as_ref() == Some(o))
     }
 
     fn fingerprint(&self) -> String {
-        let text = format!("{:?}", (self.state, &self.prefix, &self.name_contains, &self.scope, self.master_version));
+        let text = format!(
+            "{:?}",
+            (self.state, &self.prefix, &self.name_contains, &self.scope, self.master_version, &self.owner)
+        );
         blake3::hash(text.as_bytes()).to_hex()[..16].to_owned()
     }
 
@@ -105,6 +117,11 @@ mod tests {
         assert!(!ListFilter::new(None, "kw", "", "").unwrap().matches(&r));
         assert!(!ListFilter::new(None, "", "reader", "").unwrap().matches(&r));
         assert!(!ListFilter::new(None, "", "", "billing:read").unwrap().matches(&r));
+        let team_a = ListFilter::default().with_owner("team-a").unwrap();
+        assert!(!team_a.matches(&r), "an unowned key has no owner to match");
+        let owned = KeyRecord { owner: Some("team-a".into()), ..r.clone() };
+        assert!(team_a.matches(&owned));
+        assert!(!ListFilter::default().with_owner("team-b").unwrap().matches(&owned));
     }
 
     #[test]
@@ -116,6 +133,7 @@ mod tests {
         assert_eq!(field(ListFilter::new(None, "Bad", "", "")), "prefix");
         assert_eq!(field(ListFilter::new(None, "", &"x".repeat(129), "")), "name_contains");
         assert_eq!(field(ListFilter::new(None, "", "", "a::b")), "scope");
+        assert_eq!(field(ListFilter::default().with_owner("Team A")), "owner");
     }
 
     #[test]

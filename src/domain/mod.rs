@@ -11,6 +11,7 @@ pub mod key_format;
 pub mod leak;
 pub mod listing;
 pub mod master;
+pub mod ownership;
 pub mod policy;
 pub mod ports;
 pub mod quota;

@@ -1,5 +1,5 @@
 //! Client key rotation: RotateKey makes a successor with a new secret and the old key's name,
-//! scopes, policies and metadata; the old key keeps verifying (with `rotation_pending`) until
+//! scopes, policies, metadata and owner; the old key keeps verifying (with `rotation_pending`) until
 //! its grace period ends. A key may rotate itself with `keyward:self:rotate`.
 
 use std::time::{Duration, SystemTime};
@@ -9,6 +9,7 @@ use super::{
     error::{Error, Result},
     key::{KeyId, KeyRecord, KeyState},
     key_format,
+    ownership::Reach,
     policy::RotationRules,
     ports::{Hsm, Store},
     quota, scope,
@@ -82,6 +83,7 @@ fn successor(old: &KeyRecord, id: KeyId, digest: super::key::Digest, by: KeyId, 
     new.quota = old.quota;
     new.max_age = old.max_age;
     new.rotated_from = Some(old.id);
+    new.owner = old.owner.clone();
     new
 }
 
@@ -97,7 +99,8 @@ impl<H: Hsm, S: Store> Keys<H, S> {
     ) -> Result<RotatedKey> {
         let id = if key_id.is_empty() { caller.key_id } else { validate::key_id("key_id", key_id)? };
         let own = id == caller.key_id && scope::any_grants(&caller.scopes, Permission::SelfRotate.scope());
-        if !own && !scope::any_grants(&caller.scopes, Permission::KeysRotate.scope()) {
+        let reach = Reach::of(&caller.scopes, Permission::KeysRotate);
+        if !own && reach.is_none() {
             self.denied(caller.source, caller.key_id, Permission::KeysRotate.scope());
             return Err(Error::PermissionDenied(format!(
                 "this call needs the `{}` permission, or `{}` to rotate the caller's own key",
@@ -106,6 +109,9 @@ impl<H: Hsm, S: Store> Keys<H, S> {
             )));
         }
         let grace = validate::grace_period(grace.unwrap_or(self.config.rotation.default_grace))?;
+        if !own {
+            self.check_reach(caller, &reach, Permission::KeysRotate, id)?;
+        }
         let now = self.clock.now();
         let new_id = KeyId::new_v7();
         let secret = self.hsm.random_secret().await?;
@@ -127,6 +133,9 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         let rotation = self
             .store
             .rotate_key(id, move |stored| {
+                if !own {
+                    reach.check_key(stored)?;
+                }
                 let mut old = stored.clone();
                 old.quota = quota::settle(stored.quota, returned, now);
                 let old = &old;

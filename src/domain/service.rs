@@ -20,6 +20,7 @@ use super::{
     key::{Digest, KeyId, KeyRecord, KeyState, MasterKeyVersion, Quota, RateLimit, Refill},
     key_format::{self, ParsedKey},
     listing::{self, ListFilter},
+    ownership,
     policy::{self, VerifyCode},
     ports::{DigestSwap, Hsm, MasterState, Store},
     quota::{self, Accounts},
@@ -121,6 +122,8 @@ pub struct NewKey {
     pub refill: Option<Refill>,
     /// `None`: the configured default; zero: no limit.
     pub max_age: Option<Duration>,
+    /// A team name; empty: none. A team-scoped creator must name one of its teams.
+    pub owner: String,
 }
 
 #[derive(Debug)]
@@ -375,9 +378,10 @@ impl<H: Hsm, S: Store> Keys<H, S> {
     }
 
     pub async fn create(&self, caller: &Caller, new: NewKey, ctx: &RequestContext) -> Result<CreatedKey> {
-        self.authorize(caller, Permission::KeysCreate)?;
+        let reach = self.reach(caller, Permission::KeysCreate)?;
         let now = self.clock.now();
         let name = validate::name(&new.name)?;
+        let owner = validate::owner("owner", &new.owner)?;
         let prefix = validate::prefix(&new.prefix)?;
         let scopes = validate::scopes("scopes", &new.scopes, validate::MAX_SCOPES)?;
         let expires_at = validate::expires_at(new.expires_at, now)?;
@@ -392,6 +396,7 @@ impl<H: Hsm, S: Store> Keys<H, S> {
             Some(age) => validate::max_age(Some(age))?,
         };
         Self::check_escalation(caller, &scopes)?;
+        reach.check_owner(owner.as_deref())?;
 
         let id = KeyId::new_v7();
         let secret = self.hsm.random_secret().await?;
@@ -405,6 +410,7 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         record.rate_limit = rate_limit;
         record.quota = remaining.map(|remaining| Quota { remaining, refill, refilled_at: now });
         record.max_age = max_age;
+        record.owner = owner;
         let event = audit(now, Actor::Key(caller.key_id), AuditAction::KeyCreated, id, ctx, None);
         self.store.insert_key(record.clone(), event).await?;
         let key = key_format::render(&record.prefix, id, &secret);
@@ -412,15 +418,17 @@ impl<H: Hsm, S: Store> Keys<H, S> {
     }
 
     pub fn get(&self, caller: &Caller, key_id: &str) -> Result<KeyRecord> {
-        self.authorize(caller, Permission::KeysRead)?;
+        let reach = self.reach(caller, Permission::KeysRead)?;
         let id = validate::key_id("key_id", key_id)?;
-        let record = self.store.get_key(id)?.ok_or_else(|| Error::NotFound(format!("key {id}")))?;
+        let record = self.store.get_key(id)?.ok_or_else(|| ownership::not_found(id))?;
+        self.check_reach_of(caller, &reach, Permission::KeysRead, &record)?;
         Ok(self.view(record))
     }
 
     /// One page of keys matching `filter`, oldest first, and the token for the next page if
     /// there may be more. A page reads at most `listing::MAX_SCAN` records, so with narrow
-    /// filters it may come back short, or empty, with a token.
+    /// filters it may come back short, or empty, with a token. A team-scoped reader sees only
+    /// its teams' keys.
     pub fn list(
         &self,
         caller: &Caller,
@@ -428,7 +436,7 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         page_size: i32,
         page_token: &str,
     ) -> Result<(Vec<KeyRecord>, Option<String>)> {
-        self.authorize(caller, Permission::KeysRead)?;
+        let reach = self.reach(caller, Permission::KeysRead)?;
         let size = validate::page_size(page_size)?;
         let after = filter.resume_after(page_token)?;
         let mut keys = Vec::with_capacity(size);
@@ -440,7 +448,7 @@ impl<H: Hsm, S: Store> Keys<H, S> {
                 return Ok((keys, last.map(|id| filter.token(id))));
             }
             last = Some(record.id);
-            if filter.matches(&record) {
+            if filter.matches(&record) && reach.covers(record.owner.as_deref()) {
                 keys.push(self.view(record));
             }
         }
@@ -455,13 +463,18 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         patch: KeyPatch,
         ctx: &RequestContext,
     ) -> Result<KeyRecord> {
-        self.authorize(caller, Permission::KeysUpdate)?;
+        let reach = self.reach(caller, Permission::KeysUpdate)?;
         let id = validate::key_id("key_id", key_id)?;
         let now = self.clock.now();
         let patch = update::validate(patch, now)?;
         if let Some(scopes) = patch.scopes() {
             Self::check_escalation(caller, scopes)?;
         }
+        if let Some(owner) = patch.owner() {
+            // Moving a key needs the permission for the new owner too (the old one is below).
+            reach.check_owner(owner)?;
+        }
+        self.check_reach(caller, &reach, Permission::KeysUpdate, id)?;
         let base = audit(now, Actor::Key(caller.key_id), AuditAction::KeyUpdated, id, ctx, None);
         // A quota change folds this node's lease back into the stored count first.
         let gate = patch.touches_quota().then(|| self.accounts.gate(id));
@@ -473,6 +486,7 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         let updated = self
             .store
             .update_key(id, move |current| {
+                reach.check_key(current)?;
                 if current.state == KeyState::Revoked {
                     return Err(Error::FailedPrecondition(format!("key {id} is revoked and cannot change")));
                 }
@@ -509,14 +523,16 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         reason: &str,
         ctx: &RequestContext,
     ) -> Result<KeyRecord> {
-        self.authorize(caller, Permission::KeysUpdate)?;
+        let reach = self.reach(caller, Permission::KeysUpdate)?;
         let id = validate::key_id("key_id", key_id)?;
         let reason = validate::reason(reason)?;
+        self.check_reach(caller, &reach, Permission::KeysUpdate, id)?;
         let now = self.clock.now();
         let event = audit(now, Actor::Key(caller.key_id), AuditAction::KeyDisabled, id, ctx, reason.clone());
         let updated = self
             .store
             .update_key(id, move |current| match current.state {
+                _ if !reach.covers(current.owner.as_deref()) => Err(ownership::not_found(id)),
                 KeyState::Revoked => Err(Error::FailedPrecondition(format!("key {id} is revoked"))),
                 KeyState::Disabled => Ok(None),
                 KeyState::Rotated => Err(Error::FailedPrecondition(format!(
@@ -537,13 +553,15 @@ impl<H: Hsm, S: Store> Keys<H, S> {
 
     /// Resumes a disabled key; enabling an active key changes nothing.
     pub async fn enable(&self, caller: &Caller, key_id: &str, ctx: &RequestContext) -> Result<KeyRecord> {
-        self.authorize(caller, Permission::KeysUpdate)?;
+        let reach = self.reach(caller, Permission::KeysUpdate)?;
         let id = validate::key_id("key_id", key_id)?;
+        self.check_reach(caller, &reach, Permission::KeysUpdate, id)?;
         let now = self.clock.now();
         let event = audit(now, Actor::Key(caller.key_id), AuditAction::KeyEnabled, id, ctx, None);
         let updated = self
             .store
             .update_key(id, move |current| match current.state {
+                _ if !reach.covers(current.owner.as_deref()) => Err(ownership::not_found(id)),
                 KeyState::Revoked => Err(Error::FailedPrecondition(format!("key {id} is revoked for good"))),
                 KeyState::Active | KeyState::Rotated => Ok(None),
                 KeyState::Disabled => {
@@ -561,14 +579,16 @@ impl<H: Hsm, S: Store> Keys<H, S> {
 
     /// Revokes a key for good; revoking a revoked key changes nothing and succeeds.
     pub async fn revoke(&self, caller: &Caller, key_id: &str, reason: &str, ctx: &RequestContext) -> Result<KeyRecord> {
-        self.authorize(caller, Permission::KeysRevoke)?;
+        let reach = self.reach(caller, Permission::KeysRevoke)?;
         let id = validate::key_id("key_id", key_id)?;
         let reason = validate::reason(reason)?;
+        self.check_reach(caller, &reach, Permission::KeysRevoke, id)?;
         let now = self.clock.now();
         let event = audit(now, Actor::Key(caller.key_id), AuditAction::KeyRevoked, id, ctx, reason.clone());
         let updated = self
             .store
             .update_key(id, move |current| {
+                reach.check_key(current)?;
                 if current.state == KeyState::Revoked {
                     return Ok(None);
                 }

@@ -465,3 +465,7 @@ mod brute_force;
 #[cfg(test)]
 #[path = "service_leak_tests.rs"]
 mod leaks;
+
+#[cfg(test)]
+#[path = "service_ownership_tests.rs"]
+mod ownership;

@@ -29,10 +29,11 @@ pub enum Field {
     Refill,
     Metadata,
     MaxAge,
+    Owner,
 }
 
 impl Field {
-    const ALL: [Field; 10] = [
+    const ALL: [Field; 11] = [
         Field::Name,
         Field::Scopes,
         Field::AllowedCidrs,
@@ -43,6 +44,7 @@ impl Field {
         Field::Refill,
         Field::Metadata,
         Field::MaxAge,
+        Field::Owner,
     ];
 
     pub fn path(self) -> &'static str {
@@ -57,6 +59,7 @@ impl Field {
             Field::Refill => "refill",
             Field::Metadata => "metadata",
             Field::MaxAge => "max_age",
+            Field::Owner => "owner",
         }
     }
 }
@@ -76,6 +79,8 @@ pub struct KeyPatch {
     pub metadata: BTreeMap<String, String>,
     /// Unset or zero: no limit.
     pub max_age: Option<std::time::Duration>,
+    /// A team name; empty: none.
+    pub owner: String,
 }
 
 /// A validated patch: only the fields the mask names are set.
@@ -92,6 +97,7 @@ pub struct ValidPatch {
     refill: Option<Refill>,
     metadata: Option<BTreeMap<String, String>>,
     max_age: Option<std::time::Duration>,
+    owner: Option<String>,
 }
 
 impl ValidPatch {
@@ -103,6 +109,11 @@ impl ValidPatch {
     /// New scopes, if the patch sets them (for the escalation check).
     pub fn scopes(&self) -> Option<&[String]> {
         self.scopes.as_deref()
+    }
+
+    /// The new owner (`Some(None)`: none), if the patch sets it (for the ownership check).
+    pub fn owner(&self) -> Option<Option<&str>> {
+        self.fields.contains(&Field::Owner).then_some(self.owner.as_deref())
     }
 }
 
@@ -141,6 +152,7 @@ pub fn validate(patch: KeyPatch, now: SystemTime) -> Result<ValidPatch> {
             Field::Refill => out.refill = validate::refill(patch.refill)?,
             Field::Metadata => out.metadata = Some(validate::metadata(patch.metadata.clone())?),
             Field::MaxAge => out.max_age = validate::max_age(patch.max_age)?,
+            Field::Owner => out.owner = validate::owner("owner", &patch.owner)?,
         }
     }
     Ok(out)
@@ -224,6 +236,10 @@ pub fn apply(current: &KeyRecord, patch: &ValidPatch, now: SystemTime) -> Result
                 let age = |a: Option<std::time::Duration>| text(a.map(super::key::duration_text));
                 note(field, age(current.max_age), age(next.max_age));
             }
+            Field::Owner => {
+                next.owner = patch.owner.clone();
+                note(field, text(current.owner.as_deref()), text(next.owner.as_deref()));
+            }
             // Both quota fields are applied together below.
             Field::Remaining | Field::Refill => {}
         }
@@ -287,6 +303,26 @@ mod tests {
         assert_eq!(fields, vec!["name", "rate_limit"], "unchanged scopes are not listed");
         assert_eq!(changes[1].before, "none");
         assert_eq!(changes[1].after, "10 per 1s");
+    }
+
+    #[test]
+    fn the_owner_is_validated_set_cleared_and_listed() {
+        assert!(matches!(
+            patch(&["owner"], |p| p.owner = "Team A".into()),
+            Err(Error::InvalidArgument { field: "owner", .. })
+        ));
+        let p = patch(&["owner"], |p| p.owner = "team-a".into()).unwrap();
+        assert_eq!(p.owner(), Some(Some("team-a")));
+        let (owned, changes) = apply(&record(), &p, T0).unwrap();
+        assert_eq!(owned.owner.as_deref(), Some("team-a"));
+        assert_eq!(
+            (changes[0].field.as_str(), changes[0].before.as_str(), changes[0].after.as_str()),
+            ("owner", "none", "team-a")
+        );
+        let clear = patch(&["owner"], |_| {}).unwrap();
+        assert_eq!(clear.owner(), Some(None));
+        assert_eq!(apply(&owned, &clear, T0).unwrap().0.owner, None);
+        assert_eq!(patch(&["name"], |p| p.name = "x".into()).unwrap().owner(), None, "not in the mask");
     }
 
     #[test]

@@ -73,6 +73,15 @@ pub fn scopes(field: &'static str, scopes: &[String], max: usize) -> Result<Vec<
     Ok(out)
 }
 
+/// A key's owner, a team name; empty means none.
+pub fn owner(field: &'static str, owner: &str) -> Result<Option<String>> {
+    match owner.trim() {
+        "" => Ok(None),
+        team if scope::is_team(team) => Ok(Some(team.to_owned())),
+        _ => Err(Error::invalid(field, "must be a team name matching [a-z0-9][a-z0-9_.-]{0,62}")),
+    }
+}
+
 pub fn expires_at(at: Option<SystemTime>, now: SystemTime) -> Result<Option<SystemTime>> {
     match at {
         Some(at) if at <= now => Err(Error::invalid("expires_at", "must be in the future")),

@@ -84,6 +84,7 @@ pub fn new_key(req: proto::CreateKeyRequest) -> Result<NewKey> {
         prefix: req.prefix,
         scopes: req.scopes,
         metadata: req.metadata.into_iter().collect(),
+        owner: req.owner,
     })
 }
 
@@ -100,6 +101,7 @@ pub fn key_patch(req: proto::UpdateKeyRequest) -> Result<KeyPatch> {
         name: req.name,
         scopes: req.scopes,
         metadata: req.metadata.into_iter().collect(),
+        owner: req.owner,
     })
 }
 
@@ -112,7 +114,9 @@ pub fn list_filter(req: &proto::ListKeysRequest) -> Result<ListFilter> {
         Ok(proto::KeyState::Rotated) => Some(KeyState::Rotated),
         Err(_) => return Err(Error::invalid("state", "is not a KeyState")),
     };
-    Ok(ListFilter::new(state, &req.prefix, &req.name_contains, &req.scope)?.with_master_version(req.master_key_version))
+    ListFilter::new(state, &req.prefix, &req.name_contains, &req.scope)?
+        .with_master_version(req.master_key_version)
+        .with_owner(&req.owner)
 }
 
 fn key_state(state: KeyState) -> proto::KeyState {
@@ -161,6 +165,7 @@ pub fn key_info(r: &KeyRecord) -> proto::KeyInfo {
         max_age: r.max_age.map(proto_duration),
         rotate_by: r.rotate_by().map(timestamp),
         master_key_versions: r.digest.versions().map(|v| v.0).collect(),
+        owner: r.owner.clone().unwrap_or_default(),
     }
 }
 

@@ -71,6 +71,9 @@ struct StoredKey {
     rotation_deadline: Option<i64>,
     #[prost(uint64, optional, tag = "25")]
     max_age_nanos: Option<u64>,
+    /// Absent in records written before ownership: no owner.
+    #[prost(string, optional, tag = "26")]
+    owner: Option<String>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -292,6 +295,7 @@ pub fn encode_key(r: &KeyRecord) -> Vec<u8> {
         rotated_at: r.rotated_at.map(to_nanos),
         rotation_deadline: r.rotation_deadline.map(to_nanos),
         max_age_nanos: r.max_age.map(duration_nanos),
+        owner: r.owner.clone(),
     })
 }
 
@@ -356,6 +360,7 @@ pub fn decode_key(bytes: &[u8]) -> Result<KeyRecord, StoreError> {
         rotated_at: s.rotated_at.map(from_nanos),
         rotation_deadline: s.rotation_deadline.map(from_nanos),
         max_age: s.max_age_nanos.map(Duration::from_nanos),
+        owner: s.owner,
     })
 }
 
@@ -536,6 +541,11 @@ mod tests {
         record.max_age = Some(Duration::from_secs(90 * 86_400));
         record.digest.wrapped = vec![MasterKeyVersion(1)];
         assert_eq!(decode_key(&encode_key(&record)).unwrap(), record);
+        let unowned = encode_key(&record);
+        record.owner = Some("team-a".into());
+        let owned = encode_key(&record);
+        assert_eq!(decode_key(&owned).unwrap(), record);
+        assert!(owned.len() > unowned.len(), "a record without an owner is written as before ownership existed");
         let event = AuditEvent {
             at: SystemTime::now(),
             actor: Actor::System("init".into()),

@@ -17,6 +17,7 @@ mod limits;
 mod master;
 mod metrics;
 mod otel;
+mod ownership;
 mod policies;
 mod rbac;
 mod reflection;
