@@ -152,12 +152,22 @@ pub(crate) struct UsageQueue {
     /// Dropped and not yet handed to the metrics.
     uncounted: AtomicU64,
     last_report: Mutex<Option<Instant>>,
+    /// A record taken off the queue while the writer lingers: kept here rather than in the
+    /// writer's task, so that a shutdown that stops the task still writes it.
+    held: Mutex<Option<UsageRecord>>,
 }
 
 impl UsageQueue {
     pub fn new(capacity: usize) -> Self {
         let (tx, rx) = flume::bounded(capacity.max(1));
-        Self { tx, rx, unreported: AtomicU64::new(0), uncounted: AtomicU64::new(0), last_report: Mutex::new(None) }
+        Self {
+            tx,
+            rx,
+            unreported: AtomicU64::new(0),
+            uncounted: AtomicU64::new(0),
+            last_report: Mutex::new(None),
+            held: Mutex::new(None),
+        }
     }
 
     /// Queues `record`, or drops and counts it if the queue is full. Never waits.
@@ -178,7 +188,9 @@ impl UsageQueue {
     async fn take(&self, max: usize, wait: Duration, linger: Duration) -> Vec<UsageRecord> {
         let Ok(Ok(first)) = tokio::time::timeout(wait, self.rx.recv_async()).await else { return Vec::new() };
         if self.rx.len() + 1 < max {
+            *self.held.lock().unwrap_or_else(|e| e.into_inner()) = Some(first);
             tokio::time::sleep(linger).await;
+            return self.drain(max);
         }
         let mut batch = Vec::with_capacity(self.rx.len().min(max) + 1);
         batch.push(first);
@@ -186,8 +198,12 @@ impl UsageQueue {
         batch
     }
 
+    /// What is held and queued, up to `max`, without waiting.
     fn drain(&self, max: usize) -> Vec<UsageRecord> {
-        self.rx.try_iter().take(max).collect()
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let mut batch: Vec<_> = held.into_iter().collect();
+        batch.extend(self.rx.try_iter().take(max.saturating_sub(batch.len())));
+        batch
     }
 
     /// The drop count to audit now, if any and if the last report is old enough.
@@ -357,6 +373,19 @@ mod tests {
         assert_eq!(q.take(1, wait, wait).await, vec![record(5)]);
         assert_eq!(q.take(5, wait, wait).await, vec![record(6)]);
         assert_eq!(q.take(1, wait, wait).await, vec![], "nothing queued: an empty batch after the wait");
+    }
+
+    #[tokio::test]
+    async fn a_writer_stopped_while_lingering_leaves_its_record_to_the_final_drain() {
+        let q = UsageQueue::new(10);
+        q.offer(record(1));
+        let lingering = tokio::time::timeout(
+            Duration::from_millis(20),
+            q.take(10, Duration::from_secs(1), Duration::from_secs(60)),
+        );
+        assert!(lingering.await.is_err(), "still lingering when stopped");
+        q.offer(record(2));
+        assert_eq!(q.drain(10), vec![record(1), record(2)], "the record the writer took is not lost");
     }
 
     #[test]

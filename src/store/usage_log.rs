@@ -331,6 +331,19 @@ fn stamp_of(key: &[u8]) -> Result<(u64, u32), StoreError> {
     ))
 }
 
+/// Stamped records (in time order) cut into blocks that each span less than `MAX_SPAN` from
+/// their first record and hold at most `u32::MAX` records.
+fn spans<'a, T>(stamped: &'a [(u64, T)]) -> impl Iterator<Item = &'a [(u64, T)]> + 'a {
+    let mut rest = stamped;
+    std::iter::from_fn(move || {
+        let first = rest.first()?.0;
+        let len = rest.iter().take(u32::MAX as usize).take_while(|(at, _)| at - first < MAX_SPAN).count();
+        let (block, tail) = rest.split_at(len);
+        rest = tail;
+        Some(block)
+    })
+}
+
 /// Where the writer stands: the count, the newest block's key and the newest record's time.
 #[derive(Clone, Copy, Default)]
 struct Tail {
@@ -385,7 +398,7 @@ impl UsageTree {
             tail.last = tail.last.max(micros(r.at));
             stamped.push((tail.last, r));
         }
-        for block in stamped.chunk_by(|a, b| b.0 - a.0 < MAX_SPAN).flat_map(|c| c.chunks(u32::MAX as usize)) {
+        for block in spans(&stamped) {
             let start = block[0].0;
             tail.block = if start == tail.block.0 {
                 (start, tail.block.1.checked_add(1).ok_or_else(|| unavailable("too many usage blocks in one µs"))?)
@@ -403,7 +416,7 @@ impl UsageTree {
                 batch.insert(&index_key(id, tail.block.0, tail.block.1)[..], summary.encode());
             }
         }
-        tail.count = tail.count + records.len() as u64 - pruned;
+        tail.count = (tail.count + records.len() as u64).saturating_sub(pruned);
         batch.insert(COUNT, &tail.count.to_be_bytes());
         self.tree.apply_batch(batch).map_err(unavailable)?;
         *guard = tail;
@@ -678,6 +691,11 @@ mod tests {
         let records: Vec<_> = [50, 50, 49, 200].map(|s| record(s, Some(key), VerifyCode::Valid, None)).to_vec();
         tree.append(&records, Retention::default()).unwrap();
         assert_eq!(tree.tree.scan_prefix([BLOCK]).count(), 2, "200 s is more than a span after 50 s");
+        // Records 30 s apart, 5 minutes of them (a writer that lagged): a block per minute, never
+        // one stretched by small steps.
+        let trickle: Vec<(u64, ())> = (0..10).map(|i| (i * 30_000_000, ())).collect();
+        let blocks: Vec<usize> = spans(&trickle).map(<[_]>::len).collect();
+        assert_eq!(blocks, vec![2, 2, 2, 2, 2]);
         let q = UsageQuery { key: Some(key), ..Default::default() };
         let (found, next) = tree.query(&q, None, 10, 100).unwrap();
         assert_eq!(next, None);
