@@ -28,4 +28,6 @@ pub mod validate;
 pub mod verify;
 
 mod auth_cache;
+#[cfg(test)]
+mod properties;
 mod ratelimit;
