@@ -171,12 +171,6 @@ pub enum AuditCommand {
     Checkpoint,
 }
 
-/// A verify code's name without its prefix: `VALID`, `RATE_LIMITED`, ….
-fn code_name(code: proto::VerifyCode) -> &'static str {
-    let name = code.as_str_name();
-    name.strip_prefix("VERIFY_CODE_").unwrap_or(name)
-}
-
 /// A time from the command line: RFC 3339, or a duration meaning that long ago.
 fn when(text: &str) -> Result<prost_types::Timestamp, String> {
     let t = humantime::parse_rfc3339_weak(text)
@@ -261,7 +255,7 @@ pub async fn audit(
             };
             let u = client.key_usage(authorized(request, key)?).await.map_err(status)?.into_inner();
             let codes: serde_json::Map<_, _> =
-                u.by_code.iter().map(|c| (code_name(c.code()).to_owned(), c.count.into())).collect();
+                u.by_code.iter().map(|c| (c.code().short_name().to_owned(), c.count.into())).collect();
             let ips: Vec<_> = u
                 .by_client_ip
                 .iter()
@@ -299,7 +293,7 @@ pub async fn audit(
                 for r in &page.records {
                     let latency = r.latency.map_or(0.0, |d| d.seconds as f64 * 1e3 + f64::from(d.nanos) / 1e6);
                     out(serde_json::json!({
-                        "at": r.at.map(|t| t.to_string()), "key_id": r.key_id, "code": code_name(r.code()),
+                        "at": r.at.map(|t| t.to_string()), "key_id": r.key_id, "code": r.code().short_name(),
                         "client_ip": r.client_ip, "caller": r.caller, "latency_ms": latency,
                     })
                     .to_string());

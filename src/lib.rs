@@ -24,4 +24,12 @@ pub mod proto {
 
     /// The encoded descriptor set, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("keyward_descriptor");
+
+    impl VerifyCode {
+        /// The code's name without its `VERIFY_CODE_` prefix: `VALID`, `RATE_LIMITED`, ….
+        pub fn short_name(self) -> &'static str {
+            let name = self.as_str_name();
+            name.strip_prefix("VERIFY_CODE_").unwrap_or(name)
+        }
+    }
 }

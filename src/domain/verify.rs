@@ -80,17 +80,19 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         let cost = validate::cost(req.cost)?;
         // Brute-force defence: the end user when the caller names one, else the caller itself.
         let source = client_ip.map_or(Source::Caller(caller.key_id), Source::Client);
-        if let Err(blocked) = self.throttle.check(source, self.clock.now()) {
+        // One clock reading for the whole verification (the dev clock reads a file).
+        let now = self.clock.now();
+        if let Err(blocked) = self.throttle.check(source, now) {
             self.throttled(source, Some(caller.key_id), &blocked.why);
             return Err(Error::Throttled(blocked.retry_after));
         }
         let started = Instant::now();
-        let (verification, key_id) = self.check(req.key, client_ip, req.required_scopes, cost).await?;
+        let (verification, key_id) = self.check(req.key, now, client_ip, req.required_scopes, cost).await?;
         if verification.code == VerifyCode::Invalid {
-            self.throttle.fail(source, self.clock.now());
+            self.throttle.fail(source, now);
         }
         self.log_usage(UsageRecord {
-            at: self.clock.now(),
+            at: now,
             key_id,
             code: verification.code,
             client_ip,
@@ -105,6 +107,7 @@ impl<H: Hsm, S: Store> Keys<H, S> {
     async fn check(
         &self,
         key: &str,
+        now: SystemTime,
         client_ip: Option<IpAddr>,
         required_scopes: &[String],
         cost: u64,
@@ -119,7 +122,6 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         if !self.prove(&parsed, &record).await? {
             return Ok((Verification::INVALID, Some(record.id)));
         }
-        let now = self.clock.now();
         let rules = &self.config.rotation.rules;
         let code = policy::evaluate(&record, now, client_ip, required_scopes, rules);
         let rotation = match code {

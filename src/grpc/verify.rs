@@ -17,12 +17,6 @@ use crate::{
     tls::Identities,
 };
 
-/// The verify code's name without its `VERIFY_CODE_` prefix: `VALID`, `INVALID`, ….
-fn verify_code_name(code: proto::VerifyCode) -> &'static str {
-    let name = code.as_str_name();
-    name.strip_prefix("VERIFY_CODE_").unwrap_or(name)
-}
-
 pub struct VerifyApi<H, S> {
     keys: Arc<Keys<H, S>>,
     identities: Arc<Identities>,
@@ -61,7 +55,7 @@ impl<H: Hsm, S: Store> VerifyService for VerifyApi<H, S> {
             })?;
         tracing::debug!(code = ?verification.code, key_id = ?verification.record.as_ref().map(|r| r.id), "key verified");
         let response = convert::verification(verification);
-        metrics::get().verify_outcome(verify_code_name(response.code()));
+        metrics::get().verify_outcome(response.code().short_name());
         Ok(Response::new(response))
     }
 }
@@ -72,8 +66,8 @@ mod tests {
 
     #[test]
     fn verify_codes_are_named_without_their_prefix() {
-        assert_eq!(verify_code_name(proto::VerifyCode::Valid), "VALID");
-        assert_eq!(verify_code_name(proto::VerifyCode::Invalid), "INVALID");
-        assert_eq!(verify_code_name(proto::VerifyCode::RateLimited), "RATE_LIMITED");
+        assert_eq!(proto::VerifyCode::Valid.short_name(), "VALID");
+        assert_eq!(proto::VerifyCode::Invalid.short_name(), "INVALID");
+        assert_eq!(proto::VerifyCode::RateLimited.short_name(), "RATE_LIMITED");
     }
 }

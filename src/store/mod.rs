@@ -4,6 +4,7 @@
 pub(crate) mod codec;
 mod flusher;
 mod sled_store;
+mod usage_codec;
 mod usage_log;
 
 pub use sled_store::SledStore;
