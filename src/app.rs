@@ -132,6 +132,7 @@ fn pkcs11_config(config: &Config) -> Result<Pkcs11Config, AppError> {
         module: config.module_path()?,
         token_label: config.hsm.token_label.clone(),
         pin: config.pin()?,
+        pin_file: if std::env::var_os("KEYWARD_HSM_PIN").is_some() { None } else { config.hsm.pin_file.clone() },
         sessions: config.hsm.sessions,
     })
 }
@@ -288,18 +289,32 @@ async fn run_server(opts: &Options, serving: &Serving) -> Result<(), AppError> {
     if !db.exists() {
         return Err(AppError::Refused(format!("no database at {}: run `keyward init` first", db.display())));
     }
-    let hsm = Pkcs11Hsm::open(pkcs11_config(&config)?)?;
-    hsm.ensure_audit_key()?;
+    let (hsm, unreachable) = Pkcs11Hsm::open_serving(pkcs11_config(&config)?)?;
+    if unreachable.is_none() {
+        hsm.ensure_audit_key()?;
+    }
     let store = SledStore::open(&db, Arc::new(hsm.clone()))?;
     let master = store.master()?.ok_or_else(|| {
         AppError::Refused("the database has no master key record: was `keyward init` interrupted?".into())
     })?;
-    for version in master.live() {
-        hsm.require_master_key(version.version)?;
-    }
-    for retired in master.versions.iter().filter(|v| v.retired_at.is_some()) {
-        if hsm.require_master_key(retired.version).is_ok() {
-            tracing::warn!(version = %retired.version, "a retired master key is still on the token; run `keyward master retire` for it again to destroy it");
+    let retired: Vec<MasterKeyVersion> =
+        master.versions.iter().filter(|v| v.retired_at.is_some()).map(|v| v.version).collect();
+    if let Some(why) = &unreachable {
+        // Serve anyway (health NOT_SERVING, calls UNAVAILABLE) and keep trying: the start-up
+        // checks run on the first connection, before any call goes through.
+        tracing::error!(error = %why, "the HSM is unreachable at start; serving NOT_SERVING and retrying in the background");
+        hsm.connect_in_background(hsm::FirstConnect {
+            required: master.live().map(|v| v.version).collect(),
+            retired,
+            self_tests: master.live().map(|v| v.self_test.clone()).collect(),
+            self_test_input: service::self_test_input(),
+        });
+    } else {
+        for version in master.live() {
+            hsm.require_master_key(version.version)?;
+        }
+        for retired in retired.into_iter().filter(|v| hsm.require_master_key(*v).is_ok()) {
+            tracing::warn!(version = %retired, "a retired master key is still on the token; run `keyward master retire` for it again to destroy it");
         }
     }
     let sweep_every = config.rotation.sweep_interval;
@@ -315,7 +330,9 @@ async fn run_server(opts: &Options, serving: &Serving) -> Result<(), AppError> {
     };
     let clock = clock(opts)?;
     let keys = Arc::new(Keys::new(Arc::new(hsm.clone()), Arc::new(store.clone()), clock, master, keys_config));
-    keys.self_test().await?;
+    if unreachable.is_none() {
+        keys.self_test().await?;
+    }
     let usage_flush =
         tokio::spawn(flush_usage_every(keys.clone(), Duration::from_millis(config.policy.usage_flush_ms)));
     let usage_log = tokio::spawn(write_usage_log(keys.clone()));

@@ -51,7 +51,7 @@ pub fn key_digest_input(id: KeyId, secret: &Secret) -> SensitiveBytes {
     SensitiveBytes::new(input)
 }
 
-pub(super) fn self_test_input() -> SensitiveBytes {
+pub fn self_test_input() -> SensitiveBytes {
     SensitiveBytes::new(SELF_TEST_MESSAGE.to_vec())
 }
 
@@ -259,6 +259,16 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         self.hsm.is_healthy()
     }
 
+    /// Every call needs the HSM (no answer is given from memory while it is unreachable):
+    /// `Unavailable` at once when it is not healthy.
+    fn require_hsm(&self) -> Result<()> {
+        if self.hsm.is_healthy() {
+            Ok(())
+        } else {
+            Err(Error::Unavailable("the HSM is unreachable; retry later".into()))
+        }
+    }
+
     /// Checks a bearer credential: a genuine key that is active, in its validity window and, if
     /// it has an IP allowlist, called from an allowed peer address. (A caller's rate limit and
     /// quota apply only when its key is checked through `verify`.) Any failure is
@@ -267,6 +277,7 @@ impl<H: Hsm, S: Store> Keys<H, S> {
     /// unless its credential is one the HSM proved lately (in the auth cache), so that proven
     /// callers sharing an address with an attacker (a proxy, a NAT) keep working.
     pub async fn authenticate(&self, bearer: Option<&str>, ctx: &RequestContext) -> Result<Caller> {
+        self.require_hsm()?;
         let source = ctx.client_addr.map(|a| a.ip());
         let peer = source.map(Source::Peer);
         if let Some(peer) = peer
@@ -333,6 +344,7 @@ impl<H: Hsm, S: Store> Keys<H, S> {
     /// edge verified stands for it (an mTLS client certificate mapped to the key). The key must
     /// exist and pass the same checks as a bearer key: state, validity window, allowlist.
     pub async fn authenticate_identity(&self, key_id: KeyId, ctx: &RequestContext) -> Result<Caller> {
+        self.require_hsm()?;
         let source = ctx.client_addr.map(|a| a.ip());
         let result = match self.store.get_key(key_id)? {
             Some(record) => self.admit(record, source),

@@ -4,11 +4,13 @@
 #[cfg(test)]
 pub mod fake;
 mod observe;
+mod pin;
 mod pkcs11;
+mod probe;
 mod provision;
 mod rv;
 
-pub use pkcs11::{Pkcs11Config, Pkcs11Hsm, StartError};
+pub use pkcs11::{FirstConnect, Pkcs11Config, Pkcs11Hsm, StartError};
 pub use provision::{create_master_key, init_dev_token};
 
 /// The label (and `CKA_ID`) of the key that seals the audit chain.

@@ -27,6 +27,7 @@ use tracing::Instrument;
 
 use super::{
     observe::{Op, record_error},
+    pin::PinSource,
     provision, rv,
 };
 use crate::{
@@ -46,6 +47,9 @@ pub struct Pkcs11Config {
     pub module: PathBuf,
     pub token_label: String,
     pub pin: Pin,
+    /// Where `pin` came from, if a file: re-read on reconnect, so that a corrected PIN is
+    /// picked up without a restart.
+    pub pin_file: Option<PathBuf>,
     /// Sessions in the pool: the most HSM calls in flight at once.
     pub sessions: usize,
 }
@@ -63,6 +67,13 @@ pub enum StartError {
     PinIncorrect,
     #[error("the HSM PIN is locked (CKR_PIN_LOCKED)")]
     PinLocked,
+    #[error(
+        "the HSM refused this PIN before; it is not offered again (a token locks its user after a few wrong PINs): {}",
+        if *from_file { "correct hsm.pin_file" } else { "KEYWARD_HSM_PIN cannot change while keyward runs: restart it with the right PIN" }
+    )]
+    PinUnchanged { from_file: bool },
+    #[error("the self-test digest of master key {0} does not verify: the token holds a different key")]
+    SelfTestFailed(MasterKeyVersion),
     #[error("master key {0} is missing from the token")]
     MasterKeyMissing(MasterKeyVersion),
     #[error("master key {0} exists {1} times on the token; it must be unique")]
@@ -93,7 +104,7 @@ struct Connection {
     idle: Mutex<Vec<Session>>,
 }
 
-struct Inner {
+pub(super) struct Inner {
     config: Pkcs11Config,
     ctx: Pkcs11,
     /// `None` while reconnecting. Calls hold the read lock; reconnect takes the write lock, so
@@ -101,6 +112,23 @@ struct Inner {
     conn: RwLock<Option<Connection>>,
     healthy: AtomicBool,
     reconnecting: AtomicBool,
+    /// Set by `close`: the reconnect and probe threads stop.
+    closed: AtomicBool,
+    pin: PinSource,
+    /// Checks the first connection must pass when the token was unreachable at start.
+    first_connect: Mutex<Option<FirstConnect>>,
+}
+
+/// What `keyward serve` checks when it connects to the token at start, deferred to the first
+/// successful connection when the token was unreachable then.
+pub struct FirstConnect {
+    /// Live master key versions: each must be on the token.
+    pub required: Vec<MasterKeyVersion>,
+    /// Retired versions: a warning if still on the token.
+    pub retired: Vec<MasterKeyVersion>,
+    /// The live versions' self-test digests over `self_test_input`: each must verify.
+    pub self_tests: Vec<Digest>,
+    pub self_test_input: SensitiveBytes,
 }
 
 /// A call waiting for a worker.
@@ -196,9 +224,16 @@ impl Inner {
     }
 
     fn connect(&self) -> Result<Connection, StartError> {
+        let pin = self.pin.to_try()?;
         let slot = find_token(&self.ctx, &self.config.token_label)?;
         let session = self.ctx.open_ro_session(slot)?;
-        login(&session, &self.config.pin)?;
+        match login(&session, &pin) {
+            Err(StartError::PinIncorrect) => {
+                self.pin.refused(pin);
+                return Err(StartError::PinIncorrect);
+            }
+            other => other?,
+        }
         let keys = find_master_keys(&session)?;
         for (version, handle) in &keys {
             if !provision::is_safe_master_key(&session, *handle)? {
@@ -210,7 +245,38 @@ impl Inner {
             }
         }
         let audit = RwLock::new(find_label(&session, super::AUDIT_KEY_LABEL)?);
-        Ok(Connection { slot, keys: RwLock::new(keys), audit, idle: Mutex::new(vec![session]) })
+        let conn = Connection { slot, keys: RwLock::new(keys), audit, idle: Mutex::new(vec![session]) };
+        let mut first = self.first_connect.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(checks) = first.as_ref() {
+            self.first_checks(&conn, checks)?;
+            *first = None;
+        }
+        Ok(conn)
+    }
+
+    /// The start-up checks, on the first connection after starting without the token.
+    fn first_checks(&self, conn: &Connection, checks: &FirstConnect) -> Result<(), StartError> {
+        {
+            let keys = conn.keys.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(missing) = checks.required.iter().find(|v| !keys.contains_key(v)) {
+                return Err(StartError::MasterKeyMissing(*missing));
+            }
+            for retired in checks.retired.iter().filter(|v| keys.contains_key(v)) {
+                tracing::warn!(version = %retired, "a retired master key is still on the token; run `keyward master retire` for it again to destroy it");
+            }
+        }
+        ensure_audit_key(&self.ctx, conn)?;
+        let session = conn.idle.lock().unwrap_or_else(|e| e.into_inner()).pop().expect("connect opened one");
+        let verified = checks.self_tests.iter().try_for_each(|digest| {
+            match check_digest(&session, conn, checks.self_test_input.expose(), digest)? {
+                true => Ok(()),
+                false => Err(StartError::SelfTestFailed(digest.version)),
+            }
+        });
+        conn.idle.lock().unwrap_or_else(|e| e.into_inner()).push(session);
+        verified?;
+        tracing::info!("HSM connected for the first time: master keys, audit key and self-test checked");
+        Ok(())
     }
 
     /// Runs `op` on an idle session (opening one if none is idle).
@@ -218,9 +284,16 @@ impl Inner {
         self: &Arc<Self>,
         op: impl FnOnce(&Session, &Connection) -> Result<T, CkError>,
     ) -> Result<T, HsmError> {
-        let guard = self.conn.read().unwrap_or_else(|e| e.into_inner());
+        // Never wait for a reconnect in progress (it holds the write lock): answer at once.
+        let guard = match self.conn.try_read() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                return Err(HsmError::Unavailable("the token is unreachable; reconnecting".into()));
+            }
+        };
         let Some(conn) = guard.as_ref() else {
-            return Err(HsmError::Unavailable("reconnecting to the token".into()));
+            return Err(HsmError::Unavailable("the token is unreachable; reconnecting".into()));
         };
         let pooled = conn.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let session = match pooled {
@@ -256,15 +329,15 @@ impl Inner {
         rv::classify(e)
     }
 
-    fn start_reconnect(self: &Arc<Self>) {
+    pub(super) fn start_reconnect(self: &Arc<Self>) {
         self.set_healthy(false);
-        if self.reconnecting.swap(true, Ordering::SeqCst) {
+        if self.closed.load(Ordering::SeqCst) || self.reconnecting.swap(true, Ordering::SeqCst) {
             return;
         }
         let inner = self.clone();
         let spawned = std::thread::Builder::new().name("keyward-hsm-reconnect".into()).spawn(move || {
             let mut delay = Duration::from_millis(10);
-            loop {
+            while !inner.closed.load(Ordering::SeqCst) {
                 match inner.reconnect_once() {
                     Ok(()) => {
                         tracing::info!("HSM reconnected");
@@ -274,7 +347,7 @@ impl Inner {
                     }
                     Err(e) => {
                         metrics::get().hsm_reconnect(false);
-                        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "HSM reconnect failed");
+                        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "HSM unreachable; retrying");
                         std::thread::sleep(delay);
                         delay = (delay * 2).min(Duration::from_secs(1));
                     }
@@ -288,7 +361,41 @@ impl Inner {
         }
     }
 
+    /// The liveness probe's check: `C_GetTokenInfo` on our slot (SoftHSM2 answers
+    /// `CKR_GENERAL_ERROR` once its token directory is gone or unreadable; a real HSM
+    /// `CKR_TOKEN_NOT_PRESENT` or `CKR_DEVICE_REMOVED`), and `C_GetSessionInfo` on an idle
+    /// session (`CKR_SESSION_HANDLE_INVALID` once our sessions were closed behind our back).
+    /// Starts reconnecting if either says the token or our sessions are gone. Never waits.
+    pub(super) fn probe(self: &Arc<Self>) {
+        if !self.healthy.load(Ordering::SeqCst) || self.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(guard) = self.conn.try_read() else { return };
+        let Some(conn) = guard.as_ref() else { return };
+        let mut lost = self.ctx.get_token_info(conn.slot).err();
+        if lost.is_none() {
+            let idle = conn.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            if let Some(session) = idle {
+                match session.get_session_info() {
+                    Ok(_) => conn.idle.lock().unwrap_or_else(|e| e.into_inner()).push(session),
+                    Err(e) => lost = Some(e),
+                }
+            }
+        }
+        if let Some(e) = lost.filter(rv::is_connection_lost) {
+            drop(guard);
+            tracing::warn!(error = %e, "HSM liveness probe failed; reconnecting");
+            self.start_reconnect();
+        }
+    }
+
+    pub(super) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
     fn reconnect_once(&self) -> Result<(), StartError> {
+        // A PIN the token refused is not offered again: no finalize, no login.
+        drop(self.pin.to_try()?);
         let mut conn = self.conn.write().unwrap_or_else(|e| e.into_inner());
         // Close our sessions, then finalize: no session is in use while we hold the lock.
         *conn = None;
@@ -301,21 +408,80 @@ impl Inner {
     }
 }
 
+/// Makes the audit chain key if the token has none (databases made before the chain).
+fn ensure_audit_key(ctx: &Pkcs11, conn: &Connection) -> Result<(), StartError> {
+    if conn.audit.read().unwrap_or_else(|e| e.into_inner()).is_some() {
+        return Ok(());
+    }
+    let session = ctx.open_rw_session(conn.slot)?;
+    let handle = provision::generate_hmac_key(&session, super::AUDIT_KEY_LABEL)?;
+    *conn.audit.write().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+    tracing::info!("audit chain key created on the token");
+    Ok(())
+}
+
+impl StartError {
+    /// Whether the error is the token's state, which may change while keyward runs (absent,
+    /// unreadable, refusing the PIN), rather than a configuration to fix before starting.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StartError::TokenMissing(_)
+                | StartError::PinIncorrect
+                | StartError::PinLocked
+                | StartError::PinUnchanged { .. }
+                | StartError::Pkcs11(_)
+        )
+    }
+}
+
 impl Pkcs11Hsm {
     /// Loads the module, finds the token by label, logs in and finds the master keys.
     pub fn open(config: Pkcs11Config) -> Result<Self, StartError> {
         let ctx = load_module(&config)?;
+        let hsm = Self::with_context(config, ctx)?;
+        let conn = hsm.inner.connect()?;
+        *hsm.inner.conn.write().unwrap_or_else(|e| e.into_inner()) = Some(conn);
+        hsm.inner.set_healthy(true);
+        Ok(hsm)
+    }
+
+    /// For `keyward serve`: like `open`, but a token that is absent, unreadable or refuses the
+    /// PIN is not fatal: the adapter is returned unconnected (unhealthy) with the reason, for
+    /// `connect_in_background`. A module that cannot be loaded, or a token whose keys are not
+    /// right, still fails. Starts the liveness probe.
+    pub fn open_serving(config: Pkcs11Config) -> Result<(Self, Option<StartError>), StartError> {
+        let ctx = Pkcs11::new(&config.module)
+            .map_err(|e| StartError::Module { path: config.module.display().to_string(), reason: e.to_string() })?;
+        let hsm = Self::with_context(config, ctx)?;
+        let connected = initialize(&hsm.inner.ctx).map_err(StartError::from).and_then(|()| hsm.inner.connect());
+        let unreachable = match connected {
+            Ok(conn) => {
+                *hsm.inner.conn.write().unwrap_or_else(|e| e.into_inner()) = Some(conn);
+                hsm.inner.set_healthy(true);
+                None
+            }
+            Err(e) if e.is_transient() => Some(e),
+            Err(e) => return Err(e),
+        };
+        super::probe::start(&hsm.inner);
+        Ok((hsm, unreachable))
+    }
+
+    fn with_context(config: Pkcs11Config, ctx: Pkcs11) -> Result<Self, StartError> {
         let sessions = config.sessions.max(1);
+        let pin = PinSource::new(Pin::new(config.pin.expose().to_owned()), config.pin_file.clone());
         let inner = Arc::new(Inner {
             config,
             ctx,
             conn: RwLock::new(None),
             healthy: AtomicBool::new(false),
             reconnecting: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            pin,
+            first_connect: Mutex::new(None),
         });
-        let conn = inner.connect()?;
-        *inner.conn.write().unwrap_or_else(|e| e.into_inner()) = Some(conn);
-        inner.set_healthy(true);
+        inner.set_healthy(false);
         let (jobs, queue) = flume::bounded::<Job>(QUEUE_DEPTH);
         for n in 0..sessions {
             let (inner, queue) = (inner.clone(), queue.clone());
@@ -345,14 +511,19 @@ impl Pkcs11Hsm {
     pub fn ensure_audit_key(&self) -> Result<(), StartError> {
         let guard = self.inner.conn.read().unwrap_or_else(|e| e.into_inner());
         let conn = guard.as_ref().ok_or_else(|| StartError::Pkcs11("the token is not connected".into()))?;
-        if conn.audit.read().unwrap_or_else(|e| e.into_inner()).is_some() {
-            return Ok(());
-        }
-        let session = self.inner.ctx.open_rw_session(conn.slot)?;
-        let handle = provision::generate_hmac_key(&session, super::AUDIT_KEY_LABEL)?;
-        *conn.audit.write().unwrap_or_else(|e| e.into_inner()) = Some(handle);
-        tracing::info!("audit chain key created on the token");
-        Ok(())
+        ensure_audit_key(&self.inner.ctx, conn)
+    }
+
+    /// Whether the token is connected now.
+    pub fn is_connected(&self) -> bool {
+        self.inner.conn.read().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
+    /// After `open_serving` left the token unconnected: keeps connecting in the background
+    /// (capped back-off), running `checks` on the first connection before any call goes through.
+    pub fn connect_in_background(&self, checks: FirstConnect) {
+        *self.inner.first_connect.lock().unwrap_or_else(|e| e.into_inner()) = Some(checks);
+        self.inner.start_reconnect();
     }
 
     /// `C_Verify` on the calling thread, bypassing the async hop (benchmarks of the raw HSM).
@@ -366,6 +537,7 @@ impl Pkcs11Hsm {
 
     /// Closes every session and finalizes the module.
     pub fn close(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
         let mut conn = self.inner.conn.write().unwrap_or_else(|e| e.into_inner());
         *conn = None;
         self.inner.set_healthy(false);

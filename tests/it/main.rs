@@ -11,6 +11,7 @@ mod crash;
 mod durability;
 mod grpcurl;
 mod hostile;
+mod hsm_faults;
 mod hsm_token;
 mod leaks;
 mod limits;

@@ -100,6 +100,10 @@ pub struct Instance {
     pub listen: String,
     /// More arguments for `serve` (e.g. `--tls-cert`), after the fixture's own.
     pub serve_args: Vec<String>,
+    /// Run the server without the capabilities that let root ignore file permissions
+    /// (`CAP_DAC_OVERRIDE`, `CAP_DAC_READ_SEARCH`), so that `chmod` binds it as it binds
+    /// any other user. No effect when the tests do not run as root.
+    pub unprivileged: bool,
 }
 
 impl Instance {
@@ -127,6 +131,7 @@ impl Instance {
             metrics_addr: None,
             listen: "127.0.0.1:0".into(),
             serve_args: Vec::new(),
+            unprivileged: false,
         }
     }
 
@@ -184,7 +189,14 @@ impl Instance {
         let addr_file = self.data_dir.with_file_name(format!("addr.{}", self.starts));
         let metrics_addr_file = self.data_dir.with_file_name(format!("metrics-addr.{}", self.starts));
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log_file).unwrap();
-        let mut command = Command::new(BIN);
+        // SAFETY: geteuid only reads the process's effective user id.
+        let mut command = if self.unprivileged && unsafe { libc::geteuid() } == 0 {
+            let mut setpriv = Command::new(require_tool("setpriv", "sudo apt-get install util-linux"));
+            setpriv.args(["--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search", "--", BIN]);
+            setpriv
+        } else {
+            Command::new(BIN)
+        };
         command
             .args(["serve", "--dev", "--data-dir", self.data_dir_str(), "--listen", &self.listen, "--addr-file"])
             .arg(&addr_file)
@@ -275,6 +287,16 @@ impl Instance {
     /// Whether the server process is still running (it has not exited or crashed).
     pub fn is_running(&mut self) -> bool {
         self.server.as_mut().is_some_and(|child| child.try_wait().unwrap().is_none())
+    }
+
+    /// The running server's process id.
+    pub fn pid(&self) -> u32 {
+        self.server.as_ref().expect("running").id()
+    }
+
+    /// A grpc.health.v1 client.
+    pub async fn health(&self) -> tonic_health::pb::health_client::HealthClient<Channel> {
+        tonic_health::pb::health_client::HealthClient::new(self.channel().await)
     }
 
     pub fn logs(&self) -> String {
