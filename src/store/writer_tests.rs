@@ -157,9 +157,8 @@ async fn a_domain_error_in_a_batch_fails_only_its_own_mutation() {
         s2.update_key(id, |_| Err(Error::FailedPrecondition("refused by the domain".into()))).await.map(|_| ())
     });
     wait_queued(&store, 2).await;
-    let missing = tokio::spawn(async move {
-        s3.update_key(KeyId::new_v7(), |r| Ok(Some((r.clone(), None)))).await.map(|_| ())
-    });
+    let missing =
+        tokio::spawn(async move { s3.update_key(KeyId::new_v7(), |r| Ok(Some((r.clone(), None)))).await.map(|_| ()) });
     wait_queued(&store, 3).await;
     let insert_b = tokio::spawn(async move { s4.insert_key(rb.clone(), event(AuditAction::KeyCreated, rb.id)).await });
     wait_queued(&store, 4).await;
