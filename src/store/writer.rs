@@ -96,6 +96,15 @@ impl Tx<'_> {
 /// retried after a conflict reuses them instead of asking the HSM again.
 type Seals = RefCell<HashMap<u64, (Vec<u8>, [u8; AUDIT_MAC_LEN])>>;
 
+/// A staged write: tree, key, value.
+type Write = (Tree, Vec<u8>, Vec<u8>);
+
+/// A sealed event ready to write: sequence number, stored value, target key, time index key.
+type Sealed = (u64, Vec<u8>, Option<KeyId>, [u8; 8]);
+
+/// A body's result kept for the reply: its output and its last audit sequence number.
+type Outcome<T> = Option<Result<(T, Option<u64>), Abort>>;
+
 /// One mutation's view of the transaction: reads see the batch's earlier mutations and this
 /// one's staged writes; its writes and sealed events are applied only if the body succeeds.
 pub(super) struct Stage<'a> {
@@ -103,9 +112,8 @@ pub(super) struct Stage<'a> {
     sealer: &'a dyn AuditSealer,
     seals: &'a Seals,
     first_seq: u64,
-    writes: RefCell<Vec<(Tree, Vec<u8>, Vec<u8>)>>,
-    /// Sealed events: sequence number, stored value, target key, time index key.
-    events: RefCell<Vec<(u64, Vec<u8>, Option<KeyId>, [u8; 8])>>,
+    writes: RefCell<Vec<Write>>,
+    events: RefCell<Vec<Sealed>>,
     prev_mac: Cell<[u8; AUDIT_MAC_LEN]>,
 }
 
@@ -192,7 +200,7 @@ type Reply<T> = tokio::sync::oneshot::Sender<Result<Done<T>, Abort>>;
 
 struct Job<T, F> {
     body: F,
-    outcome: RefCell<Option<Result<(T, Option<u64>), Abort>>>,
+    outcome: RefCell<Outcome<T>>,
     reply: Reply<T>,
 }
 
