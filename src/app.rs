@@ -579,6 +579,25 @@ pub fn bench_verify(
     Ok(())
 }
 
+/// `keyward bench create`: durable CreateKey figures.
+pub fn bench_create(
+    target: &str,
+    key_file: &Path,
+    concurrency: usize,
+    connections: usize,
+    duration: Duration,
+) -> Result<(), AppError> {
+    let key = crate::bench::read_key_file(key_file).map_err(AppError::Refused)?;
+    let (figures, error) = runtime()?
+        .block_on(crate::bench_create::create(target, &key, concurrency, connections, duration))
+        .map_err(AppError::Refused)?;
+    println!("{}", figures.report(&format!("CreateKey x{concurrency} over {connections} connections")));
+    if let Some(e) = error {
+        println!("CreateKey, first error: {e}");
+    }
+    Ok(())
+}
+
 /// `keyward bench rotation`: prints each figure as soon as it is known.
 pub fn bench_rotation(
     target: &str,

@@ -171,6 +171,16 @@ impl Target {
         join_all(tasks, start).await
     }
 
+    /// One of the connections, round robin.
+    pub(crate) fn channel(&self, i: usize) -> Channel {
+        self.channels[i % self.channels.len()].clone()
+    }
+
+    /// The admin credential, as an `authorization` header value.
+    pub(crate) fn auth(&self) -> MetadataValue<Ascii> {
+        self.auth.clone()
+    }
+
     pub(crate) fn verify_client(&self, i: usize) -> VerifyServiceClient<Channel> {
         VerifyServiceClient::new(self.channels[i % self.channels.len()].clone())
     }

@@ -182,6 +182,25 @@ enum BenchCommand {
         #[arg(long)]
         policies: bool,
     },
+    /// Durable CreateKey calls/s and latency percentiles against a running server. Every call
+    /// makes a key and its audit event: use a scratch data directory.
+    Create {
+        /// Server address.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        target: String,
+        /// File whose first line is a key holding `keyward:keys:create` (e.g. DATA_DIR/root.key).
+        #[arg(long)]
+        key_file: PathBuf,
+        /// Calls in flight at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// HTTP/2 connections the calls share.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// Key and master key rotation against a running server. First RotateKey: makes
     /// `--rotations` keys and rotates each once, reporting latency percentiles and rate. Then
     /// master key rotation: tops the server up to `--keys` keys (concurrent CreateKey, timed),
@@ -337,6 +356,9 @@ pub fn run() -> ExitCode {
         Command::Bench(BenchCommand::Verify { target, key_file, concurrency, connections, seconds, policies }) => {
             let seconds = Duration::from_secs(seconds);
             app::bench_verify(&target, &key_file, concurrency, connections, seconds, policies)
+        }
+        Command::Bench(BenchCommand::Create { target, key_file, concurrency, connections, seconds }) => {
+            app::bench_create(&target, &key_file, concurrency, connections, Duration::from_secs(seconds))
         }
         Command::Bench(BenchCommand::Rotation {
             target,

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod app;
 pub mod bench;
 pub mod bench_audit;
+pub mod bench_create;
 pub mod bench_rotation;
 pub mod bench_usage;
 pub mod cli;

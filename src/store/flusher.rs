@@ -24,6 +24,21 @@ struct Pending {
     stop: bool,
 }
 
+/// Hands out flush tickets: take one after a commit, then [`Flusher::wait`] for it.
+#[derive(Clone)]
+pub struct Tickets(Arc<(Mutex<Pending>, Condvar)>);
+
+impl Tickets {
+    /// A ticket for everything committed so far; wakes the flusher.
+    pub fn issue(&self) -> u64 {
+        let (lock, wake) = &*self.0;
+        let mut p = lock.lock().unwrap_or_else(|e| e.into_inner());
+        p.issued += 1;
+        wake.notify_one();
+        p.issued
+    }
+}
+
 pub struct Flusher {
     pending: Arc<(Mutex<Pending>, Condvar)>,
     flushed: watch::Receiver<Flushed>,
@@ -44,13 +59,17 @@ impl Flusher {
 
     /// Call after a transaction has committed; resolves once it is on disk.
     pub async fn durable(&self) -> Result<(), StoreError> {
-        let ticket = {
-            let (lock, wake) = &*self.pending;
-            let mut p = lock.lock().unwrap_or_else(|e| e.into_inner());
-            p.issued += 1;
-            wake.notify_one();
-            p.issued
-        };
+        let ticket = self.tickets().issue();
+        self.wait(ticket).await
+    }
+
+    /// Issues tickets for this flusher from another thread (the write combiner).
+    pub fn tickets(&self) -> Tickets {
+        Tickets(self.pending.clone())
+    }
+
+    /// Resolves once a flush that began after `ticket` was issued has finished.
+    pub async fn wait(&self, ticket: u64) -> Result<(), StoreError> {
         let mut rx = self.flushed.clone();
         let state = *rx
             .wait_for(|f| f.upto >= ticket || f.failed_upto >= ticket)

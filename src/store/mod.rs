@@ -6,5 +6,6 @@ mod flusher;
 mod sled_store;
 mod usage_codec;
 mod usage_log;
+mod writer;
 
 pub use sled_store::SledStore;

@@ -1,22 +1,17 @@
 //! `Store` on sled: trees `keys` (key id → record), `audit` (sequence → sealed event),
 //! `audit_by_key` (key id ‖ sequence) and `audit_by_time` (time ‖ sequence) indexes, and `meta`.
-//! Writers are serialized (a transaction takes microseconds, plus one HSM MAC per audit event)
-//! so audit sequence numbers are gapless and each event's MAC chains to the one before;
-//! durability comes from the group-commit flusher, awaited outside the lock.
+//! Writes go through the write combiner (`writer`): one thread commits queued mutations in
+//! batches, so audit sequence numbers are gapless and each event's MAC chains to the one before;
+//! durability comes from the group-commit flusher, awaited by each caller after its batch.
 
-use std::{
-    cell::Cell,
-    ops::Bound,
-    path::Path,
-    sync::{Arc, Mutex},
+use std::{ops::Bound, path::Path, sync::Arc};
+
+use super::{
+    codec,
+    flusher::Flusher,
+    usage_log::UsageTree,
+    writer::{AUDIT_HEAD, Abort, BodyResult, Head, Stage, Tree, Trees, Writer, abort, time_key},
 };
-
-use sled::{
-    Transactional,
-    transaction::{ConflictableTransactionError, TransactionError},
-};
-
-use super::{codec, flusher::Flusher, usage_log::UsageTree};
 use crate::domain::{
     audit::{self, AuditEvent, AuditQuery, ChainReport, RecordedEvent},
     error::Error,
@@ -27,16 +22,6 @@ use crate::domain::{
 };
 
 const MASTER: &[u8] = b"master";
-/// The last audit event's sequence number and MAC, written with every event: a trail cut
-/// short at the end is caught by comparing with it.
-const AUDIT_HEAD: &[u8] = b"audit_head";
-
-/// Where the audit chain stands.
-#[derive(Clone, Copy)]
-struct Head {
-    next_seq: u64,
-    last_mac: [u8; AUDIT_MAC_LEN],
-}
 
 struct Inner {
     db: sled::Db,
@@ -46,17 +31,12 @@ struct Inner {
     by_time: sled::Tree,
     meta: sled::Tree,
     usage: UsageTree,
-    /// Held while a write transaction runs.
-    head: Mutex<Head>,
     /// The newest audit sequence number that is durable: what tails may show.
     durable: tokio::sync::watch::Sender<u64>,
     sealer: Arc<dyn AuditSealer>,
+    /// Dropped before the flusher: the write thread stops first.
+    writer: Writer,
     flusher: Flusher,
-}
-
-/// Index order for a time: big-endian nanoseconds, sign bit flipped so that order holds.
-fn time_key(t: std::time::SystemTime) -> [u8; 8] {
-    ((codec::nanos(t) as u64) ^ (1 << 63)).to_be_bytes()
 }
 
 fn seq_of(index_key: &[u8]) -> Result<u64, StoreError> {
@@ -70,21 +50,6 @@ pub struct SledStore(Arc<Inner>);
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
-}
-
-/// Why a write transaction gave up.
-enum Abort {
-    Store(StoreError),
-    Domain(Error),
-}
-
-impl From<TransactionError<Abort>> for Abort {
-    fn from(e: TransactionError<Abort>) -> Self {
-        match e {
-            TransactionError::Abort(a) => a,
-            TransactionError::Storage(e) => Abort::Store(unavailable(e)),
-        }
-    }
 }
 
 impl From<Abort> for StoreError {
@@ -125,8 +90,15 @@ impl SledStore {
         let usage = UsageTree::open(&db)?;
         let flusher = Flusher::start(db.clone());
         let durable = tokio::sync::watch::Sender::new(head.next_seq - 1);
-        let head = Mutex::new(head);
-        Ok(Self(Arc::new(Inner { db, keys, audit, by_key, by_time, meta, usage, head, durable, sealer, flusher })))
+        let trees = Trees {
+            keys: keys.clone(),
+            audit: audit.clone(),
+            by_key: by_key.clone(),
+            by_time: by_time.clone(),
+            meta: meta.clone(),
+        };
+        let writer = Writer::start(trees, head, sealer.clone(), flusher.tickets());
+        Ok(Self(Arc::new(Inner { db, keys, audit, by_key, by_time, meta, usage, durable, sealer, writer, flusher })))
     }
 
     /// How many usage records are kept.
@@ -145,6 +117,12 @@ impl SledStore {
         self.0.db.open_tree(name).unwrap()
     }
 
+    /// Writes queued for the write combiner, not yet taken into a batch.
+    #[cfg(test)]
+    pub(super) fn queued_writes(&self) -> usize {
+        self.0.writer.queued()
+    }
+
     /// Flushes and stops the flush thread. Later writes fail.
     pub fn close(&self) {
         self.0.flusher.stop();
@@ -153,93 +131,19 @@ impl SledStore {
         }
     }
 
-    /// Runs `write` (a sled transaction body over keys, audit, meta) with the next audit
-    /// sequence number, then waits until it is durable.
-    async fn write<F, T>(&self, write: F) -> Result<T, Abort>
+    /// Runs `body` in the write combiner's next batch, then waits until it is durable.
+    async fn write<F, T>(&self, body: F) -> Result<T, Abort>
     where
-        F: Fn(&Trees<'_>, u64) -> Result<T, ConflictableTransactionError<Abort>> + Send + 'static,
+        F: Fn(&Stage<'_>) -> BodyResult<T> + Send + 'static,
         T: Send + 'static,
     {
-        let inner = self.0.clone();
-        let committed = tokio::task::spawn_blocking(move || {
-            let mut head = inner.head.lock().unwrap_or_else(|e| e.into_inner());
-            let trees = (&inner.keys, &inner.audit, &inner.by_key, &inner.by_time, &inner.meta);
-            let (out, appended, last_mac) = trees
-                .transaction(|(keys, audit, by_key, by_time, meta)| {
-                    let trees = Trees {
-                        keys,
-                        audit,
-                        by_key,
-                        by_time,
-                        meta,
-                        sealer: inner.sealer.as_ref(),
-                        appended: Cell::new(0),
-                        prev_mac: Cell::new(head.last_mac),
-                    };
-                    let out = write(&trees, head.next_seq)?;
-                    let appended = trees.appended.get();
-                    if appended > 0 {
-                        let mut value = (head.next_seq + appended - 1).to_be_bytes().to_vec();
-                        value.extend_from_slice(&trees.prev_mac.get());
-                        meta.insert(AUDIT_HEAD, value)?;
-                    }
-                    Ok((out, appended, trees.prev_mac.get()))
-                })
-                .map_err(Abort::from)?;
-            head.next_seq += appended;
-            head.last_mac = last_mac;
-            Ok::<_, Abort>((out, (appended > 0).then_some(head.next_seq - 1)))
-        })
-        .await
-        .map_err(|e| Abort::Store(unavailable(e)))??;
-        self.0.flusher.durable().await.map_err(Abort::Store)?;
-        let (committed, last_seq) = committed;
-        if let Some(last) = last_seq {
+        let done = self.0.writer.submit(body).await?;
+        self.0.flusher.wait(done.ticket).await.map_err(Abort::Store)?;
+        if let Some(last) = done.last_seq {
             self.0.durable.send_if_modified(|h| std::mem::replace(h, (*h).max(last)) < last);
         }
-        Ok(committed)
+        Ok(done.out)
     }
-}
-
-struct Trees<'a> {
-    keys: &'a sled::transaction::TransactionalTree,
-    audit: &'a sled::transaction::TransactionalTree,
-    by_key: &'a sled::transaction::TransactionalTree,
-    by_time: &'a sled::transaction::TransactionalTree,
-    meta: &'a sled::transaction::TransactionalTree,
-    sealer: &'a dyn AuditSealer,
-    /// Audit events this attempt appended, from the first sequence number on.
-    appended: Cell<u64>,
-    /// The MAC of the last event appended (or of the chain's last before this transaction).
-    prev_mac: Cell<[u8; AUDIT_MAC_LEN]>,
-}
-
-impl Trees<'_> {
-    /// Seals `event` into the chain after those this transaction appended already, with its
-    /// index entries; `first` is the transaction's first sequence number. If the HSM cannot
-    /// seal it, the whole transaction is abandoned: no change without its audit event.
-    fn append_audit(&self, first: u64, event: &AuditEvent) -> Result<(), ConflictableTransactionError<Abort>> {
-        let seq = first + self.appended.get();
-        let bytes = codec::encode_event(event);
-        let message = audit::chain_message(&self.prev_mac.get(), seq, &bytes);
-        let mac = match self.sealer.seal(&message) {
-            Ok(mac) => mac,
-            Err(e) => return abort(Abort::Store(StoreError::Unavailable(format!("sealing the audit event: {e}")))),
-        };
-        let seq_key = seq.to_be_bytes();
-        self.audit.insert(&seq_key, codec::encode_sealed(bytes, &mac))?;
-        if let Some(target) = event.target {
-            self.by_key.insert([target.as_bytes().as_slice(), &seq_key].concat(), &[])?;
-        }
-        self.by_time.insert([time_key(event.at).as_slice(), &seq_key].concat(), &[])?;
-        self.prev_mac.set(mac);
-        self.appended.set(self.appended.get() + 1);
-        Ok(())
-    }
-}
-
-fn abort<T>(a: Abort) -> Result<T, ConflictableTransactionError<Abort>> {
-    Err(ConflictableTransactionError::Abort(a))
 }
 
 impl Store for SledStore {
@@ -263,9 +167,9 @@ impl Store for SledStore {
 
     async fn insert_key(&self, record: KeyRecord, event: AuditEvent) -> Result<(), StoreError> {
         let value = codec::encode_key(&record);
-        self.write(move |t, seq| {
-            t.keys.insert(record.id.as_bytes(), value.as_slice())?;
-            t.append_audit(seq, &event)
+        self.write(move |t| {
+            t.insert(Tree::Keys, record.id.as_bytes(), value.as_slice());
+            t.append_audit(&event)
         })
         .await
         .map_err(StoreError::from)
@@ -276,8 +180,8 @@ impl Store for SledStore {
         F: Fn(&KeyRecord) -> KeyChange + Send + 'static,
     {
         Ok(self
-            .write(move |t, seq| {
-                let Some(bytes) = t.keys.get(id.as_bytes())? else {
+            .write(move |t| {
+                let Some(bytes) = t.get(Tree::Keys, id.as_bytes())? else {
                     return abort(Abort::Domain(Error::NotFound(format!("key {id}"))));
                 };
                 let before = codec::decode_key(&bytes).or_else(|e| abort(Abort::Store(e)))?;
@@ -285,9 +189,9 @@ impl Store for SledStore {
                     Err(e) => abort(Abort::Domain(e)),
                     Ok(None) => Ok(Updated { after: before.clone(), before }),
                     Ok(Some((after, event))) => {
-                        t.keys.insert(id.as_bytes(), codec::encode_key(&after))?;
+                        t.insert(Tree::Keys, id.as_bytes(), codec::encode_key(&after));
                         if let Some(event) = event {
-                            t.append_audit(seq, &event)?;
+                            t.append_audit(&event)?;
                         }
                         Ok(Updated { before, after })
                     }
@@ -301,19 +205,19 @@ impl Store for SledStore {
         F: Fn(&KeyRecord) -> Result<(KeyRecord, KeyRecord, Vec<AuditEvent>), Error> + Send + 'static,
     {
         Ok(self
-            .write(move |t, seq| {
-                let Some(bytes) = t.keys.get(id.as_bytes())? else {
+            .write(move |t| {
+                let Some(bytes) = t.get(Tree::Keys, id.as_bytes())? else {
                     return abort(Abort::Domain(Error::NotFound(format!("key {id}"))));
                 };
                 let before = codec::decode_key(&bytes).or_else(|e| abort(Abort::Store(e)))?;
                 let (after, successor, events) = change(&before).or_else(|e| abort(Abort::Domain(e)))?;
-                if t.keys.get(successor.id.as_bytes())?.is_some() {
+                if t.get(Tree::Keys, successor.id.as_bytes())?.is_some() {
                     return abort(Abort::Domain(Error::AlreadyExists(format!("key {}", successor.id))));
                 }
-                t.keys.insert(id.as_bytes(), codec::encode_key(&after))?;
-                t.keys.insert(successor.id.as_bytes(), codec::encode_key(&successor))?;
+                t.insert(Tree::Keys, id.as_bytes(), codec::encode_key(&after));
+                t.insert(Tree::Keys, successor.id.as_bytes(), codec::encode_key(&successor));
                 for event in &events {
-                    t.append_audit(seq, event)?;
+                    t.append_audit(event)?;
                 }
                 Ok((Updated { before, after }, successor))
             })
@@ -326,22 +230,22 @@ impl Store for SledStore {
         master: Option<(MasterState, Option<AuditEvent>)>,
     ) -> Result<usize, StoreError> {
         let master = master.map(|(state, event)| (codec::encode_master(&state), event));
-        self.write(move |t, seq| {
+        self.write(move |t| {
             let mut replaced = 0;
             for swap in &swaps {
-                let Some(bytes) = t.keys.get(swap.id.as_bytes())? else { continue };
+                let Some(bytes) = t.get(Tree::Keys, swap.id.as_bytes())? else { continue };
                 let mut record = codec::decode_key(&bytes).or_else(|e| abort(Abort::Store(e)))?;
                 if record.digest != swap.expected {
                     continue;
                 }
                 record.digest = swap.new.clone();
-                t.keys.insert(swap.id.as_bytes(), codec::encode_key(&record))?;
+                t.insert(Tree::Keys, swap.id.as_bytes(), codec::encode_key(&record));
                 replaced += 1;
             }
             if let Some((state, event)) = &master {
-                t.meta.insert(MASTER, state.as_slice())?;
+                t.insert(Tree::Meta, MASTER, state.as_slice());
                 if let Some(event) = event {
-                    t.append_audit(seq, event)?;
+                    t.append_audit(event)?;
                 }
             }
             Ok(replaced)
@@ -352,21 +256,21 @@ impl Store for SledStore {
 
     async fn set_master(&self, master: MasterState, event: AuditEvent) -> Result<(), StoreError> {
         let state = codec::encode_master(&master);
-        self.write(move |t, seq| {
-            t.meta.insert(MASTER, state.as_slice())?;
-            t.append_audit(seq, &event)
+        self.write(move |t| {
+            t.insert(Tree::Meta, MASTER, state.as_slice());
+            t.append_audit(&event)
         })
         .await
         .map_err(StoreError::from)
     }
 
     async fn record_usage(&self, batch: Vec<(KeyId, UsageDelta)>) -> Result<(), StoreError> {
-        self.write(move |t, _| {
+        self.write(move |t| {
             for (id, delta) in &batch {
-                let Some(bytes) = t.keys.get(id.as_bytes())? else { continue };
+                let Some(bytes) = t.get(Tree::Keys, id.as_bytes())? else { continue };
                 let mut record = codec::decode_key(&bytes).or_else(|e| abort(Abort::Store(e)))?;
                 record.usage.absorb(delta);
-                t.keys.insert(id.as_bytes(), codec::encode_key(&record))?;
+                t.insert(Tree::Keys, id.as_bytes(), codec::encode_key(&record));
             }
             Ok(())
         })
@@ -375,9 +279,9 @@ impl Store for SledStore {
     }
 
     async fn append_events(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
-        self.write(move |t, seq| {
+        self.write(move |t| {
             for event in &events {
-                t.append_audit(seq, event)?;
+                t.append_audit(event)?;
             }
             Ok(())
         })
@@ -423,13 +327,13 @@ impl Store for SledStore {
 
     async fn initialize(&self, master: MasterState, root: KeyRecord, event: AuditEvent) -> Result<(), StoreError> {
         let (master, root_value) = (codec::encode_master(&master), codec::encode_key(&root));
-        self.write(move |t, seq| {
-            if t.meta.get(MASTER)?.is_some() {
+        self.write(move |t| {
+            if t.get(Tree::Meta, MASTER)?.is_some() {
                 return abort(Abort::Store(StoreError::AlreadyInitialized));
             }
-            t.meta.insert(MASTER, master.as_slice())?;
-            t.keys.insert(root.id.as_bytes(), root_value.as_slice())?;
-            t.append_audit(seq, &event)
+            t.insert(Tree::Meta, MASTER, master.as_slice());
+            t.insert(Tree::Keys, root.id.as_bytes(), root_value.as_slice());
+            t.append_audit(&event)
         })
         .await
         .map_err(StoreError::from)
