@@ -645,6 +645,7 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
 }
 
 /// Where `keyward bench` (the suite) runs.
+#[derive(Debug)]
 pub enum SuiteTarget {
     /// A development instance of its own, in a temporary directory.
     SelfHost,

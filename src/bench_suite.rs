@@ -70,6 +70,7 @@ impl Scenario {
     }
 }
 
+#[derive(Debug)]
 pub struct SuiteOptions {
     pub scenarios: Vec<Scenario>,
     /// Keys made for the verify scenarios (calls are spread over them).

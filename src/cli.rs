@@ -524,3 +524,68 @@ pub fn run() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench_suite::Scenario;
+
+    fn suite(args: &[&str]) -> Result<(app::SuiteTarget, crate::bench_suite::SuiteOptions), String> {
+        let cli = Cli::try_parse_from(["keyward", "bench"].iter().chain(args)).map_err(|e| e.to_string())?;
+        let Command::Bench(BenchArgs { command: None, suite }) = cli.command else {
+            return Err("not the suite".into());
+        };
+        suite.into_suite().map(|(t, o, _)| (t, o)).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_suite_defaults_to_every_scenario_at_16_and_64_for_5_seconds() {
+        let (target, o) = suite(&["--self-host"]).unwrap();
+        assert!(matches!(target, app::SuiteTarget::SelfHost));
+        assert_eq!(o.scenarios, Scenario::ALL.to_vec());
+        assert_eq!((o.concurrency, o.connections, o.keys), (vec![16, 64], 4, 1000));
+        assert_eq!(o.limit, crate::bench_drive::Limit::For(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn suite_options_parse_lists_counts_and_a_remote_target() {
+        let (target, o) = suite(&[
+            "--target",
+            "10.0.0.1:50051",
+            "--key-file",
+            "k",
+            "--data-dir",
+            "d",
+            "--scenarios",
+            "revoke,verify",
+            "--concurrency",
+            "2,8",
+            "--count",
+            "100",
+        ])
+        .unwrap();
+        let app::SuiteTarget::Remote { target, instance, .. } = target else { panic!("remote expected") };
+        assert_eq!((target.as_str(), instance.is_some()), ("10.0.0.1:50051", true));
+        assert_eq!(o.scenarios, vec![Scenario::Verify, Scenario::Revoke], "run in the suite's order");
+        assert_eq!((o.concurrency, o.limit), (vec![2, 8], crate::bench_drive::Limit::Calls(100)));
+        let (_, sweep) = suite(&["--self-host", "--sweep", "1,2,4"]).unwrap();
+        assert_eq!((sweep.scenarios, sweep.concurrency), (vec![Scenario::Verify], vec![1, 2, 4]));
+    }
+
+    #[test]
+    fn the_suite_refuses_what_it_cannot_run() {
+        assert!(suite(&[]).unwrap_err().contains("--self-host"));
+        assert!(suite(&["--self-host", "--target", "x", "--key-file", "k"]).is_err());
+        assert!(suite(&["--target", "x"]).is_err(), "--target needs --key-file");
+        assert!(suite(&["--self-host", "--concurrency", "0"]).is_err());
+        assert!(suite(&["--self-host", "--seconds", "1", "--count", "5"]).is_err());
+        assert!(suite(&["--self-host", "--scenarios", "nope"]).is_err());
+    }
+
+    #[test]
+    fn bench_subcommands_still_parse() {
+        let cli = Cli::try_parse_from(["keyward", "bench", "verify", "--key-file", "k", "--policies"]).unwrap();
+        assert!(matches!(cli.command, Command::Bench(BenchArgs { command: Some(BenchCommand::Verify { .. }), .. })));
+        assert!(Cli::try_parse_from(["keyward", "bench", "--self-host", "verify", "--key-file", "k"]).is_err());
+    }
+}
