@@ -579,25 +579,6 @@ pub fn bench_verify(
     Ok(())
 }
 
-/// `keyward bench create`: durable CreateKey figures.
-pub fn bench_create(
-    target: &str,
-    key_file: &Path,
-    concurrency: usize,
-    connections: usize,
-    duration: Duration,
-) -> Result<(), AppError> {
-    let key = crate::bench::read_key_file(key_file).map_err(AppError::Refused)?;
-    let (figures, error) = runtime()?
-        .block_on(crate::bench_create::create(target, &key, concurrency, connections, duration))
-        .map_err(AppError::Refused)?;
-    println!("{}", figures.report(&format!("CreateKey x{concurrency} over {connections} connections")));
-    if let Some(e) = error {
-        println!("CreateKey, first error: {e}");
-    }
-    Ok(())
-}
-
 /// `keyward bench rotation`: prints each figure as soon as it is known.
 pub fn bench_rotation(
     target: &str,
@@ -678,4 +659,92 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
             _ = int.recv() => tracing::info!("SIGINT received"),
         }
     }
+}
+
+/// Where `keyward bench` (the suite) runs.
+#[derive(Debug)]
+pub enum SuiteTarget {
+    /// A development instance of its own, in a temporary directory.
+    SelfHost,
+    /// A running server, the admin key in `key_file`; with `instance`, its data directory for
+    /// the raw HSM figures.
+    Remote { target: String, key_file: PathBuf, instance: Option<Options> },
+}
+
+/// What `keyward bench` prints besides the table.
+pub struct SuiteOutput {
+    pub json: bool,
+    pub chart: Option<PathBuf>,
+}
+
+/// `keyward bench`: the load suite with its ratios; a MISS is reported, not an error.
+pub fn bench_suite(
+    where_: SuiteTarget,
+    options: crate::bench_suite::SuiteOptions,
+    output: SuiteOutput,
+) -> Result<(), AppError> {
+    use crate::bench_report::{Machine, Report, Settings};
+    use std::io::IsTerminal;
+
+    // Before any thread: the self-hosted instance is made by child processes, then SoftHSM2 is
+    // pointed at its token.
+    let host = match &where_ {
+        SuiteTarget::SelfHost => Some(crate::bench_host::SelfHost::start().map_err(AppError::Refused)?),
+        SuiteTarget::Remote { .. } => None,
+    };
+    let (addr, key_file, instance) = match (&where_, &host) {
+        (_, Some(h)) => (h.addr.clone(), h.root_key_file.clone(), Some(h.opts.clone())),
+        (SuiteTarget::Remote { target, key_file, instance }, None) => {
+            (target.clone(), key_file.clone(), instance.clone())
+        }
+        (SuiteTarget::SelfHost, None) => unreachable!("a self-hosted run has its host"),
+    };
+    let key = crate::bench::read_key_file(&key_file).map_err(AppError::Refused)?;
+    let hsm = match &instance {
+        Some(opts) => {
+            prepare_environment(opts)?;
+            let hsm = Pkcs11Hsm::open(pkcs11_config(&Config::load(&opts.config, false)?)?)?;
+            hsm.require_master_key(FIRST_VERSION)?;
+            Some(hsm)
+        }
+        None => None,
+    };
+    let progress = if output.json || !std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let style = indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+            .map_err(|e| AppError::Refused(e.to_string()))?;
+        indicatif::ProgressBar::new(0).with_style(style)
+    };
+    let result = runtime()?.block_on(crate::bench_suite::run(&addr, &key, hsm.as_ref(), &options, &progress));
+    if let Some(hsm) = hsm {
+        hsm.close();
+    }
+    drop(host);
+    let (baselines, rows) = result.map_err(AppError::Refused)?;
+
+    let (seconds, count) = match options.limit {
+        crate::bench_drive::Limit::For(d) => (Some(d.as_secs()), None),
+        crate::bench_drive::Limit::Calls(n) => (None, Some(n)),
+    };
+    let settings = Settings {
+        target: if matches!(where_, SuiteTarget::SelfHost) { "self-host".into() } else { addr },
+        scenarios: options.scenarios.iter().map(|s| s.name().to_owned()).collect(),
+        concurrency: options.concurrency.clone(),
+        connections: options.connections,
+        keys: options.keys,
+        seconds,
+        count,
+    };
+    let report = Report::new(Machine::this(), settings, baselines, rows);
+    if let Some(path) = &output.chart {
+        crate::bench_chart::draw(&report, path).map_err(AppError::Refused)?;
+    }
+    if output.json {
+        let json = serde_json::to_string_pretty(&report).map_err(|e| AppError::Refused(e.to_string()))?;
+        println!("{json}");
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! `keyward bench`: load figures anyone can reproduce. `verify` drives VerifyKey on a running
-//! server (its connections and load are shared with `bench_rotation`); `hsm` measures raw HMAC verifications through the same PKCS#11 adapter, the ceiling
-//! that verification cannot pass. (A fuller load generator comes with the benchmark issue.)
+//! server (its connections and load are shared with `bench_rotation` and the suite in
+//! `bench_suite`); `hsm` measures raw HMAC verifications through the same PKCS#11 adapter, the
+//! ceiling that verification cannot pass.
 
 use std::{
     path::Path,
@@ -17,6 +18,7 @@ use tonic::{
 };
 
 use crate::{
+    bench_drive::{Limit, Outcome, Run, drive},
     domain::{
         key::{Digest, KeyId, MasterKeyVersion},
         ports::Hsm,
@@ -120,8 +122,8 @@ fn bearer(key: &str) -> Result<tonic::metadata::MetadataValue<tonic::metadata::A
 
 /// Open connections to the target and the admin credential.
 pub(crate) struct Target {
-    channels: Vec<Channel>,
-    auth: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    pub(crate) channels: Vec<Channel>,
+    pub(crate) auth: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
 }
 
 /// What a verification run presents: a key, and what the request asks of it.
@@ -169,16 +171,6 @@ impl Target {
             }));
         }
         join_all(tasks, start).await
-    }
-
-    /// One of the connections, round robin.
-    pub(crate) fn channel(&self, i: usize) -> Channel {
-        self.channels[i % self.channels.len()].clone()
-    }
-
-    /// The admin credential, as an `authorization` header value.
-    pub(crate) fn auth(&self) -> MetadataValue<Ascii> {
-        self.auth.clone()
     }
 
     pub(crate) fn verify_client(&self, i: usize) -> VerifyServiceClient<Channel> {
@@ -390,7 +382,7 @@ pub(crate) fn plain_key() -> proto::CreateKeyRequest {
 
 /// A key with every policy set, loose enough that every call is VALID: the cost of checking
 /// them all, including a quota (one durable lease write per `quota_max_lease` calls).
-fn policy_key() -> proto::CreateKeyRequest {
+pub(crate) fn policy_key() -> proto::CreateKeyRequest {
     let now = std::time::SystemTime::now();
     let duration = |secs| prost_types::Duration { seconds: secs, nanos: 0 };
     proto::CreateKeyRequest {
@@ -480,22 +472,28 @@ pub async fn hsm(
     concurrency: usize,
     duration: Duration,
 ) -> Result<Figures, String> {
+    Ok(hsm_run(hsm, version, concurrency, Limit::For(duration)).await?.figures)
+}
+
+/// [`hsm`] within any [`Limit`].
+pub(crate) async fn hsm_run(
+    hsm: &Pkcs11Hsm,
+    version: MasterKeyVersion,
+    concurrency: usize,
+    limit: Limit,
+) -> Result<Run, String> {
     let probe = Arc::new(Probe::new(hsm, version).await?);
-    let (start, deadline) = (Instant::now(), Instant::now() + duration);
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency.max(1) {
+    drive(concurrency, limit, |_| {
         let (hsm, probe) = (hsm.clone(), probe.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut samples = Samples::default();
-            while Instant::now() < deadline {
-                let t = Instant::now();
-                let ok = matches!(hsm.verify(probe.input(), &probe.digest).await, Ok(true));
-                samples.record(t, ok);
+        move |_| {
+            let (hsm, probe) = (hsm.clone(), probe.clone());
+            async move {
+                let verified = hsm.verify(probe.input(), &probe.digest).await;
+                Some(Outcome::of(matches!(verified, Ok(true)), "HSM_FAILED"))
             }
-            samples
-        }));
-    }
-    join_all(tasks, start).await
+        }
+    })
+    .await
 }
 
 /// Raw `C_Verify` calls on `threads` OS threads, no async hop: the HSM's own ceiling.

@@ -6,13 +6,13 @@
 use std::{
     net::IpAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
 use crate::{
     bench::Figures,
+    bench_host::Server,
     domain::{
         key::KeyId,
         policy::VerifyCode,
@@ -99,54 +99,6 @@ pub async fn disk_figures(dir: &Path, n: u64, out: &mut impl FnMut(String)) -> R
     out(newest.report(&format!("QueryUsage store query, one key's newest 100 ({per_page} returned) among {written}")));
     out(counts.report(&format!("KeyUsage store count, one key's whole history ({per_key} records) among {written}")));
     Ok(())
-}
-
-/// A `keyward serve` child on a free port; stopped with SIGTERM on drop.
-struct Server(Child);
-
-impl Server {
-    fn start(opts: &crate::app::Options, config: &Path, addr_file: &Path) -> Result<(Self, String), String> {
-        let _ = std::fs::remove_file(addr_file);
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let mut cmd = Command::new(exe);
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&opts.data_dir)
-            .arg("--config")
-            .arg(config)
-            .arg("--addr-file")
-            .arg(addr_file)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if opts.dev {
-            cmd.arg("--dev");
-        }
-        let server = Server(cmd.spawn().map_err(|e| format!("starting keyward serve: {e}"))?);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(addr) = std::fs::read_to_string(addr_file)
-                && addr.ends_with('\n')
-            {
-                return Ok((server, addr.trim().to_owned()));
-            }
-            if Instant::now() > deadline {
-                return Err(
-                    "keyward serve did not start within 30 s (is another server using the data directory?)".into()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Server {
-    /// SIGTERM (a clean stop: the usage log is written out), then waits.
-    fn drop(&mut self) {
-        let term = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
-        if !term.is_ok_and(|s| s.success()) {
-            let _ = self.0.kill();
-        }
-        let _ = self.0.wait();
-    }
 }
 
 /// The instance's configuration with `[usage_log] enabled` set as given.

@@ -22,9 +22,10 @@ enum Command {
     Init(InitArgs),
     /// Serve the gRPC API.
     Serve(ServeArgs),
-    /// Measure: VerifyKey or key rotation on a running server, or raw HMAC operations on the HSM.
-    #[command(subcommand)]
-    Bench(BenchCommand),
+    /// Measure. Without a subcommand: the load suite (`--self-host`, or `--target` and
+    /// `--key-file`), every scenario against the no-op RPC and the raw HSM; the subcommands
+    /// measure one thing each.
+    Bench(BenchArgs),
     /// The HSM master key of a running server: status, rotate, retire.
     Master(MasterArgs),
     /// The audit trail of a running server: verify the chain, query, export, checkpoint, usage.
@@ -157,6 +158,111 @@ enum MasterSub {
     },
 }
 
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct BenchArgs {
+    #[command(subcommand)]
+    command: Option<BenchCommand>,
+    #[command(flatten)]
+    suite: SuiteArgs,
+}
+
+/// `keyward bench` without a subcommand.
+#[derive(Args, Debug)]
+struct SuiteArgs {
+    /// Start a development server of its own (a temporary data directory and SoftHSM2 token,
+    /// removed afterwards) and measure it.
+    #[arg(long, conflicts_with = "target")]
+    self_host: bool,
+    /// Address of a running server to measure (with --key-file).
+    #[arg(long, requires = "key_file")]
+    target: Option<String>,
+    /// File whose first line is an admin key of --target (it creates, rotates and revokes keys).
+    #[arg(long, requires = "target")]
+    key_file: Option<PathBuf>,
+    /// With --target: the server's data directory, to measure the raw HSM on its token too.
+    #[arg(long, requires = "target")]
+    data_dir: Option<PathBuf>,
+    /// With --data-dir: its configuration file (default: DATA_DIR/keyward.toml).
+    #[arg(long, requires = "data_dir")]
+    config: Option<PathBuf>,
+    /// Scenarios to run [default: all].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    scenarios: Vec<crate::bench_suite::Scenario>,
+    /// Keys made for the verify scenarios; calls are spread over them.
+    #[arg(long, default_value_t = 1000)]
+    keys: usize,
+    /// Calls in flight at once; each scenario runs at each.
+    #[arg(long, value_delimiter = ',', default_value = "16,64", conflicts_with = "sweep")]
+    concurrency: Vec<usize>,
+    /// Like --concurrency, for a chart: by default only the verify scenario.
+    #[arg(long, value_delimiter = ',')]
+    sweep: Vec<usize>,
+    /// HTTP/2 connections the calls share.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Seconds per scenario (and per baseline run).
+    #[arg(long, default_value_t = 5, conflicts_with = "count")]
+    seconds: u64,
+    /// Calls per scenario (and per baseline run) instead of --seconds.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Print one JSON document instead of the table (no progress bar).
+    #[arg(long)]
+    json: bool,
+    /// Draw p50/p99 latency and calls/s against concurrency (VerifyKey and the no-op) to this SVG.
+    #[arg(long)]
+    chart: Option<PathBuf>,
+}
+
+impl SuiteArgs {
+    fn into_suite(
+        self,
+    ) -> Result<(app::SuiteTarget, crate::bench_suite::SuiteOptions, app::SuiteOutput), app::AppError> {
+        use crate::bench_suite::Scenario;
+        let where_ = match (self.self_host, self.target, self.key_file) {
+            (true, _, _) => app::SuiteTarget::SelfHost,
+            (false, Some(target), Some(key_file)) => app::SuiteTarget::Remote {
+                target,
+                key_file,
+                instance: self.data_dir.map(|d| app::Options::new(d, self.config, false)),
+            },
+            _ => {
+                return Err(app::AppError::Refused(
+                    "keyward bench needs --self-host, or --target ADDR --key-file FILE (or a subcommand: see --help)"
+                        .into(),
+                ));
+            }
+        };
+        let sweep = !self.sweep.is_empty();
+        let mut scenarios = match (self.scenarios.is_empty(), sweep) {
+            (false, _) => self.scenarios,
+            (true, true) => vec![Scenario::Verify],
+            (true, false) => Scenario::ALL.to_vec(),
+        };
+        scenarios.sort();
+        scenarios.dedup();
+        let concurrency = if sweep { self.sweep } else { self.concurrency };
+        if concurrency.contains(&0) || self.connections == 0 || self.count == Some(0) || self.seconds == 0 {
+            return Err(app::AppError::Refused(
+                "--concurrency, --sweep, --connections, --seconds and --count must be at least 1".into(),
+            ));
+        }
+        let limit = match self.count {
+            Some(n) => crate::bench_drive::Limit::Calls(n),
+            None => crate::bench_drive::Limit::For(Duration::from_secs(self.seconds)),
+        };
+        let options = crate::bench_suite::SuiteOptions {
+            scenarios,
+            keys: self.keys,
+            concurrency,
+            connections: self.connections,
+            limit,
+        };
+        Ok((where_, options, app::SuiteOutput { json: self.json, chart: self.chart }))
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
     /// VerifyKey calls/s and latency percentiles against a running server.
@@ -181,25 +287,6 @@ enum BenchCommand {
         /// `--seconds` each (three of each).
         #[arg(long)]
         policies: bool,
-    },
-    /// Durable CreateKey calls/s and latency percentiles against a running server. Every call
-    /// makes a key and its audit event: use a scratch data directory.
-    Create {
-        /// Server address.
-        #[arg(long, default_value = "127.0.0.1:50051")]
-        target: String,
-        /// File whose first line is a key holding `keyward:keys:create` (e.g. DATA_DIR/root.key).
-        #[arg(long)]
-        key_file: PathBuf,
-        /// Calls in flight at once.
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
-        /// HTTP/2 connections the calls share.
-        #[arg(long, default_value_t = 4)]
-        connections: usize,
-        /// Seconds to run.
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
     },
     /// Key and master key rotation against a running server. First RotateKey: makes
     /// `--rotations` keys and rotates each once, reporting latency percentiles and rate. Then
@@ -353,22 +440,26 @@ pub fn run() -> ExitCode {
             };
             app::serve(&opts, &serving, cli.log_format)
         }
-        Command::Bench(BenchCommand::Verify { target, key_file, concurrency, connections, seconds, policies }) => {
+        Command::Bench(BenchArgs {
+            command: Some(BenchCommand::Verify { target, key_file, concurrency, connections, seconds, policies }),
+            ..
+        }) => {
             let seconds = Duration::from_secs(seconds);
             app::bench_verify(&target, &key_file, concurrency, connections, seconds, policies)
         }
-        Command::Bench(BenchCommand::Create { target, key_file, concurrency, connections, seconds }) => {
-            app::bench_create(&target, &key_file, concurrency, connections, Duration::from_secs(seconds))
-        }
-        Command::Bench(BenchCommand::Rotation {
-            target,
-            key_file,
-            rotations,
-            keys,
-            concurrency,
-            connections,
-            create_concurrency,
-            seconds,
+        Command::Bench(BenchArgs {
+            command:
+                Some(BenchCommand::Rotation {
+                    target,
+                    key_file,
+                    rotations,
+                    keys,
+                    concurrency,
+                    connections,
+                    create_concurrency,
+                    seconds,
+                }),
+            ..
         }) => {
             let options = crate::bench_rotation::RotationOptions {
                 rotations,
@@ -379,6 +470,9 @@ pub fn run() -> ExitCode {
                 baseline: Duration::from_secs(seconds),
             };
             app::bench_rotation(&target, &key_file, &options)
+        }
+        Command::Bench(BenchArgs { command: None, suite }) => {
+            suite.into_suite().and_then(|(where_, options, output)| app::bench_suite(where_, options, output))
         }
         Command::Master(a) => {
             let command = match a.command {
@@ -402,16 +496,21 @@ pub fn run() -> ExitCode {
             };
             app::audit(&a.target, &a.tls.into_tls(), a.key_file.as_deref(), command)
         }
-        Command::Bench(BenchCommand::Audit { common, events, keys, queries }) => {
+        Command::Bench(BenchArgs { command: Some(BenchCommand::Audit { common, events, keys, queries }), .. }) => {
             let opts = app::Options::new(common.data_dir, common.config, common.dev);
             app::bench_audit(&opts, crate::bench_audit::AuditBench { events, keys, queries })
         }
-        Command::Bench(BenchCommand::Usage { common, records, rounds, seconds, concurrency, connections }) => {
+        Command::Bench(BenchArgs {
+            command: Some(BenchCommand::Usage { common, records, rounds, seconds, concurrency, connections }),
+            ..
+        }) => {
             let opts = app::Options::new(common.data_dir, common.config, common.dev);
             let round = Duration::from_secs(seconds);
             app::bench_usage(&opts, crate::bench_usage::UsageBench { records, rounds, round, concurrency, connections })
         }
-        Command::Bench(BenchCommand::Hsm { common, concurrency, seconds, direct }) => {
+        Command::Bench(BenchArgs {
+            command: Some(BenchCommand::Hsm { common, concurrency, seconds, direct }), ..
+        }) => {
             let opts = app::Options::new(common.data_dir, common.config, common.dev);
             app::bench_hsm(&opts, concurrency, Duration::from_secs(seconds), direct)
         }
@@ -423,5 +522,70 @@ pub fn run() -> ExitCode {
             eprintln!("keyward: error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench_suite::Scenario;
+
+    fn suite(args: &[&str]) -> Result<(app::SuiteTarget, crate::bench_suite::SuiteOptions), String> {
+        let cli = Cli::try_parse_from(["keyward", "bench"].iter().chain(args)).map_err(|e| e.to_string())?;
+        let Command::Bench(BenchArgs { command: None, suite }) = cli.command else {
+            return Err("not the suite".into());
+        };
+        suite.into_suite().map(|(t, o, _)| (t, o)).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_suite_defaults_to_every_scenario_at_16_and_64_for_5_seconds() {
+        let (target, o) = suite(&["--self-host"]).unwrap();
+        assert!(matches!(target, app::SuiteTarget::SelfHost));
+        assert_eq!(o.scenarios, Scenario::ALL.to_vec());
+        assert_eq!((o.concurrency, o.connections, o.keys), (vec![16, 64], 4, 1000));
+        assert_eq!(o.limit, crate::bench_drive::Limit::For(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn suite_options_parse_lists_counts_and_a_remote_target() {
+        let (target, o) = suite(&[
+            "--target",
+            "10.0.0.1:50051",
+            "--key-file",
+            "k",
+            "--data-dir",
+            "d",
+            "--scenarios",
+            "revoke,verify",
+            "--concurrency",
+            "2,8",
+            "--count",
+            "100",
+        ])
+        .unwrap();
+        let app::SuiteTarget::Remote { target, instance, .. } = target else { panic!("remote expected") };
+        assert_eq!((target.as_str(), instance.is_some()), ("10.0.0.1:50051", true));
+        assert_eq!(o.scenarios, vec![Scenario::Verify, Scenario::Revoke], "run in the suite's order");
+        assert_eq!((o.concurrency, o.limit), (vec![2, 8], crate::bench_drive::Limit::Calls(100)));
+        let (_, sweep) = suite(&["--self-host", "--sweep", "1,2,4"]).unwrap();
+        assert_eq!((sweep.scenarios, sweep.concurrency), (vec![Scenario::Verify], vec![1, 2, 4]));
+    }
+
+    #[test]
+    fn the_suite_refuses_what_it_cannot_run() {
+        assert!(suite(&[]).unwrap_err().contains("--self-host"));
+        assert!(suite(&["--self-host", "--target", "x", "--key-file", "k"]).is_err());
+        assert!(suite(&["--target", "x"]).is_err(), "--target needs --key-file");
+        assert!(suite(&["--self-host", "--concurrency", "0"]).is_err());
+        assert!(suite(&["--self-host", "--seconds", "1", "--count", "5"]).is_err());
+        assert!(suite(&["--self-host", "--scenarios", "nope"]).is_err());
+    }
+
+    #[test]
+    fn bench_subcommands_still_parse() {
+        let cli = Cli::try_parse_from(["keyward", "bench", "verify", "--key-file", "k", "--policies"]).unwrap();
+        assert!(matches!(cli.command, Command::Bench(BenchArgs { command: Some(BenchCommand::Verify { .. }), .. })));
+        assert!(Cli::try_parse_from(["keyward", "bench", "--self-host", "verify", "--key-file", "k"]).is_err());
     }
 }

@@ -6,6 +6,7 @@ mod common;
 mod api;
 mod audit;
 mod auth;
+mod bench;
 mod brute_force;
 mod crash;
 mod durability;
