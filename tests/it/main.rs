@@ -10,6 +10,7 @@ mod brute_force;
 mod crash;
 mod durability;
 mod grpcurl;
+mod h2load;
 mod hostile;
 mod hsm_token;
 mod leaks;
