@@ -9,7 +9,8 @@
 # DATA_DIR/root.key). A key to verify is created with grpcurl. h2load sees only HTTP 200 (the
 # gRPC status is in trailers), so the script first sends the same request with curl and checks
 # grpc-status 0 and VALID, then compares the server's keyward_verify_outcomes_total{code="VALID"}
-# before and after the run with h2load's count (needs the metrics address: --metrics, or the
+# before and after the run with h2load's successes, within the C x M calls cut off when the run
+# ends (needs the metrics address: --metrics, or the
 # scratch instance's). Exits 1 on any mismatch. Defaults: 10 s, 16 clients, 16 streams each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -105,8 +106,7 @@ before=""
 out="$scratch/h2load.out"
 h2load -D "$seconds" -c "$clients" -m "$streams" -H 'content-type: application/grpc' -H 'te: trailers' \
   -H "authorization: Bearer $admin" -d "$body" "$url" >"$out" || { cat "$out" >&2; die "h2load failed"; }
-grep -E '^(finished in|requests:|status codes:|time for request:|time to 1st byte:|req/s)' "$out" \
-  | grep -v '^req/s' || true
+grep -E '^(finished in|requests:|status codes:)' "$out" || true
 grep -E -A1 '^ +min +max' "$out" | head -n2 || true
 succeeded=$(sed -n 's/^requests: .* \([0-9]*\) succeeded.*/\1/p' "$out")
 rate=$(sed -n 's/^finished in [^,]*, \([0-9.]*\) req\/s.*/\1/p' "$out")
@@ -114,10 +114,15 @@ rate=$(sed -n 's/^finished in [^,]*, \([0-9.]*\) req\/s.*/\1/p' "$out")
 [ "$succeeded" -gt 0 ] || die "no request succeeded"
 
 if [ -n "$metrics" ]; then
+  # h2load drops the calls still out when --seconds ends; the server may answer them VALID.
+  sleep 0.5
   after=$(valid_count)
   valid=$(awk -v a="$after" -v b="$before" 'BEGIN { printf "%d", a - b }')
-  log "server counted $valid VALID answers; h2load counted $succeeded HTTP 200"
-  [ "$valid" -eq "$succeeded" ] || die "VALID answers ($valid) differ from h2load's successes ($succeeded)"
+  slack=$((clients * streams))
+  log "server counted $valid VALID answers; h2load counted $succeeded HTTP 200 (up to $slack cut off at the end)"
+  if [ "$valid" -lt "$succeeded" ] || [ "$valid" -gt $((succeeded + slack)) ]; then
+    die "VALID answers ($valid) do not match h2load's successes ($succeeded): some answers were not VALID"
+  fi
 else
   log "no --metrics address: VALID answers not counted on the server"
 fi

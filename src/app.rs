@@ -581,7 +581,9 @@ pub fn bench_overload(
 ) -> Result<(), AppError> {
     let key = crate::bench::read_key_file(key_file).map_err(AppError::Refused)?;
     let mut print = |line: String| println!("{line}");
-    runtime()?.block_on(crate::bench_overload::overload(target, &key, options, &mut print)).map_err(AppError::Refused)?;
+    runtime()?
+        .block_on(crate::bench_overload::overload(target, &key, options, &mut print))
+        .map_err(AppError::Refused)?;
     Ok(())
 }
 

@@ -164,7 +164,9 @@ pub async fn overload(
             mib(rss_after)
         ));
     }
-    if let (Some(accepted), Some(shed)) = (finite(overload.accepted.quantile_ms(0.99)), finite(overload.shed.quantile_ms(0.99))) {
+    if let (Some(accepted), Some(shed)) =
+        (finite(overload.accepted.quantile_ms(0.99)), finite(overload.shed.quantile_ms(0.99)))
+    {
         print(format!(
             "open loop: RESOURCE_EXHAUSTED p99 {shed:.3} ms vs accepted p99 {accepted:.3} ms; accepted p99 was {:.3} ms in the closed loop",
             sustained.accepted.quantile_ms(0.99)
@@ -370,6 +372,9 @@ mod tests {
         assert_eq!((phase.shed.calls, phase.shed.quantile_ms(1.0)), (2, 0.4));
         assert_eq!(phase.other, BTreeMap::from([("UNAVAILABLE".to_string(), 2)]));
         let line = report("open loop", 16, &phase);
-        assert!(line.contains("RESOURCE_EXHAUSTED 2 (1/s)") && line.contains("other UNAVAILABLE 2; skipped 1"), "{line}");
+        assert!(
+            line.contains("RESOURCE_EXHAUSTED 2 (1/s)") && line.contains("other UNAVAILABLE 2; skipped 1"),
+            "{line}"
+        );
     }
 }

@@ -55,8 +55,10 @@ mod tests {
 
     #[test]
     fn reads_the_listening_sockets_of_proc_net_tcp() {
-        let listen = "   0: 0100007F:C350 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 123456 1";
-        let established = "   1: 0100007F:C350 0100007F:D000 01 00000000:00000000 00:00000000 00000000     0        0 654321 1";
+        let listen =
+            "   0: 0100007F:C350 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 123456 1";
+        let established =
+            "   1: 0100007F:C350 0100007F:D000 01 00000000:00000000 00:00000000 00000000     0        0 654321 1";
         assert_eq!(listening_inode(listen, 50000), Some(123456));
         assert_eq!(listening_inode(listen, 50001), None);
         assert_eq!(listening_inode(established, 50000), None);

@@ -577,7 +577,11 @@ mod tests {
         );
         record.expires_at = Some(from_nanos(i64::MAX));
         assert_eq!(decode_key(&encode_key(&record)).unwrap(), record);
-        assert_eq!(to_nanos(SystemTime::UNIX_EPOCH - Duration::from_secs(u64::from(u32::MAX) * 1000)), i64::MIN, "earlier saturates");
+        assert_eq!(
+            to_nanos(SystemTime::UNIX_EPOCH - Duration::from_secs(u64::from(u32::MAX) * 1000)),
+            i64::MIN,
+            "earlier saturates"
+        );
     }
 
     #[test]

@@ -30,4 +30,3 @@ impl UsageSummary {
         self.0.encode()
     }
 }
-

@@ -151,7 +151,10 @@ async fn an_open_loop_flood_gets_valid_or_fast_resource_exhausted_with_bounded_m
     let last_valid = answers.iter().filter(|(c, _)| *c == Code::Ok).map(|(_, at)| *at).max().expect("some VALID");
     let shed = answers.iter().filter(|(c, _)| *c == Code::ResourceExhausted).count();
     let shed_while_serving = answers.iter().filter(|(c, at)| *c == Code::ResourceExhausted && *at < last_valid).count();
-    println!("800 calls, max_in_flight 4: {} VALID, {shed} shed, {shed_while_serving} of them before the last VALID", 800 - shed);
+    println!(
+        "800 calls, max_in_flight 4: {} VALID, {shed} shed, {shed_while_serving} of them before the last VALID",
+        800 - shed
+    );
     assert!(shed > 0, "the flood was shed");
     assert!(shed_while_serving > 0, "shed answers came back while accepted calls were still being served");
 
