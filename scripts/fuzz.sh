@@ -7,6 +7,7 @@
 # Targets: key_parse, store_codec_key, store_codec_event, usage_codec. A crash leaves its input
 # in fuzz/artifacts/TARGET/; replay it with `cargo +nightly fuzz run TARGET FILE` in fuzz/.
 # The committed seeds are in fuzz/corpus/TARGET/seed-*; what a run adds there is ignored by git.
+# FUZZ_FLAGS: more `cargo fuzz run` flags, e.g. "--dev" (unoptimized: builds faster, runs slower).
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 
@@ -35,5 +36,6 @@ for t in "${run[@]}"; do
   mkdir -p "corpus/$t"
   # -rss_limit_mb: a decoder that allocates for what the bytes claim, not what they hold,
   # fails the run.
-  cargo +nightly fuzz run "$t" "corpus/$t" -- -max_total_time="$seconds" -rss_limit_mb=512 -max_len=4096
+  # shellcheck disable=SC2086
+  cargo +nightly fuzz run ${FUZZ_FLAGS:-} "$t" "corpus/$t" -- -max_total_time="$seconds" -rss_limit_mb=512 -max_len=4096
 done
