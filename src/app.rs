@@ -590,6 +590,20 @@ pub fn bench_rotation(
     runtime()?.block_on(crate::bench_rotation::rotation(target, &key, options, &mut print)).map_err(AppError::Refused)
 }
 
+/// `keyward bench overload`: prints each phase as soon as it ends.
+pub fn bench_overload(
+    target: &str,
+    key_file: &Path,
+    options: &crate::bench_overload::OverloadOptions,
+) -> Result<(), AppError> {
+    let key = crate::bench::read_key_file(key_file).map_err(AppError::Refused)?;
+    let mut print = |line: String| println!("{line}");
+    runtime()?
+        .block_on(crate::bench_overload::overload(target, &key, options, &mut print))
+        .map_err(AppError::Refused)?;
+    Ok(())
+}
+
 /// `keyward bench audit`: offline, on a stopped instance's data directory.
 pub fn bench_audit(opts: &Options, bench: crate::bench_audit::AuditBench) -> Result<(), AppError> {
     prepare_environment(opts)?;

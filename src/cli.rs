@@ -322,6 +322,36 @@ enum BenchCommand {
         #[arg(long, default_value_t = 5)]
         seconds: u64,
     },
+    /// Overload: measures the sustainable VerifyKey rate with a closed loop (`--concurrency`
+    /// callers), then starts calls on a fixed schedule at `--multiplier` times that rate over
+    /// `--connections` connections, whatever the answers. Reports both phases: offered rate,
+    /// accepted calls/s and latency, RESOURCE_EXHAUSTED answers (shed) and their latency, other
+    /// outcomes, and the server's resident memory when it runs on this machine.
+    Overload {
+        /// Server address.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        target: String,
+        /// File whose first line is a key holding `keyward:keys:create` and `keyward:verify` (e.g.
+        /// DATA_DIR/root.key).
+        #[arg(long)]
+        key_file: PathBuf,
+        /// Seconds per phase.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Callers of the closed loop (enough to saturate the server).
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// HTTP/2 connections per phase.
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        /// The open loop's rate as a multiple of the sustainable one.
+        #[arg(long, default_value_t = 3.0)]
+        multiplier: f64,
+        /// The server's process id, for its memory [default: the local process listening on
+        /// --target's port, if readable].
+        #[arg(long)]
+        pid: Option<u32>,
+    },
     /// Audit queries at scale, offline (stop the server first): fills the trail with sealed
     /// synthetic events up to --events, then times one key's newest 100.
     Audit {
@@ -473,6 +503,21 @@ pub fn run() -> ExitCode {
         }
         Command::Bench(BenchArgs { command: None, suite }) => {
             suite.into_suite().and_then(|(where_, options, output)| app::bench_suite(where_, options, output))
+        }
+        Command::Bench(BenchArgs {
+            command:
+                Some(BenchCommand::Overload { target, key_file, seconds, concurrency, connections, multiplier, pid }),
+            ..
+        }) => {
+            let options = crate::bench_overload::OverloadOptions {
+                phase: Duration::from_secs(seconds),
+                concurrency,
+                connections,
+                multiplier,
+                pid,
+                ..Default::default()
+            };
+            app::bench_overload(&target, &key_file, &options)
         }
         Command::Master(a) => {
             let command = match a.command {

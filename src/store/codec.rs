@@ -209,7 +209,8 @@ pub fn nanos(t: SystemTime) -> i64 {
 fn to_nanos(t: SystemTime) -> i64 {
     match t.duration_since(SystemTime::UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
-        Err(e) => -i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX),
+        // Negated in i128: i64::MIN has no positive counterpart in i64.
+        Err(e) => i64::try_from(-(e.duration().as_nanos() as i128)).unwrap_or(i64::MIN),
     }
 }
 
@@ -557,6 +558,30 @@ mod tests {
             code: Some("UNAUTHENTICATED".into()),
         };
         assert_eq!(decode_event(&encode_event(&event)).unwrap(), event);
+    }
+
+    /// Found by review while writing the fuzz targets: the earliest time i64 holds came back one
+    /// nanosecond later (its negation saturated at -i64::MAX).
+    #[test]
+    fn the_extreme_times_round_trip() {
+        for n in [i64::MIN, i64::MIN + 1, -1, 0, i64::MAX] {
+            assert_eq!(to_nanos(from_nanos(n)), n);
+        }
+        let mut record = KeyRecord::new(
+            KeyId::new_v7(),
+            "svc".into(),
+            "kw".into(),
+            vec![],
+            from_nanos(i64::MIN),
+            Digest::plain(MasterKeyVersion(1), [1; 32]),
+        );
+        record.expires_at = Some(from_nanos(i64::MAX));
+        assert_eq!(decode_key(&encode_key(&record)).unwrap(), record);
+        assert_eq!(
+            to_nanos(SystemTime::UNIX_EPOCH - Duration::from_secs(u64::from(u32::MAX) * 1000)),
+            i64::MIN,
+            "earlier saturates"
+        );
     }
 
     #[test]

@@ -3,6 +3,8 @@
 
 pub(crate) mod codec;
 mod flusher;
+#[doc(hidden)]
+pub mod fuzzing;
 mod sled_store;
 mod usage_codec;
 mod usage_log;

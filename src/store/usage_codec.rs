@@ -17,6 +17,9 @@ use crate::domain::{
 
 pub(super) const BLOCK_V1: u8 = 1;
 
+/// The fewest bytes a record takes in a block: time delta, code, three places, latency.
+const MIN_RECORD_BYTES: usize = 6;
+
 /// Codes by their stored byte: append only.
 const CODES: [VerifyCode; 10] = VerifyCode::ALL;
 
@@ -200,7 +203,9 @@ pub(super) fn decode_block(start: u64, bytes: &[u8]) -> Result<Vec<UsageRecord>,
     let n = r.len()?;
     let ips: Vec<Option<IpAddr>> = (0..n).map(|_| r.ip()).collect::<Result<_, _>>()?;
     let mut at = start;
-    let mut records = Vec::with_capacity(count as usize);
+    // The count is what the bytes claim: reserve no more than they can hold (a record takes at
+    // least `MIN_RECORD_BYTES`), so a damaged count is an error at the end of the bytes, not a huge allocation.
+    let mut records = Vec::with_capacity((count as usize).min(r.0.len() / MIN_RECORD_BYTES));
     for _ in 0..count {
         at = at.checked_add(r.varint()?).ok_or_else(corrupt)?;
         let code = code_of(r.u8()?)?;
@@ -324,5 +329,19 @@ mod tests {
         bad_code[17] = 99;
         assert!(decode_block(0, &bad_code).is_err(), "an unknown code");
         assert!(Summary::decode(&[0; 10]).is_err());
+    }
+
+    /// Found by review while writing the fuzz targets: the capacity came from the claimed count.
+    #[test]
+    fn a_block_claiming_more_records_than_it_holds_is_refused_without_reserving_for_them() {
+        let mut bytes = vec![BLOCK_V1];
+        bytes.extend_from_slice(&u32::MAX.to_be_bytes());
+        bytes.extend_from_slice(&0u64.to_be_bytes());
+        bytes.extend_from_slice(&[0, 0, 0]);
+        // One real record (delta, code, no key, caller or address, latency), then nothing.
+        bytes.extend_from_slice(&[0, code_byte(VerifyCode::Valid), 0, 0, 0, 1]);
+        assert!(decode_block(0, &bytes).is_err());
+        bytes[1..5].copy_from_slice(&1u32.to_be_bytes());
+        assert_eq!(decode_block(0, &bytes).unwrap().len(), 1, "the same bytes claiming one record");
     }
 }

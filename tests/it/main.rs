@@ -11,6 +11,7 @@ mod brute_force;
 mod crash;
 mod durability;
 mod grpcurl;
+mod h2load;
 mod hostile;
 mod hsm_faults;
 mod hsm_token;

@@ -1,5 +1,8 @@
 //! Server-wide limits: calls beyond `server.max_in_flight` are shed `RESOURCE_EXHAUSTED` at once
-//! and counted; request metadata beyond `server.max_header_list_bytes` is refused by HTTP/2.
+//! and counted, even under an open-loop flood (memory bounded, the server serving on); request
+//! metadata beyond `server.max_header_list_bytes` is refused by HTTP/2.
+
+use std::time::Instant;
 
 use keyward::proto::{self, VerifyCode};
 use tonic::Code;
@@ -98,4 +101,67 @@ async fn metadata_over_max_header_list_bytes_is_refused_and_the_connection_still
         "{refused:?}"
     );
     assert_eq!(raw::call(&send, addr, verify(10)).await.code(), Some(0), "the same connection serves on");
+}
+
+#[tokio::test]
+async fn an_open_loop_flood_gets_valid_or_fast_resource_exhausted_with_bounded_memory_and_the_server_serves_on() {
+    let mut kw = Instance::init();
+    kw.log_filter = "info";
+    kw.configure("server", "max_in_flight", "4");
+    kw.start().await;
+    let (key, _) = kw.create_key("flood", &[]).await;
+    let pid = kw.pid();
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(kw.root_verifier().await);
+    }
+    // Warm every connection, then take the server's memory.
+    for c in &mut clients {
+        let r = c.verify_key(proto::VerifyKeyRequest { key: key.clone(), ..Default::default() }).await.unwrap();
+        assert_eq!(r.into_inner().code(), VerifyCode::Valid);
+    }
+    let rss_before = keyward::rss::vm_rss_bytes(pid).expect("the server's VmRSS");
+
+    // Open loop: every call is started at once, none waits for another's answer.
+    let start = Instant::now();
+    let calls: Vec<_> = (0..800)
+        .map(|i| {
+            let mut client = clients[i % clients.len()].clone();
+            let key = key.clone();
+            tokio::spawn(async move {
+                let r = client.verify_key(proto::VerifyKeyRequest { key, ..Default::default() }).await;
+                let code = match r {
+                    Ok(r) => {
+                        assert_eq!(r.into_inner().code(), VerifyCode::Valid);
+                        Code::Ok
+                    }
+                    Err(status) => {
+                        assert_eq!(status.code(), Code::ResourceExhausted, "only VALID or shed: {status:?}");
+                        Code::ResourceExhausted
+                    }
+                };
+                (code, start.elapsed())
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for call in calls {
+        answers.push(call.await.unwrap());
+    }
+    let last_valid = answers.iter().filter(|(c, _)| *c == Code::Ok).map(|(_, at)| *at).max().expect("some VALID");
+    let shed = answers.iter().filter(|(c, _)| *c == Code::ResourceExhausted).count();
+    let shed_while_serving = answers.iter().filter(|(c, at)| *c == Code::ResourceExhausted && *at < last_valid).count();
+    println!(
+        "800 calls, max_in_flight 4: {} VALID, {shed} shed, {shed_while_serving} of them before the last VALID",
+        800 - shed
+    );
+    assert!(shed > 0, "the flood was shed");
+    assert!(shed_while_serving > 0, "shed answers came back while accepted calls were still being served");
+
+    let rss_after = keyward::rss::vm_rss_bytes(pid).expect("the server's VmRSS");
+    println!("server VmRSS {} KiB before, {} KiB after", rss_before / 1024, rss_after / 1024);
+    assert!(rss_after < rss_before + 64 * 1024 * 1024, "memory stays bounded: {rss_before} -> {rss_after} bytes");
+    assert!(kw.is_running(), "no crash");
+    assert_eq!(kw.pid(), pid);
+    assert_eq!(kw.code(&key, &[]).await, VerifyCode::Valid, "served normally after the flood");
 }

@@ -284,14 +284,14 @@ impl Instance {
         child.wait().unwrap();
     }
 
-    /// Whether the server process is still running (it has not exited or crashed).
-    pub fn is_running(&mut self) -> bool {
-        self.server.as_mut().is_some_and(|child| child.try_wait().unwrap().is_none())
-    }
-
     /// The running server's process id.
     pub fn pid(&self) -> u32 {
         self.server.as_ref().expect("running").id()
+    }
+
+    /// Whether the server process is still running (it has not exited or crashed).
+    pub fn is_running(&mut self) -> bool {
+        self.server.as_mut().is_some_and(|child| child.try_wait().unwrap().is_none())
     }
 
     /// A grpc.health.v1 client.
