@@ -103,23 +103,44 @@ fn encode_base62(raw: &[u8; RAW_LEN]) -> Zeroizing<String> {
 }
 
 fn decode_base62(body: &[u8]) -> Option<Zeroizing<[u8; RAW_LEN]>> {
-    let mut num = Zeroizing::new([0u8; RAW_LEN]);
-    for &ch in body {
-        let digit = match ch {
-            b'0'..=b'9' => ch - b'0',
-            b'A'..=b'Z' => ch - b'A' + 10,
-            b'a'..=b'z' => ch - b'a' + 36,
-            _ => return None,
-        };
-        let mut carry = u32::from(digit);
-        for byte in num.iter_mut().rev() {
-            let acc = u32::from(*byte) * 62 + carry;
-            *byte = acc as u8;
-            carry = acc >> 8;
+    // The number in little-endian 64-bit limbs (448 bits; it must fit in 416), fed ten digits
+    // at a time (62^10 < 2^64): 7 multiply-adds of 7 limbs instead of 70 of 52 bytes, which
+    // made parsing the largest cost of a verification after the transport and the HSM.
+    const LIMBS: usize = 7;
+    const CHUNK: usize = 10;
+    let mut limbs = Zeroizing::new([0u64; LIMBS]);
+    for chunk in body.chunks(CHUNK) {
+        let (mut value, mut scale) = (Zeroizing::new(0u64), 1u64);
+        for &ch in chunk {
+            let digit = match ch {
+                b'0'..=b'9' => ch - b'0',
+                b'A'..=b'Z' => ch - b'A' + 10,
+                b'a'..=b'z' => ch - b'a' + 36,
+                _ => return None,
+            };
+            *value = *value * 62 + u64::from(digit);
+            scale *= 62;
+        }
+        let mut carry = u128::from(*value);
+        for limb in limbs.iter_mut() {
+            let acc = Zeroizing::new(u128::from(*limb) * u128::from(scale) + carry);
+            *limb = *acc as u64;
+            carry = *acc >> 64;
         }
         if carry != 0 {
-            return None; // more than 416 bits
+            return None; // more than 448 bits
         }
+    }
+    if limbs[LIMBS - 1] >> 32 != 0 {
+        return None; // more than 416 bits
+    }
+    let mut little = Zeroizing::new([0u8; LIMBS * 8]);
+    for (bytes, limb) in little.chunks_exact_mut(8).zip(limbs.iter()) {
+        bytes.copy_from_slice(&limb.to_le_bytes());
+    }
+    let mut num = Zeroizing::new([0u8; RAW_LEN]);
+    for (out, byte) in num.iter_mut().zip(little[..RAW_LEN].iter().rev()) {
+        *out = *byte;
     }
     Some(num)
 }
@@ -146,6 +167,52 @@ mod tests {
             assert_eq!(parsed.key_id, id);
             assert_eq!(parsed.secret, secret);
         }
+    }
+
+    /// The byte-at-a-time decoder the limb decoder replaced: the reference it must agree with.
+    fn decode_bytewise(body: &[u8]) -> Option<[u8; RAW_LEN]> {
+        let mut num = [0u8; RAW_LEN];
+        for &ch in body {
+            let digit = ALPHABET.iter().position(|&a| a == ch)? as u32;
+            let mut carry = digit;
+            for byte in num.iter_mut().rev() {
+                let acc = u32::from(*byte) * 62 + carry;
+                *byte = acc as u8;
+                carry = acc >> 8;
+            }
+            if carry != 0 {
+                return None;
+            }
+        }
+        Some(num)
+    }
+
+    #[test]
+    fn the_limb_decoder_agrees_with_the_bytewise_one_up_to_the_416_bit_edge() {
+        let mut bodies: Vec<Vec<u8>> = vec![vec![b'0'; BODY_LEN], vec![b'z'; BODY_LEN]];
+        // The largest 416-bit value and the values just past it.
+        let max = encode_base62(&[0xFF; RAW_LEN]);
+        bodies.push(max.as_bytes().to_vec());
+        for i in (0..BODY_LEN).rev() {
+            let mut next = max.as_bytes().to_vec();
+            if next[i] != b'z' {
+                next[i] = ALPHABET[ALPHABET.iter().position(|&a| a == next[i]).unwrap() + 1];
+                bodies.push(next);
+            }
+        }
+        for _ in 0..2000 {
+            let mut random = [0u8; BODY_LEN];
+            getrandom::fill(&mut random).unwrap();
+            bodies.push(random.iter().map(|b| ALPHABET[usize::from(*b) % 62]).collect());
+        }
+        let mut refused = 0;
+        for body in &bodies {
+            let limbs = decode_base62(body).map(|n| *n);
+            assert_eq!(limbs, decode_bytewise(body), "{}", String::from_utf8_lossy(body));
+            refused += usize::from(limbs.is_none());
+        }
+        assert!(refused > 0 && refused < bodies.len(), "both sides of the edge were tried");
+        assert_eq!(decode_base62(max.as_bytes()).map(|n| *n), Some([0xFF; RAW_LEN]));
     }
 
     #[test]

@@ -121,7 +121,7 @@ impl Call {
         let method = method(path);
         let span = tracing::info_span!(
             parent: None,
-            "grpc",
+            crate::telemetry::CALL_SPAN,
             otel.name = method.name,
             otel.kind = "server",
             rpc.system = "grpc",
