@@ -102,6 +102,8 @@ struct Connection {
     /// The audit chain key; set once made (`ensure_audit_key`).
     audit: RwLock<Option<ObjectHandle>>,
     idle: Mutex<Vec<Session>>,
+    /// Owns the session copies of the keys (`working_copy`): they live as long as it does.
+    owner: Mutex<Session>,
 }
 
 pub(super) struct Inner {
@@ -184,6 +186,7 @@ pub(super) fn find_label(session: &Session, label: &str) -> Result<Option<Object
     let template = [
         Attribute::Class(ObjectClass::SECRET_KEY),
         Attribute::KeyType(KeyType::GENERIC_SECRET),
+        Attribute::Token(true),
         Attribute::Label(label.as_bytes().to_vec()),
     ];
     match session.find_objects(&template)?.as_slice() {
@@ -195,7 +198,9 @@ pub(super) fn find_label(session: &Session, label: &str) -> Result<Option<Object
 
 /// Every master key on the token, by version; fails on a version present more than once.
 pub(super) fn find_master_keys(session: &Session) -> Result<HashMap<MasterKeyVersion, ObjectHandle>, StartError> {
-    let template = [Attribute::Class(ObjectClass::SECRET_KEY), Attribute::KeyType(KeyType::GENERIC_SECRET)];
+    // Token objects only: our own session copies (`working_copy`) carry the same labels.
+    let template =
+        [Attribute::Class(ObjectClass::SECRET_KEY), Attribute::KeyType(KeyType::GENERIC_SECRET), Attribute::Token(true)];
     let mut by_version: HashMap<MasterKeyVersion, Vec<ObjectHandle>> = HashMap::new();
     for handle in session.find_objects(&template)? {
         let attrs = session.get_attributes(handle, &[AttributeType::Label])?;
@@ -234,8 +239,8 @@ impl Inner {
             }
             other => other?,
         }
-        let keys = find_master_keys(&session)?;
-        for (version, handle) in &keys {
+        let token_keys = find_master_keys(&session)?;
+        for (version, handle) in &token_keys {
             if !provision::is_safe_master_key(&session, *handle)? {
                 tracing::warn!(
                     %version,
@@ -244,8 +249,16 @@ impl Inner {
                 );
             }
         }
-        let audit = RwLock::new(find_label(&session, super::AUDIT_KEY_LABEL)?);
-        let conn = Connection { slot, keys: RwLock::new(keys), audit, idle: Mutex::new(vec![session]) };
+        let owner = self.ctx.open_ro_session(slot)?;
+        let keys = token_keys.into_iter().map(|(v, handle)| (v, working_copy(&owner, handle))).collect();
+        let audit = find_label(&session, super::AUDIT_KEY_LABEL)?.map(|handle| working_copy(&owner, handle));
+        let conn = Connection {
+            slot,
+            keys: RwLock::new(keys),
+            audit: RwLock::new(audit),
+            idle: Mutex::new(vec![session]),
+            owner: Mutex::new(owner),
+        };
         let mut first = self.first_connect.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(checks) = first.as_ref() {
             self.first_checks(&conn, checks)?;
@@ -415,6 +428,7 @@ fn ensure_audit_key(ctx: &Pkcs11, conn: &Connection) -> Result<(), StartError> {
     }
     let session = ctx.open_rw_session(conn.slot)?;
     let handle = provision::generate_hmac_key(&session, super::AUDIT_KEY_LABEL)?;
+    let handle = working_copy(&conn.owner.lock().unwrap_or_else(|e| e.into_inner()), handle);
     *conn.audit.write().unwrap_or_else(|e| e.into_inner()) = Some(handle);
     tracing::info!("audit chain key created on the token");
     Ok(())
@@ -667,7 +681,10 @@ fn create_key(inner: &Inner, conn: &Connection, version: MasterKeyVersion) -> Re
         }
         None => provision::generate_master_key(&session, version).map_err(ck)?,
     };
-    conn.keys.write().unwrap_or_else(|e| e.into_inner()).insert(version, handle);
+    let handle = working_copy(&conn.owner.lock().unwrap_or_else(|e| e.into_inner()), handle);
+    if let Some(replaced) = conn.keys.write().unwrap_or_else(|e| e.into_inner()).insert(version, handle) {
+        drop_copy(conn, replaced, found.get(&version).copied());
+    }
     Ok(())
 }
 
@@ -675,11 +692,38 @@ fn destroy_key(inner: &Inner, conn: &Connection, version: MasterKeyVersion) -> R
     let ck = |e: CkError| rv::classify(&e);
     let session = inner.ctx.open_rw_session(conn.slot).map_err(ck)?;
     let found = find_master_keys(&session).map_err(|e| HsmError::Failed(e.to_string()))?;
-    conn.keys.write().unwrap_or_else(|e| e.into_inner()).remove(&version);
+    let removed = conn.keys.write().unwrap_or_else(|e| e.into_inner()).remove(&version);
+    if let Some(removed) = removed {
+        drop_copy(conn, removed, found.get(&version).copied());
+    }
     if let Some(&handle) = found.get(&version) {
         session.destroy_object(handle).map_err(ck)?;
     }
     Ok(())
+}
+
+/// A session-object copy of the token key `token` (same attributes: sensitive, never
+/// extractable; it never leaves the HSM), owned by `owner`, for the hot path: SoftHSM2 re-reads
+/// and locks a token object's file on every use, and its session objects are ~2.8x faster
+/// (22k vs 63k HMAC/s on one thread here). Falls back to the token object if the HSM does not
+/// copy it (e.g. `CKA_COPYABLE` false).
+fn working_copy(owner: &Session, token: ObjectHandle) -> ObjectHandle {
+    match owner.copy_object(token, &[Attribute::Token(false)]) {
+        Ok(copy) => copy,
+        Err(e) => {
+            tracing::debug!(error = %e, "the HSM did not copy a key into a session object; using the token object");
+            token
+        }
+    }
+}
+
+/// Destroys `handle` if it is a session copy (not the token object itself).
+fn drop_copy(conn: &Connection, handle: ObjectHandle, token: Option<ObjectHandle>) {
+    if Some(handle) != token
+        && let Err(e) = conn.owner.lock().unwrap_or_else(|e| e.into_inner()).destroy_object(handle)
+    {
+        tracing::debug!(error = %e, "destroying a key's session copy");
+    }
 }
 
 fn audit_handle(conn: &Connection) -> Result<ObjectHandle, CkError> {
