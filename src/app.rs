@@ -29,6 +29,9 @@ use crate::{
     telemetry,
 };
 
+/// How often the free space on the database's file system is measured.
+const DISK_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+
 /// The first master key version.
 const FIRST_VERSION: MasterKeyVersion = MasterKeyVersion(1);
 
@@ -293,7 +296,7 @@ async fn run_server(opts: &Options, serving: &Serving) -> Result<(), AppError> {
     if unreachable.is_none() {
         hsm.ensure_audit_key()?;
     }
-    let store = SledStore::open(&db, Arc::new(hsm.clone()))?;
+    let store = SledStore::open_with_reserve(&db, Arc::new(hsm.clone()), config.store.min_free_bytes)?;
     let master = store.master()?.ok_or_else(|| {
         AppError::Refused("the database has no master key record: was `keyward init` interrupted?".into())
     })?;
@@ -336,6 +339,7 @@ async fn run_server(opts: &Options, serving: &Serving) -> Result<(), AppError> {
     let usage_flush =
         tokio::spawn(flush_usage_every(keys.clone(), Duration::from_millis(config.policy.usage_flush_ms)));
     let usage_log = tokio::spawn(write_usage_log(keys.clone()));
+    let disk = tokio::spawn(store.clone().watch_disk(DISK_CHECK_INTERVAL));
     let migrations = tokio::spawn({
         let keys = keys.clone();
         async move { keys.run_migrations().await }
@@ -374,6 +378,8 @@ async fn run_server(opts: &Options, serving: &Serving) -> Result<(), AppError> {
     let _ = usage_flush.await;
     usage_log.abort();
     let _ = usage_log.await;
+    disk.abort();
+    let _ = disk.await;
     migrations.abort();
     let _ = migrations.await;
     if let Some(sweeper) = sweeper {

@@ -49,6 +49,7 @@ pub struct Config {
     pub rotation: RotationSection,
     pub master: MasterSection,
     pub usage_log: UsageLogSection,
+    pub store: StoreSection,
     pub brute_force: BruteForceSection,
     pub tls: TlsSection,
 }
@@ -214,6 +215,24 @@ impl UsageLogSection {
             max_records: (self.max_records > 0).then_some(self.max_records),
             ..Default::default()
         }
+    }
+}
+
+/// The database's disk: see the README's "Disk full".
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    /// Mutations are refused (`UNAVAILABLE`) while fewer bytes are free on the database's file
+    /// system; 0: no reserve.
+    pub min_free_bytes: u64,
+}
+
+/// The default reserve: room for sled's next log segments and a compaction.
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 64 << 20;
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        Self { min_free_bytes: DEFAULT_MIN_FREE_BYTES }
     }
 }
 
@@ -590,6 +609,7 @@ mod tests {
         assert_eq!(toml::to_string(&c.server).unwrap(), toml::to_string(&d.server).unwrap());
         assert_eq!(toml::to_string(&c.tls).unwrap(), toml::to_string(&d.tls).unwrap());
         assert_eq!(toml::to_string(&c.brute_force).unwrap(), toml::to_string(&d.brute_force).unwrap());
+        assert_eq!(toml::to_string(&c.store).unwrap(), toml::to_string(&d.store).unwrap());
     }
 
     #[test]

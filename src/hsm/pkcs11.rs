@@ -199,8 +199,11 @@ pub(super) fn find_label(session: &Session, label: &str) -> Result<Option<Object
 /// Every master key on the token, by version; fails on a version present more than once.
 pub(super) fn find_master_keys(session: &Session) -> Result<HashMap<MasterKeyVersion, ObjectHandle>, StartError> {
     // Token objects only: our own session copies (`working_copy`) carry the same labels.
-    let template =
-        [Attribute::Class(ObjectClass::SECRET_KEY), Attribute::KeyType(KeyType::GENERIC_SECRET), Attribute::Token(true)];
+    let template = [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::GENERIC_SECRET),
+        Attribute::Token(true),
+    ];
     let mut by_version: HashMap<MasterKeyVersion, Vec<ObjectHandle>> = HashMap::new();
     for handle in session.find_objects(&template)? {
         let attrs = session.get_attributes(handle, &[AttributeType::Label])?;

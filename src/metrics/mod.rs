@@ -104,6 +104,8 @@ pub struct Metrics {
     hsm_healthy: Gauge,
     flush_duration: Histogram,
     flush_failures: Counter,
+    disk_full: Gauge,
+    free_bytes: Gauge,
     keys: Family<StateLabel, Gauge>,
     throttled: Family<CheckLabel, Counter>,
     usage_queue: OnceLock<UsageQueueMetrics>,
@@ -134,6 +136,8 @@ impl Metrics {
             hsm_healthy: Gauge::default(),
             flush_duration: rpc_histogram(),
             flush_failures: Counter::default(),
+            disk_full: Gauge::default(),
+            free_bytes: Gauge::default(),
             keys: Family::default(),
             throttled: Family::default(),
             usage_queue: OnceLock::new(),
@@ -177,6 +181,18 @@ impl Metrics {
                 m.flush_duration.clone(),
             );
             r.register("store_flush_failures", "sled flushes that failed", m.flush_failures.clone());
+            r.register(
+                "store_disk_full",
+                "1 while mutations are refused: free space below store.min_free_bytes, or the database \
+                 waiting to be reopened after a write error",
+                m.disk_full.clone(),
+            );
+            r.register_with_unit(
+                "store_free_bytes",
+                "free space on the database's file system, measured every 500 ms",
+                Unit::Bytes,
+                m.free_bytes.clone(),
+            );
             r.register("keys", "keys by state, counted in the background every 30 s", m.keys.clone());
             r.register(
                 "brute_force_refused",
@@ -227,6 +243,15 @@ impl Metrics {
         if !ok {
             self.flush_failures.inc();
         }
+    }
+
+    /// Whether mutations are refused for want of disk space (or a database to reopen).
+    pub fn store_disk_full(&self, full: bool) {
+        self.disk_full.set(i64::from(full));
+    }
+
+    pub fn store_free_bytes(&self, free: u64) {
+        self.free_bytes.set(i64::try_from(free).unwrap_or(i64::MAX));
     }
 
     /// A call refused by the brute-force defence; `check` is `verify` (VerifyKey's source) or

@@ -2,6 +2,7 @@
 //! embedded sled database, with group commit so that every acknowledged write is on disk.
 
 pub(crate) mod codec;
+mod disk_space;
 mod flusher;
 #[doc(hidden)]
 pub mod fuzzing;

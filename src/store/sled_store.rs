@@ -8,6 +8,7 @@ use std::{ops::Bound, path::Path, sync::Arc};
 
 use super::{
     codec,
+    disk_space::DiskGuard,
     flusher::Flusher,
     usage_log::UsageTree,
     writer::{AUDIT_HEAD, Abort, BodyResult, Head, Stage, Tree, Trees, Writer, abort, time_key},
@@ -37,6 +38,8 @@ struct Inner {
     /// Dropped before the flusher: the write thread stops first.
     writer: Writer,
     flusher: Flusher,
+    /// Refuses mutations while the free space is below the reserve.
+    disk: DiskGuard,
 }
 
 fn seq_of(index_key: &[u8]) -> Result<u64, StoreError> {
@@ -74,6 +77,16 @@ impl SledStore {
     /// Opens (or creates) the database in `path`, sealing audit events with `sealer`. Fails if
     /// another process holds it.
     pub fn open(path: &Path, sealer: Arc<dyn AuditSealer>) -> Result<Self, StoreError> {
+        Self::open_with_reserve(path, sealer, 0)
+    }
+
+    /// Opens the database; mutations are refused (`UNAVAILABLE`, not attempted) while fewer than
+    /// `min_free_bytes` are free on its file system (0: no reserve).
+    pub fn open_with_reserve(
+        path: &Path,
+        sealer: Arc<dyn AuditSealer>,
+        min_free_bytes: u64,
+    ) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(path)
             .open()
@@ -98,7 +111,32 @@ impl SledStore {
             meta: meta.clone(),
         };
         let writer = Writer::start(trees, head, sealer.clone(), flusher.tickets());
-        Ok(Self(Arc::new(Inner { db, keys, audit, by_key, by_time, meta, usage, durable, sealer, writer, flusher })))
+        let disk = DiskGuard::new(path, min_free_bytes);
+        disk.measure();
+        Ok(Self(Arc::new(Inner {
+            db,
+            keys,
+            audit,
+            by_key,
+            by_time,
+            meta,
+            usage,
+            durable,
+            sealer,
+            writer,
+            flusher,
+            disk,
+        })))
+    }
+
+    /// Measures the free space every `interval` (the metrics and the reserve's transition logs
+    /// stay current while no mutation comes). Runs until aborted.
+    pub async fn watch_disk(self, interval: std::time::Duration) {
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            tick.tick().await;
+            self.0.disk.measure();
+        }
     }
 
     /// How many usage records are kept.
@@ -137,6 +175,7 @@ impl SledStore {
         F: Fn(&Stage<'_>) -> BodyResult<T> + Send + 'static,
         T: Send + 'static,
     {
+        self.0.disk.admit().map_err(Abort::Store)?;
         let done = self.0.writer.submit(body).await?;
         self.0.flusher.wait(done.ticket).await.map_err(Abort::Store)?;
         if let Some(last) = done.last_seq {
@@ -290,6 +329,7 @@ impl Store for SledStore {
     }
 
     async fn append_usage(&self, records: Vec<UsageRecord>, retention: Retention) -> Result<u64, StoreError> {
+        self.0.disk.admit()?;
         let inner = self.0.clone();
         let pruned = tokio::task::spawn_blocking(move || inner.usage.append(&records, retention))
             .await

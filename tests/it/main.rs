@@ -9,6 +9,7 @@ mod auth;
 mod bench;
 mod brute_force;
 mod crash;
+mod disk_faults;
 mod durability;
 mod grpcurl;
 mod h2load;
