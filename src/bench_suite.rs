@@ -400,18 +400,23 @@ pub async fn run(
     let (mut baselines, mut rows) = (Vec::new(), Vec::new());
     for &c in &o.concurrency {
         let step = |what: &str| progress.set_message(format!("{what} x{c}"));
-        step("no-op");
-        let noop_before = stats(&suite.noop(c).await?);
-        progress.inc(1);
-        let hsm_before = match suite.hsm {
-            Some(h) => {
-                step("HSM verify");
-                let run = hsm_run(h, HSM_VERSION, c, o.limit).await?;
-                progress.inc(1);
-                Some(stats(&run))
-            }
-            None => None,
+        // The no-op RPC and the raw HSM at this concurrency, with the server idle.
+        let baseline = async || {
+            step("no-op");
+            let noop = stats(&suite.noop(c).await?);
+            progress.inc(1);
+            let hsm = match suite.hsm {
+                Some(h) => {
+                    step("HSM verify");
+                    let run = hsm_run(h, HSM_VERSION, c, o.limit).await?;
+                    progress.inc(1);
+                    Some(stats(&run))
+                }
+                None => None,
+            };
+            Ok::<_, String>((noop, hsm))
         };
+        let (noop_before, hsm_before) = baseline().await?;
         for &s in &o.scenarios {
             step(s.name());
             let run = suite.scenario(s, c).await?;
@@ -431,18 +436,7 @@ pub async fn run(
             });
             progress.inc(1);
         }
-        step("no-op");
-        let noop_after = stats(&suite.noop(c).await?);
-        progress.inc(1);
-        let hsm_after = match suite.hsm {
-            Some(h) => {
-                step("HSM verify");
-                let run = hsm_run(h, HSM_VERSION, c, o.limit).await?;
-                progress.inc(1);
-                Some(stats(&run))
-            }
-            None => None,
-        };
+        let (noop_after, hsm_after) = baseline().await?;
         baselines.push(Baseline { concurrency: c, noop_before, noop_after, hsm_before, hsm_after });
     }
     progress.finish_and_clear();
