@@ -26,9 +26,9 @@ impl PinSource {
         let pin = match &self.file {
             None => Pin::new(self.initial.expose().to_owned()),
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
+                let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
                     StartError::Pkcs11(format!("cannot read the PIN file {}: {}", path.display(), e.kind()))
-                })?;
+                })?);
                 Pin::new(text.lines().next().unwrap_or_default().to_owned())
             }
         };
