@@ -285,10 +285,11 @@ impl Summary {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn record(secs: u64, key: Option<KeyId>, code: VerifyCode, ip: Option<&str>) -> UsageRecord {
+    /// A usage record for tests (also those of `usage_log.rs`).
+    pub(in crate::store) fn record(secs: u64, key: Option<KeyId>, code: VerifyCode, ip: Option<&str>) -> UsageRecord {
         UsageRecord {
             at: UNIX_EPOCH + Duration::from_secs(secs),
             key_id: key,

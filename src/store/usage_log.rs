@@ -298,18 +298,7 @@ mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;
-    use crate::domain::policy::VerifyCode;
-
-    fn record(secs: u64, key: Option<KeyId>, code: VerifyCode, ip: Option<&str>) -> UsageRecord {
-        UsageRecord {
-            at: UNIX_EPOCH + Duration::from_secs(secs),
-            key_id: key,
-            code,
-            client_ip: ip.map(|s| s.parse().unwrap()),
-            caller: Some(KeyId::from_bytes([9; 16])),
-            latency: Duration::from_micros(321 + secs),
-        }
-    }
+    use crate::{domain::policy::VerifyCode, store::usage_codec::tests::record};
 
     fn open() -> (tempfile::TempDir, sled::Db, UsageTree) {
         let dir = tempfile::tempdir().unwrap();
