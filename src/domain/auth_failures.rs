@@ -19,7 +19,7 @@ use super::{
     key::KeyId,
     ports::{Hsm, Store},
     service::Keys,
-    throttle::Source,
+    brute_force::Source,
 };
 
 /// Groups kept per interval; failures beyond them are only counted.
@@ -30,7 +30,7 @@ pub const MAX_GROUPS: usize = 100;
 struct Group {
     source: Option<IpAddr>,
     /// For `UNAUTHENTICATED`: the existing key the credential named, if any. For
-    /// `PERMISSION_DENIED` and a throttled VerifyKey (`RESOURCE_EXHAUSTED`): the caller.
+    /// `PERMISSION_DENIED` and a blocked VerifyKey (`RESOURCE_EXHAUSTED`): the caller.
     key: Option<KeyId>,
     code: &'static str,
     why: String,
@@ -132,8 +132,8 @@ impl<H: Hsm, S: Store> Keys<H, S> {
     }
 
     /// Counts a call refused as `RESOURCE_EXHAUSTED` because its source is blocked (see
-    /// `throttle`); `why` says the block, `caller` is the VerifyKey caller, if any.
-    pub(super) fn throttled(&self, source: Source, caller: Option<KeyId>, why: &str) {
+    /// `brute_force`); `why` says the block, `caller` is the VerifyKey caller, if any.
+    pub(super) fn blocked(&self, source: Source, caller: Option<KeyId>, why: &str) {
         let key = match source {
             Source::Caller(id) => Some(id),
             _ => caller,

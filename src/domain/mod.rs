@@ -20,7 +20,7 @@ pub mod scope;
 pub mod secret;
 pub mod service;
 pub mod sweep;
-pub mod throttle;
+pub mod brute_force;
 pub mod update;
 pub mod usage;
 pub mod usage_log;

@@ -28,7 +28,7 @@ use super::{
     rotation::{MigrationConfig, RotationConfig},
     scope,
     secret::{KeyString, Secret, SensitiveBytes},
-    throttle::{Source, Throttle, ThrottleConfig},
+    brute_force::{Source, BruteForce, BruteForceConfig},
     update::{self, KeyPatch},
     usage::UsageBuffer,
     usage_log::{UsageLogConfig, UsageQueue},
@@ -146,7 +146,7 @@ pub struct KeysConfig {
     pub migration: MigrationConfig,
     pub usage_log: UsageLogConfig,
     /// Brute-force defence: per-source failure counters and back-off.
-    pub brute_force: ThrottleConfig,
+    pub brute_force: BruteForceConfig,
 }
 
 impl Default for KeysConfig {
@@ -159,7 +159,7 @@ impl Default for KeysConfig {
             rotation: RotationConfig::default(),
             migration: MigrationConfig::default(),
             usage_log: UsageLogConfig::default(),
-            brute_force: ThrottleConfig::default(),
+            brute_force: BruteForceConfig::default(),
         }
     }
 }
@@ -191,7 +191,7 @@ pub struct Keys<H, S> {
     /// Refused calls counted for the audit trail.
     pub(super) auth_failures: AuthFailures,
     /// Failed verifications and authentications per source, and the blocks they earned.
-    pub(super) throttle: Throttle,
+    pub(super) brute_force: BruteForce,
     pub(super) config: KeysConfig,
 }
 
@@ -216,7 +216,7 @@ impl<H: Hsm, S: Store> Keys<H, S> {
             usage_flush: tokio::sync::Mutex::new(()),
             usage_log: config.usage_log.enabled.then(|| UsageQueue::new(config.usage_log.queue_capacity)),
             auth_failures: AuthFailures::default(),
-            throttle: Throttle::new(config.brute_force.clone()),
+            brute_force: BruteForce::new(config.brute_force.clone()),
             config,
         }
     }
@@ -273,7 +273,7 @@ impl<H: Hsm, S: Store> Keys<H, S> {
     /// it has an IP allowlist, called from an allowed peer address. (A caller's rate limit and
     /// quota apply only when its key is checked through `verify`.) Any failure is
     /// `Unauthenticated`, saying no more than that, and counts against the peer address (see
-    /// `throttle`): a blocked address is `Throttled` before any HSM operation or database read,
+    /// `brute_force`): a blocked address is `Blocked` before any HSM operation or database read,
     /// unless its credential is one the HSM proved lately (in the auth cache), so that proven
     /// callers sharing an address with an attacker (a proxy, a NAT) keep working.
     pub async fn authenticate(&self, bearer: Option<&str>, ctx: &RequestContext) -> Result<Caller> {
@@ -281,18 +281,18 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         let source = ctx.client_addr.map(|a| a.ip());
         let peer = source.map(Source::Peer);
         if let Some(peer) = peer
-            && let Err(blocked) = self.throttle.check(peer, self.clock.now())
+            && let Err(blocked) = self.brute_force.check(peer, self.clock.now())
             && !self.proven_lately(bearer)
         {
-            self.throttled(peer, None, &blocked.why);
-            return Err(Error::Throttled(blocked.retry_after));
+            self.blocked(peer, None, &blocked.why);
+            return Err(Error::Blocked(blocked.retry_after));
         }
         let mut named = None;
         let result = self.check_bearer(bearer, source, &mut named).await;
         if let Err(Error::Unauthenticated(why)) = &result {
             self.unauthenticated(source, named, why);
             if let Some(peer) = peer {
-                self.throttle.fail(peer, self.clock.now());
+                self.brute_force.fail(peer, self.clock.now());
             }
         }
         result

@@ -459,7 +459,7 @@ mod audit_trail;
 mod usage_log;
 
 #[cfg(test)]
-#[path = "service_throttle_tests.rs"]
+#[path = "service_brute_force_tests.rs"]
 mod brute_force;
 
 #[cfg(test)]

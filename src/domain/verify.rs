@@ -16,7 +16,7 @@ use super::{
     ports::{Hsm, Store, Updated},
     quota::{self, Lease, Spend},
     service::{Caller, Keys, Permission},
-    throttle::Source,
+    brute_force::Source,
     usage_log::UsageRecord,
     validate,
 };
@@ -82,14 +82,14 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         let source = client_ip.map_or(Source::Caller(caller.key_id), Source::Client);
         // One clock reading for the whole verification (the dev clock reads a file).
         let now = self.clock.now();
-        if let Err(blocked) = self.throttle.check(source, now) {
-            self.throttled(source, Some(caller.key_id), &blocked.why);
-            return Err(Error::Throttled(blocked.retry_after));
+        if let Err(blocked) = self.brute_force.check(source, now) {
+            self.blocked(source, Some(caller.key_id), &blocked.why);
+            return Err(Error::Blocked(blocked.retry_after));
         }
         let started = Instant::now();
         let (verification, key_id) = self.check(req.key, now, client_ip, req.required_scopes, cost).await?;
         if verification.code == VerifyCode::Invalid {
-            self.throttle.fail(source, now);
+            self.brute_force.fail(source, now);
         }
         self.log_usage(UsageRecord {
             at: now,

@@ -43,7 +43,7 @@ pub async fn caller<H: Hsm, S: Store, T>(
         if request.metadata().contains_key("authorization") { None } else { certificate(identities, request) };
     let caller = match by_certificate {
         None => keys.authenticate(bearer(request), &ctx).await.inspect_err(|e| {
-            if matches!(e, Error::Throttled(_)) {
+            if matches!(e, Error::Blocked(_)) {
                 crate::metrics::get().brute_force_refused("authenticate");
             }
         })?,

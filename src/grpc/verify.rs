@@ -49,7 +49,7 @@ impl<H: Hsm, S: Store> VerifyService for VerifyApi<H, S> {
             )
             .await
             .inspect_err(|e| {
-                if matches!(e, Error::Throttled(_)) {
+                if matches!(e, Error::Blocked(_)) {
                     metrics::get().brute_force_refused("verify");
                 }
             })?;
