@@ -97,7 +97,7 @@ struct Entry {
     why: String,
 }
 
-pub(crate) struct BruteForce {
+pub struct BruteForce {
     config: BruteForceConfig,
     sources: Cache<Source, Arc<Mutex<Entry>>>,
 }
@@ -111,13 +111,13 @@ fn secs(d: Duration) -> u64 {
 }
 
 impl BruteForce {
-    pub(crate) fn new(config: BruteForceConfig) -> Self {
+    pub fn new(config: BruteForceConfig) -> Self {
         let sources = Cache::new(config.capacity.max(1));
         Self { config, sources }
     }
 
     /// `Err` while `source` is blocked. Costs a cache lookup.
-    pub(crate) fn check(&self, source: Source, now: SystemTime) -> Result<(), Blocked> {
+    pub fn check(&self, source: Source, now: SystemTime) -> Result<(), Blocked> {
         if !self.config.enabled {
             return Ok(());
         }
@@ -130,7 +130,7 @@ impl BruteForce {
     }
 
     /// Counts a failure of `source`; returns the block it starts, if this failure trips one.
-    pub(crate) fn fail(&self, source: Source, now: SystemTime) -> Option<Blocked> {
+    pub fn fail(&self, source: Source, now: SystemTime) -> Option<Blocked> {
         if !self.config.enabled {
             return None;
         }

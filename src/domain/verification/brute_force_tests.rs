@@ -1,15 +1,15 @@
 //! Use-case tests of the brute-force defence: a source failing too often is refused before the
 //! HSM and the database, for a back-off that doubles; other sources are unaffected.
 
-use super::*;
 use crate::domain::brute_force::BruteForceConfig;
+use crate::domain::testing::*;
 
 const N: u32 = 5;
 
 async fn defended() -> Fixture {
-    fixture_with(KeysConfig {
+    fixture_with(ServicesConfig {
         brute_force: BruteForceConfig { max_failures: N, ..BruteForceConfig::default() },
-        ..KeysConfig::default()
+        ..ServicesConfig::default()
     })
     .await
 }
@@ -27,7 +27,7 @@ fn from(ip: &str) -> RequestContext {
 
 impl Fixture {
     async fn verify_from(&self, key: &str, client_ip: &str) -> Result<VerifyCode> {
-        self.keys.verify(&self.root, req(key, client_ip, &[])).await.map(|v| v.code)
+        self.verify.verify(&self.root, req(key, client_ip, &[])).await.map(|v| v.code)
     }
 
     /// Fails `n` verifications from `client_ip` with random well-formed keys.
@@ -94,12 +94,12 @@ async fn successes_neither_clear_the_count_nor_lift_a_block() {
 async fn without_client_ip_the_caller_is_the_source() {
     let f = defended().await;
     let gateway = f.create("gateway", &["keyward:verify"]).await;
-    let gateway = f.keys.authenticate(Some(gateway.key.expose()), &RequestContext::default()).await.unwrap();
+    let gateway = f.auth.authenticate(Some(gateway.key.expose()), &RequestContext::default()).await.unwrap();
     for _ in 0..N {
-        let v = f.keys.verify(&gateway, req(guess().expose(), "", &[])).await.unwrap();
+        let v = f.verify.verify(&gateway, req(guess().expose(), "", &[])).await.unwrap();
         assert_eq!(v.code, VerifyCode::Invalid);
     }
-    assert!(matches!(f.keys.verify(&gateway, req(guess().expose(), "", &[])).await, Err(Error::Blocked(_))));
+    assert!(matches!(f.verify.verify(&gateway, req(guess().expose(), "", &[])).await, Err(Error::Blocked(_))));
     assert!(f.verify_from(guess().expose(), "").await.is_ok(), "another caller (root) is not blocked");
 }
 
@@ -109,20 +109,20 @@ async fn failed_authentications_block_the_peer_but_proven_credentials_still_pass
     let other = f.create("other", &[]).await;
     let attacker = from("10.9.9.9");
     for _ in 0..N {
-        let e = f.keys.authenticate(Some(guess().expose()), &attacker).await.unwrap_err();
+        let e = f.auth.authenticate(Some(guess().expose()), &attacker).await.unwrap_err();
         assert!(matches!(e, Error::Unauthenticated(_)), "{e:?}");
     }
     let before = f.hsm_and_store();
-    assert!(matches!(f.keys.authenticate(Some(guess().expose()), &attacker).await, Err(Error::Blocked(_))));
-    assert!(matches!(f.keys.authenticate(None, &attacker).await, Err(Error::Blocked(_))));
+    assert!(matches!(f.auth.authenticate(Some(guess().expose()), &attacker).await, Err(Error::Blocked(_))));
+    assert!(matches!(f.auth.authenticate(None, &attacker).await, Err(Error::Blocked(_))));
     assert!(
-        matches!(f.keys.authenticate(Some(other.key.expose()), &attacker).await, Err(Error::Blocked(_))),
+        matches!(f.auth.authenticate(Some(other.key.expose()), &attacker).await, Err(Error::Blocked(_))),
         "a key never proven is not let through a blocked address"
     );
     assert_eq!(f.hsm_and_store(), before, "no HSM call and no store read while blocked");
-    let root = f.keys.authenticate(Some(&f.root_key), &attacker).await.expect("a credential proven lately passes");
+    let root = f.auth.authenticate(Some(&f.root_key), &attacker).await.expect("a credential proven lately passes");
     assert_eq!(root.key_id, f.root.key_id);
-    f.keys.authenticate(Some(other.key.expose()), &from("10.9.9.10")).await.expect("another address");
+    f.auth.authenticate(Some(other.key.expose()), &from("10.9.9.10")).await.expect("another address");
 }
 
 #[tokio::test]
@@ -132,9 +132,9 @@ async fn refused_calls_of_a_blocked_source_are_audited_with_the_block() {
     for _ in 0..3 {
         assert!(f.verify_from(guess().expose(), "203.0.113.9").await.is_err());
     }
-    f.keys.flush_auth_failures().await.unwrap();
+    f.auth.flush_auth_failures().await.unwrap();
     let q = crate::domain::audit::AuditQuery { code: Some("RESOURCE_EXHAUSTED".into()), ..Default::default() };
-    let (events, _) = f.keys.query_events(&f.root, &q, 10, "").unwrap();
+    let (events, _) = f.audit.query_events(&f.root, &q, 10, "").unwrap();
     assert_eq!(events.len(), 1, "{events:?}");
     let e = &events[0].event;
     assert_eq!(e.action, AuditAction::AuthFailed);
@@ -145,9 +145,9 @@ async fn refused_calls_of_a_blocked_source_are_audited_with_the_block() {
 
 #[tokio::test]
 async fn disabled_it_never_blocks() {
-    let f = fixture_with(KeysConfig {
+    let f = fixture_with(ServicesConfig {
         brute_force: BruteForceConfig { enabled: false, max_failures: 1, ..BruteForceConfig::default() },
-        ..KeysConfig::default()
+        ..ServicesConfig::default()
     })
     .await;
     f.guesses("203.0.113.9", 10).await;

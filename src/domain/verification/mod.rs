@@ -1,23 +1,31 @@
-//! Verification, the hot path: parse → secret (HSM) → revoked → disabled → not yet valid →
+//! The verifier: VerifyKey, the hot path: parse → secret (HSM) → revoked → disabled → not yet valid →
 //! expired → IP allowlist → scopes → rate limit → quota. A key that does not prove its secret is
 //! `Invalid`, whatever its id's state; only a proven key learns a later code. Also the periodic
-//! work the hot path defers: writing usage facts, and returning quota leases at shutdown.
+//! work the hot path defers: writing usage facts and the usage log, and returning quota leases at
+//! shutdown.
+
+mod spending;
 
 use std::{
     net::IpAddr,
+    sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
+use self::spending::Spent;
 use super::{
+    access::{Access, Caller, Permission},
+    brute_force::{BruteForce, Source},
+    deps::Deps,
     error::{Error, Result},
-    key::{KeyId, KeyRecord, KeyState, Quota},
+    key::{KeyId, KeyRecord, KeyState},
     key_format,
-    policy::{self, RotationNotice, VerifyCode},
-    ports::{Hsm, Store, Updated},
-    quota::{self, Lease, Spend},
-    service::{Caller, Keys, Permission},
-    brute_force::Source,
-    usage_log::UsageRecord,
+    ledger::Ledger,
+    policy::{self, RotationNotice, RotationRules, VerifyCode},
+    ports::{Hsm, Store},
+    proof::Prover,
+    ratelimit::RateLimits,
+    usage_log::{UsageLog, UsageLogConfig, UsageRecord},
     validate,
 };
 
@@ -65,25 +73,57 @@ impl Verification {
     };
 }
 
-/// What spending from a quota came to.
-enum Spent {
-    Yes { left: u64 },
-    Exceeded { left: u64 },
-    Unlimited,
+/// The verifier's tunables.
+#[derive(Clone, Debug)]
+pub struct VerifyConfig {
+    pub rules: RotationRules,
+    /// Keys whose rate-limit state is kept in memory at once.
+    pub rate_limiter_capacity: usize,
+    /// The most quota uses leased at a time per key: the most a crash can lose per key.
+    pub quota_max_lease: u64,
+    pub usage_log: UsageLogConfig,
 }
 
-impl<H: Hsm, S: Store> Keys<H, S> {
+pub struct Verifier<H, S> {
+    deps: Deps<H, S>,
+    config: VerifyConfig,
+    rate_limits: RateLimits,
+    /// The usage log's queue and writer; `None` with the log off.
+    usage_log: Option<UsageLog<S>>,
+    // Shared with other services:
+    prover: Arc<Prover<H, S>>,
+    ledger: Arc<Ledger>,
+    brute_force: Arc<BruteForce>,
+    access: Arc<Access>,
+}
+
+impl<H: Hsm, S: Store> Verifier<H, S> {
+    /// Proves presented keys with `prover`, counts uses and spends quota leases in `ledger`,
+    /// counts failed sources in `brute_force` and refused calls in `access`.
+    pub fn new(
+        deps: Deps<H, S>,
+        config: VerifyConfig,
+        prover: Arc<Prover<H, S>>,
+        ledger: Arc<Ledger>,
+        brute_force: Arc<BruteForce>,
+        access: Arc<Access>,
+    ) -> Self {
+        let usage_log = UsageLog::new(config.usage_log.clone(), deps.store.clone(), deps.clock.clone());
+        let rate_limits = RateLimits::new(config.rate_limiter_capacity);
+        Self { deps, config, rate_limits, usage_log, prover, ledger, brute_force, access }
+    }
+
     pub async fn verify(&self, caller: &Caller, req: VerifyRequest<'_>) -> Result<Verification> {
-        self.authorize(caller, Permission::Verify)?;
+        self.access.authorize(caller, Permission::Verify)?;
         validate::scopes("required_scopes", req.required_scopes, validate::MAX_SCOPES)?;
         let client_ip = validate::client_ip(req.client_ip)?;
         let cost = validate::cost(req.cost)?;
         // Brute-force defence: the end user when the caller names one, else the caller itself.
         let source = client_ip.map_or(Source::Caller(caller.key_id), Source::Client);
         // One clock reading for the whole verification (the dev clock reads a file).
-        let now = self.clock.now();
+        let now = self.deps.clock.now();
         if let Err(blocked) = self.brute_force.check(source, now) {
-            self.blocked(source, Some(caller.key_id), &blocked.why);
+            self.access.blocked(source, Some(caller.key_id), &blocked.why);
             return Err(Error::Blocked(blocked.retry_after));
         }
         let started = Instant::now();
@@ -91,14 +131,16 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         if verification.code == VerifyCode::Invalid {
             self.brute_force.fail(source, now);
         }
-        self.log_usage(UsageRecord {
-            at: now,
-            key_id,
-            code: verification.code,
-            client_ip,
-            caller: Some(caller.key_id),
-            latency: started.elapsed(),
-        });
+        if let Some(log) = &self.usage_log {
+            log.offer(UsageRecord {
+                at: now,
+                key_id,
+                code: verification.code,
+                client_ip,
+                caller: Some(caller.key_id),
+                latency: started.elapsed(),
+            });
+        }
         Ok(verification)
     }
 
@@ -115,14 +157,14 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         let Some(parsed) = key_format::parse(key) else {
             return Ok((Verification::INVALID, None));
         };
-        let Some(record) = self.store.get_key(parsed.key_id)? else {
-            self.secret_matches(&parsed, &self.decoy()).await?;
+        let Some(record) = self.deps.store.get_key(parsed.key_id)? else {
+            self.prover.unknown_key(&parsed).await?;
             return Ok((Verification::INVALID, None));
         };
-        if !self.prove(&parsed, &record).await? {
+        if !self.prover.prove(&parsed, &record).await? {
             return Ok((Verification::INVALID, Some(record.id)));
         }
-        let rules = &self.config.rotation.rules;
+        let rules = &self.config.rules;
         let code = policy::evaluate(&record, now, client_ip, required_scopes, rules);
         let rotation = match code {
             VerifyCode::Revoked | VerifyCode::Expired => RotationNotice::default(),
@@ -133,7 +175,7 @@ impl<H: Hsm, S: Store> Keys<H, S> {
             let successor = self.limits_holder(&record)?;
             self.check_limits(successor.as_ref().unwrap_or(&record), now, cost, &mut verification).await?;
         }
-        self.usage.record(record.id, verification.code == VerifyCode::Valid, now, client_ip);
+        self.ledger.record_use(record.id, verification.code == VerifyCode::Valid, now, client_ip);
         let id = record.id;
         verification.record = Some(record);
         Ok((verification, Some(id)))
@@ -148,7 +190,7 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         let mut next = if record.state == KeyState::Rotated { record.rotated_to } else { None };
         for _ in 0..MAX_HOPS {
             let Some(id) = next else { break };
-            let Some(successor) = self.store.get_key(id)? else { break };
+            let Some(successor) = self.deps.store.get_key(id)? else { break };
             next = if successor.state == KeyState::Rotated { successor.rotated_to } else { None };
             holder = Some(successor);
         }
@@ -168,7 +210,7 @@ impl<H: Hsm, S: Store> Keys<H, S> {
             return Ok(());
         }
         if cost == 0 {
-            v.remaining = self.view(record.clone()).quota.map(|q| q.remaining);
+            v.remaining = self.ledger.view(record.clone(), now).quota.map(|q| q.remaining);
             return Ok(());
         }
         match self.spend(record.id, now, cost).await? {
@@ -181,103 +223,10 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         }
         Ok(())
     }
-
-    /// Spends `cost` uses of key `id`'s quota: from this node's lease when it can, else by
-    /// taking a new lease from the store (one durable write per lease).
-    async fn spend(&self, id: KeyId, now: SystemTime, cost: u64) -> Result<Spent> {
-        let gate = self.accounts.gate(id);
-        let local = |gate: &quota::Gate| {
-            gate.account().spend_locally(now, cost).map(|r| match r {
-                Ok(left) => Spent::Yes { left },
-                Err(left) => Spent::Exceeded { left },
-            })
-        };
-        if let Some(spent) = local(&gate) {
-            return Ok(spent);
-        }
-        let _reserving = gate.reserving.lock().await;
-        if let Some(spent) = local(&gate) {
-            return Ok(spent);
-        }
-        let returned = gate.account().lease.take();
-        let max_lease = self.config.quota_max_lease;
-        let updated =
-            self.write_quota(id, move |stored| quota::reserve(stored, returned, now, cost, max_lease).stored).await;
-        let mut account = gate.account();
-        let updated = match updated {
-            Ok(updated) => updated,
-            Err(e) => {
-                // The write may or may not have landed: give the lease up rather than risk
-                // spending it twice.
-                *account = Default::default();
-                return Err(e);
-            }
-        };
-        let reservation = quota::reserve(updated.before.quota, returned, now, cost, max_lease);
-        account.stored = reservation.stored;
-        let Some(stored) = reservation.stored else {
-            *account = Default::default();
-            return Ok(Spent::Unlimited);
-        };
-        Ok(match reservation.outcome {
-            Spend::Spent { lease } => {
-                account.lease = Some(lease);
-                Spent::Yes { left: stored.remaining + lease.uses }
-            }
-            Spend::Exceeded | Spend::Unlimited => {
-                account.lease = Some(Lease { uses: 0, epoch: stored.refilled_at });
-                Spent::Exceeded { left: stored.remaining }
-            }
-        })
-    }
-
-    /// Stores key `id`'s quota as `next` derives it from the stored one (bookkeeping: no audit
-    /// event); writes nothing if it is unchanged.
-    async fn write_quota<F>(&self, id: KeyId, next: F) -> Result<Updated>
-    where
-        F: Fn(Option<Quota>) -> Option<Quota> + Send + 'static,
-    {
-        self.store
-            .update_key(id, move |current| {
-                let quota = next(current.quota);
-                if quota == current.quota {
-                    return Ok(None);
-                }
-                Ok(Some((KeyRecord { quota, ..current.clone() }, None)))
-            })
-            .await
-    }
-
-    /// Writes the usage gathered since the last call. Run periodically and at shutdown.
-    pub async fn flush_usage(&self) -> Result<usize> {
-        let _flushing = self.usage_flush.lock().await;
-        let batch: Vec<_> = self.usage.take().into_iter().collect();
-        let n = batch.len();
-        if n > 0 {
-            self.store.record_usage(batch).await?;
-        }
-        Ok(n)
-    }
-
-    /// Folds every quota lease this node holds back into the store, so a clean shutdown loses
-    /// no uses, and writes pending usage.
-    pub async fn shutdown(&self) -> Result<()> {
-        let now = self.clock.now();
-        for (id, gate) in self.accounts.leased() {
-            let _reserving = gate.reserving.lock().await;
-            let returned = gate.account().lease.take();
-            let result = self.write_quota(id, move |stored| quota::settle(stored, returned, now)).await;
-            *gate.account() = Default::default();
-            if let Err(e) = result {
-                tracing::warn!(key_id = %id, error = %e, "could not return a quota lease; its unspent uses are lost");
-            }
-        }
-        self.flush_usage().await.map(|_| ())
-    }
 }
 
 #[cfg(test)]
-mod tests {
+mod request_tests {
     use super::*;
 
     #[test]
@@ -287,3 +236,15 @@ mod tests {
         assert!(!shown.contains("SECRET") && shown.contains("<redacted>") && shown.contains("10.0.0.1"), "{shown}");
     }
 }
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+mod policy_tests;
+
+#[cfg(test)]
+mod usage_log_tests;
+
+#[cfg(test)]
+mod brute_force_tests;
