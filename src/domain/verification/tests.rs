@@ -80,3 +80,10 @@ async fn an_unreachable_hsm_makes_calls_unavailable_not_invalid() {
     ));
     assert!(!f.auth.is_healthy());
 }
+
+#[test]
+fn debug_never_shows_the_presented_key() {
+    let request = VerifyRequest { key: "kw_SECRETSECRET", client_ip: "10.0.0.1", ..Default::default() };
+    let shown = format!("{request:?}");
+    assert!(!shown.contains("SECRET") && shown.contains("<redacted>") && shown.contains("10.0.0.1"), "{shown}");
+}
