@@ -15,12 +15,16 @@ use crate::{
     admin::ClientTls,
     config::{self, Config, ConfigError, DEV_TOKEN_LABEL},
     domain::{
+        Services, ServicesConfig,
+        bootstrap::bootstrap,
         clock::{Clock, SystemClock},
         error::Error as DomainError,
         key::MasterKeyVersion,
+        keys::KeyAdmin,
         ports::{Store, StoreError},
+        proof::self_test_input,
         secret::Pin,
-        service::{self, Keys, KeysConfig},
+        verification::Verifier,
     },
     grpc,
     hsm::{self, Pkcs11Config, Pkcs11Hsm, StartError},
@@ -206,7 +210,7 @@ async fn provision(opts: &Options, config: &Config) -> Result<crate::domain::sec
     hsm.require_master_key(FIRST_VERSION)?;
     private_dir(&db)?;
     let store = SledStore::open(&db, Arc::new(hsm.clone()))?;
-    let created = service::bootstrap(&hsm, &store, &SystemClock, FIRST_VERSION).await;
+    let created = bootstrap(&hsm, &store, &SystemClock, FIRST_VERSION).await;
     store.close();
     hsm.close();
     let created = created?;
@@ -310,7 +314,7 @@ async fn run_server(opts: &Options, serving: &Serving) -> Result<(), AppError> {
             required: master.live().map(|v| v.version).collect(),
             retired,
             self_tests: master.live().map(|v| v.self_test.clone()).collect(),
-            self_test_input: service::self_test_input(),
+            self_test_input: self_test_input(),
         });
     } else {
         for version in master.live() {
@@ -321,7 +325,7 @@ async fn run_server(opts: &Options, serving: &Serving) -> Result<(), AppError> {
         }
     }
     let sweep_every = config.rotation.sweep_interval;
-    let keys_config = KeysConfig {
+    let services_config = ServicesConfig {
         auth_cache_capacity: config.server.auth_cache_capacity,
         auth_cache_ttl: Duration::from_millis(config.server.auth_cache_ttl_ms),
         rate_limiter_capacity: config.policy.rate_limiter_capacity,
@@ -332,19 +336,19 @@ async fn run_server(opts: &Options, serving: &Serving) -> Result<(), AppError> {
         brute_force: config.brute_force.domain()?,
     };
     let clock = clock(opts)?;
-    let keys = Arc::new(Keys::new(Arc::new(hsm.clone()), Arc::new(store.clone()), clock, master, keys_config));
+    let services = Services::new(Arc::new(hsm.clone()), Arc::new(store.clone()), clock, master, services_config);
     if unreachable.is_none() {
-        keys.self_test().await?;
+        services.master.self_test().await?;
     }
     let usage_flush =
-        tokio::spawn(flush_usage_every(keys.clone(), Duration::from_millis(config.policy.usage_flush_ms)));
-    let usage_log = tokio::spawn(write_usage_log(keys.clone()));
+        tokio::spawn(flush_usage_every(services.clone(), Duration::from_millis(config.policy.usage_flush_ms)));
+    let usage_log = tokio::spawn(write_usage_log(services.verify.clone()));
     let disk = tokio::spawn(store.clone().watch_disk(DISK_CHECK_INTERVAL));
     let migrations = tokio::spawn({
-        let keys = keys.clone();
-        async move { keys.run_migrations().await }
+        let master = services.master.clone();
+        async move { master.run_migrations().await }
     });
-    let sweeper = sweep_every.map(|every| tokio::spawn(sweep_every_interval(keys.clone(), every)));
+    let sweeper = sweep_every.map(|every| tokio::spawn(sweep_every_interval(services.keys.clone(), every)));
 
     let shutdown = shutdown_signal();
     // Registered before the address is announced, like the shutdown signals: SIGHUP's default
@@ -371,7 +375,7 @@ async fn run_server(opts: &Options, serving: &Serving) -> Result<(), AppError> {
         },
     };
     tracing::info!(address = %local, transport = mode, "keyward serving");
-    let served = grpc::serve(keys.clone(), listener, transport, identities, config.server.limits(), shutdown).await;
+    let served = grpc::serve(services.clone(), listener, transport, identities, config.server.limits(), shutdown).await;
     reloads.abort();
     let _ = reloads.await;
     usage_flush.abort();
@@ -390,13 +394,13 @@ async fn run_server(opts: &Options, serving: &Serving) -> Result<(), AppError> {
         task.abort();
         let _ = task.await;
     }
-    if let Err(e) = keys.shutdown().await {
+    if let Err(e) = services.verify.shutdown().await {
         tracing::error!(error = %e, "returning quota leases and writing usage at shutdown failed");
     }
-    if let Err(e) = keys.flush_auth_failures().await {
+    if let Err(e) = services.auth.flush_auth_failures().await {
         tracing::error!(error = %e, "auditing refused calls at shutdown failed");
     }
-    match keys.flush_usage_log().await {
+    match services.verify.flush_usage_log().await {
         Ok(w) => report_usage_write(&w),
         Err(e) => tracing::error!(error = %e, "writing the usage log at shutdown failed"),
     }
@@ -466,24 +470,24 @@ impl Clock for OffsetFileClock {
 }
 
 /// Every `every`: writes usage facts, and audits the calls refused since the last time.
-async fn flush_usage_every(keys: Arc<Keys<Pkcs11Hsm, SledStore>>, every: Duration) {
+async fn flush_usage_every(services: Services<Pkcs11Hsm, SledStore>, every: Duration) {
     let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Err(e) = keys.flush_usage().await {
+        if let Err(e) = services.verify.flush_usage().await {
             tracing::warn!(error = %e, "writing usage facts failed; this batch is dropped");
         }
-        if let Err(e) = keys.flush_auth_failures().await {
+        if let Err(e) = services.auth.flush_auth_failures().await {
             tracing::warn!(error = %e, "auditing refused calls failed; they are counted again next time");
         }
     }
 }
 
 /// The usage log's writer: one batch after another, as records arrive.
-async fn write_usage_log(keys: Arc<Keys<Pkcs11Hsm, SledStore>>) {
+async fn write_usage_log(verifier: Arc<Verifier<Pkcs11Hsm, SledStore>>) {
     loop {
-        match keys.write_usage_log().await {
+        match verifier.write_usage_log().await {
             Ok(w) => report_usage_write(&w),
             Err(e) => {
                 tracing::warn!(error = %e, "writing the usage log failed; the batch is counted as dropped");
@@ -502,7 +506,7 @@ fn report_usage_write(w: &crate::domain::usage_log::UsageWrite) {
 }
 
 /// Runs the sweeper every `every`, the first time one interval after startup.
-async fn sweep_every_interval(keys: Arc<Keys<Pkcs11Hsm, SledStore>>, every: Duration) {
+async fn sweep_every_interval(keys: Arc<KeyAdmin<Pkcs11Hsm, SledStore>>, every: Duration) {
     let every = every.max(Duration::from_secs(1));
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

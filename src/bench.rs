@@ -22,8 +22,8 @@ use crate::{
     domain::{
         key::{Digest, KeyId, MasterKeyVersion},
         ports::Hsm,
+        proof::key_digest_input,
         secret::{Secret, SensitiveBytes},
-        service::key_digest_input,
     },
     hsm::Pkcs11Hsm,
     proto::{

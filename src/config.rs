@@ -257,7 +257,7 @@ pub struct BruteForceSection {
 
 impl Default for BruteForceSection {
     fn default() -> Self {
-        let d = crate::domain::throttle::ThrottleConfig::default();
+        let d = crate::domain::brute_force::BruteForceConfig::default();
         Self {
             enabled: d.enabled,
             max_failures: d.max_failures,
@@ -270,7 +270,7 @@ impl Default for BruteForceSection {
 }
 
 impl BruteForceSection {
-    pub fn domain(&self) -> Result<crate::domain::throttle::ThrottleConfig, ConfigError> {
+    pub fn domain(&self) -> Result<crate::domain::brute_force::BruteForceConfig, ConfigError> {
         let invalid = |what: &str| Err(ConfigError::Invalid(format!("brute_force.{what}")));
         if self.max_failures == 0 {
             return invalid("max_failures must be at least 1");
@@ -281,7 +281,7 @@ impl BruteForceSection {
         if self.max_backoff < self.backoff {
             return invalid("max_backoff must be at least backoff");
         }
-        Ok(crate::domain::throttle::ThrottleConfig {
+        Ok(crate::domain::brute_force::BruteForceConfig {
             enabled: self.enabled,
             max_failures: self.max_failures,
             window: self.window,

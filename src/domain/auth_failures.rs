@@ -15,11 +15,10 @@ use std::{
 
 use super::{
     audit::{Actor, AuditAction, AuditEvent},
+    brute_force::Source,
     error::Result,
     key::KeyId,
-    ports::{Hsm, Store},
-    service::Keys,
-    throttle::Source,
+    ports::Store,
 };
 
 /// Groups kept per interval; failures beyond them are only counted.
@@ -30,7 +29,7 @@ pub const MAX_GROUPS: usize = 100;
 struct Group {
     source: Option<IpAddr>,
     /// For `UNAUTHENTICATED`: the existing key the credential named, if any. For
-    /// `PERMISSION_DENIED` and a throttled VerifyKey (`RESOURCE_EXHAUSTED`): the caller.
+    /// `PERMISSION_DENIED` and a blocked VerifyKey (`RESOURCE_EXHAUSTED`): the caller.
     key: Option<KeyId>,
     code: &'static str,
     why: String,
@@ -124,48 +123,45 @@ fn plural(n: u64) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
-impl<H: Hsm, S: Store> Keys<H, S> {
+impl AuthFailures {
     /// Counts a call refused as `UNAUTHENTICATED`.
-    pub(super) fn unauthenticated(&self, source: Option<IpAddr>, named: Option<KeyId>, why: &str) {
-        let group = Group { source, key: named, code: "UNAUTHENTICATED", why: why.to_owned() };
-        self.auth_failures.record(group, self.clock.now());
+    pub(crate) fn unauthenticated(&self, source: Option<IpAddr>, named: Option<KeyId>, why: &str, at: SystemTime) {
+        self.record(Group { source, key: named, code: "UNAUTHENTICATED", why: why.to_owned() }, at);
     }
 
     /// Counts a call refused as `RESOURCE_EXHAUSTED` because its source is blocked (see
-    /// `throttle`); `why` says the block, `caller` is the VerifyKey caller, if any.
-    pub(super) fn throttled(&self, source: Source, caller: Option<KeyId>, why: &str) {
+    /// `brute_force`); `why` says the block, `caller` is the VerifyKey caller, if any.
+    pub(crate) fn blocked(&self, source: Source, caller: Option<KeyId>, why: &str, at: SystemTime) {
         let key = match source {
             Source::Caller(id) => Some(id),
             _ => caller,
         };
-        let group = Group { source: source.address(), key, code: "RESOURCE_EXHAUSTED", why: why.to_owned() };
-        self.auth_failures.record(group, self.clock.now());
+        self.record(Group { source: source.address(), key, code: "RESOURCE_EXHAUSTED", why: why.to_owned() }, at);
     }
 
     /// Counts a call answered `NOT_FOUND` because the key it named belongs to a team the
     /// caller's team-scoped permission does not reach (see `ownership`).
-    pub(super) fn outside_teams(&self, source: Option<IpAddr>, caller: KeyId, permission: &str) {
+    pub(crate) fn outside_teams(&self, source: Option<IpAddr>, caller: KeyId, permission: &str, at: SystemTime) {
         let why = format!("the caller holds `{permission}` only for teams other than the key's owner");
-        self.auth_failures.record(Group { source, key: Some(caller), code: "NOT_FOUND", why }, self.clock.now());
+        self.record(Group { source, key: Some(caller), code: "NOT_FOUND", why }, at);
     }
 
     /// Counts a call refused as `PERMISSION_DENIED`.
-    pub(super) fn denied(&self, source: Option<IpAddr>, caller: KeyId, permission: &str) {
+    pub(crate) fn denied(&self, source: Option<IpAddr>, caller: KeyId, permission: &str, at: SystemTime) {
         let why = format!("needs the `{permission}` permission");
-        self.auth_failures
-            .record(Group { source, key: Some(caller), code: "PERMISSION_DENIED", why }, self.clock.now());
+        self.record(Group { source, key: Some(caller), code: "PERMISSION_DENIED", why }, at);
     }
 
-    /// Writes the refused calls counted since the last call as `auth.failed` events (run about
-    /// once a second and at shutdown). Returns how many events were written.
-    pub async fn flush_auth_failures(&self) -> Result<usize> {
-        let (events, refused) = self.auth_failures.take(self.clock.now());
+    /// Writes the refused calls counted since the last call as `auth.failed` events; what a
+    /// failed write took is counted again. Returns how many events were written.
+    pub(crate) async fn flush<S: Store>(&self, store: &S, now: SystemTime) -> Result<usize> {
+        let (events, refused) = self.take(now);
         let n = events.len();
         if n == 0 {
             return Ok(0);
         }
-        if let Err(e) = self.store.append_events(events).await {
-            self.auth_failures.restore(refused);
+        if let Err(e) = store.append_events(events).await {
+            self.restore(refused);
             return Err(e.into());
         }
         Ok(n)

@@ -27,7 +27,7 @@ pub enum Error {
     /// Too many failed verifications or authentications from this source (brute-force
     /// defence); answered before any HSM operation. A `RESOURCE_EXHAUSTED` status.
     #[error("too many failed attempts from this source: retry after {}s", whole_secs(.0))]
-    Throttled(std::time::Duration),
+    Blocked(std::time::Duration),
 }
 
 /// A wait in whole seconds, rounded up (never 0 for a wait that is not over).

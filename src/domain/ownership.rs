@@ -10,11 +10,10 @@
 use std::collections::BTreeSet;
 
 use super::{
+    access::Permission,
     error::{Error, Result},
     key::{KeyId, KeyRecord},
-    ports::{Hsm, Store},
     scope,
-    service::{Caller, Keys, Permission},
 };
 
 /// The keys a caller holds a permission for.
@@ -71,46 +70,6 @@ impl Reach {
 /// What a missing key answers (the store says the same).
 pub fn not_found(id: KeyId) -> Error {
     Error::NotFound(format!("key {id}"))
-}
-
-impl<H: Hsm, S: Store> Keys<H, S> {
-    /// The keys the caller holds `permission` for; `PERMISSION_DENIED` (audited) if none.
-    pub fn reach(&self, caller: &Caller, permission: Permission) -> Result<Reach> {
-        let reach = Reach::of(&caller.scopes, permission);
-        if reach.is_none() {
-            // Holding no form of it: the unsuffixed check refuses and audits.
-            self.authorize(caller, permission)?;
-        }
-        Ok(reach)
-    }
-
-    /// `NOT_FOUND` for a key that exists but lies outside `reach`, counted in the audit trail
-    /// as a refused call (a team admin probing other teams' ids). Checked before a mutation's
-    /// transaction, which checks again in case the owner changed in between.
-    pub(super) fn check_reach(&self, caller: &Caller, reach: &Reach, permission: Permission, id: KeyId) -> Result<()> {
-        if *reach == Reach::All {
-            return Ok(());
-        }
-        match self.store.get_key(id)? {
-            Some(record) => self.check_reach_of(caller, reach, permission, &record),
-            None => Err(not_found(id)),
-        }
-    }
-
-    /// `check_reach` of a record already read.
-    pub(super) fn check_reach_of(
-        &self,
-        caller: &Caller,
-        reach: &Reach,
-        permission: Permission,
-        record: &KeyRecord,
-    ) -> Result<()> {
-        let checked = reach.check_key(record);
-        if checked.is_err() {
-            self.outside_teams(caller.source, caller.key_id, permission.scope());
-        }
-        checked
-    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::{
     collections::BTreeMap,
     net::IpAddr,
     sync::{
-        Mutex,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant, SystemTime},
@@ -16,13 +16,11 @@ use std::{
 
 use super::{
     audit::{Actor, AuditAction, AuditEvent},
-    audit_log,
+    clock::Clock,
     error::{Error, Result},
     key::KeyId,
     policy::VerifyCode,
-    ports::{Hsm, Store},
-    service::{Caller, Keys, Permission},
-    validate,
+    ports::Store,
 };
 
 /// One verification, as the usage log keeps it. Never holds the presented key.
@@ -144,7 +142,7 @@ pub struct UsageWrite {
 }
 
 /// The bounded queue between verifications and the writer.
-pub(crate) struct UsageQueue {
+struct UsageQueue {
     tx: flume::Sender<UsageRecord>,
     rx: flume::Receiver<UsageRecord>,
     /// Dropped and not yet audited.
@@ -221,30 +219,38 @@ impl UsageQueue {
 pub const MAX_USAGE_SCAN: usize = 2_000_000;
 /// Entries one QueryUsage page reads at most, even with a short page.
 pub const MAX_QUERY_SCAN: usize = 10_000;
-/// Length of a usage page cursor: a block and a place in it.
-const CURSOR_LEN: usize = 17;
 
-impl<H: Hsm, S: Store> Keys<H, S> {
-    /// Queues a verification's usage record (when the usage log is on).
-    pub(super) fn log_usage(&self, record: UsageRecord) {
-        if let Some(queue) = &self.usage_log {
-            queue.offer(record);
-        }
+/// The usage log's writing side: the queue verifications offer records to, and the writer
+/// passes that empty it into the store.
+pub(crate) struct UsageLog<S> {
+    queue: UsageQueue,
+    config: UsageLogConfig,
+    store: Arc<S>,
+    clock: Arc<dyn Clock>,
+}
+
+impl<S: Store> UsageLog<S> {
+    /// The usage log, or `None` with it off.
+    pub fn new(config: UsageLogConfig, store: Arc<S>, clock: Arc<dyn Clock>) -> Option<Self> {
+        config.enabled.then(|| Self { queue: UsageQueue::new(config.queue_capacity), config, store, clock })
+    }
+
+    /// Queues a verification's usage record; never waits (see `UsageQueue::offer`).
+    pub fn offer(&self, record: UsageRecord) {
+        self.queue.offer(record);
     }
 
     /// The writer's pass: waits for records (a report interval at most), writes up to a batch
     /// of them in one durable write with retention applied, and audits drops when due. Records
-    /// of a failed write are counted as dropped. Run in a loop by a task; with the log off it
-    /// never returns.
-    pub async fn write_usage_log(&self) -> Result<UsageWrite> {
-        let Some(queue) = &self.usage_log else { return std::future::pending().await };
-        let cfg = &self.config.usage_log;
-        let batch = queue.take(cfg.batch, cfg.report_every, cfg.linger).await;
-        self.write_usage_batch(queue, batch).await
+    /// of a failed write are counted as dropped.
+    pub async fn write(&self) -> Result<UsageWrite> {
+        let cfg = &self.config;
+        let batch = self.queue.take(cfg.batch, cfg.report_every, cfg.linger).await;
+        self.write_batch(batch).await
     }
 
-    async fn write_usage_batch(&self, queue: &UsageQueue, batch: Vec<UsageRecord>) -> Result<UsageWrite> {
-        let cfg = &self.config.usage_log;
+    async fn write_batch(&self, batch: Vec<UsageRecord>) -> Result<UsageWrite> {
+        let (queue, cfg) = (&self.queue, &self.config);
         let now = self.clock.now();
         let retention =
             Retention { older_than: cfg.max_age.and_then(|age| now.checked_sub(age)), max_records: cfg.max_records };
@@ -256,15 +262,15 @@ impl<H: Hsm, S: Store> Keys<H, S> {
                 queue.dropped(written as u64);
             }
         }
-        let audited = self.report_drops(queue, now).await;
+        let audited = self.report_drops(now).await;
         let pruned = result.map_err(Error::from)?;
         audited?;
         Ok(UsageWrite { written, pruned, dropped: queue.uncounted.swap(0, Ordering::Relaxed), depth: queue.rx.len() })
     }
 
     /// Writes one `usage.dropped` event for the records dropped since the last one, when due.
-    async fn report_drops(&self, queue: &UsageQueue, now: SystemTime) -> Result<()> {
-        let Some(n) = queue.report_due(self.config.usage_log.report_every) else { return Ok(()) };
+    async fn report_drops(&self, now: SystemTime) -> Result<()> {
+        let Some(n) = self.queue.report_due(self.config.report_every) else { return Ok(()) };
         let event = AuditEvent {
             at: now,
             actor: Actor::System("usage-log".into()),
@@ -277,21 +283,20 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         };
         if let Err(e) = self.store.append_events(vec![event]).await {
             // Counted again, for the next report.
-            queue.unreported.fetch_add(n, Ordering::Relaxed);
+            self.queue.unreported.fetch_add(n, Ordering::Relaxed);
             return Err(e.into());
         }
         Ok(())
     }
 
     /// Writes what is queued and reports drops at once (shutdown).
-    pub async fn flush_usage_log(&self) -> Result<UsageWrite> {
-        let Some(queue) = &self.usage_log else { return Ok(UsageWrite::default()) };
-        *queue.last_report.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    pub async fn flush(&self) -> Result<UsageWrite> {
+        *self.queue.last_report.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let mut total = UsageWrite::default();
         loop {
-            let batch = queue.drain(self.config.usage_log.batch);
+            let batch = self.queue.drain(self.config.batch);
             let done = batch.is_empty();
-            let w = self.write_usage_batch(queue, batch).await?;
+            let w = self.write_batch(batch).await?;
             total.written += w.written;
             total.pruned += w.pruned;
             total.dropped += w.dropped;
@@ -299,44 +304,6 @@ impl<H: Hsm, S: Store> Keys<H, S> {
                 return Ok(total);
             }
         }
-    }
-
-    /// One key's verifications over `[since, until)`, counted by code and by client address.
-    pub fn key_usage(
-        &self,
-        caller: &Caller,
-        key: KeyId,
-        since: Option<SystemTime>,
-        until: Option<SystemTime>,
-    ) -> Result<KeyUsage> {
-        self.authorize(caller, Permission::AuditRead)?;
-        if let (Some(since), Some(until)) = (since, until)
-            && since >= until
-        {
-            return Err(Error::invalid("until", "must be after since"));
-        }
-        Ok(self.store.key_usage(key, since, until, MAX_USAGE_SCAN)?)
-    }
-
-    /// One page of usage records matching `query`, and the token for the next page if there
-    /// may be more.
-    pub fn query_usage(
-        &self,
-        caller: &Caller,
-        query: &UsageQuery,
-        page_size: i32,
-        page_token: &str,
-    ) -> Result<(Vec<UsageRecord>, Option<String>)> {
-        self.authorize(caller, Permission::AuditRead)?;
-        if let (Some(since), Some(until)) = (query.since, query.until)
-            && since >= until
-        {
-            return Err(Error::invalid("until", "must be after since"));
-        }
-        let size = validate::page_size(page_size)?;
-        let cursor = audit_log::resume(query, page_token, |n| n == CURSOR_LEN)?;
-        let (records, next) = self.store.query_usage(query, cursor.as_deref(), size, MAX_QUERY_SCAN)?;
-        Ok((records, next.map(|c| audit_log::token(query, &c))))
     }
 }
 

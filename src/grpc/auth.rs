@@ -6,9 +6,10 @@ use tonic::Request;
 
 use crate::{
     domain::{
+        access::{Caller, RequestContext},
+        auth::Authenticator,
         error::{Error, Result},
         ports::{Hsm, Store},
-        service::{Caller, Keys, RequestContext},
     },
     tls::{Identities, Resolution},
 };
@@ -33,7 +34,7 @@ fn certificate<T>(identities: &Identities, request: &Request<T>) -> Option<Resol
 /// Authenticates the caller and returns it with the request's audit context. An
 /// `authorization` header, when present, decides alone (a bearer key wins over a certificate).
 pub async fn caller<H: Hsm, S: Store, T>(
-    keys: &Keys<H, S>,
+    auth: &Authenticator<H, S>,
     identities: &Identities,
     request: &Request<T>,
 ) -> Result<(Caller, RequestContext)> {
@@ -42,12 +43,12 @@ pub async fn caller<H: Hsm, S: Store, T>(
     let by_certificate =
         if request.metadata().contains_key("authorization") { None } else { certificate(identities, request) };
     let caller = match by_certificate {
-        None => keys.authenticate(bearer(request), &ctx).await.inspect_err(|e| {
-            if matches!(e, Error::Throttled(_)) {
+        None => auth.authenticate(bearer(request), &ctx).await.inspect_err(|e| {
+            if matches!(e, Error::Blocked(_)) {
                 crate::metrics::get().brute_force_refused("authenticate");
             }
         })?,
-        Some(Resolution::Key(id)) => keys.authenticate_identity(id, &ctx).await?,
+        Some(Resolution::Key(id)) => auth.authenticate_identity(id, &ctx).await?,
         Some(Resolution::Unmapped) => {
             return Err(Error::Unauthenticated(
                 "the client certificate stands for no key: send `authorization: Bearer <key>`, or map one of its \

@@ -7,21 +7,23 @@ use tonic::{Request, Response, Status};
 use super::{auth, convert};
 use crate::{
     domain::{
+        auth::Authenticator,
+        keys::KeyAdmin,
         ports::{Hsm, Store},
-        service::Keys,
     },
     proto::{self, key_service_server::KeyService},
     tls::Identities,
 };
 
 pub struct KeyApi<H, S> {
-    keys: Arc<Keys<H, S>>,
+    auth: Arc<Authenticator<H, S>>,
+    keys: Arc<KeyAdmin<H, S>>,
     identities: Arc<Identities>,
 }
 
 impl<H, S> KeyApi<H, S> {
-    pub fn new(keys: Arc<Keys<H, S>>, identities: Arc<Identities>) -> Self {
-        Self { keys, identities }
+    pub fn new(auth: Arc<Authenticator<H, S>>, keys: Arc<KeyAdmin<H, S>>, identities: Arc<Identities>) -> Self {
+        Self { auth, keys, identities }
     }
 }
 
@@ -31,7 +33,7 @@ impl<H: Hsm, S: Store> KeyService for KeyApi<H, S> {
         &self,
         request: Request<proto::CreateKeyRequest>,
     ) -> Result<Response<proto::CreateKeyResponse>, Status> {
-        let (caller, ctx) = auth::caller(&self.keys, &self.identities, &request).await?;
+        let (caller, ctx) = auth::caller(&self.auth, &self.identities, &request).await?;
         let new = convert::new_key(request.into_inner())?;
         let created = self.keys.create(&caller, new, &ctx).await?;
         tracing::info!(key_id = %created.record.id, actor = %caller.key_id, "key created");
@@ -42,7 +44,7 @@ impl<H: Hsm, S: Store> KeyService for KeyApi<H, S> {
     }
 
     async fn get_key(&self, request: Request<proto::GetKeyRequest>) -> Result<Response<proto::KeyInfo>, Status> {
-        let (caller, _) = auth::caller(&self.keys, &self.identities, &request).await?;
+        let (caller, _) = auth::caller(&self.auth, &self.identities, &request).await?;
         let record = self.keys.get(&caller, &request.get_ref().key_id)?;
         Ok(Response::new(convert::key_info(&record)))
     }
@@ -51,7 +53,7 @@ impl<H: Hsm, S: Store> KeyService for KeyApi<H, S> {
         &self,
         request: Request<proto::ListKeysRequest>,
     ) -> Result<Response<proto::ListKeysResponse>, Status> {
-        let (caller, _) = auth::caller(&self.keys, &self.identities, &request).await?;
+        let (caller, _) = auth::caller(&self.auth, &self.identities, &request).await?;
         let req = request.get_ref();
         let filter = convert::list_filter(req)?;
         let (keys, next) = self.keys.list(&caller, &filter, req.page_size, &req.page_token)?;
@@ -62,7 +64,7 @@ impl<H: Hsm, S: Store> KeyService for KeyApi<H, S> {
     }
 
     async fn update_key(&self, request: Request<proto::UpdateKeyRequest>) -> Result<Response<proto::KeyInfo>, Status> {
-        let (caller, ctx) = auth::caller(&self.keys, &self.identities, &request).await?;
+        let (caller, ctx) = auth::caller(&self.auth, &self.identities, &request).await?;
         let req = request.into_inner();
         let key_id = req.key_id.clone();
         let patch = convert::key_patch(req)?;
@@ -75,7 +77,7 @@ impl<H: Hsm, S: Store> KeyService for KeyApi<H, S> {
         &self,
         request: Request<proto::DisableKeyRequest>,
     ) -> Result<Response<proto::KeyInfo>, Status> {
-        let (caller, ctx) = auth::caller(&self.keys, &self.identities, &request).await?;
+        let (caller, ctx) = auth::caller(&self.auth, &self.identities, &request).await?;
         let req = request.get_ref();
         let record = self.keys.disable(&caller, &req.key_id, &req.reason, &ctx).await?;
         tracing::info!(key_id = %record.id, actor = %caller.key_id, "key disabled");
@@ -83,14 +85,14 @@ impl<H: Hsm, S: Store> KeyService for KeyApi<H, S> {
     }
 
     async fn enable_key(&self, request: Request<proto::EnableKeyRequest>) -> Result<Response<proto::KeyInfo>, Status> {
-        let (caller, ctx) = auth::caller(&self.keys, &self.identities, &request).await?;
+        let (caller, ctx) = auth::caller(&self.auth, &self.identities, &request).await?;
         let record = self.keys.enable(&caller, &request.get_ref().key_id, &ctx).await?;
         tracing::info!(key_id = %record.id, actor = %caller.key_id, "key enabled");
         Ok(Response::new(convert::key_info(&record)))
     }
 
     async fn revoke_key(&self, request: Request<proto::RevokeKeyRequest>) -> Result<Response<proto::KeyInfo>, Status> {
-        let (caller, ctx) = auth::caller(&self.keys, &self.identities, &request).await?;
+        let (caller, ctx) = auth::caller(&self.auth, &self.identities, &request).await?;
         let req = request.get_ref();
         let record = self.keys.revoke(&caller, &req.key_id, &req.reason, &ctx).await?;
         tracing::info!(key_id = %record.id, actor = %caller.key_id, "key revoked");
@@ -101,7 +103,7 @@ impl<H: Hsm, S: Store> KeyService for KeyApi<H, S> {
         &self,
         request: Request<proto::RotateKeyRequest>,
     ) -> Result<Response<proto::RotateKeyResponse>, Status> {
-        let (caller, ctx) = auth::caller(&self.keys, &self.identities, &request).await?;
+        let (caller, ctx) = auth::caller(&self.auth, &self.identities, &request).await?;
         let req = request.get_ref();
         let grace = convert::optional_duration("grace_period", req.grace_period)?;
         let rotated = self.keys.rotate(&caller, &req.key_id, grace, &ctx).await?;
@@ -117,7 +119,7 @@ impl<H: Hsm, S: Store> KeyService for KeyApi<H, S> {
         &self,
         request: Request<proto::SweepKeysRequest>,
     ) -> Result<Response<proto::SweepKeysResponse>, Status> {
-        let (caller, ctx) = auth::caller(&self.keys, &self.identities, &request).await?;
+        let (caller, ctx) = auth::caller(&self.auth, &self.identities, &request).await?;
         let dry_run = request.get_ref().dry_run;
         let report = self.keys.sweep_as(&caller, dry_run, &ctx).await?;
         tracing::info!(
@@ -138,7 +140,7 @@ impl<H: Hsm, S: Store> KeyService for KeyApi<H, S> {
         &self,
         request: Request<proto::ReportLeakRequest>,
     ) -> Result<Response<proto::ReportLeakResponse>, Status> {
-        let (caller, ctx) = auth::caller(&self.keys, &self.identities, &request).await?;
+        let (caller, ctx) = auth::caller(&self.auth, &self.identities, &request).await?;
         let req = request.get_ref();
         let report = self.keys.report_leak(&caller, &req.key, &req.source_url, &ctx).await?;
         Ok(Response::new(proto::ReportLeakResponse {

@@ -7,31 +7,34 @@ use tonic::{Request, Response, Status};
 use super::{auth, convert};
 use crate::{
     domain::{
+        access::Caller,
+        auth::Authenticator,
         error::Error,
         key::MasterKeyVersion,
+        master::MasterKeys,
         ports::{Hsm, Store},
-        service::{Caller, Keys},
     },
     proto::{self, master_key_service_server::MasterKeyService},
     tls::Identities,
 };
 
 pub struct MasterApi<H, S> {
-    keys: Arc<Keys<H, S>>,
+    auth: Arc<Authenticator<H, S>>,
+    master: Arc<MasterKeys<H, S>>,
     identities: Arc<Identities>,
 }
 
 impl<H, S> MasterApi<H, S> {
-    pub fn new(keys: Arc<Keys<H, S>>, identities: Arc<Identities>) -> Self {
-        Self { keys, identities }
+    pub fn new(auth: Arc<Authenticator<H, S>>, master: Arc<MasterKeys<H, S>>, identities: Arc<Identities>) -> Self {
+        Self { auth, master, identities }
     }
 }
 
 impl<H: Hsm, S: Store> MasterApi<H, S> {
     /// The status; counting reads every key record, so it runs off the async workers.
     async fn status(&self, caller: &Caller, count: bool) -> Result<Response<proto::MasterKeyStatus>, Status> {
-        let (keys, caller) = (self.keys.clone(), caller.clone());
-        let status = tokio::task::spawn_blocking(move || keys.master_status(&caller, count))
+        let (master, caller) = (self.master.clone(), caller.clone());
+        let status = tokio::task::spawn_blocking(move || master.master_status(&caller, count))
             .await
             .map_err(|e| Error::Unavailable(format!("status task: {e}")))??;
         Ok(Response::new(convert::master_status(&status)))
@@ -44,7 +47,7 @@ impl<H: Hsm, S: Store> MasterKeyService for MasterApi<H, S> {
         &self,
         request: Request<proto::GetMasterKeyStatusRequest>,
     ) -> Result<Response<proto::MasterKeyStatus>, Status> {
-        let (caller, _) = auth::caller(&self.keys, &self.identities, &request).await?;
+        let (caller, _) = auth::caller(&self.auth, &self.identities, &request).await?;
         self.status(&caller, !request.get_ref().skip_counts).await
     }
 
@@ -52,8 +55,8 @@ impl<H: Hsm, S: Store> MasterKeyService for MasterApi<H, S> {
         &self,
         request: Request<proto::RotateMasterKeyRequest>,
     ) -> Result<Response<proto::MasterKeyStatus>, Status> {
-        let (caller, ctx) = auth::caller(&self.keys, &self.identities, &request).await?;
-        let state = self.keys.rotate_master(&caller, &ctx).await?;
+        let (caller, ctx) = auth::caller(&self.auth, &self.identities, &request).await?;
+        let state = self.master.rotate_master(&caller, &ctx).await?;
         tracing::info!(current = %state.current, actor = %caller.key_id, "master key rotated");
         self.status(&caller, true).await
     }
@@ -62,12 +65,12 @@ impl<H: Hsm, S: Store> MasterKeyService for MasterApi<H, S> {
         &self,
         request: Request<proto::RetireMasterKeyRequest>,
     ) -> Result<Response<proto::MasterKeyStatus>, Status> {
-        let (caller, ctx) = auth::caller(&self.keys, &self.identities, &request).await?;
+        let (caller, ctx) = auth::caller(&self.auth, &self.identities, &request).await?;
         let version = request.get_ref().version;
         if version == 0 {
             return Err(Error::invalid("version", "is required (1 or more)").into());
         }
-        self.keys.retire_master(&caller, MasterKeyVersion(version), &ctx).await?;
+        self.master.retire_master(&caller, MasterKeyVersion(version), &ctx).await?;
         tracing::info!(version, actor = %caller.key_id, "master key retired");
         self.status(&caller, true).await
     }

@@ -22,8 +22,9 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 pub use self::{audit::AuditApi, keys::KeyApi, master::MasterApi, verify::VerifyApi};
 use crate::{
     domain::{
+        Services,
+        auth::Authenticator,
         ports::{Hsm, Store},
-        service::Keys,
     },
     proto::{
         self, audit_service_server::AuditServiceServer, key_service_server::KeyServiceServer,
@@ -71,10 +72,10 @@ pub enum Transport {
 }
 
 /// Keeps health in step with the HSM: `NOT_SERVING` while the token is unreachable.
-async fn track_health<H: Hsm, S: Store>(keys: Arc<Keys<H, S>>, reporter: HealthReporter) {
+async fn track_health<H: Hsm, S: Store>(auth: Arc<Authenticator<H, S>>, reporter: HealthReporter) {
     let mut serving = None;
     loop {
-        let now = keys.is_healthy();
+        let now = auth.is_healthy();
         if serving != Some(now) {
             let status = if now { ServingStatus::Serving } else { ServingStatus::NotServing };
             for name in std::iter::once("").chain(SERVICES) {
@@ -91,9 +92,9 @@ async fn track_health<H: Hsm, S: Store>(keys: Arc<Keys<H, S>>, reporter: HealthR
 
 /// Serves until `shutdown` resolves, then stops accepting, drains in-flight calls for up to
 /// `limits.shutdown_grace`, and returns. `identities` map verified client certificates to keys
-/// (meaningful with mTLS only).
+/// (meaningful with mTLS only). Each API gets the domain services it uses.
 pub async fn serve<H: Hsm, S: Store>(
-    keys: Arc<Keys<H, S>>,
+    services: Services<H, S>,
     listener: TcpListener,
     transport: Transport,
     identities: Arc<Identities>,
@@ -103,7 +104,7 @@ pub async fn serve<H: Hsm, S: Store>(
     let max = limits.max_message_bytes;
     let (reporter, health) = tonic_health::server::health_reporter();
     let health = health.max_decoding_message_size(max);
-    let health_task = tokio::spawn(track_health(keys.clone(), reporter));
+    let health_task = tokio::spawn(track_health(services.auth.clone(), reporter));
     let reflection = || {
         // Both reflection versions list every service, each other included.
         tonic_reflection::server::Builder::configure()
@@ -118,12 +119,14 @@ pub async fn serve<H: Hsm, S: Store>(
     let reflection_v1alpha =
         reflection().build_v1alpha().expect("the embedded descriptor sets are valid").max_decoding_message_size(max);
 
+    let Services { auth, keys, verify, master, audit } = services;
     let ids = &identities;
-    let key_api = KeyServiceServer::new(KeyApi::new(keys.clone(), ids.clone())).max_decoding_message_size(max);
+    let key_api = KeyServiceServer::new(KeyApi::new(auth.clone(), keys, ids.clone())).max_decoding_message_size(max);
     let master_api =
-        MasterKeyServiceServer::new(MasterApi::new(keys.clone(), ids.clone())).max_decoding_message_size(max);
-    let audit_api = AuditServiceServer::new(AuditApi::new(keys.clone(), ids.clone())).max_decoding_message_size(max);
-    let verify_api = VerifyServiceServer::new(VerifyApi::new(keys, ids.clone())).max_decoding_message_size(max);
+        MasterKeyServiceServer::new(MasterApi::new(auth.clone(), master, ids.clone())).max_decoding_message_size(max);
+    let audit_api =
+        AuditServiceServer::new(AuditApi::new(auth.clone(), audit, ids.clone())).max_decoding_message_size(max);
+    let verify_api = VerifyServiceServer::new(VerifyApi::new(auth, verify, ids.clone())).max_decoding_message_size(max);
 
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     // tonic keeps the incoming stream until the drain ends: keyward's TLS acceptor is told to

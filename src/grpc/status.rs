@@ -14,7 +14,7 @@ impl From<Error> for Status {
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Unavailable(_) => Code::Unavailable,
-            Error::ResourceExhausted(_) | Error::Throttled(_) => Code::ResourceExhausted,
+            Error::ResourceExhausted(_) | Error::Blocked(_) => Code::ResourceExhausted,
         };
         if code == Code::Unavailable {
             tracing::warn!(error = %e, "request could not be served");
@@ -35,8 +35,8 @@ mod tests {
     }
 
     #[test]
-    fn a_throttled_source_is_resource_exhausted_with_the_wait_in_whole_seconds() {
-        let status = Status::from(Error::Throttled(std::time::Duration::from_millis(3_200)));
+    fn a_blocked_source_is_resource_exhausted_with_the_wait_in_whole_seconds() {
+        let status = Status::from(Error::Blocked(std::time::Duration::from_millis(3_200)));
         assert_eq!(status.code(), Code::ResourceExhausted);
         assert_eq!(status.message(), "too many failed attempts from this source: retry after 4s");
     }

@@ -7,10 +7,10 @@ use tonic::{Request, Response, Status};
 use super::{auth, convert};
 use crate::{
     domain::{
+        auth::Authenticator,
         error::Error,
         ports::{Hsm, Store},
-        service::Keys,
-        verify::VerifyRequest,
+        verification::{Verifier, VerifyRequest},
     },
     metrics,
     proto::{self, verify_service_server::VerifyService},
@@ -18,13 +18,14 @@ use crate::{
 };
 
 pub struct VerifyApi<H, S> {
-    keys: Arc<Keys<H, S>>,
+    auth: Arc<Authenticator<H, S>>,
+    verifier: Arc<Verifier<H, S>>,
     identities: Arc<Identities>,
 }
 
 impl<H, S> VerifyApi<H, S> {
-    pub fn new(keys: Arc<Keys<H, S>>, identities: Arc<Identities>) -> Self {
-        Self { keys, identities }
+    pub fn new(auth: Arc<Authenticator<H, S>>, verifier: Arc<Verifier<H, S>>, identities: Arc<Identities>) -> Self {
+        Self { auth, verifier, identities }
     }
 }
 
@@ -34,10 +35,10 @@ impl<H: Hsm, S: Store> VerifyService for VerifyApi<H, S> {
         &self,
         request: Request<proto::VerifyKeyRequest>,
     ) -> Result<Response<proto::VerifyKeyResponse>, Status> {
-        let (caller, _) = auth::caller(&self.keys, &self.identities, &request).await?;
+        let (caller, _) = auth::caller(&self.auth, &self.identities, &request).await?;
         let req = request.into_inner();
         let verification = self
-            .keys
+            .verifier
             .verify(
                 &caller,
                 VerifyRequest {
@@ -49,7 +50,7 @@ impl<H: Hsm, S: Store> VerifyService for VerifyApi<H, S> {
             )
             .await
             .inspect_err(|e| {
-                if matches!(e, Error::Throttled(_)) {
+                if matches!(e, Error::Blocked(_)) {
                     metrics::get().brute_force_refused("verify");
                 }
             })?;

@@ -107,7 +107,7 @@ pub struct Metrics {
     disk_full: Gauge,
     free_bytes: Gauge,
     keys: Family<StateLabel, Gauge>,
-    throttled: Family<CheckLabel, Counter>,
+    brute_force_refused: Family<CheckLabel, Counter>,
     usage_queue: OnceLock<UsageQueueMetrics>,
 }
 
@@ -139,7 +139,7 @@ impl Metrics {
             disk_full: Gauge::default(),
             free_bytes: Gauge::default(),
             keys: Family::default(),
-            throttled: Family::default(),
+            brute_force_refused: Family::default(),
             usage_queue: OnceLock::new(),
         };
         {
@@ -197,7 +197,7 @@ impl Metrics {
             r.register(
                 "brute_force_refused",
                 "calls refused because their source is blocked after failing too often, by check",
-                m.throttled.clone(),
+                m.brute_force_refused.clone(),
             );
         }
         m
@@ -257,7 +257,7 @@ impl Metrics {
     /// A call refused by the brute-force defence; `check` is `verify` (VerifyKey's source) or
     /// `authenticate` (the caller's address).
     pub fn brute_force_refused(&self, check: &'static str) {
-        self.throttled.get_or_create(&CheckLabel { check }).inc();
+        self.brute_force_refused.get_or_create(&CheckLabel { check }).inc();
     }
 
     pub fn set_keys(&self, counts: &StateCounts) {

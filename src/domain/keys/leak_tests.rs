@@ -1,12 +1,12 @@
 //! Use-case tests of leak reports.
 
-use super::*;
-use crate::domain::leak::LeakReport;
+use crate::domain::keys::LeakReport;
+use crate::domain::testing::*;
 
 impl Fixture {
     async fn scanner(&self) -> Caller {
         let key = self.create("scanner", &["keyward:leaks:report"]).await;
-        self.keys.authenticate(Some(key.key.expose()), &RequestContext::default()).await.unwrap()
+        self.auth.authenticate(Some(key.key.expose()), &RequestContext::default()).await.unwrap()
     }
 
     async fn report(&self, caller: &Caller, key: &str, url: &str) -> Result<LeakReport> {
@@ -94,12 +94,12 @@ async fn the_report_permission_grants_nothing_else_and_nothing_else_grants_it() 
         Err(Error::PermissionDenied(_))
     ));
     assert!(matches!(
-        f.keys.verify(&scanner, req(target.key.expose(), "", &[])).await,
+        f.verify.verify(&scanner, req(target.key.expose(), "", &[])).await,
         Err(Error::PermissionDenied(_))
     ));
 
     let revoker = f.create("revoker", &["keyward:keys:revoke", "keyward:verify"]).await;
-    let revoker = f.keys.authenticate(Some(revoker.key.expose()), &RequestContext::default()).await.unwrap();
+    let revoker = f.auth.authenticate(Some(revoker.key.expose()), &RequestContext::default()).await.unwrap();
     let err = f.report(&revoker, target.key.expose(), "https://example.com/x").await.unwrap_err();
     assert_eq!(err, Error::PermissionDenied("this call needs the `keyward:leaks:report` permission".into()));
     // Checked before anything about the key: a caller without the permission learns nothing.

@@ -5,15 +5,22 @@
 //! verification replaces its digest with a plain one under N+1 (lazy migration). A version is
 //! retired (destroyed in the HSM) only once no live key's digest needs it.
 
-use std::{collections::BTreeMap, time::SystemTime};
+mod migration;
+mod view;
 
+use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
+
+pub use self::view::MasterView;
 use super::{
+    access::{Access, Caller, Permission, RequestContext},
     audit::{Actor, AuditAction, AuditEvent, FieldChange},
+    deps::Deps,
     error::{Error, Result},
-    key::{Digest, KeyId, KeyRecord, KeyState, MasterKeyVersion},
-    ports::{DigestSwap, Hsm, MasterState, MasterVersion, Migration, Store},
+    key::{Digest, KeyRecord, KeyState, MasterKeyVersion},
+    ports::{Hsm, MasterState, MasterVersion, Migration, Store},
+    proof::self_test_input,
+    rotation::MigrationConfig,
     scope,
-    service::{Caller, Keys, Permission, RequestContext, self_test_input},
 };
 
 /// The master key state with what the keys need of it.
@@ -53,12 +60,57 @@ fn master_event(at: SystemTime, actor: Actor, action: AuditAction, ctx: &Request
     }
 }
 
-impl<H: Hsm, S: Store> Keys<H, S> {
+pub struct MasterKeys<H, S> {
+    deps: Deps<H, S>,
+    migration: MigrationConfig,
+    /// The master key state, which this service alone changes; the others read it.
+    view: Arc<MasterView>,
+    /// Serializes master key rotation, retirement and migration batches.
+    ops: tokio::sync::Mutex<()>,
+    /// Wakes the migration task after a rotation.
+    migration_wake: tokio::sync::Notify,
+    access: Arc<Access>,
+}
+
+impl<H: Hsm, S: Store> MasterKeys<H, S> {
+    /// Changes the state the other services read through `view`; checks permissions with
+    /// `access`.
+    pub fn new(deps: Deps<H, S>, migration: MigrationConfig, view: Arc<MasterView>, access: Arc<Access>) -> Self {
+        Self {
+            deps,
+            migration,
+            view,
+            ops: tokio::sync::Mutex::new(()),
+            migration_wake: tokio::sync::Notify::new(),
+            access,
+        }
+    }
+
+    /// Verifies each live master key version's self-test digest: proves the token holds this
+    /// database's master keys.
+    pub async fn self_test(&self) -> Result<()> {
+        let tests: Vec<Digest> = self.master_state().live().map(|v| v.self_test.clone()).collect();
+        for digest in tests {
+            if !self.deps.hsm.verify(self_test_input(), &digest).await? {
+                return Err(Error::FailedPrecondition(format!(
+                    "HSM self-test failed: master key {} on the token does not match this database",
+                    digest.version
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The master key state as last written.
+    pub fn master_state(&self) -> MasterState {
+        self.view.state()
+    }
+
     /// Needs `keyward:master:read` (or `keyward:master:rotate`, which reads what it changes).
     /// Counting reads every key record; without it the counts are zero.
     pub fn master_status(&self, caller: &Caller, count: bool) -> Result<MasterStatus> {
         if !scope::any_grants(&caller.scopes, Permission::MasterRotate.scope()) {
-            self.authorize(caller, Permission::MasterRead)?;
+            self.access.authorize(caller, Permission::MasterRead)?;
         }
         if count {
             self.scan_master_status()
@@ -74,8 +126,8 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         for v in status.state.live() {
             status.keys_using.insert(v.version, 0);
         }
-        let now = self.clock.now();
-        for record in self.store.scan_keys(None) {
+        let now = self.deps.clock.now();
+        for record in self.deps.store.scan_keys(None) {
             let record = record?;
             if !digest_needed(&record, now) {
                 continue;
@@ -92,8 +144,8 @@ impl<H: Hsm, S: Store> Keys<H, S> {
     /// Makes master key version N+1 in the HSM and current, and starts the background
     /// re-digest. Refused while a previous rotation's re-digest is still running.
     pub async fn rotate_master(&self, caller: &Caller, ctx: &RequestContext) -> Result<MasterState> {
-        self.authorize(caller, Permission::MasterRotate)?;
-        let _ops = self.master_ops.lock().await;
+        self.access.authorize(caller, Permission::MasterRotate)?;
+        let _ops = self.ops.lock().await;
         let state = self.master_state();
         if let Some(m) = &state.migration {
             return Err(Error::FailedPrecondition(format!(
@@ -103,9 +155,9 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         }
         let previous = state.current;
         let next = MasterKeyVersion(state.versions.iter().map(|v| v.version.0).max().unwrap_or(0) + 1);
-        self.hsm.create_master_key(next).await?;
-        let self_test = self.hsm.digest(next, self_test_input()).await?;
-        let now = self.clock.now();
+        self.deps.hsm.create_master_key(next).await?;
+        let self_test = self.deps.hsm.digest(next, self_test_input()).await?;
+        let now = self.deps.clock.now();
         let mut new = state.clone();
         new.current = next;
         new.versions.push(MasterVersion { version: next, created_at: now, retired_at: None, self_test });
@@ -118,8 +170,8 @@ impl<H: Hsm, S: Store> Keys<H, S> {
             }],
             ..master_event(now, Actor::Key(caller.key_id), AuditAction::MasterRotated, ctx)
         };
-        self.store.set_master(new.clone(), event).await?;
-        self.set_master_state(new.clone());
+        self.deps.store.set_master(new.clone(), event).await?;
+        self.view.set(new.clone());
         self.migration_wake.notify_one();
         tracing::info!(from = %previous, to = %next, "master key rotated; re-digesting keys in the background");
         Ok(new)
@@ -133,14 +185,14 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         version: MasterKeyVersion,
         ctx: &RequestContext,
     ) -> Result<MasterState> {
-        self.authorize(caller, Permission::MasterRotate)?;
-        let _ops = self.master_ops.lock().await;
+        self.access.authorize(caller, Permission::MasterRotate)?;
+        let _ops = self.ops.lock().await;
         let state = self.master_state();
         let Some(found) = state.version(version) else {
             return Err(Error::NotFound(format!("master key {version}")));
         };
         if found.retired_at.is_some() {
-            self.hsm.destroy_master_key(version).await?;
+            self.deps.hsm.destroy_master_key(version).await?;
             return Ok(state);
         }
         if version == state.current {
@@ -158,7 +210,7 @@ impl<H: Hsm, S: Store> Keys<H, S> {
                 state.current, version.0
             )));
         }
-        let now = self.clock.now();
+        let now = self.deps.clock.now();
         let mut new = state.clone();
         if let Some(v) = new.versions.iter_mut().find(|v| v.version == version) {
             v.retired_at = Some(now);
@@ -167,110 +219,14 @@ impl<H: Hsm, S: Store> Keys<H, S> {
             reason: Some(format!("master key {version} destroyed in the HSM")),
             ..master_event(now, Actor::Key(caller.key_id), AuditAction::MasterRetired, ctx)
         };
-        self.store.set_master(new.clone(), event).await?;
-        self.set_master_state(new.clone());
+        self.deps.store.set_master(new.clone(), event).await?;
+        self.view.set(new.clone());
         // Recorded first: if destroying fails, retiring again finishes the job.
-        self.hsm.destroy_master_key(version).await?;
+        self.deps.hsm.destroy_master_key(version).await?;
         tracing::info!(%version, "master key retired");
         Ok(new)
     }
-
-    /// The background re-digest: runs while a migration is recorded (so it resumes after a
-    /// restart), then waits for the next rotation. Never returns.
-    pub async fn run_migrations(&self) {
-        loop {
-            if self.master_state().migration.is_none() {
-                self.migration_wake.notified().await;
-                continue;
-            }
-            match self.migrate_batch().await {
-                Ok(true) if !self.config.migration.pause.is_zero() => {
-                    tokio::time::sleep(self.config.migration.pause).await
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "master key re-digest batch failed; retrying in 1 s");
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                }
-            }
-        }
-    }
-
-    /// Wraps the next batch of digests under the migration's version and records them with the
-    /// checkpoint in one transaction. Returns whether keys remain.
-    pub async fn migrate_batch(&self) -> Result<bool> {
-        let Some(migration) = self.master_state().migration else { return Ok(false) };
-        let to = migration.to;
-        let batch_size = self.config.migration.batch.max(1);
-        let mut todo: Vec<(KeyId, Digest)> = Vec::new();
-        let mut last = migration.after;
-        let mut scanned = 0;
-        let now = self.clock.now();
-        for record in self.store.scan_keys(migration.after).take(batch_size) {
-            let record = record?;
-            scanned += 1;
-            last = Some(record.id);
-            if digest_needed(&record, now) && record.digest.version != to {
-                todo.push((record.id, record.digest));
-            }
-        }
-        let done = scanned < batch_size;
-        let swaps = self.wrap_all(todo, to).await?;
-
-        let _ops = self.master_ops.lock().await;
-        let mut state = self.master_state();
-        if state.migration.as_ref().map(|m| (m.to, m.after)) != Some((to, migration.after)) {
-            return Ok(true); // Changed under us; start again from the recorded checkpoint.
-        }
-        let wrapped = migration.wrapped + swaps.len() as u64;
-        let now = self.clock.now();
-        let event = done.then(|| {
-            let took = now.duration_since(migration.started_at).unwrap_or_default();
-            AuditEvent {
-                reason: Some(format!(
-                    "{wrapped} keys re-digested under master key {to} in {}",
-                    humantime::format_duration(std::time::Duration::from_millis(took.as_millis() as u64))
-                )),
-                ..master_event(
-                    now,
-                    Actor::System("migration".into()),
-                    AuditAction::MasterMigrated,
-                    &RequestContext::default(),
-                )
-            }
-        });
-        state.migration = (!done).then_some(Migration { after: last, wrapped, ..migration });
-        self.store.replace_digests(swaps, Some((state.clone(), event))).await?;
-        self.set_master_state(state);
-        if done {
-            tracing::info!(%to, wrapped, "master key re-digest finished");
-        }
-        Ok(!done)
-    }
-
-    /// Each digest wrapped under `to`, at most `migration.concurrency` HSM calls at a time.
-    async fn wrap_all(&self, todo: Vec<(KeyId, Digest)>, to: MasterKeyVersion) -> Result<Vec<DigestSwap>> {
-        let limit = self.config.migration.concurrency.max(1);
-        let mut running = tokio::task::JoinSet::new();
-        let mut swaps = Vec::with_capacity(todo.len());
-        let joined = |r: std::result::Result<Result<DigestSwap>, tokio::task::JoinError>| {
-            r.map_err(|e| Error::Unavailable(format!("re-digest task: {e}")))?
-        };
-        for (id, expected) in todo {
-            if running.len() >= limit
-                && let Some(r) = running.join_next().await
-            {
-                swaps.push(joined(r)?);
-            }
-            let hsm = self.hsm.clone();
-            running.spawn(async move {
-                let new = hsm.wrap(&expected, to).await?;
-                Ok(DigestSwap { id, expected, new })
-            });
-        }
-        while let Some(r) = running.join_next().await {
-            swaps.push(joined(r)?);
-        }
-        Ok(swaps)
-    }
 }
+
+#[cfg(test)]
+mod tests;

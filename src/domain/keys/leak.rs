@@ -5,13 +5,14 @@
 
 use std::time::SystemTime;
 
-use super::{
+use super::{KeyAdmin, key_event};
+use crate::domain::{
+    access::{Caller, Permission, RequestContext},
     audit::{Actor, AuditAction},
     error::{Error, Result},
     key::{KeyId, KeyState},
     key_format,
     ports::{Hsm, Store},
-    service::{Caller, Keys, Permission, RequestContext, audit},
     validate,
 };
 
@@ -31,7 +32,7 @@ fn not_genuine() -> Error {
     Error::NotFound("key (malformed, unknown, or not a genuine keyward key)".into())
 }
 
-impl<H: Hsm, S: Store> Keys<H, S> {
+impl<H: Hsm, S: Store> KeyAdmin<H, S> {
     /// Revokes `key`, the full key string found exposed at `source_url`, once the HSM confirms
     /// it is genuine. Reporting a revoked key succeeds and changes nothing. A rotated key is
     /// revoked too; its successor (a different secret) is left alone.
@@ -42,25 +43,27 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         source_url: &str,
         ctx: &RequestContext,
     ) -> Result<LeakReport> {
-        self.authorize(caller, Permission::LeaksReport)?;
+        self.access.authorize(caller, Permission::LeaksReport)?;
         if key.trim().is_empty() {
             return Err(Error::invalid("key", "is required: the full key string that was found"));
         }
         let source_url = validate::source_url(source_url)?;
         let parsed = key_format::parse(key.trim()).ok_or_else(not_genuine)?;
-        let Some(record) = self.store.get_key(parsed.key_id)? else {
+        let Some(record) = self.deps.store.get_key(parsed.key_id)? else {
             // An unknown id costs what a wrong secret costs.
-            self.secret_matches(&parsed, &self.decoy()).await?;
+            self.prover.unknown_key(&parsed).await?;
             return Err(not_genuine());
         };
-        if !self.prove(&parsed, &record).await? {
+        if !self.prover.prove(&parsed, &record).await? {
             return Err(not_genuine());
         }
         let id = record.id;
-        let now = self.clock.now();
+        let now = self.deps.clock.now();
         let reason = format!("leaked: {source_url}");
-        let event = audit(now, Actor::Key(caller.key_id), AuditAction::KeyLeaked, id, ctx, Some(source_url.clone()));
+        let event =
+            key_event(now, Actor::Key(caller.key_id), AuditAction::KeyLeaked, id, ctx, Some(source_url.clone()));
         let updated = self
+            .deps
             .store
             .update_key(id, move |current| {
                 if current.state == KeyState::Revoked {

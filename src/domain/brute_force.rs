@@ -22,7 +22,7 @@ use super::key::KeyId;
 
 /// Tunables; the defaults are documented in the README (`[brute_force]`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ThrottleConfig {
+pub struct BruteForceConfig {
     pub enabled: bool,
     /// Failures within `window` that block a source.
     pub max_failures: u32,
@@ -35,7 +35,7 @@ pub struct ThrottleConfig {
     pub capacity: usize,
 }
 
-impl Default for ThrottleConfig {
+impl Default for BruteForceConfig {
     fn default() -> Self {
         Self {
             enabled: true,
@@ -97,8 +97,8 @@ struct Entry {
     why: String,
 }
 
-pub(crate) struct Throttle {
-    config: ThrottleConfig,
+pub struct BruteForce {
+    config: BruteForceConfig,
     sources: Cache<Source, Arc<Mutex<Entry>>>,
 }
 
@@ -110,14 +110,14 @@ fn secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-impl Throttle {
-    pub(crate) fn new(config: ThrottleConfig) -> Self {
+impl BruteForce {
+    pub fn new(config: BruteForceConfig) -> Self {
         let sources = Cache::new(config.capacity.max(1));
         Self { config, sources }
     }
 
     /// `Err` while `source` is blocked. Costs a cache lookup.
-    pub(crate) fn check(&self, source: Source, now: SystemTime) -> Result<(), Blocked> {
+    pub fn check(&self, source: Source, now: SystemTime) -> Result<(), Blocked> {
         if !self.config.enabled {
             return Ok(());
         }
@@ -130,7 +130,7 @@ impl Throttle {
     }
 
     /// Counts a failure of `source`; returns the block it starts, if this failure trips one.
-    pub(crate) fn fail(&self, source: Source, now: SystemTime) -> Option<Blocked> {
+    pub fn fail(&self, source: Source, now: SystemTime) -> Option<Blocked> {
         if !self.config.enabled {
             return None;
         }
@@ -187,8 +187,8 @@ mod tests {
 
     const T0: SystemTime = SystemTime::UNIX_EPOCH;
 
-    fn config() -> ThrottleConfig {
-        ThrottleConfig { max_failures: 3, capacity: 100, ..Default::default() }
+    fn config() -> BruteForceConfig {
+        BruteForceConfig { max_failures: 3, capacity: 100, ..Default::default() }
     }
 
     fn at(secs: u64) -> SystemTime {
@@ -201,7 +201,7 @@ mod tests {
 
     #[test]
     fn the_nth_failure_in_the_window_blocks_and_blocks_double_up_to_the_cap() {
-        let t = Throttle::new(ThrottleConfig { max_backoff: Duration::from_secs(3), ..config() });
+        let t = BruteForce::new(BruteForceConfig { max_backoff: Duration::from_secs(3), ..config() });
         let a = ip("10.0.0.1");
         assert_eq!(t.fail(a, at(0)), None);
         assert_eq!(t.fail(a, at(1)), None);
@@ -223,7 +223,7 @@ mod tests {
 
     #[test]
     fn failures_age_out_of_the_window_and_sources_are_apart() {
-        let t = Throttle::new(config());
+        let t = BruteForce::new(config());
         let (a, b) = (ip("10.0.0.1"), Source::Peer("10.0.0.1".parse().unwrap()));
         t.fail(a, at(0));
         t.fail(a, at(1));
@@ -237,7 +237,7 @@ mod tests {
 
     #[test]
     fn the_backoff_level_is_forgotten_after_a_quiet_max_backoff() {
-        let t = Throttle::new(ThrottleConfig { max_backoff: Duration::from_secs(10), ..config() });
+        let t = BruteForce::new(BruteForceConfig { max_backoff: Duration::from_secs(10), ..config() });
         let a = ip("10.0.0.1");
         for _ in 0..3 {
             t.fail(a, at(0));
@@ -255,12 +255,12 @@ mod tests {
 
     #[test]
     fn disabled_never_blocks_and_memory_is_bounded() {
-        let t = Throttle::new(ThrottleConfig { enabled: false, ..config() });
+        let t = BruteForce::new(BruteForceConfig { enabled: false, ..config() });
         for _ in 0..10 {
             assert_eq!(t.fail(ip("10.0.0.1"), at(0)), None);
         }
         assert!(t.check(ip("10.0.0.1"), at(0)).is_ok());
-        let t = Throttle::new(config());
+        let t = BruteForce::new(config());
         for i in 0..10_000u32 {
             t.fail(Source::Client(IpAddr::from(i.to_be_bytes())), at(0));
         }

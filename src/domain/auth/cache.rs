@@ -10,16 +10,16 @@ use std::time::{Duration, Instant};
 use quick_cache::sync::Cache;
 use zeroize::Zeroizing;
 
-use super::{key::KeyId, secret::Secret};
+use crate::domain::{key::KeyId, secret::Secret};
 
-pub(crate) struct AuthCache {
+pub(super) struct AuthCache {
     hash_key: Zeroizing<[u8; 32]>,
     entries: Cache<KeyId, (blake3::Hash, Instant)>,
     ttl: Duration,
 }
 
 impl AuthCache {
-    pub(crate) fn new(capacity: usize, ttl: Duration) -> Self {
+    pub(super) fn new(capacity: usize, ttl: Duration) -> Self {
         let mut hash_key = Zeroizing::new([0u8; 32]);
         // A fresh random key each run; failing to get one is a broken OS, caught at startup.
         getrandom::fill(hash_key.as_mut()).expect("the OS random number generator works");
@@ -34,7 +34,7 @@ impl AuthCache {
     }
 
     /// Whether this exact credential was verified by the HSM within the TTL.
-    pub(crate) fn contains(&self, id: KeyId, secret: &Secret) -> bool {
+    pub(super) fn contains(&self, id: KeyId, secret: &Secret) -> bool {
         match self.entries.get(&id) {
             // blake3::Hash compares in constant time.
             Some((tag, at)) => at.elapsed() < self.ttl && tag == self.tag(id, secret),
@@ -42,7 +42,7 @@ impl AuthCache {
         }
     }
 
-    pub(crate) fn insert(&self, id: KeyId, secret: &Secret) {
+    pub(super) fn insert(&self, id: KeyId, secret: &Secret) {
         self.entries.insert(id, (self.tag(id, secret), Instant::now()));
     }
 }

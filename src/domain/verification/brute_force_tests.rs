@@ -1,15 +1,15 @@
 //! Use-case tests of the brute-force defence: a source failing too often is refused before the
 //! HSM and the database, for a back-off that doubles; other sources are unaffected.
 
-use super::*;
-use crate::domain::throttle::ThrottleConfig;
+use crate::domain::brute_force::BruteForceConfig;
+use crate::domain::testing::*;
 
 const N: u32 = 5;
 
-async fn throttled() -> Fixture {
-    fixture_with(KeysConfig {
-        brute_force: ThrottleConfig { max_failures: N, ..ThrottleConfig::default() },
-        ..KeysConfig::default()
+async fn defended() -> Fixture {
+    fixture_with(ServicesConfig {
+        brute_force: BruteForceConfig { max_failures: N, ..BruteForceConfig::default() },
+        ..ServicesConfig::default()
     })
     .await
 }
@@ -27,7 +27,7 @@ fn from(ip: &str) -> RequestContext {
 
 impl Fixture {
     async fn verify_from(&self, key: &str, client_ip: &str) -> Result<VerifyCode> {
-        self.keys.verify(&self.root, req(key, client_ip, &[])).await.map(|v| v.code)
+        self.verify.verify(&self.root, req(key, client_ip, &[])).await.map(|v| v.code)
     }
 
     /// Fails `n` verifications from `client_ip` with random well-formed keys.
@@ -44,14 +44,14 @@ impl Fixture {
 
 fn retry_after(result: Result<VerifyCode>) -> Duration {
     match result {
-        Err(Error::Throttled(wait)) => wait,
-        other => panic!("expected a throttled source, got {other:?}"),
+        Err(Error::Blocked(wait)) => wait,
+        other => panic!("expected a blocked source, got {other:?}"),
     }
 }
 
 #[tokio::test]
 async fn a_source_is_blocked_after_n_failures_without_touching_the_hsm_or_the_database() {
-    let f = throttled().await;
+    let f = defended().await;
     let good = f.create("svc", &[]).await;
     f.guesses("203.0.113.9", N).await;
     let before = f.hsm_and_store();
@@ -65,7 +65,7 @@ async fn a_source_is_blocked_after_n_failures_without_touching_the_hsm_or_the_da
 
 #[tokio::test]
 async fn the_back_off_doubles_each_time_the_source_trips_again_and_expires() {
-    let f = throttled().await;
+    let f = defended().await;
     let ip = "203.0.113.9";
     f.guesses(ip, N).await;
     assert_eq!(retry_after(f.verify_from(guess().expose(), ip).await), Duration::from_secs(1));
@@ -81,60 +81,60 @@ async fn the_back_off_doubles_each_time_the_source_trips_again_and_expires() {
 
 #[tokio::test]
 async fn successes_neither_clear_the_count_nor_lift_a_block() {
-    let f = throttled().await;
+    let f = defended().await;
     let good = f.create("svc", &[]).await;
     let ip = "203.0.113.9";
     f.guesses(ip, N - 1).await;
     assert_eq!(f.verify_from(good.key.expose(), ip).await.unwrap(), VerifyCode::Valid);
     f.guesses(ip, 1).await;
-    assert!(matches!(f.verify_from(good.key.expose(), ip).await, Err(Error::Throttled(_))));
+    assert!(matches!(f.verify_from(good.key.expose(), ip).await, Err(Error::Blocked(_))));
 }
 
 #[tokio::test]
 async fn without_client_ip_the_caller_is_the_source() {
-    let f = throttled().await;
+    let f = defended().await;
     let gateway = f.create("gateway", &["keyward:verify"]).await;
-    let gateway = f.keys.authenticate(Some(gateway.key.expose()), &RequestContext::default()).await.unwrap();
+    let gateway = f.auth.authenticate(Some(gateway.key.expose()), &RequestContext::default()).await.unwrap();
     for _ in 0..N {
-        let v = f.keys.verify(&gateway, req(guess().expose(), "", &[])).await.unwrap();
+        let v = f.verify.verify(&gateway, req(guess().expose(), "", &[])).await.unwrap();
         assert_eq!(v.code, VerifyCode::Invalid);
     }
-    assert!(matches!(f.keys.verify(&gateway, req(guess().expose(), "", &[])).await, Err(Error::Throttled(_))));
+    assert!(matches!(f.verify.verify(&gateway, req(guess().expose(), "", &[])).await, Err(Error::Blocked(_))));
     assert!(f.verify_from(guess().expose(), "").await.is_ok(), "another caller (root) is not blocked");
 }
 
 #[tokio::test]
 async fn failed_authentications_block_the_peer_but_proven_credentials_still_pass() {
-    let f = throttled().await;
+    let f = defended().await;
     let other = f.create("other", &[]).await;
     let attacker = from("10.9.9.9");
     for _ in 0..N {
-        let e = f.keys.authenticate(Some(guess().expose()), &attacker).await.unwrap_err();
+        let e = f.auth.authenticate(Some(guess().expose()), &attacker).await.unwrap_err();
         assert!(matches!(e, Error::Unauthenticated(_)), "{e:?}");
     }
     let before = f.hsm_and_store();
-    assert!(matches!(f.keys.authenticate(Some(guess().expose()), &attacker).await, Err(Error::Throttled(_))));
-    assert!(matches!(f.keys.authenticate(None, &attacker).await, Err(Error::Throttled(_))));
+    assert!(matches!(f.auth.authenticate(Some(guess().expose()), &attacker).await, Err(Error::Blocked(_))));
+    assert!(matches!(f.auth.authenticate(None, &attacker).await, Err(Error::Blocked(_))));
     assert!(
-        matches!(f.keys.authenticate(Some(other.key.expose()), &attacker).await, Err(Error::Throttled(_))),
+        matches!(f.auth.authenticate(Some(other.key.expose()), &attacker).await, Err(Error::Blocked(_))),
         "a key never proven is not let through a blocked address"
     );
     assert_eq!(f.hsm_and_store(), before, "no HSM call and no store read while blocked");
-    let root = f.keys.authenticate(Some(&f.root_key), &attacker).await.expect("a credential proven lately passes");
+    let root = f.auth.authenticate(Some(&f.root_key), &attacker).await.expect("a credential proven lately passes");
     assert_eq!(root.key_id, f.root.key_id);
-    f.keys.authenticate(Some(other.key.expose()), &from("10.9.9.10")).await.expect("another address");
+    f.auth.authenticate(Some(other.key.expose()), &from("10.9.9.10")).await.expect("another address");
 }
 
 #[tokio::test]
 async fn refused_calls_of_a_blocked_source_are_audited_with_the_block() {
-    let f = throttled().await;
+    let f = defended().await;
     f.guesses("203.0.113.9", N).await;
     for _ in 0..3 {
         assert!(f.verify_from(guess().expose(), "203.0.113.9").await.is_err());
     }
-    f.keys.flush_auth_failures().await.unwrap();
+    f.auth.flush_auth_failures().await.unwrap();
     let q = crate::domain::audit::AuditQuery { code: Some("RESOURCE_EXHAUSTED".into()), ..Default::default() };
-    let (events, _) = f.keys.query_events(&f.root, &q, 10, "").unwrap();
+    let (events, _) = f.audit.query_events(&f.root, &q, 10, "").unwrap();
     assert_eq!(events.len(), 1, "{events:?}");
     let e = &events[0].event;
     assert_eq!(e.action, AuditAction::AuthFailed);
@@ -145,9 +145,9 @@ async fn refused_calls_of_a_blocked_source_are_audited_with_the_block() {
 
 #[tokio::test]
 async fn disabled_it_never_blocks() {
-    let f = fixture_with(KeysConfig {
-        brute_force: ThrottleConfig { enabled: false, max_failures: 1, ..ThrottleConfig::default() },
-        ..KeysConfig::default()
+    let f = fixture_with(ServicesConfig {
+        brute_force: BruteForceConfig { enabled: false, max_failures: 1, ..BruteForceConfig::default() },
+        ..ServicesConfig::default()
     })
     .await;
     f.guesses("203.0.113.9", 10).await;

@@ -2,12 +2,12 @@
 //! event; a mutation whose audit event cannot be sealed does not happen; queries page through
 //! the indexes.
 
-use super::*;
 use crate::domain::audit::{AuditQuery, ChainReport};
+use crate::domain::testing::*;
 
 impl Fixture {
     async fn chain(&self) -> ChainReport {
-        self.keys.verify_chain(&self.root, 0, 0).await.unwrap()
+        self.audit.verify_chain(&self.root, 0, 0).await.unwrap()
     }
 
     /// A trail of `n` events besides init's: creates and revokes.
@@ -30,7 +30,7 @@ async fn an_untouched_chain_verifies_end_to_end_and_in_ranges() {
     f.trail(5).await;
     let r = f.chain().await;
     assert_eq!((r.first, r.last, r.checked, r.unsealed, r.broken.clone()), (1, 6, 6, 0, None), "{r:?}");
-    let part = f.keys.verify_chain(&f.root, 3, 5).await.unwrap();
+    let part = f.audit.verify_chain(&f.root, 3, 5).await.unwrap();
     assert_eq!((part.first, part.last, part.checked, part.broken), (3, 5, 3, None));
 }
 
@@ -109,7 +109,7 @@ async fn queries_page_through_one_keys_events_newest_first() {
     let q = AuditQuery { key: Some(id), newest_first: true, ..Default::default() };
     let (mut seen, mut token) = (Vec::new(), String::new());
     loop {
-        let (page, next) = f.keys.query_events(&f.root, &q, 2, &token).unwrap();
+        let (page, next) = f.audit.query_events(&f.root, &q, 2, &token).unwrap();
         seen.extend(page);
         match next {
             Some(t) => token = t,
@@ -121,12 +121,12 @@ async fn queries_page_through_one_keys_events_newest_first() {
     assert!(seen.windows(2).all(|w| w[0].seq > w[1].seq), "newest first");
     assert!(seen.iter().all(|e| e.event.target == Some(id)));
     let updates = AuditQuery { action: Some(AuditAction::KeyUpdated), ..Default::default() };
-    assert_eq!(f.keys.query_events(&f.root, &updates, 100, "").unwrap().0.len(), 4);
+    assert_eq!(f.audit.query_events(&f.root, &updates, 100, "").unwrap().0.len(), 4);
     let later = AuditQuery { since: Some(f.clock.now() + Duration::from_secs(1)), ..Default::default() };
-    assert!(f.keys.query_events(&f.root, &later, 100, "").unwrap().0.is_empty());
+    assert!(f.audit.query_events(&f.root, &later, 100, "").unwrap().0.is_empty());
     let nobody = f.create("nobody", &[]).await;
-    let nobody = f.keys.authenticate(Some(nobody.key.expose()), &ctx).await.unwrap();
-    assert!(matches!(f.keys.query_events(&nobody, &q, 10, ""), Err(Error::PermissionDenied(_))));
+    let nobody = f.auth.authenticate(Some(nobody.key.expose()), &ctx).await.unwrap();
+    assert!(matches!(f.audit.query_events(&nobody, &q, 10, ""), Err(Error::PermissionDenied(_))));
 }
 
 #[tokio::test]
@@ -136,16 +136,16 @@ async fn refused_calls_are_audited_grouped_by_source_and_code() {
     let weak = f.create("weak", &["keyward:verify"]).await;
     let wrong = key_format::render("kw", weak.record.id, &crate::domain::secret::Secret::from_bytes([9; 32]));
     for _ in 0..3 {
-        assert!(f.keys.authenticate(Some(wrong.expose()), &from("10.0.0.66")).await.is_err());
+        assert!(f.auth.authenticate(Some(wrong.expose()), &from("10.0.0.66")).await.is_err());
     }
-    assert!(f.keys.authenticate(None, &from("10.0.0.67")).await.is_err());
-    let caller = f.keys.authenticate(Some(weak.key.expose()), &from("10.0.0.68")).await.unwrap();
+    assert!(f.auth.authenticate(None, &from("10.0.0.67")).await.is_err());
+    let caller = f.auth.authenticate(Some(weak.key.expose()), &from("10.0.0.68")).await.unwrap();
     assert!(f.keys.get(&caller, &weak.record.id.to_string()).is_err());
-    assert_eq!(f.keys.flush_auth_failures().await.unwrap(), 3);
-    assert_eq!(f.keys.flush_auth_failures().await.unwrap(), 0, "written once");
+    assert_eq!(f.auth.flush_auth_failures().await.unwrap(), 3);
+    assert_eq!(f.auth.flush_auth_failures().await.unwrap(), 0, "written once");
 
     let query = |code: &str| AuditQuery { code: Some(code.into()), ..Default::default() };
-    let (unauth, _) = f.keys.query_events(&f.root, &query("UNAUTHENTICATED"), 10, "").unwrap();
+    let (unauth, _) = f.audit.query_events(&f.root, &query("UNAUTHENTICATED"), 10, "").unwrap();
     let summary: Vec<_> = unauth
         .iter()
         .map(|e| (e.event.client_addr.clone().unwrap(), e.event.target, e.event.reason.clone().unwrap()))
@@ -157,7 +157,7 @@ async fn refused_calls_are_audited_grouped_by_source_and_code() {
             ("10.0.0.67".into(), None, "1 call refused: missing credential: send `authorization: Bearer <key>`".into()),
         ]
     );
-    let (denied, _) = f.keys.query_events(&f.root, &query("PERMISSION_DENIED"), 10, "").unwrap();
+    let (denied, _) = f.audit.query_events(&f.root, &query("PERMISSION_DENIED"), 10, "").unwrap();
     assert_eq!(denied.len(), 1);
     assert_eq!(denied[0].event.actor, crate::domain::audit::Actor::Key(weak.record.id));
     assert_eq!(denied[0].event.reason.as_deref(), Some("1 call refused: needs the `keyward:keys:read` permission"));

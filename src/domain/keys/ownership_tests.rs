@@ -1,7 +1,7 @@
 //! Use-case tests of key ownership: team-scoped permissions reach only their teams' keys, other
 //! teams' keys are not found, and no team admin escalates to other teams or to every key.
 
-use super::*;
+use crate::domain::testing::*;
 
 const CTX: RequestContext = RequestContext { client_addr: None };
 
@@ -22,7 +22,7 @@ impl Fixture {
     /// A caller holding `scopes`, owned by no team.
     async fn caller(&self, scopes: &[&str]) -> Caller {
         let key = self.create("admin", scopes).await;
-        self.keys.authenticate(Some(key.key.expose()), &CTX).await.unwrap()
+        self.auth.authenticate(Some(key.key.expose()), &CTX).await.unwrap()
     }
 
     fn events(&self) -> usize {
@@ -64,7 +64,7 @@ async fn a_team_admin_manages_its_teams_keys_and_finds_no_other() {
     }
     assert_eq!(f.events(), before, "nothing was written");
     // The probes are in the audit trail as refused calls, one group per permission.
-    f.keys.flush_auth_failures().await.unwrap();
+    f.auth.flush_auth_failures().await.unwrap();
     let probes: Vec<AuditEvent> =
         f.store.audit_after(0, 1000).unwrap().into_iter().skip(before).map(|e| e.event).collect();
     assert_eq!(probes.len(), 4, "read, update, revoke, rotate: {probes:?}");
@@ -204,10 +204,10 @@ async fn team_suffixes_grant_nothing_outside_key_management() {
     assert!(matches!(err, Error::InvalidArgument { field: "scopes", .. }), "{err:?}");
     let team_root = f.caller(&["keyward:*@team-a"]).await;
     let target = f.create("svc", &[]).await;
-    let err = f.keys.verify(&team_root, req(target.key.expose(), "", &[])).await.unwrap_err();
+    let err = f.verify.verify(&team_root, req(target.key.expose(), "", &[])).await.unwrap_err();
     assert!(matches!(err, Error::PermissionDenied(_)), "{err:?}");
     let err = f.keys.sweep_as(&team_root, true, &CTX).await.unwrap_err();
     assert!(matches!(err, Error::PermissionDenied(_)), "{err:?}");
-    let err = f.keys.master_status(&team_root, false).unwrap_err();
+    let err = f.master.master_status(&team_root, false).unwrap_err();
     assert!(matches!(err, Error::PermissionDenied(_)), "{err:?}");
 }

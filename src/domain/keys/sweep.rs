@@ -6,13 +6,14 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::{
+use super::{KeyAdmin, key_event};
+use crate::domain::{
+    access::{Caller, Permission, RequestContext},
     audit::{Actor, AuditAction, AuditEvent, FieldChange},
     error::Result,
-    key::{KeyId, KeyRecord, KeyState},
+    key::{self, KeyRecord, KeyState},
     policy::RotationRules,
     ports::{Hsm, Store},
-    service::{Caller, Keys, Permission, RequestContext, audit},
 };
 
 /// What a sweep did, or with `dry_run`, would do.
@@ -59,33 +60,29 @@ fn reapable(
         && last_activity(r, pending).checked_add(after).is_some_and(|at| now >= at)
 }
 
-impl<H: Hsm, S: Store> Keys<H, S> {
-    fn pending_use(&self, id: KeyId) -> Option<SystemTime> {
-        self.usage.peek(id).and_then(|d| d.last_valid.map(|(at, _)| at))
-    }
-
+impl<H: Hsm, S: Store> KeyAdmin<H, S> {
     /// SweepKeys: the sweep, on a caller's request (`keyward:keys:update`; a dry run, which
     /// only lists, `keyward:keys:read`).
     pub async fn sweep_as(&self, caller: &Caller, dry_run: bool, ctx: &RequestContext) -> Result<SweepReport> {
-        self.authorize(caller, if dry_run { Permission::KeysRead } else { Permission::KeysUpdate })?;
+        self.access.authorize(caller, if dry_run { Permission::KeysRead } else { Permission::KeysUpdate })?;
         self.sweep(Actor::Key(caller.key_id), dry_run, ctx).await
     }
 
     /// One pass over every key. Each change is decided again inside its write, so a key used or
     /// changed since the scan is left alone.
     pub async fn sweep(&self, actor: Actor, dry_run: bool, ctx: &RequestContext) -> Result<SweepReport> {
-        let now = self.clock.now();
-        let rules = self.config.rotation.rules;
-        let inactive_after = self.config.rotation.inactive_after;
+        let now = self.deps.clock.now();
+        let rules = self.rotation.rules;
+        let inactive_after = self.rotation.inactive_after;
         let mut report = SweepReport::default();
         let mut expire = Vec::new();
         let mut reap = Vec::new();
-        for record in self.store.scan_keys(None) {
+        for record in self.deps.store.scan_keys(None) {
             let record = record?;
             if age_deadline(&record, now, &rules).is_some() {
                 expire.push(record);
             } else if inactive_after
-                .is_some_and(|after| reapable(&record, now, self.pending_use(record.id), after, &rules))
+                .is_some_and(|after| reapable(&record, now, self.ledger.pending_use(record.id), after, &rules))
             {
                 reap.push(record);
             }
@@ -97,12 +94,13 @@ impl<H: Hsm, S: Store> Keys<H, S> {
         }
         for record in expire {
             let id = record.id;
-            let base = audit(now, actor.clone(), AuditAction::KeyExpired, id, ctx, None);
+            let base = key_event(now, actor.clone(), AuditAction::KeyExpired, id, ctx, None);
             let updated = self
+                .deps
                 .store
                 .update_key(id, move |current| {
                     let Some(deadline) = age_deadline(current, now, &rules) else { return Ok(None) };
-                    let age = current.max_age.map(super::key::duration_text).unwrap_or_default();
+                    let age = current.max_age.map(key::duration_text).unwrap_or_default();
                     let mut next = current.clone();
                     next.expires_at = Some(deadline);
                     next.updated_at = Some(now);
@@ -126,16 +124,17 @@ impl<H: Hsm, S: Store> Keys<H, S> {
             }
         }
         let Some(after) = inactive_after else { return Ok(report) };
-        let unused = super::key::duration_text(after);
+        let unused = key::duration_text(after);
         for record in reap {
             let id = record.id;
             let reason = format!("unused for {unused}");
-            let event = audit(now, actor.clone(), AuditAction::KeyDisabled, id, ctx, Some(reason.clone()));
+            let event = key_event(now, actor.clone(), AuditAction::KeyDisabled, id, ctx, Some(reason.clone()));
             // Held while deciding and writing, so a use is either still in memory or already in
             // the record the transaction reads, never in between (in a flush).
-            let _flushing = self.usage_flush.lock().await;
-            let pending = self.pending_use(id);
+            let _flushing = self.ledger.hold_usage().await;
+            let pending = self.ledger.pending_use(id);
             let updated = self
+                .deps
                 .store
                 .update_key(id, move |current| {
                     if !reapable(current, now, pending, after, &rules) {

@@ -1,14 +1,14 @@
 //! Use-case tests of the usage log: a record per verification, KeyUsage and QueryUsage over
 //! it, and a full queue's overflow counted and audited.
 
-use super::*;
+use crate::domain::testing::*;
 use crate::domain::{
     audit::{AuditAction, AuditQuery},
     usage_log::{UsageLogConfig, UsageQuery},
 };
 
-fn with_usage_log(usage_log: UsageLogConfig) -> KeysConfig {
-    KeysConfig { usage_log, ..KeysConfig::default() }
+fn with_usage_log(usage_log: UsageLogConfig) -> ServicesConfig {
+    ServicesConfig { usage_log, ..ServicesConfig::default() }
 }
 
 #[tokio::test]
@@ -18,17 +18,17 @@ async fn every_verification_is_logged_with_its_key_code_address_and_caller() {
     let id = key.record.id;
     let secret = key.key.expose().to_owned();
     for ip in ["10.0.0.1", "10.0.0.1", "10.0.0.2"] {
-        assert_eq!(f.keys.verify(&f.root, req(&secret, ip, &[])).await.unwrap().code, VerifyCode::Valid);
+        assert_eq!(f.verify.verify(&f.root, req(&secret, ip, &[])).await.unwrap().code, VerifyCode::Valid);
     }
     let scopes = strings(&["write"]);
-    f.keys.verify(&f.root, req(&secret, "10.0.0.2", &scopes)).await.unwrap();
+    f.verify.verify(&f.root, req(&secret, "10.0.0.2", &scopes)).await.unwrap();
     let wrong = key_format::render("kw", id, &crate::domain::secret::Secret::from_bytes([7; 32]));
-    f.keys.verify(&f.root, req(wrong.expose(), "10.6.6.6", &[])).await.unwrap();
-    f.keys.verify(&f.root, req("garbage", "10.6.6.6", &[])).await.unwrap();
-    let w = f.keys.flush_usage_log().await.unwrap();
+    f.verify.verify(&f.root, req(wrong.expose(), "10.6.6.6", &[])).await.unwrap();
+    f.verify.verify(&f.root, req("garbage", "10.6.6.6", &[])).await.unwrap();
+    let w = f.verify.flush_usage_log().await.unwrap();
     assert_eq!((w.written, w.dropped), (6, 0));
 
-    let usage = f.keys.key_usage(&f.root, id, None, None).unwrap();
+    let usage = f.audit.key_usage(&f.root, id, None, None).unwrap();
     assert_eq!(usage.total, 5, "the wrong-secret try names the key; the garbage one names none");
     assert_eq!(usage.by_code[&VerifyCode::Valid], 3);
     assert_eq!(usage.by_code[&VerifyCode::InsufficientScope], 1);
@@ -36,16 +36,16 @@ async fn every_verification_is_logged_with_its_key_code_address_and_caller() {
     assert_eq!(usage.by_client_ip[&Some("10.0.0.2".parse().unwrap())], (2, 1));
 
     let invalid = UsageQuery { code: Some(VerifyCode::Invalid), ..Default::default() };
-    let (records, next) = f.keys.query_usage(&f.root, &invalid, 10, "").unwrap();
+    let (records, next) = f.audit.query_usage(&f.root, &invalid, 10, "").unwrap();
     assert_eq!(next, None);
     assert_eq!(records.len(), 2);
     assert!(records.iter().all(|r| r.caller == Some(f.root.key_id) && r.at == f.clock.now()));
     assert_eq!(records.iter().map(|r| r.key_id).collect::<Vec<_>>(), vec![Some(id), None]);
 
     let reader = f.create("reader", &["keyward:verify"]).await;
-    let reader = f.keys.authenticate(Some(reader.key.expose()), &RequestContext::default()).await.unwrap();
-    assert!(matches!(f.keys.key_usage(&reader, id, None, None), Err(Error::PermissionDenied(_))));
-    assert!(matches!(f.keys.query_usage(&reader, &invalid, 10, ""), Err(Error::PermissionDenied(_))));
+    let reader = f.auth.authenticate(Some(reader.key.expose()), &RequestContext::default()).await.unwrap();
+    assert!(matches!(f.audit.key_usage(&reader, id, None, None), Err(Error::PermissionDenied(_))));
+    assert!(matches!(f.audit.query_usage(&reader, &invalid, 10, ""), Err(Error::PermissionDenied(_))));
 }
 
 #[tokio::test]
@@ -53,17 +53,17 @@ async fn a_full_queue_drops_counts_and_audits_how_many() {
     let f = fixture_with(with_usage_log(UsageLogConfig { queue_capacity: 3, ..Default::default() })).await;
     let key = f.create("busy", &[]).await;
     for _ in 0..10 {
-        f.keys.verify(&f.root, req(key.key.expose(), "", &[])).await.unwrap();
+        f.verify.verify(&f.root, req(key.key.expose(), "", &[])).await.unwrap();
     }
     // The writer was not running: 3 queued, 7 dropped.
-    let w = f.keys.write_usage_log().await.unwrap();
+    let w = f.verify.write_usage_log().await.unwrap();
     assert_eq!((w.written, w.dropped, w.depth), (3, 7, 0));
-    assert_eq!(f.keys.key_usage(&f.root, key.record.id, None, None).unwrap().total, 3);
+    assert_eq!(f.audit.key_usage(&f.root, key.record.id, None, None).unwrap().total, 3);
     let dropped = AuditQuery { action: Some(AuditAction::UsageDropped), ..Default::default() };
-    let (events, _) = f.keys.query_events(&f.root, &dropped, 10, "").unwrap();
+    let (events, _) = f.audit.query_events(&f.root, &dropped, 10, "").unwrap();
     assert_eq!(events.len(), 1);
     assert!(events[0].event.reason.as_deref().unwrap().starts_with("7 usage records dropped"), "{events:?}");
-    assert_eq!(f.keys.verify_chain(&f.root, 0, 0).await.unwrap().broken, None);
+    assert_eq!(f.audit.verify_chain(&f.root, 0, 0).await.unwrap().broken, None);
 }
 
 #[tokio::test]
@@ -73,16 +73,16 @@ async fn retention_keeps_the_newest_and_prunes_by_age() {
     let f = fixture_with(with_usage_log(config)).await;
     let key = f.create("k", &[]).await;
     for _ in 0..6 {
-        f.keys.verify(&f.root, req(key.key.expose(), "", &[])).await.unwrap();
+        f.verify.verify(&f.root, req(key.key.expose(), "", &[])).await.unwrap();
     }
-    let w = f.keys.flush_usage_log().await.unwrap();
+    let w = f.verify.flush_usage_log().await.unwrap();
     assert_eq!((w.written, w.pruned), (6, 2));
-    assert_eq!(f.keys.key_usage(&f.root, key.record.id, None, None).unwrap().total, 4);
+    assert_eq!(f.audit.key_usage(&f.root, key.record.id, None, None).unwrap().total, 4);
     f.clock.advance(Duration::from_secs(3601));
-    f.keys.verify(&f.root, req(key.key.expose(), "", &[])).await.unwrap();
-    let w = f.keys.flush_usage_log().await.unwrap();
+    f.verify.verify(&f.root, req(key.key.expose(), "", &[])).await.unwrap();
+    let w = f.verify.flush_usage_log().await.unwrap();
     assert_eq!((w.written, w.pruned), (1, 4), "the four older than an hour go");
-    let usage = f.keys.key_usage(&f.root, key.record.id, None, None).unwrap();
+    let usage = f.audit.key_usage(&f.root, key.record.id, None, None).unwrap();
     assert_eq!((usage.total, usage.first_at), (1, Some(f.clock.now())));
 }
 
@@ -90,7 +90,7 @@ async fn retention_keeps_the_newest_and_prunes_by_age() {
 async fn with_the_log_off_nothing_is_kept() {
     let f = fixture_with(with_usage_log(UsageLogConfig { enabled: false, ..Default::default() })).await;
     let key = f.create("k", &[]).await;
-    f.keys.verify(&f.root, req(key.key.expose(), "", &[])).await.unwrap();
-    assert_eq!(f.keys.flush_usage_log().await.unwrap().written, 0);
-    assert_eq!(f.keys.key_usage(&f.root, key.record.id, None, None).unwrap().total, 0);
+    f.verify.verify(&f.root, req(key.key.expose(), "", &[])).await.unwrap();
+    assert_eq!(f.verify.flush_usage_log().await.unwrap().written, 0);
+    assert_eq!(f.audit.key_usage(&f.root, key.record.id, None, None).unwrap().total, 0);
 }

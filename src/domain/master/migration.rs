@@ -1,0 +1,111 @@
+//! The background re-digest after a master key rotation: every digest not under the new
+//! version is wrapped under it, a batch per transaction with a checkpoint, so that the job
+//! resumes after a restart.
+
+use super::{MasterKeys, digest_needed, master_event};
+use crate::domain::{
+    access::RequestContext,
+    audit::{Actor, AuditAction, AuditEvent},
+    error::{Error, Result},
+    key::{Digest, KeyId, MasterKeyVersion},
+    ports::{DigestSwap, Hsm, Migration, Store},
+};
+
+impl<H: Hsm, S: Store> MasterKeys<H, S> {
+    /// The background re-digest: runs while a migration is recorded (so it resumes after a
+    /// restart), then waits for the next rotation. Never returns.
+    pub async fn run_migrations(&self) {
+        loop {
+            if self.master_state().migration.is_none() {
+                self.migration_wake.notified().await;
+                continue;
+            }
+            match self.migrate_batch().await {
+                Ok(true) if !self.migration.pause.is_zero() => tokio::time::sleep(self.migration.pause).await,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "master key re-digest batch failed; retrying in 1 s");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    /// Wraps the next batch of digests under the migration's version and records them with the
+    /// checkpoint in one transaction. Returns whether keys remain.
+    pub async fn migrate_batch(&self) -> Result<bool> {
+        let Some(migration) = self.master_state().migration else { return Ok(false) };
+        let to = migration.to;
+        let batch_size = self.migration.batch.max(1);
+        let mut todo: Vec<(KeyId, Digest)> = Vec::new();
+        let mut last = migration.after;
+        let mut scanned = 0;
+        let now = self.deps.clock.now();
+        for record in self.deps.store.scan_keys(migration.after).take(batch_size) {
+            let record = record?;
+            scanned += 1;
+            last = Some(record.id);
+            if digest_needed(&record, now) && record.digest.version != to {
+                todo.push((record.id, record.digest));
+            }
+        }
+        let done = scanned < batch_size;
+        let swaps = self.wrap_all(todo, to).await?;
+
+        let _ops = self.ops.lock().await;
+        let mut state = self.master_state();
+        if state.migration.as_ref().map(|m| (m.to, m.after)) != Some((to, migration.after)) {
+            return Ok(true); // Changed under us; start again from the recorded checkpoint.
+        }
+        let wrapped = migration.wrapped + swaps.len() as u64;
+        let now = self.deps.clock.now();
+        let event = done.then(|| {
+            let took = now.duration_since(migration.started_at).unwrap_or_default();
+            AuditEvent {
+                reason: Some(format!(
+                    "{wrapped} keys re-digested under master key {to} in {}",
+                    humantime::format_duration(std::time::Duration::from_millis(took.as_millis() as u64))
+                )),
+                ..master_event(
+                    now,
+                    Actor::System("migration".into()),
+                    AuditAction::MasterMigrated,
+                    &RequestContext::default(),
+                )
+            }
+        });
+        state.migration = (!done).then_some(Migration { after: last, wrapped, ..migration });
+        self.deps.store.replace_digests(swaps, Some((state.clone(), event))).await?;
+        self.view.set(state);
+        if done {
+            tracing::info!(%to, wrapped, "master key re-digest finished");
+        }
+        Ok(!done)
+    }
+
+    /// Each digest wrapped under `to`, at most `migration.concurrency` HSM calls at a time.
+    async fn wrap_all(&self, todo: Vec<(KeyId, Digest)>, to: MasterKeyVersion) -> Result<Vec<DigestSwap>> {
+        let limit = self.migration.concurrency.max(1);
+        let mut running = tokio::task::JoinSet::new();
+        let mut swaps = Vec::with_capacity(todo.len());
+        let joined = |r: std::result::Result<Result<DigestSwap>, tokio::task::JoinError>| {
+            r.map_err(|e| Error::Unavailable(format!("re-digest task: {e}")))?
+        };
+        for (id, expected) in todo {
+            if running.len() >= limit
+                && let Some(r) = running.join_next().await
+            {
+                swaps.push(joined(r)?);
+            }
+            let hsm = self.deps.hsm.clone();
+            running.spawn(async move {
+                let new = hsm.wrap(&expected, to).await?;
+                Ok(DigestSwap { id, expected, new })
+            });
+        }
+        while let Some(r) = running.join_next().await {
+            swaps.push(joined(r)?);
+        }
+        Ok(swaps)
+    }
+}
