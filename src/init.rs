@@ -152,6 +152,7 @@ async fn provision(opts: &Options, config: &Config) -> Result<KeyString, AppErro
             db.display()
         )));
     }
+    let pkcs11 = pkcs11_config(config)?;
     let partial = opts.data_dir.join(PARTIAL_DB);
     let resuming = partial.exists();
     let partial_db = partial.join("db");
@@ -169,8 +170,13 @@ async fn provision(opts: &Options, config: &Config) -> Result<KeyString, AppErro
         private_dir(&partial)?;
         sync_dir(&opts.data_dir)?;
     }
-    let pkcs11 = pkcs11_config(config)?;
-    hsm::create_master_key(&pkcs11, FIRST_VERSION, resuming)?;
+    if let Err(e) = hsm::create_master_key(&pkcs11, FIRST_VERSION, resuming) {
+        if !resuming {
+            // Nothing was made: the next `init` must not take a key it finds for its own.
+            let _ = fs::remove_dir(&partial);
+        }
+        return Err(e.into());
+    }
     let hsm = Pkcs11Hsm::open(pkcs11)?;
     hsm.require_master_key(FIRST_VERSION)?;
     private_dir(&partial_db)?;
