@@ -498,6 +498,40 @@ mod tests {
     }
 
     #[test]
+    fn admin_commands_parse_their_subcommand_server_and_credential() {
+        let cli = Cli::try_parse_from([
+            "keyward",
+            "master",
+            "rotate",
+            "--wait",
+            "--target",
+            "h:1",
+            "--ca-cert",
+            "ca.pem",
+            "--client-cert",
+            "c.pem",
+            "--client-key",
+            "c.key",
+        ])
+        .unwrap();
+        let Command::Master(m) = cli.command else { panic!("master expected") };
+        assert!(matches!(m.command, admin::MasterCommand::Rotate { wait: true }));
+        assert_eq!((m.target.as_str(), m.key_file), ("h:1", None));
+        assert_eq!(
+            (m.tls.ca, m.tls.cert, m.tls.key),
+            (Some("ca.pem".into()), Some("c.pem".into()), Some("c.key".into()))
+        );
+
+        let cli =
+            Cli::try_parse_from(["keyward", "audit", "--key-file", "k", "query", "--code", "UNAUTHENTICATED"]).unwrap();
+        let Command::Audit(a) = cli.command else { panic!("audit expected") };
+        let admin::AuditCommand::Query { code, limit, .. } = a.command else { panic!("query expected") };
+        assert_eq!((code.as_str(), limit, a.key_file), ("UNAUTHENTICATED", 100, Some("k".into())));
+        assert_eq!(a.target, "127.0.0.1:50051");
+        assert!(Cli::try_parse_from(["keyward", "master", "retire"]).is_err(), "retire needs a version");
+    }
+
+    #[test]
     fn bench_subcommands_still_parse() {
         let cli = Cli::try_parse_from(["keyward", "bench", "verify", "--key-file", "k", "--policies"]).unwrap();
         assert!(matches!(cli.command, Command::Bench(BenchArgs { command: Some(BenchCommand::Verify { .. }), .. })));
