@@ -90,14 +90,14 @@ fn admin_key(key_file: Option<&Path>, tls: &ClientTls, scope: &str) -> Result<Op
 pub struct ClientTls {
     /// Connect with TLS, trusting this PEM CA for the server's certificate (the --target host
     /// must be a name or address in it).
-    #[arg(long = "ca-cert", global = true, env = "KEYWARD_CA_CERT")]
+    #[arg(long = "ca-cert", value_name = "CA_CERT", global = true, env = "KEYWARD_CA_CERT")]
     pub ca: Option<PathBuf>,
     /// mTLS: present this PEM client certificate; mapped to a key in [tls.identities], it
     /// stands in for --key-file.
-    #[arg(long = "client-cert", global = true, env = "KEYWARD_CLIENT_CERT")]
+    #[arg(long = "client-cert", value_name = "CLIENT_CERT", global = true, env = "KEYWARD_CLIENT_CERT")]
     pub cert: Option<PathBuf>,
     /// The PEM private key of --client-cert.
-    #[arg(long = "client-key", global = true, env = "KEYWARD_CLIENT_KEY")]
+    #[arg(long = "client-key", value_name = "CLIENT_KEY", global = true, env = "KEYWARD_CLIENT_KEY")]
     pub key: Option<PathBuf>,
 }
 
