@@ -4,7 +4,6 @@
 //! ceiling that verification cannot pass.
 
 use std::{
-    path::Path,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -525,11 +524,8 @@ pub async fn hsm_direct(
     Ok(merge(parts, start.elapsed()))
 }
 
-/// Reads a key file's first line.
-pub fn read_key_file(path: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    Ok(text.lines().next().unwrap_or_default().trim().to_owned())
-}
+/// Moved to the admin commands, which read key files too.
+pub use crate::admin::read_key_file;
 
 #[cfg(test)]
 mod tests {

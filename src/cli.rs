@@ -1,10 +1,11 @@
-//! The command line: `keyward init` and `keyward serve`.
+//! The command line: clap's definition of every command, and the dispatch to the module that
+//! runs it (`init`, `app::serve`, `admin`, the benches).
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{app, telemetry};
+use crate::{admin, app, init, server::Serving, telemetry};
 
 #[derive(Parser, Debug)]
 #[command(name = "keyward", version, about = "Self-hosted API-key service with its master key in a PKCS#11 HSM")]
@@ -27,135 +28,9 @@ enum Command {
     /// measure one thing each.
     Bench(BenchArgs),
     /// The HSM master key of a running server: status, rotate, retire.
-    Master(MasterArgs),
+    Master(admin::MasterArgs),
     /// The audit trail of a running server: verify the chain, query, export, checkpoint, usage.
-    Audit(AuditArgs),
-}
-
-#[derive(Args, Debug)]
-struct AuditArgs {
-    #[command(subcommand)]
-    command: AuditSub,
-    /// Server address.
-    #[arg(long, global = true, default_value = "127.0.0.1:50051", env = "KEYWARD_TARGET")]
-    target: String,
-    /// File whose first line is a key holding `keyward:audit:read`, e.g. DATA_DIR/root.key.
-    #[arg(long, global = true, env = "KEYWARD_KEY_FILE")]
-    key_file: Option<PathBuf>,
-    #[command(flatten)]
-    tls: ClientTlsArgs,
-}
-
-/// TLS for the admin commands.
-#[derive(Args, Debug)]
-struct ClientTlsArgs {
-    /// Connect with TLS, trusting this PEM CA for the server's certificate (the --target host
-    /// must be a name or address in it).
-    #[arg(long, global = true, env = "KEYWARD_CA_CERT")]
-    ca_cert: Option<PathBuf>,
-    /// mTLS: present this PEM client certificate; mapped to a key in [tls.identities], it
-    /// stands in for --key-file.
-    #[arg(long, global = true, env = "KEYWARD_CLIENT_CERT")]
-    client_cert: Option<PathBuf>,
-    /// The PEM private key of --client-cert.
-    #[arg(long, global = true, env = "KEYWARD_CLIENT_KEY")]
-    client_key: Option<PathBuf>,
-}
-
-impl ClientTlsArgs {
-    fn into_tls(self) -> crate::admin::ClientTls {
-        crate::admin::ClientTls { ca: self.ca_cert, cert: self.client_cert, key: self.client_key }
-    }
-}
-
-#[derive(Subcommand, Debug)]
-enum AuditSub {
-    /// Check every event's MAC in the HSM; exits 1 and names the first broken event if any.
-    Verify {
-        #[arg(long, default_value_t = 0)]
-        from: u64,
-        #[arg(long, default_value_t = 0)]
-        to: u64,
-    },
-    /// Events as JSON lines, newest first.
-    Query {
-        /// Only this key's events.
-        #[arg(long, default_value = "")]
-        key_id: String,
-        /// Only this action, e.g. `key.revoked`, `auth.failed`.
-        #[arg(long, default_value = "")]
-        action: String,
-        /// Only events with this status code, e.g. `UNAUTHENTICATED`.
-        #[arg(long, default_value = "")]
-        code: String,
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
-    },
-    /// One key's verifications counted by code and by client address, as JSON.
-    Usage {
-        #[arg(long)]
-        key_id: String,
-        /// RFC 3339 time, or a duration meaning that long ago (`1h`, `7d`).
-        #[arg(long)]
-        since: Option<String>,
-        /// Exclusive; RFC 3339 time, or a duration meaning that long ago.
-        #[arg(long)]
-        until: Option<String>,
-    },
-    /// Usage-log records (one per verification) as JSON lines, newest first.
-    UsageLog {
-        #[arg(long, default_value = "")]
-        key_id: String,
-        /// Only this verify code, e.g. `INVALID`, `RATE_LIMITED`.
-        #[arg(long, default_value = "")]
-        code: String,
-        /// RFC 3339 time, or a duration meaning that long ago (`1h`, `7d`).
-        #[arg(long)]
-        since: Option<String>,
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
-    },
-    /// Every event in a range as JSON lines, oldest first, with its chain MAC.
-    Export {
-        #[arg(long, default_value_t = 0)]
-        from: u64,
-        #[arg(long, default_value_t = 0)]
-        to: u64,
-    },
-    /// The chain's head (sequence number and MAC), as JSON: keep it outside keyward.
-    Checkpoint,
-}
-
-#[derive(Args, Debug)]
-struct MasterArgs {
-    #[command(subcommand)]
-    command: MasterSub,
-    /// Server address.
-    #[arg(long, global = true, default_value = "127.0.0.1:50051", env = "KEYWARD_TARGET")]
-    target: String,
-    /// File whose first line is a key holding `keyward:master:rotate` (or `:read` for status),
-    /// e.g. DATA_DIR/root.key.
-    #[arg(long, global = true, env = "KEYWARD_KEY_FILE")]
-    key_file: Option<PathBuf>,
-    #[command(flatten)]
-    tls: ClientTlsArgs,
-}
-
-#[derive(Subcommand, Debug)]
-enum MasterSub {
-    /// Versions, the keys that need each, and the re-digest under way.
-    Status,
-    /// Create version N+1 in the HSM and make it current; keys move to it in the background.
-    Rotate {
-        /// Wait until every key verifies under the new version.
-        #[arg(long)]
-        wait: bool,
-    },
-    /// Destroy a version in the HSM once no live key needs it.
-    Retire {
-        /// The version number (as `status` shows it, without the `v`).
-        version: u32,
-    },
+    Audit(admin::AuditArgs),
 }
 
 #[derive(Args, Debug)]
@@ -412,6 +287,12 @@ struct Common {
     dev: bool,
 }
 
+impl Common {
+    fn options(self) -> app::Options {
+        app::Options::new(self.data_dir, self.config, self.dev)
+    }
+}
+
 #[derive(Args, Debug)]
 struct InitArgs {
     #[command(flatten)]
@@ -450,6 +331,23 @@ struct ServeArgs {
     allow_plaintext: bool,
 }
 
+impl ServeArgs {
+    fn serving(&self) -> Serving {
+        Serving {
+            listen: self.listen,
+            addr_file: self.addr_file.clone(),
+            metrics_listen: self.metrics_listen,
+            metrics_addr_file: self.metrics_addr_file.clone(),
+            tls: crate::config::TlsFlags {
+                cert: self.tls_cert.clone(),
+                key: self.tls_key.clone(),
+                client_ca: self.client_ca.clone(),
+            },
+            allow_plaintext: self.allow_plaintext,
+        }
+    }
+}
+
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     // `serve` sets up logging itself, inside its runtime, where the trace exporter lives.
@@ -457,18 +355,10 @@ pub fn run() -> ExitCode {
         telemetry::init(cli.log_format);
     }
     let result = match cli.command {
-        Command::Init(a) => app::init(&app::Options::new(a.common.data_dir, a.common.config, a.common.dev)),
+        Command::Init(a) => init::init(&a.common.options()),
         Command::Serve(a) => {
-            let opts = app::Options::new(a.common.data_dir, a.common.config, a.common.dev);
-            let serving = app::Serving {
-                listen: a.listen,
-                addr_file: a.addr_file,
-                metrics_listen: a.metrics_listen,
-                metrics_addr_file: a.metrics_addr_file,
-                tls: crate::config::TlsFlags { cert: a.tls_cert, key: a.tls_key, client_ca: a.client_ca },
-                allow_plaintext: a.allow_plaintext,
-            };
-            app::serve(&opts, &serving, cli.log_format)
+            let serving = a.serving();
+            app::serve(&a.common.options(), &serving, cli.log_format)
         }
         Command::Bench(BenchArgs {
             command: Some(BenchCommand::Verify { target, key_file, concurrency, connections, seconds, policies }),
@@ -519,28 +409,8 @@ pub fn run() -> ExitCode {
             };
             app::bench_overload(&target, &key_file, &options)
         }
-        Command::Master(a) => {
-            let command = match a.command {
-                MasterSub::Status => crate::admin::MasterCommand::Status,
-                MasterSub::Rotate { wait } => crate::admin::MasterCommand::Rotate { wait },
-                MasterSub::Retire { version } => crate::admin::MasterCommand::Retire { version },
-            };
-            app::master(&a.target, &a.tls.into_tls(), a.key_file.as_deref(), command)
-        }
-        Command::Audit(a) => {
-            use crate::admin::AuditCommand;
-            let command = match a.command {
-                AuditSub::Verify { from, to } => AuditCommand::Verify { from, to },
-                AuditSub::Query { key_id, action, code, limit } => AuditCommand::Query { key_id, action, code, limit },
-                AuditSub::Usage { key_id, since, until } => AuditCommand::Usage { key_id, since, until },
-                AuditSub::UsageLog { key_id, code, since, limit } => {
-                    AuditCommand::UsageLog { key_id, code, since, limit }
-                }
-                AuditSub::Export { from, to } => AuditCommand::Export { from, to },
-                AuditSub::Checkpoint => AuditCommand::Checkpoint,
-            };
-            app::audit(&a.target, &a.tls.into_tls(), a.key_file.as_deref(), command)
-        }
+        Command::Master(a) => admin::run_master(a),
+        Command::Audit(a) => admin::run_audit(a),
         Command::Bench(BenchArgs { command: Some(BenchCommand::Audit { common, events, keys, queries }), .. }) => {
             let opts = app::Options::new(common.data_dir, common.config, common.dev);
             app::bench_audit(&opts, crate::bench_audit::AuditBench { events, keys, queries })
@@ -625,6 +495,40 @@ mod tests {
         assert!(suite(&["--self-host", "--concurrency", "0"]).is_err());
         assert!(suite(&["--self-host", "--seconds", "1", "--count", "5"]).is_err());
         assert!(suite(&["--self-host", "--scenarios", "nope"]).is_err());
+    }
+
+    #[test]
+    fn admin_commands_parse_their_subcommand_server_and_credential() {
+        let cli = Cli::try_parse_from([
+            "keyward",
+            "master",
+            "rotate",
+            "--wait",
+            "--target",
+            "h:1",
+            "--ca-cert",
+            "ca.pem",
+            "--client-cert",
+            "c.pem",
+            "--client-key",
+            "c.key",
+        ])
+        .unwrap();
+        let Command::Master(m) = cli.command else { panic!("master expected") };
+        assert!(matches!(m.command, admin::MasterCommand::Rotate { wait: true }));
+        assert_eq!((m.target.as_str(), m.key_file), ("h:1", None));
+        assert_eq!(
+            (m.tls.ca, m.tls.cert, m.tls.key),
+            (Some("ca.pem".into()), Some("c.pem".into()), Some("c.key".into()))
+        );
+
+        let cli =
+            Cli::try_parse_from(["keyward", "audit", "--key-file", "k", "query", "--code", "UNAUTHENTICATED"]).unwrap();
+        let Command::Audit(a) = cli.command else { panic!("audit expected") };
+        let admin::AuditCommand::Query { code, limit, .. } = a.command else { panic!("query expected") };
+        assert_eq!((code.as_str(), limit, a.key_file), ("UNAUTHENTICATED", 100, Some("k".into())));
+        assert_eq!(a.target, "127.0.0.1:50051");
+        assert!(Cli::try_parse_from(["keyward", "master", "retire"]).is_err(), "retire needs a version");
     }
 
     #[test]

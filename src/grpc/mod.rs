@@ -21,6 +21,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 pub use self::{audit::AuditApi, keys::KeyApi, master::MasterApi, verify::VerifyApi};
 use crate::{
+    config::ServerLimits,
     domain::{
         Services,
         auth::Authenticator,
@@ -36,32 +37,6 @@ use crate::{
 /// The services whose health is reported (besides the server as a whole, "").
 const SERVICES: [&str; 4] =
     ["keyward.v1.KeyService", "keyward.v1.VerifyService", "keyward.v1.MasterKeyService", "keyward.v1.AuditService"];
-
-/// Limits of the server; the defaults are documented in the README.
-#[derive(Clone, Debug)]
-pub struct ServerLimits {
-    pub max_message_bytes: usize,
-    pub request_timeout: Duration,
-    pub max_concurrent_streams: u32,
-    /// Calls in flight across all connections; beyond it `RESOURCE_EXHAUSTED` at once (0: no limit).
-    pub max_in_flight: usize,
-    /// HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`: request headers (metadata) larger are refused.
-    pub max_header_list_bytes: u32,
-    pub shutdown_grace: Duration,
-}
-
-impl Default for ServerLimits {
-    fn default() -> Self {
-        Self {
-            max_message_bytes: 64 * 1024,
-            request_timeout: Duration::from_secs(10),
-            max_concurrent_streams: 256,
-            max_in_flight: 1024,
-            max_header_list_bytes: 16 * 1024,
-            shutdown_grace: Duration::from_secs(10),
-        }
-    }
-}
 
 /// How connections arrive.
 pub enum Transport {

@@ -117,17 +117,34 @@ pub(super) fn is_safe_master_key(session: &Session, key: ObjectHandle) -> Result
 }
 
 /// Generates master key `version` and, if the token has none, the audit key inside the token.
-/// Refuses if that master key version already exists.
-pub fn create_master_key(config: &Pkcs11Config, version: MasterKeyVersion) -> Result<(), StartError> {
+/// If that master key version already exists: with `adopt_existing` (an interrupted `init` made
+/// it), uses it when it is a key keyward would have made; otherwise refuses.
+pub fn create_master_key(
+    config: &Pkcs11Config,
+    version: MasterKeyVersion,
+    adopt_existing: bool,
+) -> Result<(), StartError> {
     let ctx = load_module(config)?;
     let result = (|| {
         let slot = find_token(&ctx, &config.token_label)?;
         let session = ctx.open_rw_session(slot)?;
         login(&session, &config.pin)?;
-        if find_master_keys(&session)?.contains_key(&version) {
-            return Err(StartError::MasterKeyExists(version));
+        match find_master_keys(&session)?.get(&version) {
+            None => {
+                generate_master_key(&session, version)?;
+            }
+            Some(_) if !adopt_existing => return Err(StartError::MasterKeyExists(version)),
+            Some(&existing) if !is_safe_master_key(&session, existing)? => {
+                return Err(StartError::Pkcs11(format!(
+                    "master key {version} already exists on the token but is not a key keyward would have made \
+                     (generated in the token, always sensitive, never extractable, sign and verify only); keyward \
+                     will not use it: remove it, and find out who put it there"
+                )));
+            }
+            Some(_) => {
+                tracing::warn!(%version, "adopting the master key an interrupted `keyward init` left on the token")
+            }
         }
-        generate_master_key(&session, version)?;
         if super::pkcs11::find_label(&session, super::AUDIT_KEY_LABEL)?.is_none() {
             generate_hmac_key(&session, super::AUDIT_KEY_LABEL)?;
         }

@@ -16,6 +16,7 @@ mod h2load;
 mod hostile;
 mod hsm_faults;
 mod hsm_token;
+mod init;
 mod leaks;
 mod limits;
 mod master;

@@ -116,8 +116,16 @@ impl Instance {
         let out = Self::run_keyward(&["init", "--dev", "--data-dir", data_dir.to_str().unwrap()], &log_file);
         assert!(out.status.success(), "keyward init --dev failed: {}", String::from_utf8_lossy(&out.stderr));
         let printed = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        let instance = Self::initialized(tmp, data_dir);
+        assert_eq!(printed, instance.root_key, "init prints the root key it wrote to root.key");
+        instance
+    }
+
+    /// The development instance `keyward init --dev` made in `tmp`'s `data_dir` (not started);
+    /// its log file is `tmp/keyward.log`.
+    pub fn initialized(tmp: tempfile::TempDir, data_dir: PathBuf) -> Self {
+        let log_file = tmp.path().join("keyward.log");
         let root_key = fs::read_to_string(data_dir.join("root.key")).unwrap().trim().to_owned();
-        assert_eq!(printed, root_key, "init prints the root key it wrote to root.key");
         Self {
             _tmp: tmp,
             data_dir,

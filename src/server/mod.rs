@@ -1,0 +1,276 @@
+//! The server as one unit: `Server::build` opens the HSM and the database, checks them, builds
+//! the domain and binds the listeners; `Server::spawn` starts the gRPC server and every
+//! background task in one `JoinSet` under one `CancellationToken`; `ServerHandle::drain` ends
+//! them, writes what is still in memory and closes the adapters.
+
+mod dev_clock;
+mod tasks;
+mod transport;
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use tokio::{net::TcpListener, signal::unix::Signal, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    app::{AppError, Options, io, pkcs11_config},
+    config::{self, Config, DEV_TOKEN_LABEL, ServerLimits},
+    domain::{
+        key::MasterKeyVersion,
+        Services, ServicesConfig,
+        ports::Store,
+        proof::self_test_input,
+    },
+    grpc,
+    hsm::{self, Pkcs11Hsm},
+    store::SledStore,
+    tls::Identities,
+};
+
+/// The domain services the gRPC APIs and the background tasks share.
+pub type Domain = Services<Pkcs11Hsm, SledStore>;
+
+/// How often the free space on the database's file system is measured.
+const DISK_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Where `serve` listens and reports its addresses; `None` falls back to the configuration.
+#[derive(Clone, Debug, Default)]
+pub struct Serving {
+    pub listen: Option<SocketAddr>,
+    pub addr_file: Option<PathBuf>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub metrics_addr_file: Option<PathBuf>,
+    /// `--tls-cert`, `--tls-key`, `--client-ca`, over `[tls]`.
+    pub tls: config::TlsFlags,
+    /// `--allow-plaintext`: plaintext on a non-loopback address (or `server.allow_plaintext`).
+    pub allow_plaintext: bool,
+}
+
+/// A server ready to serve: adapters open and checked, domain built, listeners bound.
+pub struct Server {
+    hsm: Pkcs11Hsm,
+    store: SledStore,
+    services: Domain,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    metrics: Option<(TcpListener, SocketAddr)>,
+    transport: grpc::Transport,
+    identities: Arc<Identities>,
+    hangup: Signal,
+    limits: ServerLimits,
+    usage_flush: Duration,
+    sweep_every: Option<Duration>,
+}
+
+impl Server {
+    /// Opens the HSM and the database of `opts`, checks the master keys (or, with the HSM
+    /// unreachable, leaves that to the first connection), builds the domain, runs the
+    /// self-test, and binds the gRPC and metrics listeners.
+    pub async fn build(opts: &Options, config: Config, serving: &Serving) -> Result<Self, AppError> {
+        if config.hsm.token_label == DEV_TOKEN_LABEL && !opts.dev {
+            return Err(AppError::Refused(format!(
+                "{} uses the development token {DEV_TOKEN_LABEL:?}; serve it with --dev",
+                opts.data_dir.display()
+            )));
+        }
+        let listen = serving
+            .listen
+            .or(config.listen)
+            .unwrap_or_else(|| config::DEFAULT_LISTEN.parse().expect("the default address is valid"));
+        let (transport, identities) = transport::choose(serving, &config, listen)?;
+        let db = opts.db_path();
+        if !db.exists() {
+            return Err(AppError::Refused(format!("no database at {}: run `keyward init` first", db.display())));
+        }
+        let (hsm, unreachable) = Pkcs11Hsm::open_serving(pkcs11_config(&config)?)?;
+        if unreachable.is_none() {
+            hsm.ensure_audit_key()?;
+        }
+        let store = SledStore::open_with_reserve(&db, Arc::new(hsm.clone()), config.store.min_free_bytes)?;
+        let master = store.master()?.ok_or_else(|| {
+            AppError::Refused("the database has no master key record: was `keyward init` interrupted?".into())
+        })?;
+        let retired: Vec<MasterKeyVersion> =
+            master.versions.iter().filter(|v| v.retired_at.is_some()).map(|v| v.version).collect();
+        if let Some(why) = &unreachable {
+            // Serve anyway (health NOT_SERVING, calls UNAVAILABLE) and keep trying: the start-up
+            // checks run on the first connection, before any call goes through.
+            tracing::error!(error = %why, "the HSM is unreachable at start; serving NOT_SERVING and retrying in the background");
+            hsm.connect_in_background(hsm::FirstConnect {
+                required: master.live().map(|v| v.version).collect(),
+                retired,
+                self_tests: master.live().map(|v| v.self_test.clone()).collect(),
+                self_test_input: self_test_input(),
+            });
+        } else {
+            for version in master.live() {
+                hsm.require_master_key(version.version)?;
+            }
+            for retired in retired.into_iter().filter(|v| hsm.require_master_key(*v).is_ok()) {
+                tracing::warn!(version = %retired, "a retired master key is still on the token; run `keyward master retire` for it again to destroy it");
+            }
+        }
+        let services_config = ServicesConfig {
+            auth_cache_capacity: config.server.auth_cache_capacity,
+            auth_cache_ttl: Duration::from_millis(config.server.auth_cache_ttl_ms),
+            rate_limiter_capacity: config.policy.rate_limiter_capacity,
+            quota_max_lease: config.policy.quota_max_lease,
+            rotation: config.rotation.domain(),
+            migration: config.master.domain(),
+            usage_log: config.usage_log.domain(),
+            brute_force: config.brute_force.domain()?,
+        };
+        let clock = dev_clock::clock(opts.dev)?;
+        let services = Services::new(Arc::new(hsm.clone()), Arc::new(store.clone()), clock, master, services_config);
+        if unreachable.is_none() {
+            services.master.self_test().await?;
+        }
+        // Registered before the address is announced: SIGHUP's default action would end the
+        // process. It reloads the TLS files; without TLS it does nothing.
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(io("listening for SIGHUP"))?;
+        let metrics = match serving.metrics_listen.or(config.metrics_listen) {
+            None => None,
+            Some(addr) => {
+                let listener = TcpListener::bind(addr).await.map_err(io(format!("listening for metrics on {addr}")))?;
+                let local = listener.local_addr().map_err(io("reading the bound metrics address"))?;
+                Some((listener, local))
+            }
+        };
+        let listener = TcpListener::bind(listen).await.map_err(io(format!("listening on {listen}")))?;
+        let local_addr = listener.local_addr().map_err(io("reading the bound address"))?;
+        Ok(Self {
+            hsm,
+            store,
+            services,
+            listener,
+            local_addr,
+            metrics,
+            transport,
+            identities,
+            hangup,
+            limits: config.server.limits(),
+            usage_flush: Duration::from_millis(config.policy.usage_flush_ms),
+            sweep_every: config.rotation.sweep_interval,
+        })
+    }
+
+    /// The address the gRPC listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The address the metrics endpoint is bound to, if it is on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(_, addr)| *addr)
+    }
+
+    /// Starts serving gRPC (and metrics) and the background tasks.
+    pub fn spawn(self) -> ServerHandle {
+        let Self {
+            hsm,
+            store,
+            services,
+            listener,
+            local_addr,
+            metrics,
+            transport,
+            identities,
+            hangup,
+            limits,
+            usage_flush,
+            sweep_every,
+        } = self;
+        let cancel = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let mut background = |task: tasks::Task| {
+            let cancel = cancel.clone();
+            tasks.spawn(async move {
+                cancel.run_until_cancelled(task).await;
+                Ok(())
+            });
+        };
+        background(Box::pin(tasks::flush_usage_every(services.clone(), usage_flush)));
+        background(Box::pin(tasks::write_usage_log(services.verify.clone())));
+        background(Box::pin(store.clone().watch_disk(DISK_CHECK_INTERVAL)));
+        background(Box::pin(tasks::run_migrations(services.master.clone())));
+        if let Some(every) = sweep_every {
+            background(Box::pin(tasks::sweep_every_interval(services.keys.clone(), every)));
+        }
+        background(Box::pin(crate::tls::watch(transport::reloader(&transport), hangup)));
+        if let Some((listener, addr)) = metrics {
+            tracing::info!(address = %addr, "serving metrics on /metrics");
+            background(Box::pin(crate::metrics::serve(listener)));
+            background(Box::pin(crate::metrics::count_keys_every(store.clone(), crate::metrics::KEY_COUNT_INTERVAL)));
+        }
+        tracing::info!(address = %local_addr, transport = transport::describe(&transport), "keyward serving");
+        let grpc_services = services.clone();
+        let stop = cancel.clone();
+        tasks.spawn(async move {
+            // However the gRPC server ends, everything else ends with it.
+            let _stop_all = stop.clone().drop_guard();
+            grpc::serve(grpc_services, listener, transport, identities, limits, stop.cancelled_owned())
+                .await
+                .map_err(|e| AppError::Refused(format!("server error: {e}")))
+        });
+        ServerHandle { cancel, tasks, services, store, hsm }
+    }
+}
+
+/// A running server: wait for it to stop by itself with `stopped`, end it with `drain`.
+pub struct ServerHandle {
+    cancel: CancellationToken,
+    tasks: JoinSet<Result<(), AppError>>,
+    services: Domain,
+    store: SledStore,
+    hsm: Pkcs11Hsm,
+}
+
+impl ServerHandle {
+    /// Resolves once the server is stopping: `drain` was asked for, or the gRPC server ended
+    /// by itself (an error).
+    pub async fn stopped(&self) {
+        self.cancel.cancelled().await
+    }
+
+    /// Stops accepting connections, lets in-flight calls finish (for up to the configured
+    /// `server.shutdown_grace_ms`), ends the background tasks, aborts whatever still runs after
+    /// `deadline`, then returns quota leases and writes the usage and refused calls still in
+    /// memory, and closes the database and the HSM. Returns the gRPC server's error, if any.
+    pub async fn drain(mut self, deadline: Duration) -> Result<(), AppError> {
+        self.cancel.cancel();
+        let until = tokio::time::Instant::now() + deadline;
+        let mut result = Ok(());
+        loop {
+            match tokio::time::timeout_at(until, self.tasks.join_next()).await {
+                Ok(None) => break,
+                Ok(Some(Ok(Ok(())))) => {}
+                Ok(Some(Ok(Err(e)))) => result = Err(e),
+                Ok(Some(Err(e))) if e.is_panic() => tracing::error!(error = %e, "a server task panicked"),
+                Ok(Some(Err(_))) => {}
+                Err(_) => {
+                    tracing::warn!(
+                        left = self.tasks.len(),
+                        ?deadline,
+                        "drain deadline passed; aborting what still runs"
+                    );
+                    self.tasks.shutdown().await;
+                    break;
+                }
+            }
+        }
+        if let Err(e) = self.services.verify.shutdown().await {
+            tracing::error!(error = %e, "returning quota leases and writing usage at shutdown failed");
+        }
+        if let Err(e) = self.services.auth.flush_auth_failures().await {
+            tracing::error!(error = %e, "auditing refused calls at shutdown failed");
+        }
+        match self.services.verify.flush_usage_log().await {
+            Ok(w) => tasks::report_usage_write(&w),
+            Err(e) => tracing::error!(error = %e, "writing the usage log at shutdown failed"),
+        }
+        self.store.close();
+        self.hsm.close();
+        result
+    }
+}
