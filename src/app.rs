@@ -25,7 +25,7 @@ use crate::{
     grpc,
     hsm::{self, Pkcs11Config, Pkcs11Hsm, StartError},
     metrics,
-    store::SledStore,
+    store::{SledStore, StoreLimits},
     telemetry,
 };
 
@@ -296,7 +296,8 @@ async fn run_server(opts: &Options, serving: &Serving) -> Result<(), AppError> {
     if unreachable.is_none() {
         hsm.ensure_audit_key()?;
     }
-    let store = SledStore::open_with_reserve(&db, Arc::new(hsm.clone()), config.store.min_free_bytes)?;
+    let limits = StoreLimits { min_free_bytes: config.store.min_free_bytes, write_timeout: config.store.write_timeout };
+    let store = SledStore::open_with_limits(&db, Arc::new(hsm.clone()), limits)?;
     let master = store.master()?.ok_or_else(|| {
         AppError::Refused("the database has no master key record: was `keyward init` interrupted?".into())
     })?;

@@ -36,6 +36,9 @@ use crate::{
 const SERVICES: [&str; 4] =
     ["keyward.v1.KeyService", "keyward.v1.VerifyService", "keyward.v1.MasterKeyService", "keyward.v1.AuditService"];
 
+/// The services that need the store to confirm writes: `NOT_SERVING` once it stopped.
+const WRITING_SERVICES: [&str; 2] = ["keyward.v1.KeyService", "keyward.v1.MasterKeyService"];
+
 /// Limits of the server; the defaults are documented in the README.
 #[derive(Clone, Debug)]
 pub struct ServerLimits {
@@ -70,18 +73,22 @@ pub enum Transport {
     Tls(Arc<TlsReloader>),
 }
 
-/// Keeps health in step with the HSM: `NOT_SERVING` while the token is unreachable.
+/// Keeps health in step with the HSM (`NOT_SERVING` while the token is unreachable) and, for
+/// the services that write, with the store (`NOT_SERVING` once it stopped confirming writes:
+/// see `store.write_timeout`).
 async fn track_health<H: Hsm, S: Store>(keys: Arc<Keys<H, S>>, reporter: HealthReporter) {
     let mut serving = None;
     loop {
-        let now = keys.is_healthy();
+        let now = (keys.is_healthy(), keys.writes_confirmed());
         if serving != Some(now) {
-            let status = if now { ServingStatus::Serving } else { ServingStatus::NotServing };
+            let (hsm, writes) = now;
             for name in std::iter::once("").chain(SERVICES) {
+                let up = hsm && (writes || !WRITING_SERVICES.contains(&name));
+                let status = if up { ServingStatus::Serving } else { ServingStatus::NotServing };
                 reporter.set_service_status(name, status).await;
             }
             if serving.is_some() {
-                tracing::warn!(?status, "health changed");
+                tracing::warn!(hsm_reachable = hsm, writes_confirmed = writes, "health changed");
             }
             serving = Some(now);
         }
