@@ -5,6 +5,7 @@
 mod audit;
 mod auth;
 mod convert;
+mod deadline;
 mod keys;
 mod layer;
 mod malformed;
@@ -143,13 +144,13 @@ pub async fn serve<H: Hsm, S: Store>(
         let _ = drain_tx.send(());
     };
     let router = tonic::transport::Server::builder()
-        .timeout(limits.request_timeout)
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_max_header_list_size(limits.max_header_list_bytes)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .layer(layer::ObserveLayer)
         .layer(shed::ShedLayer::new(limits.max_in_flight))
+        .layer(deadline::DeadlineLayer::new(limits.request_timeout))
         .layer(malformed::MalformedLayer)
         .add_service(health)
         .add_service(reflection_v1)
