@@ -10,6 +10,7 @@ mod keys;
 mod layer;
 mod malformed;
 mod master;
+mod page_token;
 mod shed;
 mod status;
 mod verify;
