@@ -75,6 +75,16 @@ pub enum Transport {
     Tls(Arc<TlsReloader>),
 }
 
+/// A service's health: every service needs the HSM; the writing ones also need the store to
+/// confirm writes. The server as a whole ("") follows the HSM: verification still works.
+fn service_status(name: &str, hsm_reachable: bool, writes_confirmed: bool) -> ServingStatus {
+    if hsm_reachable && (writes_confirmed || !WRITING_SERVICES.contains(&name)) {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    }
+}
+
 /// Keeps health in step with the HSM (`NOT_SERVING` while the token is unreachable) and, for
 /// the services that write, with the store (`NOT_SERVING` once it stopped confirming writes:
 /// see `store.write_timeout`).
@@ -85,9 +95,7 @@ async fn track_health<H: Hsm, S: Store>(keys: Arc<Keys<H, S>>, reporter: HealthR
         if serving != Some(now) {
             let (hsm, writes) = now;
             for name in std::iter::once("").chain(SERVICES) {
-                let up = hsm && (writes || !WRITING_SERVICES.contains(&name));
-                let status = if up { ServingStatus::Serving } else { ServingStatus::NotServing };
-                reporter.set_service_status(name, status).await;
+                reporter.set_service_status(name, service_status(name, hsm, writes)).await;
             }
             if serving.is_some() {
                 tracing::warn!(hsm_reachable = hsm, writes_confirmed = writes, "health changed");
@@ -187,4 +195,23 @@ pub async fn serve<H: Hsm, S: Store>(
     };
     health_task.abort();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writing_services_go_not_serving_when_writes_stop_being_confirmed_and_verification_stays() {
+        let status = |name, hsm, writes| service_status(name, hsm, writes);
+        for name in std::iter::once("").chain(SERVICES) {
+            assert_eq!(status(name, true, true), ServingStatus::Serving, "{name}");
+            assert_eq!(status(name, false, true), ServingStatus::NotServing, "{name}: the HSM is gone");
+        }
+        assert_eq!(status("keyward.v1.KeyService", true, false), ServingStatus::NotServing);
+        assert_eq!(status("keyward.v1.MasterKeyService", true, false), ServingStatus::NotServing);
+        assert_eq!(status("keyward.v1.VerifyService", true, false), ServingStatus::Serving);
+        assert_eq!(status("keyward.v1.AuditService", true, false), ServingStatus::Serving);
+        assert_eq!(status("", true, false), ServingStatus::Serving);
+    }
 }
