@@ -148,6 +148,9 @@ pub fn serve(opts: &Options, serving: &Serving, log_format: telemetry::LogFormat
     if let Some(traces) = traces {
         traces.shutdown();
     }
+    // A blocking task stuck in sled (a hung flush after ENOSPC: see `store.write_timeout`) must
+    // not keep the process from exiting.
+    runtime.shutdown_timeout(Duration::from_secs(5));
     result
 }
 

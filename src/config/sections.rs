@@ -142,6 +142,10 @@ pub struct StoreSection {
     /// Mutations are refused (`UNAVAILABLE`) while fewer bytes are free on the database's file
     /// system; 0: no reserve.
     pub min_free_bytes: u64,
+    /// The longest a mutation waits for the database to commit and flush it; past it the
+    /// mutation answers `UNAVAILABLE` and writes are refused until a restart.
+    #[serde(with = "human")]
+    pub write_timeout: Duration,
 }
 
 /// The default reserve: room for sled's next log segments and a compaction.
@@ -149,7 +153,7 @@ pub const DEFAULT_MIN_FREE_BYTES: u64 = 64 << 20;
 
 impl Default for StoreSection {
     fn default() -> Self {
-        Self { min_free_bytes: DEFAULT_MIN_FREE_BYTES }
+        Self { min_free_bytes: DEFAULT_MIN_FREE_BYTES, write_timeout: Duration::from_secs(5) }
     }
 }
 

@@ -234,6 +234,11 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
         max_scan: usize,
     ) -> Result<(Vec<RecordedEvent>, Option<Vec<u8>>), StoreError>;
+    /// False once the store stopped confirming writes (a write not confirmed within
+    /// `store.write_timeout`): writes are refused until a restart, reads go on.
+    fn writes_confirmed(&self) -> bool {
+        true
+    }
     /// The newest durable audit sequence number, updated as writes become durable.
     fn audit_durable(&self) -> tokio::sync::watch::Receiver<u64>;
     /// Checks the audit chain's MACs (in the HSM) over `from..=to` (`to`: `None` for the end).

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{auth, convert};
+use super::{auth, convert, page_token};
 use crate::{
     domain::{
         auth::Authenticator,
@@ -56,10 +56,11 @@ impl<H: Hsm, S: Store> KeyService for KeyApi<H, S> {
         let (caller, _) = auth::caller(&self.auth, &self.identities, &request).await?;
         let req = request.get_ref();
         let filter = convert::list_filter(req)?;
-        let (keys, next) = self.keys.list(&caller, &filter, req.page_size, &req.page_token)?;
+        let page_token = page_token::unwrap(&req.page_token)?;
+        let (keys, next) = self.keys.list(&caller, &filter, req.page_size, &page_token)?;
         Ok(Response::new(proto::ListKeysResponse {
             keys: keys.iter().map(convert::key_info).collect(),
-            next_page_token: next.unwrap_or_default(),
+            next_page_token: next.as_deref().map(page_token::wrap).unwrap_or_default(),
         }))
     }
 

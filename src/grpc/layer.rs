@@ -4,7 +4,8 @@
 //!
 //! The status code is read where gRPC puts it: in the response headers of a trailers-only
 //! response (every error tonic returns), else in the trailers that end the body. A call whose
-//! response is dropped before either (timeout, client gone) counts as `CANCELLED`. Only the
+//! response is dropped before either (client gone) counts as `CANCELLED`; a call past its
+//! deadline is answered `DEADLINE_EXCEEDED` (`deadline.rs`) and counted so. Only the
 //! path's service and method (from a fixed table), and the code, are recorded: never metadata.
 
 use std::{

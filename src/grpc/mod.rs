@@ -5,10 +5,12 @@
 mod audit;
 mod auth;
 mod convert;
+mod deadline;
 mod keys;
 mod layer;
 mod malformed;
 mod master;
+mod page_token;
 mod shed;
 mod status;
 mod verify;
@@ -38,6 +40,9 @@ use crate::{
 const SERVICES: [&str; 4] =
     ["keyward.v1.KeyService", "keyward.v1.VerifyService", "keyward.v1.MasterKeyService", "keyward.v1.AuditService"];
 
+/// The services that need the store to confirm writes: `NOT_SERVING` once it stopped.
+const WRITING_SERVICES: [&str; 2] = ["keyward.v1.KeyService", "keyward.v1.MasterKeyService"];
+
 /// How connections arrive.
 pub enum Transport {
     /// Plain TCP (h2c).
@@ -46,18 +51,30 @@ pub enum Transport {
     Tls(Arc<TlsReloader>),
 }
 
-/// Keeps health in step with the HSM: `NOT_SERVING` while the token is unreachable.
+/// A service's health: every service needs the HSM; the writing ones also need the store to
+/// confirm writes. The server as a whole ("") follows the HSM: verification still works.
+fn service_status(name: &str, hsm_reachable: bool, writes_confirmed: bool) -> ServingStatus {
+    if hsm_reachable && (writes_confirmed || !WRITING_SERVICES.contains(&name)) {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    }
+}
+
+/// Keeps health in step with the HSM (`NOT_SERVING` while the token is unreachable) and, for
+/// the services that write, with the store (`NOT_SERVING` once it stopped confirming writes:
+/// see `store.write_timeout`).
 async fn track_health<H: Hsm, S: Store>(auth: Arc<Authenticator<H, S>>, reporter: HealthReporter) {
     let mut serving = None;
     loop {
-        let now = auth.is_healthy();
+        let now = (auth.is_healthy(), auth.writes_confirmed());
         if serving != Some(now) {
-            let status = if now { ServingStatus::Serving } else { ServingStatus::NotServing };
+            let (hsm, writes) = now;
             for name in std::iter::once("").chain(SERVICES) {
-                reporter.set_service_status(name, status).await;
+                reporter.set_service_status(name, service_status(name, hsm, writes)).await;
             }
             if serving.is_some() {
-                tracing::warn!(?status, "health changed");
+                tracing::warn!(hsm_reachable = hsm, writes_confirmed = writes, "health changed");
             }
             serving = Some(now);
         }
@@ -114,13 +131,13 @@ pub async fn serve<H: Hsm, S: Store>(
         let _ = drain_tx.send(());
     };
     let router = tonic::transport::Server::builder()
-        .timeout(limits.request_timeout)
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_max_header_list_size(limits.max_header_list_bytes)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .layer(layer::ObserveLayer)
         .layer(shed::ShedLayer::new(limits.max_in_flight))
+        .layer(deadline::DeadlineLayer::new(limits.request_timeout))
         .layer(malformed::MalformedLayer)
         .add_service(health)
         .add_service(reflection_v1)
@@ -156,4 +173,23 @@ pub async fn serve<H: Hsm, S: Store>(
     };
     health_task.abort();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writing_services_go_not_serving_when_writes_stop_being_confirmed_and_verification_stays() {
+        let status = |name, hsm, writes| service_status(name, hsm, writes);
+        for name in std::iter::once("").chain(SERVICES) {
+            assert_eq!(status(name, true, true), ServingStatus::Serving, "{name}");
+            assert_eq!(status(name, false, true), ServingStatus::NotServing, "{name}: the HSM is gone");
+        }
+        assert_eq!(status("keyward.v1.KeyService", true, false), ServingStatus::NotServing);
+        assert_eq!(status("keyward.v1.MasterKeyService", true, false), ServingStatus::NotServing);
+        assert_eq!(status("keyward.v1.VerifyService", true, false), ServingStatus::Serving);
+        assert_eq!(status("keyward.v1.AuditService", true, false), ServingStatus::Serving);
+        assert_eq!(status("", true, false), ServingStatus::Serving);
+    }
 }

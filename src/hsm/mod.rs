@@ -4,9 +4,7 @@
 #[cfg(test)]
 pub mod fake;
 mod observe;
-mod pin;
 mod pkcs11;
-mod probe;
 mod provision;
 mod rv;
 

@@ -1,17 +1,11 @@
 //! One-time token setup for `keyward init`: a development SoftHSM2 token, and the master key
 //! generated inside the token (sensitive, never extractable).
 
-use cryptoki::{
-    error::Error as CkError,
-    mechanism::Mechanism,
-    object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle},
-    session::{Session, UserType},
-    types::AuthPin,
-};
+use cryptoki::{session::UserType, types::AuthPin};
 
-use super::{
-    master_key_label,
-    pkcs11::{Pkcs11Config, StartError, find_master_keys, find_token, load_module, login},
+use super::pkcs11::{
+    Pkcs11Config, StartError, find_label, find_master_keys, find_token, generate_hmac_key, generate_master_key,
+    is_safe_master_key, load_module, login,
 };
 use crate::domain::{key::MasterKeyVersion, secret::Pin};
 
@@ -39,81 +33,6 @@ pub fn init_dev_token(config: &Pkcs11Config, so_pin: &Pin) -> Result<(), StartEr
     })();
     let _ = ctx.finalize();
     result
-}
-
-/// The template of keyward's HMAC keys (master key versions, the audit key): a 32-byte generic
-/// secret for HMAC-SHA256, a token object, `CKA_SENSITIVE`, not `CKA_EXTRACTABLE`, usable only to
-/// sign and verify, labelled `label` (also its `CKA_ID`).
-fn hmac_key_template(label: &str) -> Vec<Attribute> {
-    let label = label.as_bytes().to_vec();
-    vec![
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(KeyType::GENERIC_SECRET),
-        Attribute::ValueLen(32.into()),
-        Attribute::Token(true),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        Attribute::Sign(true),
-        Attribute::Verify(true),
-        Attribute::Encrypt(false),
-        Attribute::Decrypt(false),
-        Attribute::Wrap(false),
-        Attribute::Unwrap(false),
-        Attribute::Derive(false),
-        Attribute::Label(label.clone()),
-        Attribute::Id(label),
-    ]
-}
-
-/// Generates master key `version` in a read-write session (already logged in).
-pub(super) fn generate_master_key(session: &Session, version: MasterKeyVersion) -> Result<ObjectHandle, CkError> {
-    generate_hmac_key(session, &master_key_label(version))
-}
-
-/// Generates an HMAC key labelled `label` in a read-write session (already logged in).
-pub(super) fn generate_hmac_key(session: &Session, label: &str) -> Result<ObjectHandle, CkError> {
-    session.generate_key(&Mechanism::GenericSecretKeyGen, &hmac_key_template(label))
-}
-
-/// Whether `key` is one keyward would have generated: made inside the token and never out of
-/// it (`CKA_LOCAL`, `CKA_ALWAYS_SENSITIVE`, `CKA_NEVER_EXTRACTABLE`), and usable only to sign and
-/// verify. A key imported with a known value, or one that could wrap or decrypt, fails this.
-pub(super) fn is_safe_master_key(session: &Session, key: ObjectHandle) -> Result<bool, CkError> {
-    use AttributeType as T;
-    let wanted = [
-        (T::Local, true),
-        (T::AlwaysSensitive, true),
-        (T::NeverExtractable, true),
-        (T::Sensitive, true),
-        (T::Extractable, false),
-        (T::Sign, true),
-        (T::Verify, true),
-        (T::Encrypt, false),
-        (T::Decrypt, false),
-        (T::Wrap, false),
-        (T::Unwrap, false),
-        (T::Derive, false),
-    ];
-    let types: Vec<T> = wanted.iter().map(|(t, _)| *t).collect();
-    let attrs = session.get_attributes(key, &types)?;
-    let value = |a: &Attribute| match a {
-        Attribute::Local(v)
-        | Attribute::AlwaysSensitive(v)
-        | Attribute::NeverExtractable(v)
-        | Attribute::Sensitive(v)
-        | Attribute::Extractable(v)
-        | Attribute::Sign(v)
-        | Attribute::Verify(v)
-        | Attribute::Encrypt(v)
-        | Attribute::Decrypt(v)
-        | Attribute::Wrap(v)
-        | Attribute::Unwrap(v)
-        | Attribute::Derive(v) => Some((a.attribute_type(), *v)),
-        _ => None,
-    };
-    let got: Vec<_> = attrs.iter().filter_map(value).collect();
-    Ok(wanted.iter().all(|w| got.contains(w)))
 }
 
 /// Generates master key `version` and, if the token has none, the audit key inside the token.
@@ -145,7 +64,7 @@ pub fn create_master_key(
                 tracing::warn!(%version, "adopting the master key an interrupted `keyward init` left on the token")
             }
         }
-        if super::pkcs11::find_label(&session, super::AUDIT_KEY_LABEL)?.is_none() {
+        if find_label(&session, super::AUDIT_KEY_LABEL)?.is_none() {
             generate_hmac_key(&session, super::AUDIT_KEY_LABEL)?;
         }
         Ok(())

@@ -106,6 +106,7 @@ pub struct Metrics {
     flush_failures: Counter,
     disk_full: Gauge,
     free_bytes: Gauge,
+    restart_needed: Gauge,
     keys: Family<StateLabel, Gauge>,
     brute_force_refused: Family<CheckLabel, Counter>,
     usage_queue: OnceLock<UsageQueueMetrics>,
@@ -138,6 +139,7 @@ impl Metrics {
             flush_failures: Counter::default(),
             disk_full: Gauge::default(),
             free_bytes: Gauge::default(),
+            restart_needed: Gauge::default(),
             keys: Family::default(),
             brute_force_refused: Family::default(),
             usage_queue: OnceLock::new(),
@@ -192,6 +194,12 @@ impl Metrics {
                 "free space on the database's file system, measured every 500 ms",
                 Unit::Bytes,
                 m.free_bytes.clone(),
+            );
+            r.register(
+                "store_restart_needed",
+                "1 once the database did not confirm a write within store.write_timeout: writes are \
+                 refused until keyward is restarted (reads go on)",
+                m.restart_needed.clone(),
             );
             r.register("keys", "keys by state, counted in the background every 30 s", m.keys.clone());
             r.register(
@@ -248,6 +256,11 @@ impl Metrics {
     /// Whether mutations are refused for want of disk space (or a database to reopen).
     pub fn store_disk_full(&self, full: bool) {
         self.disk_full.set(i64::from(full));
+    }
+
+    /// Whether the database stopped confirming writes (see `store.write_timeout`).
+    pub fn store_restart_needed(&self, needed: bool) {
+        self.restart_needed.set(i64::from(needed));
     }
 
     pub fn store_free_bytes(&self, free: u64) {

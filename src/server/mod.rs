@@ -23,7 +23,7 @@ use crate::{
     },
     grpc,
     hsm::{self, Pkcs11Hsm},
-    store::SledStore,
+    store::{SledStore, StoreLimits},
     tls::Identities,
 };
 
@@ -86,7 +86,8 @@ impl Server {
         if unreachable.is_none() {
             hsm.ensure_audit_key()?;
         }
-        let store = SledStore::open_with_reserve(&db, Arc::new(hsm.clone()), config.store.min_free_bytes)?;
+        let limits = StoreLimits { min_free_bytes: config.store.min_free_bytes, write_timeout: config.store.write_timeout };
+        let store = SledStore::open_with_limits(&db, Arc::new(hsm.clone()), limits)?;
         let master = store.master()?.ok_or_else(|| {
             AppError::Refused("the database has no master key record: was `keyward init` interrupted?".into())
         })?;

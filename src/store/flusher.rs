@@ -1,9 +1,12 @@
 //! Group commit: writers that committed a transaction wait for a flush that began after their
-//! commit; one flusher thread serves them all with one `fsync` per batch.
+//! commit; one flusher thread serves them all with one `fsync` per batch. Waits are bounded by
+//! the caller (`store.write_timeout`): a flush that never returns (sled 0.34 can hang in
+//! `flush` after ENOSPC) never holds a caller, nor shutdown, past it.
 
 use std::{
     sync::{Arc, Condvar, Mutex},
     thread::JoinHandle,
+    time::{Duration, Instant},
 };
 
 use tokio::sync::watch;
@@ -39,22 +42,34 @@ impl Tickets {
     }
 }
 
+/// What the flush thread calls to make committed writes durable: sled's `flush`, or in tests
+/// one that never returns.
+pub type FlushFn = Box<dyn FnMut() -> sled::Result<usize> + Send>;
+
+/// sled's own flush of `db`.
+pub fn sled_flush(db: sled::Db) -> FlushFn {
+    Box::new(move || db.flush())
+}
+
 pub struct Flusher {
     pending: Arc<(Mutex<Pending>, Condvar)>,
     flushed: watch::Receiver<Flushed>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The longest `stop` waits for the thread's last flush.
+    stop_within: Duration,
 }
 
 impl Flusher {
-    pub fn start(db: sled::Db) -> Self {
+    /// Starts the flush thread; `stop` waits at most `stop_within` for it.
+    pub fn start(flush: FlushFn, stop_within: Duration) -> Self {
         let pending = Arc::new((Mutex::new(Pending::default()), Condvar::new()));
         let (tx, rx) = watch::channel(Flushed::default());
         let shared = pending.clone();
         let thread = std::thread::Builder::new()
             .name("keyward-flush".into())
-            .spawn(move || run(db, &shared, &tx))
+            .spawn(move || run(flush, &shared, &tx))
             .expect("spawning the flush thread");
-        Self { pending, flushed: rx, thread: Mutex::new(Some(thread)) }
+        Self { pending, flushed: rx, thread: Mutex::new(Some(thread)), stop_within }
     }
 
     /// Call after a transaction has committed; resolves once it is on disk.
@@ -82,7 +97,8 @@ impl Flusher {
         }
     }
 
-    /// Flushes what is pending and stops the thread.
+    /// Flushes what is pending and stops the thread, waiting for it at most `stop_within` (a
+    /// flush that hangs is left behind, logged).
     pub fn stop(&self) {
         {
             let (lock, wake) = &*self.pending;
@@ -90,7 +106,7 @@ impl Flusher {
             wake.notify_one();
         }
         if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let _ = t.join();
+            join_within(t, self.stop_within, "the flush thread");
         }
     }
 }
@@ -101,7 +117,25 @@ impl Drop for Flusher {
     }
 }
 
-fn run(db: sled::Db, pending: &(Mutex<Pending>, Condvar), tx: &watch::Sender<Flushed>) {
+/// Joins `thread` if it ends within `within`; else leaves it running (it holds only the
+/// database, which the process is about to leave) and says so.
+pub fn join_within(thread: JoinHandle<()>, within: Duration, what: &str) {
+    let deadline = Instant::now() + within;
+    while !thread.is_finished() {
+        if Instant::now() >= deadline {
+            tracing::error!(
+                thread = what,
+                waited_ms = within.as_millis() as u64,
+                "the database did not answer in time; not waiting for it"
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = thread.join();
+}
+
+fn run(mut flush: FlushFn, pending: &(Mutex<Pending>, Condvar), tx: &watch::Sender<Flushed>) {
     let (lock, wake) = pending;
     let mut done = 0u64;
     loop {
@@ -116,7 +150,7 @@ fn run(db: sled::Db, pending: &(Mutex<Pending>, Condvar), tx: &watch::Sender<Flu
             p.issued
         };
         let started = std::time::Instant::now();
-        let flushed = db.flush();
+        let flushed = flush();
         crate::metrics::get().store_flush(started.elapsed(), flushed.is_ok());
         match flushed {
             Ok(_) => tx.send_modify(|f| f.upto = target),
@@ -127,7 +161,7 @@ fn run(db: sled::Db, pending: &(Mutex<Pending>, Condvar), tx: &watch::Sender<Flu
         }
         done = target;
     }
-    if let Err(e) = db.flush() {
+    if let Err(e) = flush() {
         tracing::error!(error = %e, "final flush failed");
     }
 }

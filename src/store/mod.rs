@@ -2,6 +2,7 @@
 //! embedded sled database, with group commit so that every acknowledged write is on disk.
 
 pub(crate) mod codec;
+mod confirm;
 mod disk_space;
 mod flusher;
 #[doc(hidden)]
@@ -11,4 +12,4 @@ mod usage_codec;
 mod usage_log;
 mod writer;
 
-pub use sled_store::SledStore;
+pub use sled_store::{DEFAULT_WRITE_TIMEOUT, SledStore, StoreLimits};

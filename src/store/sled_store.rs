@@ -4,12 +4,13 @@
 //! batches, so audit sequence numbers are gapless and each event's MAC chains to the one before;
 //! durability comes from the group-commit flusher, awaited by each caller after its batch.
 
-use std::{ops::Bound, path::Path, sync::Arc};
+use std::{ops::Bound, path::Path, sync::Arc, time::Duration};
 
 use super::{
     codec,
+    confirm::WriteGate,
     disk_space::DiskGuard,
-    flusher::Flusher,
+    flusher::{FlushFn, Flusher, sled_flush},
     usage_log::UsageTree,
     writer::{AUDIT_HEAD, Abort, BodyResult, Head, Stage, Tree, Trees, Writer, abort, time_key},
 };
@@ -23,6 +24,26 @@ use crate::domain::{
 };
 
 const MASTER: &[u8] = b"master";
+
+/// How long a write waits for sled to commit and flush it, by default (`store.write_timeout`).
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the store refuses, and how long it waits for the database.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreLimits {
+    /// Mutations are refused (`UNAVAILABLE`, not attempted) while fewer bytes are free on the
+    /// database's file system (0: no reserve).
+    pub min_free_bytes: u64,
+    /// The longest a mutation waits for sled to commit and flush it. Past it the mutation
+    /// answers `UNAVAILABLE` and writes are refused until a restart (see `confirm.rs`).
+    pub write_timeout: Duration,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        Self { min_free_bytes: 0, write_timeout: DEFAULT_WRITE_TIMEOUT }
+    }
+}
 
 struct Inner {
     db: sled::Db,
@@ -40,6 +61,8 @@ struct Inner {
     flusher: Flusher,
     /// Refuses mutations while the free space is below the reserve.
     disk: DiskGuard,
+    /// Bounds every wait for sled in the write path by `store.write_timeout`.
+    gate: WriteGate,
 }
 
 fn seq_of(index_key: &[u8]) -> Result<u64, StoreError> {
@@ -64,6 +87,12 @@ impl From<Abort> for StoreError {
     }
 }
 
+impl From<StoreError> for Abort {
+    fn from(e: StoreError) -> Self {
+        Abort::Store(e)
+    }
+}
+
 impl From<Abort> for Error {
     fn from(a: Abort) -> Self {
         match a {
@@ -77,15 +106,25 @@ impl SledStore {
     /// Opens (or creates) the database in `path`, sealing audit events with `sealer`. Fails if
     /// another process holds it.
     pub fn open(path: &Path, sealer: Arc<dyn AuditSealer>) -> Result<Self, StoreError> {
-        Self::open_with_reserve(path, sealer, 0)
+        Self::open_with_limits(path, sealer, StoreLimits::default())
     }
 
-    /// Opens the database; mutations are refused (`UNAVAILABLE`, not attempted) while fewer than
-    /// `min_free_bytes` are free on its file system (0: no reserve).
-    pub fn open_with_reserve(
+    /// Opens the database with `limits`: the free-space reserve and the write timeout.
+    pub fn open_with_limits(
         path: &Path,
         sealer: Arc<dyn AuditSealer>,
-        min_free_bytes: u64,
+        limits: StoreLimits,
+    ) -> Result<Self, StoreError> {
+        Self::open_with_flush(path, sealer, limits, None)
+    }
+
+    /// `open_with_limits`, the flusher calling `flush` instead of sled's own (tests: a flush
+    /// that never returns).
+    pub(super) fn open_with_flush(
+        path: &Path,
+        sealer: Arc<dyn AuditSealer>,
+        limits: StoreLimits,
+        flush: Option<FlushFn>,
     ) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(path)
@@ -101,7 +140,7 @@ impl SledStore {
             None => Head { next_seq: 1, last_mac: [0; AUDIT_MAC_LEN] },
         };
         let usage = UsageTree::open(&db)?;
-        let flusher = Flusher::start(db.clone());
+        let flusher = Flusher::start(flush.unwrap_or_else(|| sled_flush(db.clone())), limits.write_timeout);
         let durable = tokio::sync::watch::Sender::new(head.next_seq - 1);
         let trees = Trees {
             keys: keys.clone(),
@@ -110,8 +149,8 @@ impl SledStore {
             by_time: by_time.clone(),
             meta: meta.clone(),
         };
-        let writer = Writer::start(trees, head, sealer.clone(), flusher.tickets());
-        let disk = DiskGuard::new(path, min_free_bytes);
+        let writer = Writer::start(trees, head, sealer.clone(), flusher.tickets(), limits.write_timeout);
+        let disk = DiskGuard::new(path, limits.min_free_bytes);
         disk.measure();
         Ok(Self(Arc::new(Inner {
             db,
@@ -126,6 +165,7 @@ impl SledStore {
             writer,
             flusher,
             disk,
+            gate: WriteGate::new(limits.write_timeout),
         })))
     }
 
@@ -164,20 +204,32 @@ impl SledStore {
     /// Flushes and stops the flush thread. Later writes fail.
     pub fn close(&self) {
         self.0.flusher.stop();
+        if !self.0.gate.writes_confirmed() {
+            tracing::warn!("closing without a final flush: the database stopped confirming writes");
+            return;
+        }
         if let Err(e) = self.0.db.flush() {
             tracing::error!(error = %e, "flushing the database at close failed");
         }
     }
 
-    /// Runs `body` in the write combiner's next batch, then waits until it is durable.
+    /// Runs `body` in the write combiner's next batch, then waits until it is durable, for at
+    /// most `store.write_timeout`.
     async fn write<F, T>(&self, body: F) -> Result<T, Abort>
     where
         F: Fn(&Stage<'_>) -> BodyResult<T> + Send + 'static,
         T: Send + 'static,
     {
         self.0.disk.admit().map_err(Abort::Store)?;
-        let done = self.0.writer.submit(body).await?;
-        self.0.flusher.wait(done.ticket).await.map_err(Abort::Store)?;
+        let done = self
+            .0
+            .gate
+            .confirm(async {
+                let done = self.0.writer.submit(body).await?;
+                self.0.flusher.wait(done.ticket).await.map_err(Abort::Store)?;
+                Ok::<_, Abort>(done)
+            })
+            .await?;
         if let Some(last) = done.last_seq {
             self.0.durable.send_if_modified(|h| std::mem::replace(h, (*h).max(last)) < last);
         }
@@ -331,11 +383,16 @@ impl Store for SledStore {
     async fn append_usage(&self, records: Vec<UsageRecord>, retention: Retention) -> Result<u64, StoreError> {
         self.0.disk.admit()?;
         let inner = self.0.clone();
-        let pruned = tokio::task::spawn_blocking(move || inner.usage.append(&records, retention))
+        self.0
+            .gate
+            .confirm(async {
+                let pruned = tokio::task::spawn_blocking(move || inner.usage.append(&records, retention))
+                    .await
+                    .map_err(unavailable)??;
+                self.0.flusher.durable().await?;
+                Ok(pruned)
+            })
             .await
-            .map_err(unavailable)??;
-        self.0.flusher.durable().await?;
-        Ok(pruned)
     }
 
     fn key_usage(
@@ -447,6 +504,10 @@ impl Store for SledStore {
             }
         }
         Ok((found, None))
+    }
+
+    fn writes_confirmed(&self) -> bool {
+        self.0.gate.writes_confirmed()
     }
 
     fn audit_durable(&self) -> tokio::sync::watch::Receiver<u64> {

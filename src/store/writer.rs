@@ -10,6 +10,7 @@ use std::{
     panic::AssertUnwindSafe,
     sync::Arc,
     thread::JoinHandle,
+    time::Duration,
 };
 
 use sled::{
@@ -17,7 +18,10 @@ use sled::{
     transaction::{ConflictableTransactionError, TransactionError, TransactionalTree},
 };
 
-use super::{codec, flusher::Tickets};
+use super::{
+    codec,
+    flusher::{Tickets, join_within},
+};
 use crate::domain::{
     audit::{self, AuditEvent},
     error::Error,
@@ -241,6 +245,8 @@ where
 pub(super) struct Writer {
     queue: Option<flume::Sender<Box<dyn Queued>>>,
     thread: Option<JoinHandle<()>>,
+    /// The longest `drop` waits for the thread (a transaction sled never finishes is left behind).
+    stop_within: Duration,
 }
 
 struct State {
@@ -251,7 +257,13 @@ struct State {
 }
 
 impl Writer {
-    pub fn start(trees: Trees, head: Head, sealer: Arc<dyn AuditSealer>, tickets: Tickets) -> Self {
+    pub fn start(
+        trees: Trees,
+        head: Head,
+        sealer: Arc<dyn AuditSealer>,
+        tickets: Tickets,
+        stop_within: Duration,
+    ) -> Self {
         let (queue, jobs) = flume::bounded(QUEUE);
         let mut state = State { trees, head, sealer, tickets };
         let thread = std::thread::Builder::new()
@@ -264,7 +276,7 @@ impl Writer {
                 }
             })
             .expect("spawning the write thread");
-        Self { queue: Some(queue), thread: Some(thread) }
+        Self { queue: Some(queue), thread: Some(thread), stop_within }
     }
 
     /// Queues `body` for the next batch and waits until that batch committed (not until it is
@@ -292,7 +304,7 @@ impl Drop for Writer {
     fn drop(&mut self) {
         self.queue.take();
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            join_within(t, self.stop_within, "the write thread");
         }
     }
 }

@@ -216,3 +216,75 @@ async fn a_failed_seal_fails_only_the_mutations_it_concerns_and_writes_none_of_t
     let report = store.verify_chain(1, None).unwrap();
     assert_eq!((report.last, report.checked, report.broken), (4, 4, None));
 }
+
+/// A flush that does not return while `stalled` is set (as sled 0.34's can after ENOSPC). It
+/// writes nothing: these tests are about answers, not durability.
+fn stallable_flush() -> (crate::store::flusher::FlushFn, Arc<AtomicBool>) {
+    let stalled = Arc::new(AtomicBool::new(false));
+    let flag = stalled.clone();
+    let flush = Box::new(move || {
+        while flag.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(0)
+    });
+    (flush, stalled)
+}
+
+fn limits(write_timeout: Duration) -> crate::store::StoreLimits {
+    crate::store::StoreLimits { min_free_bytes: 0, write_timeout }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_that_never_returns_answers_unavailable_within_the_write_timeout_and_reads_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (flush, stalled) = stallable_flush();
+    let store = SledStore::open_with_flush(
+        &dir.path().join("db"),
+        TestSealer::new(),
+        limits(Duration::from_millis(300)),
+        Some(flush),
+    )
+    .unwrap();
+    let existing = record("existing");
+    store.insert_key(existing.clone(), event(AuditAction::KeyCreated, existing.id)).await.unwrap();
+    assert!(store.writes_confirmed());
+
+    stalled.store(true, Ordering::SeqCst);
+    let doomed = record("doomed");
+    let started = std::time::Instant::now();
+    let answer = store.insert_key(doomed.clone(), event(AuditAction::KeyCreated, doomed.id)).await;
+    let waited = started.elapsed();
+    match answer {
+        Err(StoreError::Unavailable(why)) => assert!(why.contains("did not confirm the write in time"), "{why}"),
+        other => panic!("a write whose flush never returned answered {other:?}"),
+    }
+    assert!(waited >= Duration::from_millis(300) && waited < Duration::from_secs(2), "answered after {waited:?}");
+    assert!(!store.writes_confirmed(), "the store says it needs a restart");
+
+    // Later writes are refused at once, not after another timeout; reads go on.
+    let started = std::time::Instant::now();
+    let later = record("later");
+    let answer = store.insert_key(later.clone(), event(AuditAction::KeyCreated, later.id)).await;
+    assert!(matches!(&answer, Err(StoreError::Unavailable(why)) if why.contains("restarted")), "{answer:?}");
+    assert!(started.elapsed() < Duration::from_millis(200), "refused after {:?}", started.elapsed());
+    assert_eq!(store.get_key(existing.id).unwrap().unwrap().name, "existing");
+    stalled.store(false, Ordering::SeqCst);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_stuck_in_its_transaction_answers_unavailable_within_the_write_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let sealer = TestSealer::new();
+    let store =
+        SledStore::open_with_flush(&dir.path().join("db"), sealer.clone(), limits(Duration::from_millis(300)), None)
+            .unwrap();
+    *sealer.hold.lock().unwrap() = true;
+    let stuck = record("stuck");
+    let started = std::time::Instant::now();
+    let answer = store.insert_key(stuck.clone(), event(AuditAction::KeyCreated, stuck.id)).await;
+    assert!(matches!(&answer, Err(StoreError::Unavailable(_))), "{answer:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "answered after {:?}", started.elapsed());
+    assert!(!store.writes_confirmed());
+    sealer.release();
+}

@@ -112,7 +112,7 @@ async fn get_and_list_show_every_key_in_pages() {
     assert_eq!((got.name.as_str(), got.scopes.as_slice()), ("svc-2", &["a:b".to_string()][..]));
 
     let mut seen = vec![];
-    let mut token = String::new();
+    let (mut token, mut tokens) = (String::new(), vec![]);
     loop {
         let page = admin
             .list_keys(proto::ListKeysRequest { page_size: 2, page_token: token, ..Default::default() })
@@ -125,9 +125,28 @@ async fn get_and_list_show_every_key_in_pages() {
             break;
         }
         token = page.next_page_token;
+        tokens.push(token.clone());
     }
     assert_eq!(seen.len(), 6, "root and five keys");
     assert_eq!(&seen[1..], ids.as_slice(), "oldest first");
+
+    // Page tokens are opaque: no key id shows in them, and one that was edited (or written by
+    // hand from a key id) is refused, naming the field.
+    assert_eq!(tokens.len(), 2, "three pages");
+    for token in &tokens {
+        assert!(seen.iter().all(|id| !token.contains(id.as_str())), "{token}");
+        assert!(seen.iter().all(|id| !token.contains(&id[..8])), "{token}");
+    }
+    let mut tampered = tokens[0].clone().into_bytes();
+    tampered[3] = if tampered[3] == b'x' { b'y' } else { b'x' };
+    for forged in [String::from_utf8(tampered).unwrap(), seen[1].clone(), format!("{}.0000000000000000", seen[1])] {
+        let status = admin
+            .list_keys(proto::ListKeysRequest { page_size: 2, page_token: forged.clone(), ..Default::default() })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{forged}: {status:?}");
+        assert!(status.message().contains("page_token"), "{}", status.message());
+    }
 }
 
 #[tokio::test]

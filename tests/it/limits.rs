@@ -1,11 +1,16 @@
 //! Rate limits and quotas under load, on a real server: accuracy of a limit against a burst,
-//! exact spending by concurrent verifiers, and what a crash may and may not do to a quota.
+//! exact spending by concurrent verifiers, and what a crash may and may not do to a quota. And
+//! request deadlines: a call past its deadline answers DEADLINE_EXCEEDED.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use keyward::proto::{self, VerifyCode};
+use tonic::Code;
 
-use crate::common::Instance;
+use crate::common::{
+    Instance,
+    raw::{self, RawRequest},
+};
 
 /// Fires `calls` verifications of `key` from `workers` concurrent clients; returns the count of
 /// each code.
@@ -153,4 +158,46 @@ async fn usage_facts_are_kept_across_a_clean_restart() {
     kw.start().await;
     let after = usage(kw.root_keys().await.get_key(proto::GetKeyRequest { key_id: id }).await.unwrap().into_inner());
     assert_eq!(after, before);
+}
+
+/// A call that has to wait (its client never finishes sending the request) is answered
+/// DEADLINE_EXCEEDED at its deadline: the caller's `grpc-timeout` when shorter than the server's
+/// `request_timeout_ms`, else the server's. Never CANCELLED: nobody cancelled it.
+#[tokio::test]
+async fn a_call_past_its_deadline_answers_deadline_exceeded_not_cancelled() {
+    let mut kw = Instance::init();
+    kw.configure("server", "request_timeout_ms", "1500");
+    kw.start().await;
+    let addr = kw.addr();
+    let send = raw::connect(addr).await;
+    let stalled = |timeout: Option<&str>| {
+        let mut request = RawRequest::new("/keyward.v1.VerifyService/VerifyKey", Vec::new());
+        if let Some(timeout) = timeout {
+            request = request.header("grpc-timeout", timeout);
+        }
+        request
+    };
+
+    let started = Instant::now();
+    let (code, message) = raw::call_stalled(&send, addr, stalled(Some("200m"))).await;
+    let waited = started.elapsed();
+    assert_eq!(code, Some(Code::DeadlineExceeded as i32), "{message}");
+    assert!(message.contains("deadline"), "{message}");
+    assert!(waited >= Duration::from_millis(200) && waited < Duration::from_millis(1400), "answered after {waited:?}");
+
+    let started = Instant::now();
+    let (code, message) = raw::call_stalled(&send, addr, stalled(None)).await;
+    let waited = started.elapsed();
+    assert_eq!(code, Some(Code::DeadlineExceeded as i32), "the server's own timeout: {message}");
+    assert!(waited >= Duration::from_millis(1500) && waited < Duration::from_secs(5), "answered after {waited:?}");
+
+    let (code, message) = raw::call_stalled(&send, addr, stalled(Some("60S"))).await;
+    assert_eq!(code, Some(Code::DeadlineExceeded as i32), "a longer grpc-timeout than the server's: {message}");
+
+    // A tonic client's own timeout header, on a call that does finish: answered normally.
+    let (key, _) = kw.create_key("in-time", &[]).await;
+    let mut request = tonic::Request::new(proto::VerifyKeyRequest { key, ..Default::default() });
+    request.set_timeout(Duration::from_secs(5));
+    let answer = kw.root_verifier().await.verify_key(request).await.unwrap().into_inner();
+    assert_eq!(answer.code(), VerifyCode::Valid);
 }

@@ -65,6 +65,12 @@ impl<H: Hsm, S: Store> Authenticator<H, S> {
         self.deps.hsm.is_healthy()
     }
 
+    /// Whether the store still confirms writes: false once one was not confirmed within
+    /// `store.write_timeout` (writes are refused until a restart; reads go on).
+    pub fn writes_confirmed(&self) -> bool {
+        self.deps.store.writes_confirmed()
+    }
+
     /// Every call needs the HSM (no answer is given from memory while it is unreachable):
     /// `Unavailable` at once when it is not healthy.
     fn require_hsm(&self) -> Result<()> {

@@ -79,7 +79,23 @@ pub async fn call_with_message(
     (outcome.code(), message)
 }
 
+/// Sends `request`'s headers and never ends its body (a client stalled mid-request, so the call
+/// can only wait), then reads the answer: `grpc-status` and `grpc-message`.
+pub async fn call_stalled(send: &SendRequest<Bytes>, addr: SocketAddr, request: RawRequest) -> (Option<i32>, String) {
+    let (outcome, message) = exchange_with(send, addr, request, true).await;
+    (outcome.code(), message)
+}
+
 async fn exchange(send: &SendRequest<Bytes>, addr: SocketAddr, request: RawRequest) -> (Outcome, String) {
+    exchange_with(send, addr, request, false).await
+}
+
+async fn exchange_with(
+    send: &SendRequest<Bytes>,
+    addr: SocketAddr,
+    request: RawRequest,
+    stall: bool,
+) -> (Outcome, String) {
     let mut builder = http::Request::builder().method("POST").uri(format!("http://{addr}{}", request.path));
     let mut has_content_type = false;
     for (name, value) in &request.headers {
@@ -94,13 +110,13 @@ async fn exchange(send: &SendRequest<Bytes>, addr: SocketAddr, request: RawReque
         Ok(send) => send,
         Err(e) => return (Outcome::Reset(format!("connection: {e}")), String::new()),
     };
-    let (response, mut stream) = match send.send_request(http_request, request.body.is_empty()) {
+    let (response, mut stream) = match send.send_request(http_request, request.body.is_empty() && !stall) {
         Ok(sent) => sent,
         Err(e) => return (Outcome::Reset(format!("send: {e}")), String::new()),
     };
     if !request.body.is_empty() {
         // An error here (the server answered and reset early) shows in the response below.
-        let _ = stream.send_data(Bytes::from(request.body), true);
+        let _ = stream.send_data(Bytes::from(request.body), !stall);
     }
     let response = match response.await {
         Ok(response) => response,

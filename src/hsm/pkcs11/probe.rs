@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use super::pkcs11::Inner;
+use super::pool::Inner;
 
 /// How often the token is checked: two cheap, standard PKCS#11 calls.
 pub const EVERY: Duration = Duration::from_millis(250);

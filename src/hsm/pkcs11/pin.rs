@@ -4,7 +4,7 @@
 
 use std::{path::PathBuf, sync::Mutex};
 
-use super::pkcs11::StartError;
+use super::config::StartError;
 use crate::domain::secret::Pin;
 
 pub(super) struct PinSource {
