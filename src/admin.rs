@@ -46,6 +46,12 @@ impl ClientTls {
     }
 }
 
+/// Reads a key file's first line (the admin key of `--key-file`).
+pub fn read_key_file(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    Ok(text.lines().next().unwrap_or_default().trim().to_owned())
+}
+
 /// One connection to `target` (`host:port`; over TLS the host must be a name or address in the
 /// server's certificate).
 async fn connect(target: &str, tls: &ClientTls) -> Result<Channel, String> {

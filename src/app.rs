@@ -72,7 +72,7 @@ impl Options {
         Self { data_dir, config, dev }
     }
 
-    fn db_path(&self) -> PathBuf {
+    pub fn db_path(&self) -> PathBuf {
         self.data_dir.join("db")
     }
 
@@ -84,7 +84,7 @@ impl Options {
 /// Makes every file the process creates owner-only (keyward's own, and sled's and SoftHSM2's,
 /// which follow the umask), and points SoftHSM2 at its configuration, before any thread exists
 /// (the environment is process-wide and SoftHSM2 reads it when the module initializes).
-fn prepare_environment(opts: &Options) -> Result<(), AppError> {
+pub fn prepare_environment(opts: &Options) -> Result<(), AppError> {
     // SAFETY: umask only swaps the process's file-creation mask; it cannot fail.
     unsafe { libc::umask(0o077) };
     let conf = if opts.dev {
@@ -101,7 +101,7 @@ fn prepare_environment(opts: &Options) -> Result<(), AppError> {
     Ok(())
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, AppError> {
+pub fn runtime() -> Result<tokio::runtime::Runtime, AppError> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(io("starting the async runtime"))
 }
 
@@ -130,7 +130,7 @@ fn random_pin() -> Pin {
     Pin::new(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn pkcs11_config(config: &Config) -> Result<Pkcs11Config, AppError> {
+pub fn pkcs11_config(config: &Config) -> Result<Pkcs11Config, AppError> {
     Ok(Pkcs11Config {
         module: config.module_path()?,
         token_label: config.hsm.token_label.clone(),
@@ -521,7 +521,7 @@ async fn sweep_every_interval(keys: Arc<Keys<Pkcs11Hsm, SledStore>>, every: Dura
 /// one (mTLS).
 fn admin_key(key_file: Option<&Path>, tls: &ClientTls, scope: &str) -> Result<Option<String>, AppError> {
     match key_file {
-        Some(path) => crate::bench::read_key_file(path).map(Some).map_err(AppError::Refused),
+        Some(path) => crate::admin::read_key_file(path).map(Some).map_err(AppError::Refused),
         None if tls.has_identity() => Ok(None),
         None => Err(AppError::Refused(format!(
             "--key-file is required (a key holding {scope}), or over mTLS a client certificate mapped to one \
@@ -557,110 +557,6 @@ pub fn audit(
         .map_err(AppError::Refused)
 }
 
-/// `keyward bench verify [--policies]`.
-pub fn bench_verify(
-    target: &str,
-    key_file: &Path,
-    concurrency: usize,
-    connections: usize,
-    duration: Duration,
-    policies: bool,
-) -> Result<(), AppError> {
-    let key = crate::bench::read_key_file(key_file).map_err(AppError::Refused)?;
-    let runtime = runtime()?;
-    let what = format!("x{concurrency} over {connections} connections");
-    if policies {
-        let (plain, all) = runtime
-            .block_on(crate::bench::verify_policies(target, &key, concurrency, connections, duration, 3))
-            .map_err(AppError::Refused)?;
-        println!("{}", plain.report(&format!("VerifyKey, no policies, {what}")));
-        println!("{}", all.report(&format!("VerifyKey, all policies, {what}")));
-        println!("all policies / none: {:.1} % of the throughput", 100.0 * all.per_second() / plain.per_second());
-    } else {
-        let figures = runtime
-            .block_on(crate::bench::verify(target, &key, concurrency, connections, duration))
-            .map_err(AppError::Refused)?;
-        println!("{}", figures.report(&format!("VerifyKey {what}")));
-    }
-    Ok(())
-}
-
-/// `keyward bench rotation`: prints each figure as soon as it is known.
-pub fn bench_rotation(
-    target: &str,
-    key_file: &Path,
-    options: &crate::bench_rotation::RotationOptions,
-) -> Result<(), AppError> {
-    let key = crate::bench::read_key_file(key_file).map_err(AppError::Refused)?;
-    let mut print = |line: String| println!("{line}");
-    runtime()?.block_on(crate::bench_rotation::rotation(target, &key, options, &mut print)).map_err(AppError::Refused)
-}
-
-/// `keyward bench overload`: prints each phase as soon as it ends.
-pub fn bench_overload(
-    target: &str,
-    key_file: &Path,
-    options: &crate::bench_overload::OverloadOptions,
-) -> Result<(), AppError> {
-    let key = crate::bench::read_key_file(key_file).map_err(AppError::Refused)?;
-    let mut print = |line: String| println!("{line}");
-    runtime()?
-        .block_on(crate::bench_overload::overload(target, &key, options, &mut print))
-        .map_err(AppError::Refused)?;
-    Ok(())
-}
-
-/// `keyward bench audit`: offline, on a stopped instance's data directory.
-pub fn bench_audit(opts: &Options, bench: crate::bench_audit::AuditBench) -> Result<(), AppError> {
-    prepare_environment(opts)?;
-    let config = Config::load(&opts.config, false)?;
-    let hsm = Pkcs11Hsm::open(pkcs11_config(&config)?)?;
-    hsm.ensure_audit_key()?;
-    let store = SledStore::open(&opts.db_path(), Arc::new(hsm.clone()))?;
-    let result = runtime()?.block_on(crate::bench_audit::run(&store, &bench, &mut |line| println!("{line}")));
-    store.close();
-    hsm.close();
-    result.map_err(AppError::Refused)
-}
-
-/// `keyward bench usage`: the usage log's disk figures, then VerifyKey with it off and on.
-pub fn bench_usage(opts: &Options, bench: crate::bench_usage::UsageBench) -> Result<(), AppError> {
-    let key = crate::bench::read_key_file(&opts.data_dir.join("root.key")).map_err(AppError::Refused)?;
-    let scratch = opts.data_dir.join("bench-usage-disk");
-    let _ = fs::remove_dir_all(&scratch);
-    let disk = runtime()?.block_on(crate::bench_usage::disk_figures(&scratch, bench.records, &mut |l| println!("{l}")));
-    let _ = fs::remove_dir_all(&scratch);
-    disk.map_err(AppError::Refused)?;
-    let (off, on) = crate::bench_usage::on_off(opts, &bench, &key).map_err(AppError::Refused)?;
-    let what = format!("x{} over {} connections", bench.concurrency, bench.connections);
-    println!("{}", off.report(&format!("VerifyKey, usage log off, {what}")));
-    println!("{}", on.report(&format!("VerifyKey, usage log on, {what}")));
-    println!("usage log on / off: {:.1} % of the throughput", 100.0 * on.per_second() / off.per_second());
-    Ok(())
-}
-
-/// `keyward bench hsm`: raw HMAC verifications through the adapter, on the configured token.
-pub fn bench_hsm(opts: &Options, concurrency: usize, duration: Duration, direct: bool) -> Result<(), AppError> {
-    prepare_environment(opts)?;
-    let config = Config::load(&opts.config, false)?;
-    let sessions = config.hsm.sessions;
-    let hsm = Pkcs11Hsm::open(pkcs11_config(&config)?)?;
-    hsm.require_master_key(FIRST_VERSION)?;
-    let figures = runtime()?
-        .block_on(async {
-            if direct {
-                crate::bench::hsm_direct(&hsm, FIRST_VERSION, concurrency, duration).await
-            } else {
-                crate::bench::hsm(&hsm, FIRST_VERSION, concurrency, duration).await
-            }
-        })
-        .map_err(AppError::Refused)?;
-    hsm.close();
-    let how = if direct { "threads, direct" } else { "tasks through the async adapter" };
-    println!("{}", figures.report(&format!("HSM C_Verify, {concurrency} {how}, {sessions} sessions")));
-    Ok(())
-}
-
 fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
     // Registered now, not at the first poll: a signal sent as soon as the address file appears
@@ -679,92 +575,4 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
             _ = int.recv() => tracing::info!("SIGINT received"),
         }
     }
-}
-
-/// Where `keyward bench` (the suite) runs.
-#[derive(Debug)]
-pub enum SuiteTarget {
-    /// A development instance of its own, in a temporary directory.
-    SelfHost,
-    /// A running server, the admin key in `key_file`; with `instance`, its data directory for
-    /// the raw HSM figures.
-    Remote { target: String, key_file: PathBuf, instance: Option<Options> },
-}
-
-/// What `keyward bench` prints besides the table.
-pub struct SuiteOutput {
-    pub json: bool,
-    pub chart: Option<PathBuf>,
-}
-
-/// `keyward bench`: the load suite with its ratios; a MISS is reported, not an error.
-pub fn bench_suite(
-    where_: SuiteTarget,
-    options: crate::bench_suite::SuiteOptions,
-    output: SuiteOutput,
-) -> Result<(), AppError> {
-    use crate::bench_report::{Machine, Report, Settings};
-    use std::io::IsTerminal;
-
-    // Before any thread: the self-hosted instance is made by child processes, then SoftHSM2 is
-    // pointed at its token.
-    let host = match &where_ {
-        SuiteTarget::SelfHost => Some(crate::bench_host::SelfHost::start().map_err(AppError::Refused)?),
-        SuiteTarget::Remote { .. } => None,
-    };
-    let (addr, key_file, instance) = match (&where_, &host) {
-        (_, Some(h)) => (h.addr.clone(), h.root_key_file.clone(), Some(h.opts.clone())),
-        (SuiteTarget::Remote { target, key_file, instance }, None) => {
-            (target.clone(), key_file.clone(), instance.clone())
-        }
-        (SuiteTarget::SelfHost, None) => unreachable!("a self-hosted run has its host"),
-    };
-    let key = crate::bench::read_key_file(&key_file).map_err(AppError::Refused)?;
-    let hsm = match &instance {
-        Some(opts) => {
-            prepare_environment(opts)?;
-            let hsm = Pkcs11Hsm::open(pkcs11_config(&Config::load(&opts.config, false)?)?)?;
-            hsm.require_master_key(FIRST_VERSION)?;
-            Some(hsm)
-        }
-        None => None,
-    };
-    let progress = if output.json || !std::io::stderr().is_terminal() {
-        indicatif::ProgressBar::hidden()
-    } else {
-        let style = indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
-            .map_err(|e| AppError::Refused(e.to_string()))?;
-        indicatif::ProgressBar::new(0).with_style(style)
-    };
-    let result = runtime()?.block_on(crate::bench_suite::run(&addr, &key, hsm.as_ref(), &options, &progress));
-    if let Some(hsm) = hsm {
-        hsm.close();
-    }
-    drop(host);
-    let (baselines, rows) = result.map_err(AppError::Refused)?;
-
-    let (seconds, count) = match options.limit {
-        crate::bench_drive::Limit::For(d) => (Some(d.as_secs()), None),
-        crate::bench_drive::Limit::Calls(n) => (None, Some(n)),
-    };
-    let settings = Settings {
-        target: if matches!(where_, SuiteTarget::SelfHost) { "self-host".into() } else { addr },
-        scenarios: options.scenarios.iter().map(|s| s.name().to_owned()).collect(),
-        concurrency: options.concurrency.clone(),
-        connections: options.connections,
-        keys: options.keys,
-        seconds,
-        count,
-    };
-    let report = Report::new(Machine::this(), settings, baselines, rows);
-    if let Some(path) = &output.chart {
-        crate::bench_chart::draw(&report, path).map_err(AppError::Refused)?;
-    }
-    if output.json {
-        let json = serde_json::to_string_pretty(&report).map_err(|e| AppError::Refused(e.to_string()))?;
-        println!("{json}");
-    } else {
-        print!("{}", report.table());
-    }
-    Ok(())
 }
