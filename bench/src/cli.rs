@@ -5,7 +5,7 @@
 
 use std::{ffi::OsString, path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, parser::ValueSource};
 use keyward::{app::Options, telemetry};
 
 use crate::{
@@ -24,9 +24,7 @@ use crate::{
     name = "keyward-bench",
     version,
     about = "Measure keyward. Without a subcommand: the load suite (--self-host, or --target and --key-file), \
-             every scenario against the no-op RPC and the raw HSM; the subcommands measure one thing each.",
-    args_conflicts_with_subcommands = true,
-    subcommand_negates_reqs = true
+             every scenario against the no-op RPC and the raw HSM; the subcommands measure one thing each."
 )]
 struct Cli {
     /// Log output format (logs go to stderr; filter with RUST_LOG).
@@ -287,8 +285,31 @@ impl Instance {
     }
 }
 
+/// Parses `args` (the program name first). The suite's options do not mix with a subcommand;
+/// `--log-format` goes anywhere.
+fn parse_from<I, T>(args: I) -> std::result::Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let mut command = Cli::command();
+    let matches = command.try_get_matches_from_mut(args)?;
+    let cli = Cli::from_arg_matches(&matches)?;
+    if let Some((name, _)) = matches.subcommand() {
+        let suite = SuiteArgs::augment_args(clap::Command::new("suite"));
+        let given =
+            suite.get_arguments().find(|a| matches.value_source(a.get_id().as_str()) == Some(ValueSource::CommandLine));
+        if let Some(arg) = given {
+            let flag = arg.get_long().unwrap_or(arg.get_id().as_str());
+            let message = format!("--{flag} is an option of the suite; the subcommand '{name}' cannot take it");
+            return Err(command.error(clap::error::ErrorKind::ArgumentConflict, message));
+        }
+    }
+    Ok(cli)
+}
+
 pub fn run() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit());
     if let Some(BenchCommand::Keyward { args }) = cli.command {
         // keyward sets up its own logging (`serve` inside its runtime).
         return keyward::cli::run_from(std::iter::once(OsString::from("keyward")).chain(args));
@@ -364,7 +385,7 @@ mod tests {
     use super::*;
 
     fn suite(args: &[&str]) -> std::result::Result<(SuiteTarget, SuiteOptions), String> {
-        let cli = Cli::try_parse_from(["keyward-bench"].iter().chain(args)).map_err(|e| e.to_string())?;
+        let cli = parse_from(["keyward-bench"].iter().chain(args)).map_err(|e| e.to_string())?;
         if cli.command.is_some() {
             return Err("not the suite".into());
         }
@@ -417,15 +438,19 @@ mod tests {
 
     #[test]
     fn subcommands_parse_and_do_not_mix_with_the_suite() {
-        let cli = Cli::try_parse_from(["keyward-bench", "verify", "--key-file", "k", "--policies"]).unwrap();
+        let cli = parse_from(["keyward-bench", "verify", "--key-file", "k", "--policies"]).unwrap();
         assert!(matches!(cli.command, Some(BenchCommand::Verify { policies: true, .. })));
-        assert!(Cli::try_parse_from(["keyward-bench", "--self-host", "verify", "--key-file", "k"]).is_err());
+        let mixed = parse_from(["keyward-bench", "--self-host", "verify", "--key-file", "k"]).unwrap_err();
+        assert!(mixed.to_string().contains("--self-host is an option of the suite"), "{mixed}");
+        assert!(parse_from(["keyward-bench", "--seconds", "3", "hsm", "--data-dir", "d"]).is_err());
+        let logged = parse_from(["keyward-bench", "--log-format", "json", "verify", "--key-file", "k"]).unwrap();
+        assert!(matches!(logged.log_format, telemetry::LogFormat::Json));
     }
 
     #[test]
     fn the_hidden_keyward_subcommand_passes_every_argument_through() {
         let args = ["keyward-bench", "keyward", "serve", "--dev", "--data-dir", "d", "--help"];
-        let cli = Cli::try_parse_from(args).unwrap();
+        let cli = parse_from(args).unwrap();
         let Some(BenchCommand::Keyward { args }) = cli.command else { panic!("the keyward subcommand expected") };
         assert_eq!(args, ["serve", "--dev", "--data-dir", "d", "--help"].map(OsString::from));
     }
