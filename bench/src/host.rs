@@ -18,7 +18,7 @@ use crate::error::{BenchError, Result};
 pub const KEYWARD_SUBCOMMAND: &str = "keyward";
 
 /// `keyward ARGS` as a child process: this executable's hidden subcommand.
-fn keyward() -> Result<Command> {
+fn keyward_command() -> Result<Command> {
     let exe = std::env::current_exe().map_err(BenchError::io("finding the keyward-bench executable"))?;
     let mut cmd = Command::new(exe);
     cmd.arg(KEYWARD_SUBCOMMAND);
@@ -32,7 +32,7 @@ impl Server {
     /// Starts `keyward serve` of `opts` with `config` on 127.0.0.1:0 and waits for its address.
     pub(crate) fn start(opts: &Options, config: &Path, addr_file: &Path) -> Result<(Self, String)> {
         let _ = std::fs::remove_file(addr_file);
-        let mut cmd = keyward()?;
+        let mut cmd = keyward_command()?;
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&opts.data_dir)
             .arg("--config")
@@ -94,7 +94,7 @@ impl SelfHost {
             .map_err(BenchError::io("creating a temporary directory"))?;
         let data_dir = dir.path().join("data");
         let opts = Options::new(data_dir.clone(), None, true);
-        let init = keyward()?
+        let init = keyward_command()?
             .args(["init", "--dev", "--data-dir"])
             .arg(&data_dir)
             .stdin(Stdio::null())
