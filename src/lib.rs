@@ -3,16 +3,6 @@
 
 pub mod admin;
 pub mod app;
-pub mod bench;
-pub mod bench_audit;
-pub mod bench_chart;
-pub mod bench_drive;
-pub mod bench_host;
-pub mod bench_overload;
-pub mod bench_report;
-pub mod bench_rotation;
-pub mod bench_suite;
-pub mod bench_usage;
 pub mod cli;
 pub mod config;
 pub mod domain;
@@ -20,7 +10,6 @@ pub mod grpc;
 pub mod hsm;
 pub mod init;
 pub mod metrics;
-pub mod rss;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -15,12 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     app::{AppError, Options, io, pkcs11_config},
     config::{self, Config, DEV_TOKEN_LABEL, ServerLimits},
-    domain::{
-        key::MasterKeyVersion,
-        Services, ServicesConfig,
-        ports::Store,
-        proof::self_test_input,
-    },
+    domain::{Services, ServicesConfig, key::MasterKeyVersion, ports::Store, proof::self_test_input},
     grpc,
     hsm::{self, Pkcs11Hsm},
     store::{SledStore, StoreLimits},
@@ -86,7 +81,8 @@ impl Server {
         if unreachable.is_none() {
             hsm.ensure_audit_key()?;
         }
-        let limits = StoreLimits { min_free_bytes: config.store.min_free_bytes, write_timeout: config.store.write_timeout };
+        let limits =
+            StoreLimits { min_free_bytes: config.store.min_free_bytes, write_timeout: config.store.write_timeout };
         let store = SledStore::open_with_limits(&db, Arc::new(hsm.clone()), limits)?;
         let master = store.master()?.ok_or_else(|| {
             AppError::Refused("the database has no master key record: was `keyward init` interrupted?".into())

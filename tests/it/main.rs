@@ -6,7 +6,6 @@ mod common;
 mod api;
 mod audit;
 mod auth;
-mod bench;
 mod brute_force;
 mod crash;
 mod disk_faults;

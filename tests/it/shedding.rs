@@ -120,7 +120,7 @@ async fn an_open_loop_flood_gets_valid_or_fast_resource_exhausted_with_bounded_m
         let r = c.verify_key(proto::VerifyKeyRequest { key: key.clone(), ..Default::default() }).await.unwrap();
         assert_eq!(r.into_inner().code(), VerifyCode::Valid);
     }
-    let rss_before = keyward::rss::vm_rss_bytes(pid).expect("the server's VmRSS");
+    let rss_before = vm_rss_bytes(pid).expect("the server's VmRSS");
 
     // Open loop: every call is started at once, none waits for another's answer.
     let start = Instant::now();
@@ -158,10 +158,17 @@ async fn an_open_loop_flood_gets_valid_or_fast_resource_exhausted_with_bounded_m
     assert!(shed > 0, "the flood was shed");
     assert!(shed_while_serving > 0, "shed answers came back while accepted calls were still being served");
 
-    let rss_after = keyward::rss::vm_rss_bytes(pid).expect("the server's VmRSS");
+    let rss_after = vm_rss_bytes(pid).expect("the server's VmRSS");
     println!("server VmRSS {} KiB before, {} KiB after", rss_before / 1024, rss_after / 1024);
     assert!(rss_after < rss_before + 64 * 1024 * 1024, "memory stays bounded: {rss_before} -> {rss_after} bytes");
     assert!(kw.is_running(), "no crash");
     assert_eq!(kw.pid(), pid);
     assert_eq!(kw.code(&key, &[]).await, VerifyCode::Valid, "served normally after the flood");
+}
+
+/// `VmRSS` of process `pid` in bytes (Linux `/proc`).
+fn vm_rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().strip_suffix("kB")?.trim();
+    Some(kib.parse::<u64>().ok()? * 1024)
 }

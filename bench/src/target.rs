@@ -1,7 +1,6 @@
-//! `keyward bench`: load figures anyone can reproduce. `verify` drives VerifyKey on a running
-//! server (its connections and load are shared with `bench_rotation` and the suite in
-//! `bench_suite`); `hsm` measures raw HMAC verifications through the same PKCS#11 adapter, the
-//! ceiling that verification cannot pass.
+//! A server under load: its connections and admin credential (`Target`), the VerifyKey load the
+//! benches share (timed runs, and a running `Load` cut into windows afterwards), CreateKey and
+//! RotateKey in bulk, and `keyward-bench verify [--policies]`.
 
 use std::{
     sync::{
@@ -11,118 +10,36 @@ use std::{
     time::{Duration, Instant},
 };
 
+use keyward::proto::{
+    self, key_service_client::KeyServiceClient, master_key_service_client::MasterKeyServiceClient,
+    verify_service_client::VerifyServiceClient,
+};
 use tonic::{
     metadata::{Ascii, MetadataValue},
     transport::Channel,
 };
 
 use crate::{
-    bench_drive::{Limit, Outcome, Run, drive},
-    domain::{
-        key::{Digest, KeyId, MasterKeyVersion},
-        ports::Hsm,
-        proof::key_digest_input,
-        secret::{Secret, SensitiveBytes},
-    },
-    hsm::Pkcs11Hsm,
-    proto::{
-        self, key_service_client::KeyServiceClient, master_key_service_client::MasterKeyServiceClient,
-        verify_service_client::VerifyServiceClient,
-    },
+    error::{BenchError, Result},
+    figures::{Figures, Samples, merge, micros},
 };
 
-/// Latency percentiles and throughput of one run.
-pub struct Figures {
-    pub calls: usize,
-    pub errors: usize,
-    pub elapsed: Duration,
-    latencies_us: Vec<u32>,
-}
-
-impl Figures {
-    pub(crate) fn new(mut latencies_us: Vec<u32>, errors: usize, elapsed: Duration) -> Self {
-        latencies_us.sort_unstable();
-        Self { calls: latencies_us.len(), errors, elapsed, latencies_us }
-    }
-
-    /// Several runs as one: calls and time add up.
-    pub(crate) fn combine(runs: Vec<Figures>) -> Self {
-        let elapsed = runs.iter().map(|f| f.elapsed).sum();
-        let errors = runs.iter().map(|f| f.errors).sum();
-        Self::new(runs.into_iter().flat_map(|f| f.latencies_us).collect(), errors, elapsed)
-    }
-
-    pub fn per_second(&self) -> f64 {
-        self.calls as f64 / self.elapsed.as_secs_f64()
-    }
-
-    /// The `q` quantile (0..=1) in milliseconds.
-    pub fn quantile_ms(&self, q: f64) -> f64 {
-        if self.latencies_us.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((self.latencies_us.len() - 1) as f64 * q).round() as usize;
-        f64::from(self.latencies_us[i]) / 1000.0
-    }
-
-    pub fn report(&self, what: &str) -> String {
-        format!(
-            "{what}: {} calls in {:.1} s = {:.0}/s; latency ms p50 {:.3} p90 {:.3} p99 {:.3} p99.9 {:.3} max {:.3}; errors {}",
-            self.calls,
-            self.elapsed.as_secs_f64(),
-            self.per_second(),
-            self.quantile_ms(0.5),
-            self.quantile_ms(0.9),
-            self.quantile_ms(0.99),
-            self.quantile_ms(0.999),
-            self.quantile_ms(1.0),
-            self.errors
-        )
-    }
-}
-
-/// One worker's latencies (µs) of successful calls, and its failed calls.
-#[derive(Default)]
-struct Samples {
-    latencies_us: Vec<u32>,
-    errors: usize,
-}
-
-impl Samples {
-    fn record(&mut self, started: Instant, ok: bool) {
-        if ok {
-            self.latencies_us.push(started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
-        } else {
-            self.errors += 1;
-        }
-    }
-}
-
-fn merge(parts: impl IntoIterator<Item = Samples>, elapsed: Duration) -> Figures {
-    let (mut all, mut errors) = (Vec::new(), 0);
-    for part in parts {
-        all.extend(part.latencies_us);
-        errors += part.errors;
-    }
-    Figures::new(all, errors, elapsed)
-}
-
-async fn join_all(tasks: Vec<tokio::task::JoinHandle<Samples>>, start: Instant) -> Result<Figures, String> {
+async fn join_all(tasks: Vec<tokio::task::JoinHandle<Samples>>, start: Instant) -> Result<Figures> {
     let mut parts = Vec::with_capacity(tasks.len());
     for t in tasks {
-        parts.push(t.await.map_err(|e| e.to_string())?);
+        parts.push(t.await?);
     }
     Ok(merge(parts, start.elapsed()))
 }
 
-fn bearer(key: &str) -> Result<tonic::metadata::MetadataValue<tonic::metadata::Ascii>, String> {
-    format!("Bearer {key}").parse().map_err(|_| "the admin key is not ASCII".to_string())
+fn bearer(key: &str) -> Result<MetadataValue<Ascii>> {
+    format!("Bearer {key}").parse().map_err(|_| BenchError::AdminKeyNotAscii)
 }
 
 /// Open connections to the target and the admin credential.
 pub(crate) struct Target {
     pub(crate) channels: Vec<Channel>,
-    pub(crate) auth: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    pub(crate) auth: MetadataValue<Ascii>,
 }
 
 /// What a verification run presents: a key, and what the request asks of it.
@@ -134,29 +51,26 @@ pub(crate) struct Presented {
 }
 
 impl Target {
-    pub(crate) async fn connect(target: &str, admin_key: &str, connections: usize) -> Result<Self, String> {
-        let endpoint = Channel::from_shared(format!("http://{target}")).map_err(|e| e.to_string())?;
+    pub(crate) async fn connect(target: &str, admin_key: &str, connections: usize) -> Result<Self> {
+        let endpoint = Channel::from_shared(format!("http://{target}"))
+            .map_err(|source| BenchError::Address { target: target.to_owned(), source })?;
         let mut channels = Vec::new();
         for _ in 0..connections.max(1) {
-            channels.push(endpoint.connect().await.map_err(|e| format!("connecting to {target}: {e}"))?);
+            let connected = endpoint.connect().await;
+            channels.push(connected.map_err(|source| BenchError::Connect { target: target.to_owned(), source })?);
         }
         Ok(Self { channels, auth: bearer(admin_key)? })
     }
 
-    pub(crate) async fn create(&self, create: proto::CreateKeyRequest) -> Result<String, String> {
+    pub(crate) async fn create(&self, create: proto::CreateKeyRequest) -> Result<String> {
         let mut request = tonic::Request::new(create);
         request.metadata_mut().insert("authorization", self.auth.clone());
         let created = KeyServiceClient::new(self.channels[0].clone()).create_key(request).await;
-        Ok(created.map_err(|e| e.to_string())?.into_inner().key)
+        Ok(created.map_err(|s| BenchError::call("CreateKey", &s))?.into_inner().key)
     }
 
     /// VerifyKey on `presented` from `concurrency` tasks for `duration`; only VALID counts.
-    pub(crate) async fn run(
-        &self,
-        presented: &Presented,
-        concurrency: usize,
-        duration: Duration,
-    ) -> Result<Figures, String> {
+    pub(crate) async fn run(&self, presented: &Presented, concurrency: usize, duration: Duration) -> Result<Figures> {
         let deadline = Instant::now() + duration;
         let start = Instant::now();
         let mut tasks = Vec::new();
@@ -211,7 +125,7 @@ impl Target {
         template: &proto::CreateKeyRequest,
         n: usize,
         in_flight: usize,
-    ) -> Result<(Vec<String>, Figures), String> {
+    ) -> Result<(Vec<String>, Figures)> {
         let (next, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(Mutex::new(None::<String>)));
         let start = Instant::now();
         let mut tasks = Vec::new();
@@ -241,23 +155,19 @@ impl Target {
         }
         let (mut parts, mut ids) = (Vec::new(), Vec::with_capacity(n));
         for t in tasks {
-            let (samples, some) = t.await.map_err(|e| e.to_string())?;
+            let (samples, some) = t.await?;
             parts.push(samples);
             ids.extend(some);
         }
         let figures = merge(parts, start.elapsed());
         if let Some(e) = failed.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            return Err(format!("CreateKey failed after {} keys: {e}", ids.len()));
+            return Err(BenchError::CreateFailed { made: ids.len(), first: e });
         }
         Ok((ids, figures))
     }
 
     /// RotateKey once on each of `ids` from `concurrency` tasks; with the first error, if any.
-    pub(crate) async fn rotate_each(
-        &self,
-        ids: Vec<String>,
-        concurrency: usize,
-    ) -> Result<(Figures, Option<String>), String> {
+    pub(crate) async fn rotate_each(&self, ids: Vec<String>, concurrency: usize) -> Result<(Figures, Option<String>)> {
         let (ids, next, failed) = (Arc::new(ids), Arc::new(AtomicUsize::new(0)), Arc::new(Mutex::new(None)));
         let start = Instant::now();
         let mut tasks = Vec::new();
@@ -286,11 +196,11 @@ impl Target {
     }
 
     /// GetMasterKeyStatus and how long it took.
-    pub(crate) async fn master_status(&self, skip_counts: bool) -> Result<(proto::MasterKeyStatus, Duration), String> {
+    pub(crate) async fn master_status(&self, skip_counts: bool) -> Result<(proto::MasterKeyStatus, Duration)> {
         let t = Instant::now();
         let request = self.request(proto::GetMasterKeyStatusRequest { skip_counts });
         let status = self.master_client().get_master_key_status(request).await;
-        Ok((status.map_err(|e| status_text(&e))?.into_inner(), t.elapsed()))
+        Ok((status.map_err(|s| BenchError::call("GetMasterKeyStatus", &s))?.into_inner(), t.elapsed()))
     }
 }
 
@@ -331,7 +241,7 @@ pub(crate) struct Call {
 
 impl Call {
     fn new(origin: Instant, started: Instant, ok: bool) -> Self {
-        let latency_us = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+        let latency_us = micros(started.elapsed());
         Self { started: started.duration_since(origin), latency_us, ok }
     }
 }
@@ -350,11 +260,11 @@ impl Load {
     }
 
     /// Stops the callers (each finishes its call in flight) and returns every call.
-    pub(crate) async fn stop(self) -> Result<Vec<Call>, String> {
+    pub(crate) async fn stop(self) -> Result<Vec<Call>> {
         self.stop.store(true, Ordering::Relaxed);
         let mut calls = Vec::new();
         for t in self.tasks {
-            calls.extend(t.await.map_err(|e| e.to_string())?);
+            calls.extend(t.await?);
         }
         Ok(calls)
     }
@@ -391,8 +301,8 @@ pub(crate) fn policy_key() -> proto::CreateKeyRequest {
         not_before: Some((now - Duration::from_secs(60)).into()),
         expires_at: Some((now + Duration::from_secs(86_400)).into()),
         rate_limit: Some(proto::RateLimit { limit: 1_000_000, window: Some(duration(1)) }),
-        remaining: Some(crate::domain::validate::MAX_USES),
-        refill: Some(proto::Refill { amount: crate::domain::validate::MAX_USES, interval: Some(duration(86_400)) }),
+        remaining: Some(keyward::domain::validate::MAX_USES),
+        refill: Some(proto::Refill { amount: keyward::domain::validate::MAX_USES, interval: Some(duration(86_400)) }),
         metadata: [("team".to_string(), "bench".to_string())].into(),
         ..Default::default()
     }
@@ -406,7 +316,7 @@ pub async fn verify(
     concurrency: usize,
     connections: usize,
     duration: Duration,
-) -> Result<Figures, String> {
+) -> Result<Figures> {
     let target = Target::connect(target, admin_key, connections).await?;
     let key = target.create(plain_key()).await?;
     let presented =
@@ -424,7 +334,7 @@ pub async fn verify_policies(
     connections: usize,
     round: Duration,
     rounds: usize,
-) -> Result<(Figures, Figures), String> {
+) -> Result<(Figures, Figures)> {
     let target = Target::connect(target, admin_key, connections).await?;
     let required_scopes = vec!["bench:read".into()];
     let plain =
@@ -445,107 +355,9 @@ pub async fn verify_policies(
     Ok((Figures::combine(a), Figures::combine(b)))
 }
 
-/// A fixed key id and secret with their digest under `version`: what the HSM runs verify on.
-struct Probe {
-    id: KeyId,
-    secret: Secret,
-    digest: Digest,
-}
-
-impl Probe {
-    async fn new(hsm: &Pkcs11Hsm, version: MasterKeyVersion) -> Result<Self, String> {
-        let (id, secret) = (KeyId::new_v7(), Secret::from_bytes([7; 32]));
-        let digest = hsm.digest(version, key_digest_input(id, &secret)).await.map_err(|e| e.to_string())?;
-        Ok(Self { id, secret, digest })
-    }
-
-    fn input(&self) -> SensitiveBytes {
-        key_digest_input(self.id, &self.secret)
-    }
-}
-
-/// Raw HMAC-SHA256 verifications through the PKCS#11 adapter from `concurrency` tasks.
-pub async fn hsm(
-    hsm: &Pkcs11Hsm,
-    version: MasterKeyVersion,
-    concurrency: usize,
-    duration: Duration,
-) -> Result<Figures, String> {
-    Ok(hsm_run(hsm, version, concurrency, Limit::For(duration)).await?.figures)
-}
-
-/// [`hsm`] within any [`Limit`].
-pub(crate) async fn hsm_run(
-    hsm: &Pkcs11Hsm,
-    version: MasterKeyVersion,
-    concurrency: usize,
-    limit: Limit,
-) -> Result<Run, String> {
-    let probe = Arc::new(Probe::new(hsm, version).await?);
-    drive(concurrency, limit, |_| {
-        let (hsm, probe) = (hsm.clone(), probe.clone());
-        move |_| {
-            let (hsm, probe) = (hsm.clone(), probe.clone());
-            async move {
-                let verified = hsm.verify(probe.input(), &probe.digest).await;
-                Some(Outcome::of(matches!(verified, Ok(true)), "HSM_FAILED"))
-            }
-        }
-    })
-    .await
-}
-
-/// Raw `C_Verify` calls on `threads` OS threads, no async hop: the HSM's own ceiling.
-pub async fn hsm_direct(
-    hsm: &Pkcs11Hsm,
-    version: MasterKeyVersion,
-    threads: usize,
-    duration: Duration,
-) -> Result<Figures, String> {
-    let probe = Arc::new(Probe::new(hsm, version).await?);
-    let (start, deadline) = (Instant::now(), Instant::now() + duration);
-    let handles: Vec<_> = (0..threads.max(1))
-        .map(|_| {
-            let (hsm, probe) = (hsm.clone(), probe.clone());
-            std::thread::spawn(move || {
-                let mut samples = Samples::default();
-                while Instant::now() < deadline {
-                    let t = Instant::now();
-                    samples.record(t, matches!(hsm.verify_blocking(&probe.input(), &probe.digest), Ok(true)));
-                }
-                samples
-            })
-        })
-        .collect();
-    let mut parts = Vec::with_capacity(handles.len());
-    for h in handles {
-        parts.push(h.join().map_err(|_| "a bench thread panicked".to_string())?);
-    }
-    Ok(merge(parts, start.elapsed()))
-}
-
-/// Moved to the admin commands, which read key files too.
-pub use crate::admin::read_key_file;
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quantiles_and_rates_come_from_the_recorded_latencies() {
-        let parts = [
-            Samples { latencies_us: (51..=100).rev().map(|ms| ms * 1000).collect(), errors: 1 },
-            Samples { latencies_us: (1..=50).map(|ms| ms * 1000).collect(), errors: 2 },
-        ];
-        let f = merge(parts, Duration::from_secs(4));
-        assert_eq!((f.calls, f.errors), (100, 3));
-        assert_eq!(f.per_second(), 25.0);
-        assert_eq!(f.quantile_ms(0.0), 1.0);
-        assert_eq!(f.quantile_ms(0.5), 51.0);
-        assert_eq!(f.quantile_ms(0.99), 99.0);
-        assert_eq!(f.quantile_ms(1.0), 100.0);
-        assert!(merge([], Duration::from_secs(1)).quantile_ms(0.5).is_nan());
-    }
 
     #[test]
     fn a_window_holds_the_calls_that_started_in_it() {

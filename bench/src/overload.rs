@@ -1,4 +1,4 @@
-//! `keyward bench overload`: what the server does at several times the VerifyKey rate it can
+//! `keyward-bench overload`: what the server does at several times the VerifyKey rate it can
 //! sustain. First a closed loop (a fixed number of callers, each waiting for its answer)
 //! measures the sustainable rate; then an open loop starts calls on a fixed schedule at
 //! `multiplier` times that rate, whatever the answers, over many connections. Both phases
@@ -16,13 +16,16 @@ use std::{
     time::{Duration, Instant},
 };
 
+use keyward::proto;
+
 use crate::{
-    bench::{Figures, Presented, Target, plain_key},
-    proto,
+    error::{BenchError, Result},
+    figures::Figures,
     rss::{pid_listening_on, vm_rss_bytes},
+    target::{Presented, Target, plain_key},
 };
 
-/// What `bench overload` runs with.
+/// What `keyward-bench overload` runs with.
 #[derive(Clone, Debug)]
 pub struct OverloadOptions {
     /// How long each phase runs.
@@ -128,7 +131,7 @@ pub async fn overload(
     admin_key: &str,
     options: &OverloadOptions,
     print: &mut dyn FnMut(String),
-) -> Result<OverloadReport, String> {
+) -> Result<OverloadReport> {
     let pid = options.pid.or_else(|| target.parse::<SocketAddr>().ok().and_then(pid_listening_on));
     let rss = move || pid.and_then(vm_rss_bytes);
     let conn = Target::connect(target, admin_key, options.connections).await?;
@@ -147,7 +150,7 @@ pub async fn overload(
     print(report("closed loop", options.concurrency, &sustained));
     let rate = sustained.accepted.per_second() * options.multiplier;
     if rate < 1.0 {
-        return Err("the closed loop had no VALID answer: nothing to multiply".into());
+        return Err(BenchError::NoValidAnswer);
     }
     // Fresh connections for the open loop, so that the closed loop's leave no backlog.
     let conn = Target::connect(target, admin_key, options.connections).await?;
@@ -208,8 +211,8 @@ pub fn report(what: &str, width: usize, p: &Phase) -> String {
 /// Runs `phase`, sampling the server's memory every 50 ms; the peak goes into the phase.
 async fn watch_rss(
     rss: impl Fn() -> Option<u64> + Send + Copy + 'static,
-    phase: impl Future<Output = Result<Phase, String>>,
-) -> Result<Phase, String> {
+    phase: impl Future<Output = Result<Phase>>,
+) -> Result<Phase> {
     let done = Arc::new(AtomicBool::new(false));
     let sampler = {
         let done = done.clone();
@@ -224,7 +227,7 @@ async fn watch_rss(
     };
     let result = phase.await;
     done.store(true, Ordering::Relaxed);
-    let peak = sampler.await.map_err(|e| e.to_string())?;
+    let peak = sampler.await?;
     result.map(|p| Phase { peak_rss: p.peak_rss.max(peak), ..p })
 }
 
@@ -262,12 +265,7 @@ fn verify_request(presented: &Presented, auth: &Auth) -> tonic::Request<proto::V
 }
 
 /// `concurrency` callers, each starting its next call when the last is answered.
-async fn closed_loop(
-    conn: &Target,
-    presented: &Presented,
-    concurrency: usize,
-    duration: Duration,
-) -> Result<Phase, String> {
+async fn closed_loop(conn: &Target, presented: &Presented, concurrency: usize, duration: Duration) -> Result<Phase> {
     let start = Instant::now();
     let deadline = start + duration;
     let mut tasks = Vec::new();
@@ -286,7 +284,7 @@ async fn closed_loop(
     }
     let (mut tally, mut started) = (Tally::default(), 0);
     for t in tasks {
-        let (part, calls) = t.await.map_err(|e| e.to_string())?;
+        let (part, calls) = t.await?;
         tally.merge(part);
         started += calls;
     }
@@ -301,7 +299,7 @@ async fn open_loop(
     rate: f64,
     duration: Duration,
     max_outstanding: usize,
-) -> Result<Phase, String> {
+) -> Result<Phase> {
     let tally = Arc::new(Mutex::new(Tally::default()));
     let outstanding = Arc::new(AtomicUsize::new(0));
     let (mut started, mut skipped) = (0usize, 0usize);

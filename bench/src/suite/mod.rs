@@ -1,4 +1,4 @@
-//! `keyward bench` with no subcommand: the load suite. Each scenario runs at each concurrency
+//! `keyward-bench` with no subcommand: the load suite. Each scenario runs at each concurrency
 //! between two baselines on the same server, the no-op RPC (`grpc.health.v1.Health/Check`) and
 //! raw HSM verifications through keyward's own adapter, so every figure comes with its ratios.
 
@@ -15,10 +15,7 @@ use tonic::{
 };
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use crate::{
-    bench::{Target, hsm_run, plain_key, policy_key},
-    bench_drive::{Limit, Outcome, Run, drive},
-    bench_report::{Baseline, Row, Stats},
+use keyward::{
     domain::{key::MasterKeyVersion, key_format, secret::Secret},
     hsm::Pkcs11Hsm,
     proto::{
@@ -26,6 +23,17 @@ use crate::{
         verify_service_client::VerifyServiceClient,
     },
 };
+
+use crate::{
+    drive::{Limit, Outcome, Run, drive},
+    error::{BenchError, Result},
+    raw_hsm::hsm_run,
+    target::{Target, plain_key, policy_key},
+};
+use report::{Baseline, Row, Stats};
+
+pub mod chart;
+pub mod report;
 
 /// The suite's scenarios, in the order they run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
@@ -117,7 +125,7 @@ impl Caller {
             VerifyServiceClient::new(channel.clone()).verify_key(self.verify_request(key, client_ip, scopes)).await;
         match answer {
             Ok(r) => Ok(VerifyCode::try_from(r.get_ref().code).unwrap_or(VerifyCode::Unspecified)),
-            Err(s) => Err(crate::bench_drive::code_name(s.code())),
+            Err(s) => Err(crate::drive::code_name(s.code())),
         }
     }
 
@@ -157,11 +165,11 @@ impl Suite<'_> {
     }
 
     /// Makes `n` keys like `template` (not timed as a scenario).
-    async fn make_keys(&self, template: &proto::CreateKeyRequest, n: usize) -> Result<Vec<(String, String)>, String> {
+    async fn make_keys(&self, template: &proto::CreateKeyRequest, n: usize) -> Result<Vec<(String, String)>> {
         let made: Pool = Arc::default();
         let run = self.create_run(template, &made, SETUP_CONCURRENCY, Limit::Calls(n as u64)).await?;
         if let Some((code, _)) = run.errors.iter().next() {
-            return Err(format!("CreateKey failed while making keys for the bench: {code}"));
+            return Err(BenchError::SetupFailed(code.clone()));
         }
         Ok(std::mem::take(&mut *made.lock().unwrap_or_else(|e| e.into_inner())))
     }
@@ -172,7 +180,7 @@ impl Suite<'_> {
         pool: &Pool,
         concurrency: usize,
         limit: Limit,
-    ) -> Result<Run, String> {
+    ) -> Result<Run> {
         drive(concurrency, limit, |w| {
             let (caller, template, pool) = (self.caller(w), template.clone(), pool.clone());
             move |_| {
@@ -184,7 +192,7 @@ impl Suite<'_> {
     }
 
     /// Takes `n` keys from the pool, making what is missing.
-    async fn take_keys(&self, n: usize) -> Result<Vec<(String, String)>, String> {
+    async fn take_keys(&self, n: usize) -> Result<Vec<(String, String)>> {
         let have = self.pool.lock().unwrap_or_else(|e| e.into_inner()).len();
         if have < n {
             let made = self.make_keys(&named("bench-pool"), n - have).await?;
@@ -204,7 +212,7 @@ impl Suite<'_> {
         }
     }
 
-    async fn noop(&self, concurrency: usize) -> Result<Run, String> {
+    async fn noop(&self, concurrency: usize) -> Result<Run> {
         drive(concurrency, self.o.limit, |w| {
             let channel = self.caller(w).channel;
             move |_| {
@@ -218,7 +226,7 @@ impl Suite<'_> {
         .await
     }
 
-    async fn scenario(&self, s: Scenario, concurrency: usize) -> Result<Run, String> {
+    async fn scenario(&self, s: Scenario, concurrency: usize) -> Result<Run> {
         let limit = self.o.limit;
         match s {
             Scenario::Verify | Scenario::VerifyPolicies => {
@@ -375,7 +383,7 @@ pub async fn run(
     hsm: Option<&Pkcs11Hsm>,
     o: &SuiteOptions,
     progress: &ProgressBar,
-) -> Result<(Vec<Baseline>, Vec<Row>), String> {
+) -> Result<(Vec<Baseline>, Vec<Row>)> {
     let target = Target::connect(target, admin_key, o.connections).await?;
     let per_level = o.scenarios.len() + if hsm.is_some() { 4 } else { 2 };
     progress.set_length((per_level * o.concurrency.len()) as u64 + 1);
@@ -414,7 +422,7 @@ pub async fn run(
                 }
                 None => None,
             };
-            Ok::<_, String>((noop, hsm))
+            Ok::<_, BenchError>((noop, hsm))
         };
         let (noop_before, hsm_before) = baseline().await?;
         for &s in &o.scenarios {
@@ -446,7 +454,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::key::KeyId;
+    use keyward::domain::key::KeyId;
 
     #[test]
     fn a_wrong_secret_key_is_well_formed_for_the_same_id() {

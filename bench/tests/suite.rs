@@ -1,17 +1,17 @@
-//! `keyward bench --self-host`: the real binary starts its own server, runs every scenario and
-//! reports JSON with the ratios and the correctness counts.
+//! `keyward-bench --self-host`: the real binary starts its own server (a `keyward serve` child
+//! process), runs every scenario and reports JSON with the ratios and the correctness counts.
 
 use std::process::Command;
 
-use crate::common::BIN;
+const BIN: &str = env!("CARGO_BIN_EXE_keyward-bench");
 
 #[test]
 fn self_hosted_suite_reports_every_scenario_with_ratios_as_json() {
     let out = Command::new(BIN)
-        .args(["bench", "--self-host", "--seconds", "1", "--concurrency", "2", "--keys", "4", "--json"])
+        .args(["--self-host", "--seconds", "1", "--concurrency", "2", "--keys", "4", "--json"])
         .output()
-        .expect("keyward runs");
-    assert!(out.status.success(), "keyward bench failed: {}", String::from_utf8_lossy(&out.stderr));
+        .expect("keyward-bench runs");
+    assert!(out.status.success(), "keyward-bench failed: {}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document on stdout");
     let rows = report["rows"].as_array().expect("rows");
     for scenario in ["verify", "verify-policies", "verify-invalid", "create", "rotate", "revoke", "audit-query"] {
@@ -34,7 +34,7 @@ fn self_hosted_suite_reports_every_scenario_with_ratios_as_json() {
 
 #[test]
 fn bench_without_a_server_or_subcommand_explains_itself() {
-    let out = Command::new(BIN).arg("bench").output().expect("keyward runs");
+    let out = Command::new(BIN).output().expect("keyward-bench runs");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--self-host"));
 }

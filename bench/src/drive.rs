@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::bench::Figures;
+use crate::{error::Result, figures::Figures};
 
 /// How long each run lasts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,7 +79,7 @@ struct Tally {
 
 /// Runs `make(worker)`'s call from `concurrency` workers within `limit`. A call gets its index
 /// (0, 1, 2, … across all workers) and answers `None` when there is nothing left to do.
-pub(crate) async fn drive<M, F, Fut>(concurrency: usize, limit: Limit, make: M) -> Result<Run, String>
+pub(crate) async fn drive<M, F, Fut>(concurrency: usize, limit: Limit, make: M) -> Result<Run>
 where
     M: Fn(usize) -> F,
     F: Fn(u64) -> Fut + Send + 'static,
@@ -110,7 +110,7 @@ where
                 match outcome.result {
                     Ok(()) => {
                         let took = outcome.took.unwrap_or_else(|| t.elapsed());
-                        tally.latencies_us.push(took.as_micros().min(u128::from(u32::MAX)) as u32);
+                        tally.latencies_us.push(crate::figures::micros(took));
                     }
                     Err(code) => *tally.errors.entry(code).or_default() += 1,
                 }
@@ -120,7 +120,7 @@ where
     }
     let (mut latencies, mut errors, mut flagged) = (Vec::new(), BTreeMap::new(), 0);
     for t in tasks {
-        let tally = t.await.map_err(|e| format!("a bench worker failed: {e}"))?;
+        let tally = t.await?;
         latencies.extend(tally.latencies_us);
         for (code, n) in tally.errors {
             *errors.entry(code).or_default() += n;

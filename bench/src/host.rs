@@ -1,23 +1,38 @@
-//! Servers the benches start themselves: a `keyward serve` child of this executable on a free
-//! port (stopped with SIGTERM on drop), and for `keyward bench --self-host` a development
-//! instance in a temporary directory (a fresh SoftHSM2 token, removed afterwards).
+//! Servers the benches start themselves: a `keyward serve` child process on a free port (stopped
+//! with SIGTERM on drop), and for `keyward-bench --self-host` a development instance in a
+//! temporary directory (a fresh SoftHSM2 token, removed afterwards). The children run the real
+//! server through this executable's hidden `keyward` subcommand (see `cli`), so the bench needs
+//! no separately built `keyward` binary and never measures a server inside its own process.
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use crate::app::Options;
+use keyward::app::Options;
+
+use crate::error::{BenchError, Result};
+
+/// The hidden subcommand of `keyward-bench` that runs keyward's own command line.
+pub const KEYWARD_SUBCOMMAND: &str = "keyward";
+
+/// `keyward ARGS` as a child process: this executable's hidden subcommand.
+fn keyward_command() -> Result<Command> {
+    let exe = std::env::current_exe().map_err(BenchError::io("finding the keyward-bench executable"))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg(KEYWARD_SUBCOMMAND);
+    Ok(cmd)
+}
 
 /// A `keyward serve` child on a free port; stopped with SIGTERM on drop.
 pub(crate) struct Server(Child);
 
 impl Server {
     /// Starts `keyward serve` of `opts` with `config` on 127.0.0.1:0 and waits for its address.
-    pub(crate) fn start(opts: &Options, config: &Path, addr_file: &Path) -> Result<(Self, String), String> {
+    pub(crate) fn start(opts: &Options, config: &Path, addr_file: &Path) -> Result<(Self, String)> {
         let _ = std::fs::remove_file(addr_file);
-        let mut cmd = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
+        let mut cmd = keyward_command()?;
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&opts.data_dir)
             .arg("--config")
@@ -29,7 +44,7 @@ impl Server {
         if opts.dev {
             cmd.arg("--dev");
         }
-        let mut server = Server(cmd.spawn().map_err(|e| format!("starting keyward serve: {e}"))?);
+        let mut server = Server(cmd.spawn().map_err(BenchError::io("starting keyward serve"))?);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(addr) = std::fs::read_to_string(addr_file)
@@ -38,12 +53,10 @@ impl Server {
                 return Ok((server, addr.trim().to_owned()));
             }
             if let Ok(Some(status)) = server.0.try_wait() {
-                return Err(format!("keyward serve exited at start ({status}); run it by hand to see why"));
+                return Err(BenchError::ServerExited(status));
             }
             if Instant::now() > deadline {
-                return Err(
-                    "keyward serve did not start within 30 s (is another server using the data directory?)".into()
-                );
+                return Err(BenchError::ServerTimeout);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -68,30 +81,30 @@ pub(crate) struct SelfHost {
     _server: Server,
     pub(crate) addr: String,
     pub(crate) opts: Options,
-    pub(crate) root_key_file: std::path::PathBuf,
+    pub(crate) root_key_file: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl SelfHost {
     /// Runs before any thread starts: the caller then points SoftHSM2 at the new token.
-    pub(crate) fn start() -> Result<Self, String> {
-        let dir = tempfile::Builder::new().prefix("keyward-bench-").tempdir().map_err(|e| e.to_string())?;
+    pub(crate) fn start() -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("keyward-bench-")
+            .tempdir()
+            .map_err(BenchError::io("creating a temporary directory"))?;
         let data_dir = dir.path().join("data");
         let opts = Options::new(data_dir.clone(), None, true);
-        let init = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+        let init = keyward_command()?
             .args(["init", "--dev", "--data-dir"])
             .arg(&data_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null()) // the root key: kept in DATA_DIR/root.key instead
             .stderr(Stdio::piped())
             .output()
-            .map_err(|e| format!("running keyward init --dev: {e}"))?;
+            .map_err(BenchError::io("running keyward init --dev"))?;
         if !init.status.success() {
-            return Err(format!(
-                "keyward init --dev failed ({}): {}",
-                init.status,
-                String::from_utf8_lossy(&init.stderr).trim()
-            ));
+            let stderr = String::from_utf8_lossy(&init.stderr).trim().to_owned();
+            return Err(BenchError::InitFailed { status: init.status, stderr });
         }
         let (server, addr) = Server::start(&opts, &opts.config, &dir.path().join("addr"))?;
         let root_key_file = data_dir.join("root.key");

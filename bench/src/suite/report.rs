@@ -1,4 +1,4 @@
-//! The load suite's report (`keyward bench`): figures per scenario and concurrency, the no-op and
+//! The load suite's report (`keyward-bench`): figures per scenario and concurrency, the no-op and
 //! HSM baselines they are compared with, the goals with PASS/MISS, the table and the JSON
 //! document. Pure: no I/O.
 
@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, fmt::Write};
 
 use serde::Serialize;
 
-use crate::bench::Figures;
+use crate::figures::Figures;
 
 /// One run's figures as reported: rate, latency percentiles (ms), failed calls by code.
 #[derive(Clone, Debug, Default, Serialize)]

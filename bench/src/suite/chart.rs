@@ -1,11 +1,14 @@
-//! `keyward bench --chart FILE`: latency (p50, p99) and calls/s against concurrency, for VerifyKey
+//! `keyward-bench --chart FILE`: latency (p50, p99) and calls/s against concurrency, for VerifyKey
 //! and the no-op RPC, drawn from a suite's report as SVG.
 
 use std::path::Path;
 
 use plotters::prelude::*;
 
-use crate::bench_report::Report;
+use crate::{
+    error::{BenchError, Result},
+    suite::report::{Report, Row, Stats},
+};
 
 /// One line of the chart: (concurrency, value) points.
 struct Line {
@@ -17,10 +20,9 @@ struct Line {
 /// The lines of both panels: latencies (ms) and rates (calls/s).
 fn lines(report: &Report) -> (Vec<Line>, Vec<Line>) {
     let verify: Vec<_> = report.rows.iter().filter(|r| r.scenario == "verify").collect();
-    let at = |f: &dyn Fn(&crate::bench_report::Row) -> f64| -> Vec<(f64, f64)> {
-        verify.iter().map(|r| (r.concurrency as f64, f(r))).collect()
-    };
-    let noop = |f: &dyn Fn(&crate::bench_report::Stats) -> f64| -> Vec<(f64, f64)> {
+    let at =
+        |f: &dyn Fn(&Row) -> f64| -> Vec<(f64, f64)> { verify.iter().map(|r| (r.concurrency as f64, f(r))).collect() };
+    let noop = |f: &dyn Fn(&Stats) -> f64| -> Vec<(f64, f64)> {
         report.baselines.iter().map(|b| (b.concurrency as f64, (f(&b.noop_before) + f(&b.noop_after)) / 2.0)).collect()
     };
     let latency = vec![
@@ -36,8 +38,8 @@ fn lines(report: &Report) -> (Vec<Line>, Vec<Line>) {
     (latency, rate)
 }
 
-fn err(e: impl std::fmt::Display) -> String {
-    format!("drawing the chart: {e}")
+fn err(e: impl std::fmt::Display) -> BenchError {
+    BenchError::Chart(e.to_string())
 }
 
 /// Draws one panel; both axes' ranges come from the points (x and, with `log_y`, y logarithmic).
@@ -47,14 +49,14 @@ fn panel<DB: DrawingBackend>(
     y_desc: &str,
     lines: &[Line],
     log_y: bool,
-) -> Result<(), String> {
+) -> Result<()> {
     let points = || lines.iter().flat_map(|l| l.points.iter()).filter(|(_, y)| y.is_finite() && *y > 0.0);
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for &(x, y) in points() {
         (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
     }
     if x0 > x1 {
-        return Err("no VerifyKey or no-op figures to draw (run the verify scenario)".into());
+        return Err(BenchError::NothingToChart);
     }
     let mut chart = ChartBuilder::on(area);
     chart.caption(title, ("sans-serif", 20)).margin(15).x_label_area_size(40).y_label_area_size(70);
@@ -84,7 +86,7 @@ fn panel<DB: DrawingBackend>(
 }
 
 /// Writes the SVG to `path`.
-pub fn draw(report: &Report, path: &Path) -> Result<(), String> {
+pub fn draw(report: &Report, path: &Path) -> Result<()> {
     let (latency, rate) = lines(report);
     let root = SVGBackend::new(path, (1200, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;

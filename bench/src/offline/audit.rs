@@ -1,19 +1,21 @@
-//! `keyward bench audit`: audit queries at scale, offline on a data directory (the server must
+//! `keyward-bench audit`: audit queries at scale, offline on a data directory (the server must
 //! be stopped: sled allows one process). Appends synthetic events, sealed by the real HSM and
 //! indexed like any others, until the trail holds `--events`; then times QueryEvents' store
 //! query for one key's newest 100 events, and reports the disk bytes per event.
 
 use std::time::{Instant, SystemTime};
 
-use crate::{
-    bench::Figures,
+use keyward::{
     domain::{
         audit::{Actor, AuditAction, AuditEvent, AuditQuery},
+        audit_log::MAX_SCAN,
         key::KeyId,
         ports::Store,
     },
     store::SledStore,
 };
+
+use crate::{error::Result, figures::Figures};
 
 /// Events per transaction while filling.
 const BATCH: usize = 1000;
@@ -39,7 +41,7 @@ fn event(target: KeyId, actor: KeyId, n: u64) -> AuditEvent {
 }
 
 /// Fills the trail, then queries; each figure goes to `out`.
-pub async fn run(store: &SledStore, o: &AuditBench, out: &mut impl FnMut(String)) -> Result<(), String> {
+pub async fn run(store: &SledStore, o: &AuditBench, out: &mut impl FnMut(String)) -> Result<()> {
     let last = last_seq(store)?;
     let targets: Vec<KeyId> = (0..o.keys.max(1)).map(|_| KeyId::new_v7()).collect();
     let actor = KeyId::new_v7();
@@ -51,7 +53,7 @@ pub async fn run(store: &SledStore, o: &AuditBench, out: &mut impl FnMut(String)
             let n = (missing - written).min(BATCH as u64);
             let batch =
                 (0..n).map(|i| event(targets[((written + i) as usize) % targets.len()], actor, written + i)).collect();
-            store.append_events(batch).await.map_err(|e| e.to_string())?;
+            store.append_events(batch).await?;
             written += n;
         }
         let took = started.elapsed();
@@ -62,7 +64,7 @@ pub async fn run(store: &SledStore, o: &AuditBench, out: &mut impl FnMut(String)
         ));
     }
     let total = last_seq(store)?;
-    let bytes = store.size_on_disk().map_err(|e| e.to_string())?;
+    let bytes = store.size_on_disk()?;
     out(format!(
         "trail: {total} events; database {bytes} bytes on disk = {:.0} bytes per event",
         bytes as f64 / total as f64
@@ -75,8 +77,7 @@ pub async fn run(store: &SledStore, o: &AuditBench, out: &mut impl FnMut(String)
         let key = targets[(i * 7919) % targets.len()];
         let query = AuditQuery { key: Some(key), newest_first: true, ..Default::default() };
         let t = Instant::now();
-        let (events, _) =
-            store.query_audit(&query, None, 100, crate::domain::audit_log::MAX_SCAN).map_err(|e| e.to_string())?;
+        let (events, _) = store.query_audit(&query, None, 100, MAX_SCAN)?;
         latencies.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
         returned += events.len();
     }
@@ -89,8 +90,8 @@ pub async fn run(store: &SledStore, o: &AuditBench, out: &mut impl FnMut(String)
     Ok(())
 }
 
-fn last_seq(store: &SledStore) -> Result<u64, String> {
+fn last_seq(store: &SledStore) -> Result<u64> {
     let q = AuditQuery { newest_first: true, ..Default::default() };
-    let (events, _) = store.query_audit(&q, None, 1, 1).map_err(|e| e.to_string())?;
+    let (events, _) = store.query_audit(&q, None, 1, 1)?;
     Ok(events.first().map_or(0, |e| e.seq))
 }

@@ -1,4 +1,4 @@
-//! `keyward bench usage`: what the usage log costs. Offline, the writer's ceiling (records/s
+//! `keyward-bench usage`: what the usage log costs. Offline, the writer's ceiling (records/s
 //! through the store, group commit included) and disk bytes per record in a scratch database;
 //! then VerifyKey throughput with the log off and on, in alternating rounds of the same run,
 //! each round a real `keyward serve` on the instance's data directory (stop the server first).
@@ -10,9 +10,8 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use crate::{
-    bench::Figures,
-    bench_host::Server,
+use keyward::{
+    app::Options,
     domain::{
         key::KeyId,
         policy::VerifyCode,
@@ -20,6 +19,13 @@ use crate::{
         usage_log::{MAX_QUERY_SCAN, MAX_USAGE_SCAN, Retention, UsageQuery, UsageRecord},
     },
     store::SledStore,
+};
+
+use crate::{
+    error::{BenchError, Result},
+    figures::Figures,
+    host::Server,
+    target,
 };
 
 pub struct UsageBench {
@@ -57,10 +63,10 @@ fn record(n: u64, keys: &[KeyId], caller: KeyId) -> UsageRecord {
 }
 
 /// Writes `n` records into a scratch store in `dir` in writer-sized batches.
-pub async fn disk_figures(dir: &Path, n: u64, out: &mut impl FnMut(String)) -> Result<(), String> {
+pub async fn disk_figures(dir: &Path, n: u64, out: &mut impl FnMut(String)) -> Result<()> {
     const BATCH: u64 = 4096;
-    let store = SledStore::open(dir, Arc::new(NoSealer)).map_err(|e| e.to_string())?;
-    let empty = store.size_on_disk().map_err(|e| e.to_string())?;
+    let store = SledStore::open(dir, Arc::new(NoSealer))?;
+    let empty = store.size_on_disk()?;
     let keys: Vec<KeyId> = (0..1000).map(|_| KeyId::new_v7()).collect();
     let caller = KeyId::new_v7();
     let started = Instant::now();
@@ -68,24 +74,24 @@ pub async fn disk_figures(dir: &Path, n: u64, out: &mut impl FnMut(String)) -> R
     while written < n {
         let batch = (written..(written + BATCH).min(n)).map(|i| record(i, &keys, caller)).collect::<Vec<_>>();
         written += batch.len() as u64;
-        store.append_usage(batch, Retention::default()).await.map_err(|e| e.to_string())?;
+        store.append_usage(batch, Retention::default()).await?;
     }
     let took = started.elapsed();
-    let bytes = store.size_on_disk().map_err(|e| e.to_string())?.saturating_sub(empty);
+    let bytes = store.size_on_disk()?.saturating_sub(empty);
     let query =
         |i: usize| UsageQuery { key: Some(keys[i * 7919 % keys.len()]), newest_first: true, ..Default::default() };
-    let time = |f: &dyn Fn(usize) -> Result<usize, StoreError>| -> Result<(Figures, usize), String> {
+    let time = |f: &dyn Fn(usize) -> Result<usize, StoreError>| -> Result<(Figures, usize)> {
         let (mut latencies, mut returned, started) = (Vec::new(), 0, Instant::now());
         for i in 0..200 {
             let t = Instant::now();
-            returned += f(i).map_err(|e| e.to_string())?;
+            returned += f(i)?;
             latencies.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
         }
         Ok((Figures::new(latencies, 0, started.elapsed()), returned / 200))
     };
     let (newest, per_page) = time(&|i| Ok(store.query_usage(&query(i), None, 100, MAX_QUERY_SCAN)?.0.len()))?;
     let (counts, per_key) =
-        time(&|i| Ok(store.key_usage(query(i).key.expect("a key"), None, None, MAX_USAGE_SCAN)?.total as usize))?;
+        time(&|i| Ok(store.key_usage(keys[i * 7919 % keys.len()], None, None, MAX_USAGE_SCAN)?.total as usize))?;
     store.close();
     out(format!(
         "usage log writer: {written} records in {BATCH}-record durable batches in {:.1} s = {:.0} records/s",
@@ -102,19 +108,20 @@ pub async fn disk_figures(dir: &Path, n: u64, out: &mut impl FnMut(String)) -> R
 }
 
 /// The instance's configuration with `[usage_log] enabled` set as given.
-fn config_with_log(base: &Path, enabled: bool, out: &Path) -> Result<(), String> {
+fn config_with_log(base: &Path, enabled: bool, out: &Path) -> Result<()> {
     let text = std::fs::read_to_string(base).unwrap_or_default();
-    let mut table: toml::Table = toml::from_str(&text).map_err(|e| format!("{}: {e}", base.display()))?;
+    let mut table: toml::Table =
+        toml::from_str(&text).map_err(|source| BenchError::ConfigRead { path: base.to_owned(), source })?;
     let section = table.entry("usage_log").or_insert_with(|| toml::Value::Table(Default::default()));
-    let toml::Value::Table(section) = section else { return Err("[usage_log] is not a table".into()) };
+    let toml::Value::Table(section) = section else { return Err(BenchError::UsageLogNotTable(base.to_owned())) };
     section.insert("enabled".into(), toml::Value::Boolean(enabled));
-    std::fs::write(out, toml::to_string(&table).map_err(|e| e.to_string())?).map_err(|e| e.to_string())
+    std::fs::write(out, toml::to_string(&table)?).map_err(BenchError::io(format!("writing {}", out.display())))
 }
 
 /// VerifyKey with the usage log off and on, alternating rounds; returns (off, on).
-pub fn on_off(opts: &crate::app::Options, b: &UsageBench, admin_key: &str) -> Result<(Figures, Figures), String> {
+pub fn on_off(opts: &Options, b: &UsageBench, admin_key: &str) -> Result<(Figures, Figures)> {
     let scratch = opts.data_dir.join("bench-usage");
-    std::fs::create_dir_all(&scratch).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&scratch).map_err(BenchError::io(format!("creating {}", scratch.display())))?;
     let configs: Vec<PathBuf> = [false, true]
         .iter()
         .map(|on| {
@@ -122,13 +129,12 @@ pub fn on_off(opts: &crate::app::Options, b: &UsageBench, admin_key: &str) -> Re
             config_with_log(&opts.config, *on, &path).map(|()| path)
         })
         .collect::<Result<_, _>>()?;
-    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    let runtime = keyward::app::runtime()?;
     let (mut off, mut on) = (Vec::new(), Vec::new());
     for round in 0..b.rounds.max(1) {
         for (i, config) in configs.iter().enumerate() {
             let (server, addr) = Server::start(opts, config, &scratch.join("addr"))?;
-            let figures =
-                runtime.block_on(crate::bench::verify(&addr, admin_key, b.concurrency, b.connections, b.round))?;
+            let figures = runtime.block_on(target::verify(&addr, admin_key, b.concurrency, b.connections, b.round))?;
             drop(server);
             eprintln!(
                 "round {}: usage log {}: {:.0}/s",

@@ -1,12 +1,15 @@
-//! `keyward bench rotation`: RotateKey latency, and a master key rotation of many keys under a
+//! `keyward-bench rotation`: RotateKey latency, and a master key rotation of many keys under a
 //! VerifyKey load (how long until every key verifies under the new version, and what VerifyKey
-//! does meanwhile). Uses the connections and load of `bench`.
+//! does meanwhile). Uses the connections and load of `target`.
 
 use std::{sync::Arc, time::Duration};
 
+use keyward::proto;
+
 use crate::{
-    bench::{Figures, Load, Presented, Target, plain_key, status_text, window},
-    proto,
+    error::{BenchError, Result},
+    figures::Figures,
+    target::{Load, Presented, Target, plain_key, window},
 };
 
 /// What `bench rotation` runs with.
@@ -47,12 +50,7 @@ fn named(name: &str) -> proto::CreateKeyRequest {
 /// The end of the re-digest is watched with GetMasterKeyStatus `skip_counts` every 100 ms (a
 /// read of the master state); the full status, which reads every key record, is asked for once
 /// at the end to confirm no key is pending, and its cost is reported as its own figure.
-pub async fn rotation(
-    target: &str,
-    admin_key: &str,
-    o: &RotationOptions,
-    out: &mut impl FnMut(String),
-) -> Result<(), String> {
+pub async fn rotation(target: &str, admin_key: &str, o: &RotationOptions, out: &mut impl FnMut(String)) -> Result<()> {
     let target = Target::connect(target, admin_key, o.connections).await?;
     let (conn, create) = (o.connections.max(1), o.create_concurrency.max(1));
     let load = format!("x{} over {conn} connections", o.concurrency.max(1));
@@ -69,7 +67,7 @@ pub async fn rotation(
 
     let (status, _) = target.master_status(false).await?;
     if status.migration.is_some() {
-        return Err("a master key re-digest is already running on the server: wait for it to finish".into());
+        return Err(BenchError::RedigestRunning);
     }
     let presented = Presented {
         key: Arc::new(target.create(plain_key()).await?),
@@ -136,7 +134,7 @@ pub async fn rotation(
         during.quantile_ms(0.99) / before.quantile_ms(0.99)
     ));
     if w.pending != 0 {
-        return Err(format!("the re-digest ended with {} keys still pending", w.pending));
+        return Err(BenchError::KeysPending(w.pending));
     }
     Ok(())
 }
@@ -154,10 +152,10 @@ struct Watched {
 }
 
 /// Rotates the master key and polls the master state until the re-digest has ended.
-async fn watch_master_rotation(target: &Target, load: &Load) -> Result<Watched, String> {
+async fn watch_master_rotation(target: &Target, load: &Load) -> Result<Watched> {
     let rotated_at = load.now();
     let rotating = target.master_client().rotate_master_key(target.request(proto::RotateMasterKeyRequest {})).await;
-    let mut status = rotating.map_err(|e| format!("RotateMasterKey: {}", status_text(&e)))?.into_inner();
+    let mut status = rotating.map_err(|s| BenchError::call("RotateMasterKey", &s))?.into_inner();
     let rotate_took = load.now() - rotated_at;
     let to = status.current_version;
     let (mut checked_at, mut running_at) = (rotated_at + rotate_took, rotated_at);
