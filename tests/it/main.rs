@@ -10,6 +10,7 @@ mod bench;
 mod brute_force;
 mod crash;
 mod disk_faults;
+mod docs_examples;
 mod durability;
 mod grpcurl;
 mod h2load;

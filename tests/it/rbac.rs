@@ -1,5 +1,5 @@
-//! The permission matrix: every RPC × every kind of caller gets the status the README's RBAC
-//! table documents; and no admin can hand out `keyward:` permissions it lacks.
+//! The permission matrix: every RPC × every kind of caller gets the status the RBAC table of
+//! docs/permissions.md documents; and no admin can hand out `keyward:` permissions it lacks.
 
 use std::time::{Duration, SystemTime};
 
@@ -35,7 +35,7 @@ enum Rpc {
     QueryUsage,
 }
 
-/// One row of the README's RBAC table.
+/// One row of the RBAC table in docs/permissions.md.
 struct Row {
     rpc: Rpc,
     /// Each of these scopes alone grants the call.
