@@ -11,6 +11,7 @@ pub const UNSTABLE: &[&str] = &[
     "keyId",
     "rotatedTo",
     "rotatedFrom",
+    "rotatedAt",
     "createdAt",
     "updatedAt",
     "disabledAt",
@@ -59,9 +60,14 @@ impl Literals {
         self.0.iter().fold(text.to_owned(), |t, (shown, actual)| t.replace(shown, actual))
     }
 
-    /// `text` with every value of this run replaced by the doc's (to print pasteable outputs).
+    /// `text` with every id, key and token of this run replaced by the doc's, to print outputs
+    /// that can be pasted into the doc. Times stay this run's: no command types them, and an
+    /// output's times then agree with each other.
     pub fn to_shown(&self, text: &str) -> String {
-        self.0.iter().fold(text.to_owned(), |t, (shown, actual)| t.replace(actual, shown))
+        self.0
+            .iter()
+            .filter(|(shown, _)| humantime::parse_rfc3339(shown).is_err())
+            .fold(text.to_owned(), |t, (shown, actual)| t.replace(actual, shown))
     }
 }
 
