@@ -573,7 +573,7 @@ mod tests {
         assert_eq!(c.server.max_message_bytes, 64 * 1024);
     }
 
-    /// The README's TOML blocks after `from`, in order.
+    /// The TOML blocks of docs/configuration.md, then docs/operations.md, after `from`, in order.
     fn readme_toml_blocks(from: &str) -> Vec<&'static str> {
         let readme = concat!(include_str!("../docs/configuration.md"), include_str!("../docs/operations.md"));
         let mut rest = &readme[readme.find(from).expect("the heading")..];
