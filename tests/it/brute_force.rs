@@ -13,7 +13,7 @@ use crate::common::{
     scrape::{self, Exposition},
 };
 
-/// `[brute_force] max_failures`, as documented in the README.
+/// `[brute_force] max_failures`, as documented in docs/security.md ("Brute-force defence").
 const N: usize = 20;
 const GUESSES: usize = 10_000;
 /// Concurrent callers; `GUESSES` is a multiple of it.

@@ -9,6 +9,7 @@ mod auth;
 mod brute_force;
 mod crash;
 mod disk_faults;
+mod docs_examples;
 mod durability;
 mod grpcurl;
 mod h2load;

@@ -1,5 +1,5 @@
-//! The permission matrix: every RPC × every kind of caller gets the status the README's RBAC
-//! table documents; and no admin can hand out `keyward:` permissions it lacks.
+//! The permission matrix: every RPC × every kind of caller gets the status the RBAC table of
+//! docs/permissions.md documents; and no admin can hand out `keyward:` permissions it lacks.
 
 use std::time::{Duration, SystemTime};
 
@@ -35,7 +35,7 @@ enum Rpc {
     QueryUsage,
 }
 
-/// One row of the README's RBAC table.
+/// One row of the RBAC table in docs/permissions.md.
 struct Row {
     rpc: Rpc,
     /// Each of these scopes alone grants the call.
@@ -351,4 +351,43 @@ async fn no_admin_can_hand_out_keyward_permissions_it_does_not_hold() {
     }
     assert_eq!(kw.code(&kw.root_key, &[]).await, proto::VerifyCode::Valid, "the root key was not rotated");
     kw.keys(Some(&rotator)).await.rotate_key(rotate(&plain_id)).await.expect("rotating a plain key is fine");
+}
+
+/// The RBAC table of docs/permissions.md says what `TABLE` tests: every RPC there is in the
+/// matrix, and each row names every scope the matrix finds granting its RPC.
+#[test]
+fn the_documented_rbac_table_is_the_tested_one() {
+    let doc = include_str!("../../docs/permissions.md");
+    let section = &doc[doc.find("## RBAC table").expect("an RBAC table section")..];
+    let rows: Vec<(Vec<&str>, &str)> = section
+        .lines()
+        .skip_while(|l| !l.starts_with("| service"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .filter(|l| l.contains("keyward:"))
+        .map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            (cells[2].split(", ").map(|rpc| rpc.trim_matches('`')).collect(), cells[3])
+        })
+        .collect();
+    let tested: Vec<String> = TABLE.iter().map(|row| format!("{:?}", row.rpc)).collect();
+    for (rpcs, _) in &rows {
+        for rpc in rpcs {
+            assert!(tested.iter().any(|t| t == rpc), "docs/permissions.md lists {rpc}, which the matrix does not test");
+        }
+    }
+    for row in TABLE {
+        let name = format!("{:?}", row.rpc);
+        let documented = name.strip_suffix("DryRun").unwrap_or(&name);
+        let (_, permission) = rows
+            .iter()
+            .find(|(rpcs, _)| rpcs.contains(&documented))
+            .unwrap_or_else(|| panic!("{documented} is missing from the RBAC table of docs/permissions.md"));
+        for scope in row.granted_by {
+            assert!(
+                permission.contains(&format!("`{scope}`")),
+                "docs/permissions.md: {documented} should name `{scope}`, it says: {permission}"
+            );
+        }
+    }
 }
