@@ -135,7 +135,7 @@ impl UsageLogSection {
     }
 }
 
-/// The database's disk: see the README's "Disk full".
+/// The database's disk: see "Disk full" in docs/operations.md.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSection {
@@ -252,7 +252,7 @@ impl Default for HsmSection {
     }
 }
 
-/// The gRPC server's limits, as `grpc::serve` takes them; the defaults are documented in the README.
+/// The gRPC server's limits, as `grpc::serve` takes them; the defaults are documented in docs/configuration.md.
 #[derive(Clone, Debug)]
 pub struct ServerLimits {
     pub max_message_bytes: usize,

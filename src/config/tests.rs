@@ -21,10 +21,10 @@ fn file_values_and_environment_overlay() {
     assert_eq!(c.server.max_message_bytes, 64 * 1024);
 }
 
-/// The README's TOML blocks after `from`, in order.
-fn readme_toml_blocks(from: &str) -> Vec<&'static str> {
-    let readme = include_str!("../../README.md");
-    let mut rest = &readme[readme.find(from).expect("the heading")..];
+/// The TOML blocks of docs/configuration.md, then docs/operations.md, after `from`, in order.
+fn docs_toml_blocks(from: &str) -> Vec<&'static str> {
+    let docs = concat!(include_str!("../../docs/configuration.md"), include_str!("../../docs/operations.md"));
+    let mut rest = &docs[docs.find(from).expect("the heading")..];
     let mut blocks = Vec::new();
     while let Some(start) = rest.find("```toml\n") {
         rest = &rest[start + "```toml\n".len()..];
@@ -36,8 +36,8 @@ fn readme_toml_blocks(from: &str) -> Vec<&'static str> {
 }
 
 #[test]
-fn every_readme_configuration_example_is_valid() {
-    let blocks = readme_toml_blocks("# keyward");
+fn every_documented_configuration_example_is_valid() {
+    let blocks = docs_toml_blocks("# Configuration");
     assert!(blocks.len() >= 2, "the TLS example and the configuration reference");
     for block in blocks {
         let c: Config = toml::from_str(block).unwrap_or_else(|e| panic!("{e}\n{block}"));
@@ -47,8 +47,8 @@ fn every_readme_configuration_example_is_valid() {
 }
 
 #[test]
-fn the_readme_configuration_example_is_valid_and_says_the_defaults() {
-    let block = readme_toml_blocks("## Configuration")[0];
+fn the_configuration_reference_is_valid_and_says_the_defaults() {
+    let block = docs_toml_blocks("# Configuration")[0];
     let c: Config = toml::from_str(block).unwrap();
     let d = Config::default();
     assert_eq!(toml::to_string(&c.rotation).unwrap(), toml::to_string(&d.rotation).unwrap());

@@ -20,7 +20,7 @@ use quick_cache::sync::Cache;
 
 use super::key::KeyId;
 
-/// Tunables; the defaults are documented in the README (`[brute_force]`).
+/// Tunables; the defaults are documented in docs/configuration.md (`[brute_force]`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BruteForceConfig {
     pub enabled: bool,
