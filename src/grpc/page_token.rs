@@ -1,8 +1,10 @@
 //! ListKeys page tokens on the wire: opaque. The domain's token (where the next page resumes
-//! and a fingerprint of the filters) goes out as base64url(version ‖ token ‖ checksum), so a
-//! caller can neither read a key id in it nor build one; one that does not unwrap (edited,
-//! truncated, from elsewhere) is `INVALID_ARGUMENT` naming `page_token`. The checksum catches
-//! damage, not forgery: the domain still checks what the token says.
+//! and a fingerprint of the filters) goes out as base64url(version ‖ token ‖ checksum), so
+//! callers see no structure to depend on and the layout can change behind the version byte.
+//! It is not encrypted: decoding it shows the key id the page ended on, which that caller was
+//! just shown. One that does not unwrap (edited, truncated, from elsewhere) is
+//! `INVALID_ARGUMENT` naming `page_token`. The checksum catches damage, not forgery: the domain
+//! still checks what the token says (its filters' fingerprint, the reach of the caller).
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 
