@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
-exec cargo run --release -- serve --dev --data-dir "${KEYWARD_DATA_DIR:-./keyward-data}" "$@"
+exec cargo run --release -p keyward -- serve --dev --data-dir "${KEYWARD_DATA_DIR:-./keyward-data}" "$@"
