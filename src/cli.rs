@@ -29,8 +29,10 @@ enum Command {
     Audit(admin::AuditArgs),
 }
 
+/// The instance a command works on: its data directory, configuration file and mode. Also
+/// flattened into keyward-bench's offline benches.
 #[derive(Args, Debug)]
-struct Common {
+pub struct InstanceArgs {
     /// Data directory: database, configuration (keyward.toml) and, with --dev, the SoftHSM2 token.
     #[arg(long, env = "KEYWARD_DATA_DIR")]
     data_dir: PathBuf,
@@ -42,8 +44,8 @@ struct Common {
     dev: bool,
 }
 
-impl Common {
-    fn options(self) -> app::Options {
+impl InstanceArgs {
+    pub fn options(self) -> app::Options {
         app::Options::new(self.data_dir, self.config, self.dev)
     }
 }
@@ -51,13 +53,13 @@ impl Common {
 #[derive(Args, Debug)]
 struct InitArgs {
     #[command(flatten)]
-    common: Common,
+    common: InstanceArgs,
 }
 
 #[derive(Args, Debug)]
 struct ServeArgs {
     #[command(flatten)]
-    common: Common,
+    common: InstanceArgs,
     /// Address to listen on [default: 127.0.0.1:50051, or `listen` in the configuration].
     #[arg(long, env = "KEYWARD_LISTEN")]
     listen: Option<SocketAddr>,

@@ -6,7 +6,7 @@
 use std::{ffi::OsString, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, parser::ValueSource};
-use keyward::{app::Options, telemetry};
+use keyward::{app::Options, cli::InstanceArgs, telemetry};
 
 use crate::{
     commands::{self, SuiteOutput, SuiteTarget},
@@ -215,7 +215,7 @@ enum BenchCommand {
     /// synthetic events up to --events, then times one key's newest 100.
     Audit {
         #[command(flatten)]
-        instance: Instance,
+        instance: InstanceArgs,
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
         /// Keys the synthetic events are spread over.
@@ -229,7 +229,7 @@ enum BenchCommand {
     /// rounds, each a `keyward serve` of this instance on a free port.
     Usage {
         #[command(flatten)]
-        instance: Instance,
+        instance: InstanceArgs,
         /// Records written to the scratch database.
         #[arg(long, default_value_t = 1_000_000)]
         records: u64,
@@ -247,7 +247,7 @@ enum BenchCommand {
     /// Raw HMAC-SHA256 verifications per second through keyward's PKCS#11 adapter.
     Hsm {
         #[command(flatten)]
-        instance: Instance,
+        instance: InstanceArgs,
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
         #[arg(long, default_value_t = 10)]
@@ -263,26 +263,6 @@ enum BenchCommand {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
-}
-
-/// The instance an offline bench opens.
-#[derive(Args, Debug)]
-struct Instance {
-    /// Data directory: database, configuration (keyward.toml) and, with --dev, the SoftHSM2 token.
-    #[arg(long, env = "KEYWARD_DATA_DIR")]
-    data_dir: PathBuf,
-    /// Configuration file (default: DATA_DIR/keyward.toml).
-    #[arg(long, env = "KEYWARD_CONFIG")]
-    config: Option<PathBuf>,
-    /// Development mode: a SoftHSM2 token inside DATA_DIR, made on first use.
-    #[arg(long)]
-    dev: bool,
-}
-
-impl Instance {
-    fn options(self) -> Options {
-        Options::new(self.data_dir, self.config, self.dev)
-    }
 }
 
 /// Parses `args` (the program name first). The suite's options do not mix with a subcommand;
