@@ -12,4 +12,4 @@ mod usage_codec;
 mod usage_log;
 mod writer;
 
-pub use sled_store::{DEFAULT_WRITE_TIMEOUT, SledStore, StoreLimits};
+pub use sled_store::{DEFAULT_WRITE_TIMEOUT, SealedEvent, SledStore, StoreLimits};

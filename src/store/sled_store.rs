@@ -23,6 +23,10 @@ use crate::domain::{
     usage_log::{KeyUsage, Retention, UsageQuery, UsageRecord},
 };
 
+#[path = "replica.rs"]
+mod replica;
+pub use replica::SealedEvent;
+
 const MASTER: &[u8] = b"master";
 
 /// How long a write waits for sled to commit and flush it, by default (`store.write_timeout`).

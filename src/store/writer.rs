@@ -2,13 +2,15 @@
 //! sled transaction, so a burst of N writes costs one transaction and one flush ticket. Each
 //! mutation stages its writes and is applied only once its body and its audit seals succeeded:
 //! a domain error or a failed seal fails that mutation alone, and sequence numbers and the chain
-//! MAC advance only over events that are written, so the trail stays gapless.
+//! MAC advance only over events that are written, so the trail stays gapless. Events sealed by
+//! another node of a cluster are appended through the same batches ([`Stage::append_sealed`]), so
+//! they and this node's own events share one head.
 
 use std::{
     cell::{Cell, RefCell},
     collections::HashMap,
     panic::AssertUnwindSafe,
-    sync::Arc,
+    sync::{Arc, Mutex, PoisonError},
     thread::JoinHandle,
     time::Duration,
 };
@@ -158,6 +160,41 @@ impl Stage<'_> {
         Ok(())
     }
 
+    /// Appends an event another node sealed (`value`: `codec::encode_sealed`'s output) at `seq`,
+    /// after those this mutation (and the batch before it) appended. An event this copy already
+    /// holds is skipped when `value` is the same and `Corrupt` when it differs; a gap, and a value
+    /// that does not decode or is not sealed, are `Corrupt`: the copy never forks or has holes.
+    pub fn append_sealed(&self, seq: u64, value: &[u8]) -> BodyResult<()> {
+        let corrupt = |why: String| abort(Abort::Store(StoreError::Corrupt(why)));
+        let next = self.first_seq + self.events.borrow().len() as u64;
+        if seq < next {
+            let staged = seq.checked_sub(self.first_seq).map(|i| self.events.borrow()[i as usize].1.clone());
+            let held = match staged {
+                Some(value) => Some(value),
+                None => self.tx.audit.get(seq.to_be_bytes())?.map(|v| v.to_vec()),
+            };
+            return match held {
+                Some(held) if held == value => Ok(()),
+                Some(_) => corrupt(format!("replicated audit event {seq} differs from the one this copy holds")),
+                None => corrupt(format!("replicated audit event {seq} is missing from this copy")),
+            };
+        }
+        if seq > next {
+            return corrupt(format!("replicated audit events skip from {next} to {seq}: the chain has a gap"));
+        }
+        let record = match codec::decode_audit(value) {
+            Ok(record) => record,
+            Err(e) => return corrupt(format!("replicated audit event {seq}: {e}")),
+        };
+        let Some(mac) = record.mac else {
+            return corrupt(format!("replicated audit event {seq} is not sealed"));
+        };
+        let time = time_key(record.event.at);
+        self.events.borrow_mut().push((seq, value.to_vec(), record.event.target, time));
+        self.prev_mac.set(mac);
+        Ok(())
+    }
+
     /// Writes what was staged; returns how many audit events were appended.
     fn apply(self) -> BodyResult<(u64, [u8; AUDIT_MAC_LEN])> {
         for (tree, key, value) in self.writes.into_inner() {
@@ -247,11 +284,15 @@ pub(super) struct Writer {
     thread: Option<JoinHandle<()>>,
     /// The longest `drop` waits for the thread (a transaction sled never finishes is left behind).
     stop_within: Duration,
+    /// The chain head the thread last committed.
+    published: Arc<Mutex<Head>>,
 }
 
 struct State {
     trees: Trees,
     head: Head,
+    /// `head` as of the last commit, for readers outside the write thread.
+    published: Arc<Mutex<Head>>,
     sealer: Arc<dyn AuditSealer>,
     tickets: Tickets,
 }
@@ -265,7 +306,8 @@ impl Writer {
         stop_within: Duration,
     ) -> Self {
         let (queue, jobs) = flume::bounded(QUEUE);
-        let mut state = State { trees, head, sealer, tickets };
+        let published = Arc::new(Mutex::new(head));
+        let mut state = State { trees, head, published: published.clone(), sealer, tickets };
         let thread = std::thread::Builder::new()
             .name("keyward-write".into())
             .spawn(move || {
@@ -276,7 +318,12 @@ impl Writer {
                 }
             })
             .expect("spawning the write thread");
-        Self { queue: Some(queue), thread: Some(thread), stop_within }
+        Self { queue: Some(queue), thread: Some(thread), stop_within, published }
+    }
+
+    /// The chain head as of the last committed batch (durable once that batch's writes resolved).
+    pub fn head(&self) -> Head {
+        *self.published.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Queues `body` for the next batch and waits until that batch committed (not until it is
@@ -317,6 +364,7 @@ impl State {
         match committed {
             Ok(Ok(head)) => {
                 self.head = head;
+                *self.published.lock().unwrap_or_else(PoisonError::into_inner) = head;
                 let ticket = self.tickets.issue();
                 batch.into_iter().for_each(|job| job.reply(Ok(ticket)));
             }

@@ -1,0 +1,47 @@
+//! A cluster node's local copy of the cluster's audit chain: events sealed by whichever node
+//! wrote them into the shared store arrive here in sequence order and are appended with the same
+//! indexes and head as events sealed here, so QueryEvents, the tail and VerifyChain read locally.
+
+use super::SledStore;
+use crate::domain::ports::{AUDIT_MAC_LEN, StoreError};
+
+/// An audit event as some node of the cluster sealed and stored it: its sequence number and the
+/// stored value (`codec::encode_sealed`'s output, the same bytes the sled `audit` tree holds).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SealedEvent {
+    pub seq: u64,
+    pub value: Vec<u8>,
+}
+
+impl SledStore {
+    /// Appends events sealed elsewhere, in sequence order, to this database's copy of the chain,
+    /// with the same key and time indexes and `audit_head` meta as events sealed here, in one
+    /// batch of the write combiner; durable before it resolves, and `audit_durable` advances.
+    /// Events already held (below the next sequence number) are skipped when their stored value
+    /// is identical. A held event whose value differs, a gap, or a value that does not decode or
+    /// is not sealed is `StoreError::Corrupt`, and then none of `events` is written.
+    pub async fn append_replicated(&self, events: Vec<SealedEvent>) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.write(move |t| {
+            for event in &events {
+                t.append_sealed(event.seq, &event.value)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(StoreError::from)
+    }
+
+    /// The chain head of this copy: the last sequence number (0 when empty) and its MAC (zeros
+    /// when empty), as of the last committed write.
+    pub fn audit_head(&self) -> (u64, [u8; AUDIT_MAC_LEN]) {
+        let head = self.0.writer.head();
+        (head.next_seq - 1, head.last_mac)
+    }
+}
+
+#[cfg(test)]
+#[path = "replica_tests.rs"]
+mod tests;
