@@ -239,6 +239,11 @@ pub trait Store: Send + Sync + 'static {
     fn writes_confirmed(&self) -> bool {
         true
     }
+    /// False while the store cannot prove that what it reads is current (cluster mode: the
+    /// node lost touch with etcd for longer than the staleness bound). Reads then fail closed.
+    fn is_current(&self) -> bool {
+        true
+    }
     /// The newest durable audit sequence number, updated as writes become durable.
     fn audit_durable(&self) -> tokio::sync::watch::Receiver<u64>;
     /// Checks the audit chain's MACs (in the HSM) over `from..=to` (`to`: `None` for the end).

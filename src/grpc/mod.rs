@@ -51,8 +51,9 @@ pub enum Transport {
     Tls(Arc<TlsReloader>),
 }
 
-/// A service's health: every service needs the HSM; the writing ones also need the store to
-/// confirm writes. The server as a whole ("") follows the HSM: verification still works.
+/// A service's health: every service needs the HSM and a store that can prove its reads are
+/// current (cluster mode); the writing ones also need the store to confirm writes. The server as
+/// a whole ("") follows the HSM and currency: verification still works without writes.
 fn service_status(name: &str, hsm_reachable: bool, writes_confirmed: bool) -> ServingStatus {
     if hsm_reachable && (writes_confirmed || !WRITING_SERVICES.contains(&name)) {
         ServingStatus::Serving
@@ -67,14 +68,15 @@ fn service_status(name: &str, hsm_reachable: bool, writes_confirmed: bool) -> Se
 async fn track_health<H: Hsm, S: Store>(auth: Arc<Authenticator<H, S>>, reporter: HealthReporter) {
     let mut serving = None;
     loop {
-        let now = (auth.is_healthy(), auth.writes_confirmed());
+        let now = (auth.is_healthy(), auth.writes_confirmed(), auth.store_current());
         if serving != Some(now) {
-            let (hsm, writes) = now;
+            let (hsm, writes, current) = now;
+            let hsm_and_current = hsm && current;
             for name in std::iter::once("").chain(SERVICES) {
-                reporter.set_service_status(name, service_status(name, hsm, writes)).await;
+                reporter.set_service_status(name, service_status(name, hsm_and_current, writes)).await;
             }
             if serving.is_some() {
-                tracing::warn!(hsm_reachable = hsm, writes_confirmed = writes, "health changed");
+                tracing::warn!(hsm_reachable = hsm, writes_confirmed = writes, store_current = current, "health changed");
             }
             serving = Some(now);
         }

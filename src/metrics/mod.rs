@@ -91,6 +91,24 @@ pub struct UsageQueueMetrics {
     pub dropped: Counter,
 }
 
+/// Cluster mode's metrics, registered on first use (single-node mode never shows them).
+pub struct ClusterMetrics {
+    /// Seconds since the node last proved its view current (etcd's state as of then).
+    pub staleness: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// 1 while the node's view is proven current within `cluster.max_staleness_ms`.
+    pub current: Gauge,
+    /// Watches restarted (lost connection, cancelled, compacted).
+    pub watch_restarts: Counter,
+    /// Full reloads of the cluster's state (at start, and after a compacted watch).
+    pub reloads: Counter,
+    /// From a key being revoked or disabled (its record's time) to this node applying it.
+    pub revocation_propagation: Histogram,
+    /// The etcd revision the node's view has applied.
+    pub revision: Gauge,
+    /// etcd transactions run again after a lost compare.
+    pub write_conflicts: Counter,
+}
+
 /// Every metric keyward exports.
 pub struct Metrics {
     registry: Mutex<Registry>,
@@ -110,6 +128,7 @@ pub struct Metrics {
     keys: Family<StateLabel, Gauge>,
     brute_force_refused: Family<CheckLabel, Counter>,
     usage_queue: OnceLock<UsageQueueMetrics>,
+    cluster: OnceLock<ClusterMetrics>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -143,6 +162,7 @@ impl Metrics {
             keys: Family::default(),
             brute_force_refused: Family::default(),
             usage_queue: OnceLock::new(),
+            cluster: OnceLock::new(),
         };
         {
             let mut r = m.registry.lock().unwrap_or_else(|e| e.into_inner());
@@ -287,6 +307,42 @@ impl Metrics {
             r.register("usage_queue_depth", "usage records waiting to be written", q.depth.clone());
             r.register("usage_queue_dropped", "usage records dropped because the queue was full", q.dropped.clone());
             q
+        })
+    }
+
+    /// Cluster mode's metrics, registered on first call.
+    pub fn cluster(&self) -> &ClusterMetrics {
+        self.cluster.get_or_init(|| {
+            let c = ClusterMetrics {
+                staleness: Gauge::default(),
+                current: Gauge::default(),
+                watch_restarts: Counter::default(),
+                reloads: Counter::default(),
+                // 1 ms .. ~33 s
+                revocation_propagation: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+                revision: Gauge::default(),
+                write_conflicts: Counter::default(),
+            };
+            let mut r = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+            r.register_with_unit(
+                "cluster_staleness",
+                "time since this node last proved its view of etcd current (a linearizable read and \
+                 the watch caught up with it); past cluster.max_staleness_ms the node fails closed",
+                Unit::Seconds,
+                c.staleness.clone(),
+            );
+            r.register("cluster_current", "1 while this node's view is proven current, else 0 (failing closed)", c.current.clone());
+            r.register("cluster_watch_restarts", "etcd watches restarted (lost connection, cancelled, compacted)", c.watch_restarts.clone());
+            r.register("cluster_reloads", "full reloads of the cluster's state from etcd", c.reloads.clone());
+            r.register_with_unit(
+                "cluster_revocation_propagation",
+                "from a key's revocation or disabling (its record's time) to this node applying it",
+                Unit::Seconds,
+                c.revocation_propagation.clone(),
+            );
+            r.register("cluster_revision", "the etcd revision this node's view has applied", c.revision.clone());
+            r.register("cluster_write_conflicts", "etcd transactions run again after a lost compare", c.write_conflicts.clone());
+            c
         })
     }
 

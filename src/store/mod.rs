@@ -4,6 +4,7 @@
 pub(crate) mod codec;
 mod confirm;
 mod disk_space;
+mod engine;
 mod flusher;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -12,4 +13,5 @@ mod usage_codec;
 mod usage_log;
 mod writer;
 
+pub use engine::Engine;
 pub use sled_store::{DEFAULT_WRITE_TIMEOUT, SealedEvent, SledStore, StoreLimits};

@@ -65,6 +65,12 @@ impl<H: Hsm, S: Store> Authenticator<H, S> {
         self.deps.hsm.is_healthy()
     }
 
+    /// Whether the store can prove its reads are current (always, on one node; in cluster mode
+    /// while the node keeps up with etcd).
+    pub fn store_current(&self) -> bool {
+        self.deps.store.is_current()
+    }
+
     /// Whether the store still confirms writes: false once one was not confirmed within
     /// `store.write_timeout` (writes are refused until a restart; reads go on).
     pub fn writes_confirmed(&self) -> bool {

@@ -1,0 +1,385 @@
+//! The cluster's write path: one task per node takes queued mutations, runs them against the
+//! node's view, seals their audit events into the chain after the head they read, and commits
+//! them with the key records in one etcd transaction that compares every revision read. A lost
+//! compare re-reads what changed from etcd and runs the batch again; nothing is half-applied.
+//! A mutation is answered once etcd committed it and the node's watch delivered it.
+
+use std::{
+    cell::RefCell,
+    collections::{HashMap, HashSet, VecDeque},
+    sync::Arc,
+    time::Duration,
+};
+
+use etcd_client::{Compare, CompareOp, KvClient, Txn, TxnOp, TxnOpResponse};
+
+use super::{
+    layout::Layout,
+    stage::{Abort, Changes, Source, Stage},
+    view::{Head, NodeView},
+};
+use crate::{
+    domain::{
+        audit,
+        key::{KeyId, KeyRecord},
+        ports::{AUDIT_MAC_LEN, AuditSealer, MasterState, StoreError},
+    },
+    store::codec,
+};
+
+/// etcd's default `--max-txn-ops`: puts and compares per transaction, each.
+pub const MAX_TXN_OPS: usize = 128;
+/// Mutations taken into one batch, at most.
+const MAX_JOBS: usize = 64;
+/// Batches run again after lost compares before the mutations are refused.
+const MAX_ATTEMPTS: usize = 12;
+/// Mutations waiting for the writer, at most (callers wait beyond).
+const QUEUE: usize = 4096;
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("etcd: {e}"))
+}
+
+/// A queued mutation, its output type erased.
+trait Queued: Send {
+    /// Runs the body; `true` if its changes are to be committed.
+    fn run(&self, stage: &mut Stage<'_>) -> bool;
+    fn reply(self: Box<Self>, committed: Result<(), StoreError>);
+}
+
+type Body<T> = Box<dyn Fn(&mut Stage<'_>) -> Result<T, Abort> + Send>;
+
+struct Job<T> {
+    body: Body<T>,
+    outcome: RefCell<Option<Result<T, Abort>>>,
+    reply: tokio::sync::oneshot::Sender<Result<T, Abort>>,
+}
+
+impl<T: Send> Queued for Job<T> {
+    fn run(&self, stage: &mut Stage<'_>) -> bool {
+        let outcome = (self.body)(stage);
+        let ok = outcome.is_ok();
+        *self.outcome.borrow_mut() = Some(outcome);
+        ok
+    }
+
+    fn reply(self: Box<Self>, committed: Result<(), StoreError>) {
+        let answer = match (committed, self.outcome.into_inner()) {
+            (Err(e), _) => Err(Abort::Store(e)),
+            (Ok(()), Some(outcome)) => outcome,
+            (Ok(()), None) => Err(Abort::Store(StoreError::Unavailable("the write did not run".into()))),
+        };
+        let _ = self.reply.send(answer);
+    }
+}
+
+/// What the writer needs from its node.
+pub struct WriterParts {
+    pub kv: KvClient,
+    pub layout: Layout,
+    pub view: Arc<NodeView>,
+    pub sealer: Arc<dyn AuditSealer>,
+    pub request_timeout: Duration,
+    /// Whether a watch follows the cluster (answers wait for it to deliver each write).
+    pub followed: bool,
+}
+
+/// The handle mutations are submitted through.
+#[derive(Clone)]
+pub struct Writer {
+    queue: tokio::sync::mpsc::Sender<Box<dyn Queued>>,
+}
+
+impl Writer {
+    /// Starts the writer task; it ends when every handle is dropped.
+    pub fn start(parts: WriterParts) -> Self {
+        let (queue, jobs) = tokio::sync::mpsc::channel(QUEUE);
+        tokio::spawn(run(Arc::new(parts), jobs));
+        Self { queue }
+    }
+
+    /// Queues `body` and waits until its batch committed in etcd (or failed).
+    pub async fn submit<T, F>(&self, body: F) -> Result<T, Abort>
+    where
+        F: Fn(&mut Stage<'_>) -> Result<T, Abort> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job: Box<dyn Queued> = Box::new(Job { body: Box::new(body), outcome: RefCell::new(None), reply });
+        self.queue.send(job).await.map_err(|_| Abort::Store(StoreError::Unavailable("the store is closing".into())))?;
+        answer.await.map_err(|_| Abort::Store(StoreError::Unavailable("the write was dropped".into())))?
+    }
+}
+
+async fn run(parts: Arc<WriterParts>, mut jobs: tokio::sync::mpsc::Receiver<Box<dyn Queued>>) {
+    let mut carry: VecDeque<Box<dyn Queued>> = VecDeque::new();
+    loop {
+        if carry.is_empty() {
+            match jobs.recv().await {
+                Some(job) => carry.push_back(job),
+                None => return,
+            }
+        }
+        while carry.len() < MAX_JOBS {
+            match jobs.try_recv() {
+                Ok(job) => carry.push_back(job),
+                Err(_) => break,
+            }
+        }
+        commit(&parts, &mut carry).await;
+    }
+}
+
+/// The node's view as a source: the first attempt of every batch reads it.
+struct ViewSource<'a>(&'a NodeView);
+
+impl Source for ViewSource<'_> {
+    fn key(&self, id: KeyId) -> Result<Option<(KeyRecord, i64)>, StoreError> {
+        Ok(self.0.key_with_rev(id))
+    }
+    fn master(&self) -> Result<Option<(MasterState, i64)>, StoreError> {
+        Ok(self.0.master())
+    }
+    fn cluster(&self) -> i64 {
+        self.0.cluster_rev()
+    }
+    fn head(&self) -> Head {
+        self.0.head()
+    }
+}
+
+/// Values read from etcd after a lost compare (the names a batch compared, the head, the master
+/// state and the marker); other reads fall back to the view.
+struct Fresh<'a> {
+    values: HashMap<Vec<u8>, (Vec<u8>, i64)>,
+    layout: &'a Layout,
+    view: &'a NodeView,
+    fetched: HashSet<Vec<u8>>,
+}
+
+impl Fresh<'_> {
+    fn get(&self, name: &[u8]) -> Option<Option<&(Vec<u8>, i64)>> {
+        self.fetched.contains(name).then(|| self.values.get(name))
+    }
+}
+
+impl Source for Fresh<'_> {
+    fn key(&self, id: KeyId) -> Result<Option<(KeyRecord, i64)>, StoreError> {
+        match self.get(&self.layout.key(id)) {
+            None => Ok(self.view.key_with_rev(id)),
+            Some(None) => Ok(None),
+            Some(Some((value, rev))) => Ok(Some((codec::decode_key(value)?, *rev))),
+        }
+    }
+    fn master(&self) -> Result<Option<(MasterState, i64)>, StoreError> {
+        match self.get(&self.layout.master()) {
+            None => Ok(self.view.master()),
+            Some(None) => Ok(None),
+            Some(Some((value, rev))) => Ok(Some((codec::decode_master(value)?, *rev))),
+        }
+    }
+    fn cluster(&self) -> i64 {
+        match self.get(&self.layout.cluster()) {
+            None => self.view.cluster_rev(),
+            Some(found) => found.map_or(0, |(_, rev)| *rev),
+        }
+    }
+    fn head(&self) -> Head {
+        match self.get(&self.layout.audit_head()) {
+            None => self.view.head(),
+            Some(None) => Head::EMPTY,
+            Some(Some((value, rev))) => Head::decode(value, *rev).unwrap_or(Head::EMPTY),
+        }
+    }
+}
+
+/// Commits the jobs at the front of `carry` that fit in one transaction, and answers them.
+async fn commit(parts: &Arc<WriterParts>, carry: &mut VecDeque<Box<dyn Queued>>) {
+    let mut fresh: Option<Fresh<'_>> = None;
+    for _ in 0..MAX_ATTEMPTS {
+        let view_source = ViewSource(&parts.view);
+        let source: &dyn Source = match &fresh {
+            Some(f) => f,
+            None => &view_source,
+        };
+        let (changes, taken, failed) = run_jobs(parts, source, carry);
+        if let Some(job) = failed {
+            job.reply(Err(StoreError::Unavailable("the change is too large for one etcd transaction".into())));
+            return;
+        }
+        if changes.puts() == 0 && changes.compares.is_empty() {
+            return answer(parts, carry.drain(..taken).collect(), Ok(()), 0); // Every job was refused.
+        }
+        let head = source.head();
+        let sealed = match seal(parts, head, &changes).await {
+            Ok(sealed) => sealed,
+            Err(e) => return answer(parts, carry.drain(..taken).collect(), Err(e), 0),
+        };
+        let txn = transaction(parts, &changes, head, &sealed);
+        let names: Vec<Vec<u8>> = changes.compares.keys().cloned().collect();
+        match tokio::time::timeout(parts.request_timeout, parts.kv.clone().txn(txn)).await {
+            Ok(Ok(response)) if response.succeeded() => {
+                let rev = response.header().map_or(0, |h| h.revision());
+                note_committed(parts, changes, sealed.last().map(|(seq, mac, _)| (*seq, *mac)), rev);
+                return answer(parts, carry.drain(..taken).collect(), Ok(()), rev);
+            }
+            Ok(Ok(_lost_compare)) => match fetch(parts, names).await {
+                Ok(values) => fresh = Some(values),
+                Err(e) => return answer(parts, carry.drain(..taken).collect(), Err(e), 0),
+            },
+            Ok(Err(e)) => return answer(parts, carry.drain(..taken).collect(), Err(unavailable(e)), 0),
+            Err(_) => {
+                let e = StoreError::Unavailable(format!(
+                    "etcd did not commit the write within {} ms (no quorum?)",
+                    parts.request_timeout.as_millis()
+                ));
+                return answer(parts, carry.drain(..taken).collect(), Err(e), 0);
+            }
+        }
+    }
+    let e = StoreError::Unavailable("too many concurrent writes to the same records; retry".into());
+    let taken = carry.len().min(MAX_JOBS);
+    answer(parts, carry.drain(..taken).collect(), Err(e), 0);
+}
+
+/// Runs the jobs at the front of `carry` while their changes fit in one transaction. Returns
+/// the changes, how many jobs they cover, and a job that does not fit even alone.
+fn run_jobs(
+    parts: &WriterParts,
+    source: &dyn Source,
+    carry: &mut VecDeque<Box<dyn Queued>>,
+) -> (Changes, usize, Option<Box<dyn Queued>>) {
+    let mut batch = Changes::default();
+    let mut taken = 0;
+    for job in carry.iter() {
+        let mut stage = Stage::new(source, &parts.layout, &batch);
+        let ok = job.run(&mut stage);
+        let own = stage.into_changes();
+        if ok {
+            if !batch.fits_with(&own, MAX_TXN_OPS - 1) {
+                if taken == 0 {
+                    return (batch, 0, carry.pop_front());
+                }
+                break;
+            }
+            batch.absorb(own);
+        }
+        taken += 1;
+    }
+    (batch, taken, None)
+}
+
+/// Sealed events: sequence number, MAC, stored value.
+type Sealed = Vec<(u64, [u8; AUDIT_MAC_LEN], Vec<u8>)>;
+
+/// Seals `changes.events` into the chain after `head`, in the HSM.
+async fn seal(parts: &WriterParts, head: Head, changes: &Changes) -> Result<Sealed, StoreError> {
+    if changes.events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sealer = parts.sealer.clone();
+    let events: Vec<Vec<u8>> = changes.events.iter().map(codec::encode_event).collect();
+    tokio::task::spawn_blocking(move || {
+        let mut prev = head.mac;
+        let mut sealed = Vec::with_capacity(events.len());
+        for (i, bytes) in events.into_iter().enumerate() {
+            let seq = head.seq + 1 + i as u64;
+            let message = audit::chain_message(&prev, seq, &bytes);
+            let mac = sealer.seal(&message).map_err(|e| StoreError::Unavailable(format!("sealing the audit event: {e}")))?;
+            sealed.push((seq, mac, codec::encode_sealed(bytes, &mac)));
+            prev = mac;
+        }
+        Ok(sealed)
+    })
+    .await
+    .map_err(unavailable)?
+}
+
+fn compare(name: Vec<u8>, rev: i64) -> Compare {
+    if rev == 0 {
+        Compare::create_revision(name, CompareOp::Equal, 0)
+    } else {
+        Compare::mod_revision(name, CompareOp::Equal, rev)
+    }
+}
+
+fn transaction(parts: &WriterParts, changes: &Changes, head: Head, sealed: &Sealed) -> Txn {
+    let layout = &parts.layout;
+    let mut compares: Vec<Compare> = changes.compares.iter().map(|(name, rev)| compare(name.clone(), *rev)).collect();
+    let mut puts = Vec::with_capacity(changes.puts());
+    for record in changes.keys.values() {
+        puts.push(TxnOp::put(layout.key(record.id), codec::encode_key(record), None));
+    }
+    if let Some(master) = &changes.master {
+        puts.push(TxnOp::put(layout.master(), codec::encode_master(master), None));
+    }
+    if let Some(marker) = &changes.marker {
+        puts.push(TxnOp::put(layout.cluster(), marker.clone(), None));
+    }
+    if let Some((last, mac, _)) = sealed.last() {
+        compares.push(compare(layout.audit_head(), head.rev));
+        for (seq, _, value) in sealed {
+            puts.push(TxnOp::put(layout.audit_event(*seq), value.clone(), None));
+        }
+        let new_head = Head { seq: *last, mac: *mac, rev: 0 };
+        puts.push(TxnOp::put(layout.audit_head(), new_head.encode(), None));
+    }
+    Txn::new().when(compares).and_then(puts)
+}
+
+/// Puts what was committed at `rev` into the node's view at once (its own next batch reads it).
+fn note_committed(parts: &WriterParts, changes: Changes, last: Option<(u64, [u8; AUDIT_MAC_LEN])>, rev: i64) {
+    for record in changes.keys.into_values() {
+        parts.view.put_key(record, rev);
+    }
+    if let Some(master) = changes.master {
+        parts.view.put_master(master, rev);
+    }
+    if changes.marker.is_some() {
+        parts.view.set_cluster_rev(rev);
+    }
+    if let Some((seq, mac)) = last {
+        parts.view.put_head(Head { seq, mac, rev });
+    }
+}
+
+/// Answers `jobs`; after a commit at `rev`, once the node's watch delivered it (so the node's
+/// own reads, the audit trail's included, show the change), for at most the request timeout.
+fn answer(parts: &Arc<WriterParts>, jobs: Vec<Box<dyn Queued>>, result: Result<(), StoreError>, rev: i64) {
+    if result.is_err() || !parts.followed || parts.view.applied() >= rev {
+        jobs.into_iter().for_each(|job| job.reply(result.clone()));
+        return;
+    }
+    let parts = parts.clone();
+    tokio::spawn(async move {
+        if !parts.view.wait_applied(rev, parts.request_timeout).await {
+            tracing::warn!(revision = rev, "the watch did not deliver a committed write in time; answering anyway");
+        }
+        jobs.into_iter().for_each(|job| job.reply(Ok(())));
+    });
+}
+
+/// Reads `names`, the audit head, the master state and the marker from etcd (linearizable).
+async fn fetch<'a>(parts: &'a WriterParts, mut names: Vec<Vec<u8>>) -> Result<Fresh<'a>, StoreError> {
+    let layout = &parts.layout;
+    names.extend([layout.audit_head(), layout.master(), layout.cluster()]);
+    names.sort();
+    names.dedup();
+    let mut values = HashMap::new();
+    for chunk in names.chunks(MAX_TXN_OPS) {
+        let gets: Vec<TxnOp> = chunk.iter().map(|name| TxnOp::get(name.clone(), None)).collect();
+        let response = tokio::time::timeout(parts.request_timeout, parts.kv.clone().txn(Txn::new().and_then(gets)))
+            .await
+            .map_err(|_| StoreError::Unavailable("etcd did not answer in time (no quorum?)".into()))?
+            .map_err(unavailable)?;
+        for op in response.op_responses() {
+            if let TxnOpResponse::Get(get) = op {
+                for kv in get.kvs() {
+                    values.insert(kv.key().to_vec(), (kv.value().to_vec(), kv.mod_revision()));
+                }
+            }
+        }
+    }
+    let fetched = names.into_iter().collect();
+    Ok(Fresh { values, layout, view: &parts.view, fetched })
+}
