@@ -11,7 +11,7 @@ use std::{
 };
 
 use crate::{
-    config::{self, Config, ConfigError},
+    config::{self, ClusterFlags, ClusterSettings, Config, ConfigError},
     domain::{error::Error as DomainError, ports::StoreError},
     hsm::{Pkcs11Config, StartError},
     init,
@@ -53,12 +53,36 @@ pub struct Options {
     pub data_dir: PathBuf,
     pub config: PathBuf,
     pub dev: bool,
+    /// `--etcd`, `--etcd-prefix`, `--node-id`: cluster mode's flags, over `[cluster]`.
+    pub cluster: ClusterFlags,
 }
 
 impl Options {
     pub fn new(data_dir: PathBuf, config: Option<PathBuf>, dev: bool) -> Self {
         let config = config.unwrap_or_else(|| config::default_path(&data_dir));
-        Self { data_dir, config, dev }
+        Self { data_dir, config, dev, cluster: ClusterFlags::default() }
+    }
+
+    /// These options with cluster mode's flags.
+    pub fn with_cluster(mut self, cluster: ClusterFlags) -> Self {
+        self.cluster = cluster;
+        self
+    }
+
+    /// Cluster mode's settings, the flags over `config`'s `[cluster]` (the node id defaults to
+    /// the host name), or `None` for single-node sled mode.
+    pub fn cluster_settings(&self, config: &Config) -> Result<Option<ClusterSettings>, AppError> {
+        Ok(config.cluster.resolve(&self.cluster, config::host_name)?)
+    }
+
+    /// Cluster mode: the node's own state (its copy of the audit chain, its usage log, caches).
+    pub fn node_dir(&self, node_id: &str) -> PathBuf {
+        self.data_dir.join("nodes").join(node_id)
+    }
+
+    /// Cluster mode: the node's sled database, in its `node_dir`.
+    pub fn node_db_path(&self, node_id: &str) -> PathBuf {
+        self.node_dir(node_id).join("db")
     }
 
     /// The sled database.

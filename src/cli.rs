@@ -42,11 +42,19 @@ pub struct InstanceArgs {
     /// Development mode: a SoftHSM2 token inside DATA_DIR, made on first use.
     #[arg(long)]
     dev: bool,
+    /// Cluster mode: comma-separated etcd client URLs (http://HOST:PORT,...) [default:
+    /// `cluster.etcd`; neither: single-node mode].
+    #[arg(long, env = "KEYWARD_ETCD", value_name = "URLS")]
+    etcd: Option<String>,
+    /// Cluster mode: the prefix of the cluster's keys in etcd [default: `cluster.prefix`, /keyward/].
+    #[arg(long, env = "KEYWARD_ETCD_PREFIX", value_name = "P")]
+    etcd_prefix: Option<String>,
 }
 
 impl InstanceArgs {
     pub fn options(self) -> app::Options {
-        app::Options::new(self.data_dir, self.config, self.dev)
+        let cluster = crate::config::ClusterFlags { etcd: self.etcd, prefix: self.etcd_prefix, node_id: None };
+        app::Options::new(self.data_dir, self.config, self.dev).with_cluster(cluster)
     }
 }
 
@@ -86,9 +94,20 @@ struct ServeArgs {
     /// `server.allow_plaintext`].
     #[arg(long, env = "KEYWARD_ALLOW_PLAINTEXT")]
     allow_plaintext: bool,
+    /// Cluster mode: this node's id, 1-64 of A-Z a-z 0-9 . _ - ; its own state is kept in
+    /// DATA_DIR/nodes/ID [default: `cluster.node_id`, else the host name]. Needs --etcd.
+    #[arg(long, env = "KEYWARD_NODE_ID", value_name = "ID")]
+    node_id: Option<String>,
 }
 
 impl ServeArgs {
+    /// The instance's options with `--node-id`.
+    fn options(self) -> app::Options {
+        let mut opts = self.common.options();
+        opts.cluster.node_id = self.node_id;
+        opts
+    }
+
     fn serving(&self) -> Serving {
         Serving {
             listen: self.listen,
@@ -124,7 +143,7 @@ where
         Command::Init(a) => init::init(&a.common.options()),
         Command::Serve(a) => {
             let serving = a.serving();
-            app::serve(&a.common.options(), &serving, cli.log_format)
+            app::serve(&a.options(), &serving, cli.log_format)
         }
         Command::Master(a) => admin::run_master(a),
         Command::Audit(a) => admin::run_audit(a),
@@ -175,5 +194,56 @@ mod tests {
         assert_eq!((code.as_str(), limit, a.key_file), ("UNAUTHENTICATED", 100, Some("k".into())));
         assert_eq!(a.target, "127.0.0.1:50051");
         assert!(Cli::try_parse_from(["keyward", "master", "retire"]).is_err(), "retire needs a version");
+    }
+
+    #[test]
+    fn cluster_flags_reach_the_options_of_serve_and_init() {
+        let cli = Cli::try_parse_from([
+            "keyward",
+            "serve",
+            "--data-dir",
+            "/d",
+            "--etcd",
+            "http://127.0.0.1:2379,http://127.0.0.1:22379",
+            "--etcd-prefix",
+            "/kw/",
+            "--node-id",
+            "n1",
+        ])
+        .unwrap();
+        let Command::Serve(a) = cli.command else { panic!("serve expected") };
+        let opts = a.options();
+        let flags = crate::config::ClusterFlags {
+            etcd: Some("http://127.0.0.1:2379,http://127.0.0.1:22379".into()),
+            prefix: Some("/kw/".into()),
+            node_id: Some("n1".into()),
+        };
+        assert_eq!(opts.cluster, flags);
+        assert_eq!(opts.node_db_path("n1"), PathBuf::from("/d/nodes/n1/db"));
+
+        let cli =
+            Cli::try_parse_from(["keyward", "init", "--dev", "--data-dir", "/d", "--etcd", "http://h:1"]).unwrap();
+        let Command::Init(a) = cli.command else { panic!("init expected") };
+        assert_eq!(a.common.options().cluster.etcd.as_deref(), Some("http://h:1"));
+        assert!(
+            Cli::try_parse_from(["keyward", "init", "--data-dir", "/d", "--node-id", "n1"]).is_err(),
+            "--node-id is serve's alone"
+        );
+    }
+
+    #[test]
+    fn cluster_flags_read_their_environment_variables() {
+        use clap::CommandFactory;
+        let cli = Cli::command();
+        let env_of = |command: &str, flag: &str| {
+            let sub = cli.find_subcommand(command).unwrap();
+            let arg = sub.get_arguments().find(|a| a.get_long() == Some(flag)).unwrap();
+            arg.get_env().map(|e| e.to_string_lossy().into_owned())
+        };
+        for command in ["init", "serve"] {
+            assert_eq!(env_of(command, "etcd").as_deref(), Some("KEYWARD_ETCD"), "{command}");
+            assert_eq!(env_of(command, "etcd-prefix").as_deref(), Some("KEYWARD_ETCD_PREFIX"), "{command}");
+        }
+        assert_eq!(env_of("serve", "node-id").as_deref(), Some("KEYWARD_NODE_ID"));
     }
 }

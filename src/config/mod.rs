@@ -2,6 +2,7 @@
 //! variables over it, then command-line flags over both. Unknown keys are an error. Relative
 //! paths in the file are relative to the file's directory.
 
+mod cluster;
 mod human;
 mod sections;
 mod tls;
@@ -14,6 +15,10 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 pub use self::{
+    cluster::{
+        ClusterFlags, ClusterSection, ClusterSettings, DEFAULT_ETCD_PREFIX, MAX_NODE_ID_LEN, host_name,
+        sanitize_node_id,
+    },
     sections::{
         BruteForceSection, DEFAULT_MIN_FREE_BYTES, HsmSection, MasterSection, PolicySection, RotationSection,
         ServerLimits, ServerSection, StoreSection, UsageLogSection,
@@ -63,6 +68,7 @@ pub struct Config {
     pub store: StoreSection,
     pub brute_force: BruteForceSection,
     pub tls: TlsSection,
+    pub cluster: ClusterSection,
 }
 
 /// Whether plaintext gRPC may be served on `addr`: on loopback always, elsewhere only when
