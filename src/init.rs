@@ -17,7 +17,8 @@ use std::{
 
 use crate::{
     app::{AppError, Options, absolute, io, pkcs11_config, runtime, set_environment},
-    config::{Config, DEV_TOKEN_LABEL},
+    cluster::ClusterStore,
+    config::{ClusterSettings, Config, DEV_TOKEN_LABEL},
     domain::{
         bootstrap::bootstrap,
         clock::SystemClock,
@@ -25,6 +26,7 @@ use crate::{
         secret::{KeyString, Pin},
     },
     hsm::{self, Pkcs11Hsm},
+    server::node_settings,
     store::SledStore,
 };
 
@@ -35,12 +37,18 @@ pub const FIRST_VERSION: MasterKeyVersion = MasterKeyVersion(1);
 const DEV_INIT_MARKER: &str = ".init-incomplete";
 /// The database while `init` makes it (the sled directory `db` inside).
 const PARTIAL_DB: &str = "db.partial";
+/// Cluster mode: present from before the master key is made until the cluster's state is in
+/// etcd (a master key found next to it was made by the interrupted run).
+const PARTIAL_CLUSTER: &str = "cluster-init.partial";
 
 /// `keyward init`: prints the root key once on stdout.
 pub fn init(opts: &Options) -> Result<(), AppError> {
     let config = if opts.dev { None } else { Some(Config::load(&opts.config, false)?) };
     set_environment(opts, config.as_ref())?;
     let root_key = runtime()?.block_on(async {
+        if let Some(cluster) = opts.cluster_settings(config.as_ref().unwrap_or(&Config::default()))? {
+            refuse_existing_cluster(&cluster).await?;
+        }
         match &config {
             None => init_dev(opts).await,
             Some(config) => provision(opts, config).await,
@@ -100,6 +108,11 @@ pub(crate) async fn init_dev(opts: &Options) -> Result<KeyString, AppError> {
     private_file(&softhsm.join("so.pin"), format!("{}\n", so_pin.expose()).as_bytes())?;
 
     let mut config = Config::default();
+    if let Some(cluster) = opts.cluster_settings(&config)? {
+        // Nodes started on this data directory join this cluster without repeating it.
+        config.cluster.etcd = cluster.endpoints;
+        config.cluster.prefix = cluster.prefix;
+    }
     config.hsm.module = Some(config.module_path()?);
     config.hsm.token_label = DEV_TOKEN_LABEL.into();
     // Relative to the configuration's directory when inside it, so the data directory can move.
@@ -142,9 +155,28 @@ fn remove_dev_leftovers(opts: &Options) -> Result<(), AppError> {
     Ok(())
 }
 
+/// Cluster mode: refuses a prefix that already holds a cluster, before anything is made.
+async fn refuse_existing_cluster(cluster: &ClusterSettings) -> Result<(), AppError> {
+    if ClusterStore::holds_cluster(&node_settings(cluster)).await? {
+        return Err(already_a_cluster(cluster));
+    }
+    Ok(())
+}
+
+fn already_a_cluster(cluster: &ClusterSettings) -> AppError {
+    AppError::Refused(format!(
+        "etcd prefix {:?} already holds a keyward cluster; init refuses to overwrite it (start nodes with \
+         `keyward serve --etcd …`, or choose another --etcd-prefix)",
+        cluster.prefix
+    ))
+}
+
 /// Creates master key v1 in the token (or adopts the one an interrupted `init` left) and a new
-/// database with the root key.
+/// database with the root key; in cluster mode the cluster's state goes into etcd instead.
 async fn provision(opts: &Options, config: &Config) -> Result<KeyString, AppError> {
+    if let Some(cluster) = opts.cluster_settings(config)? {
+        return provision_cluster(opts, config, &cluster).await;
+    }
     let db = opts.db_path();
     if db.exists() {
         return Err(AppError::Refused(format!(
@@ -189,6 +221,37 @@ async fn provision(opts: &Options, config: &Config) -> Result<KeyString, AppErro
     sync_dir(&opts.data_dir)?;
     fs::remove_dir(&partial).map_err(io(format!("removing {}", partial.display())))?;
     tracing::info!(root_key_id = %created.record.id, "master key {FIRST_VERSION} and root key created");
+    Ok(created.key)
+}
+
+/// Cluster mode: master key v1 in the token (adopted when an interrupted `init` left it), then
+/// the master state, the root key and the audit chain's first event in etcd, in one transaction.
+async fn provision_cluster(opts: &Options, config: &Config, cluster: &ClusterSettings) -> Result<KeyString, AppError> {
+    let pkcs11 = pkcs11_config(config)?;
+    let partial = opts.data_dir.join(PARTIAL_CLUSTER);
+    let resuming = partial.exists();
+    if !resuming {
+        private_dir(&partial)?;
+        sync_dir(&opts.data_dir)?;
+    }
+    if let Err(e) = hsm::create_master_key(&pkcs11, FIRST_VERSION, resuming) {
+        if !resuming {
+            let _ = fs::remove_dir(&partial);
+        }
+        return Err(e.into());
+    }
+    let hsm = Pkcs11Hsm::open(pkcs11)?;
+    hsm.require_master_key(FIRST_VERSION)?;
+    hsm.ensure_audit_key()?;
+    let store = ClusterStore::connect_for_init(node_settings(cluster), Arc::new(hsm.clone())).await?;
+    let created = bootstrap(&hsm, &store, &SystemClock, FIRST_VERSION).await;
+    hsm.close();
+    let created = created.map_err(|e| match e {
+        crate::domain::error::Error::AlreadyExists(_) => already_a_cluster(cluster),
+        other => other.into(),
+    })?;
+    fs::remove_dir(&partial).map_err(io(format!("removing {}", partial.display())))?;
+    tracing::info!(root_key_id = %created.record.id, prefix = %cluster.prefix, "master key {FIRST_VERSION}, root key and cluster state created in etcd");
     Ok(created.key)
 }
 

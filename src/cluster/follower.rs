@@ -116,7 +116,9 @@ impl Follower {
                 Ok(record) => {
                     records.keys.insert(id, (record, rev));
                 }
-                Err(e) => tracing::error!(key_id = %id, error = %e, "a key record in etcd does not decode; the key will not verify"),
+                Err(e) => {
+                    tracing::error!(key_id = %id, error = %e, "a key record in etcd does not decode; the key will not verify")
+                }
             },
             _ => {}
         }
@@ -142,11 +144,10 @@ impl Follower {
         let mut kv = self.client.kv_client();
         let mut next = local_seq + 1;
         while next <= head.seq {
-            let options = GetOptions::new()
-                .with_range(self.layout.audit_events_end())
-                .with_limit(EVENT_PAGE)
-                .with_revision(rev);
-            let page = self.timed("a page of audit events", kv.get(self.layout.audit_event(next), Some(options))).await?;
+            let options =
+                GetOptions::new().with_range(self.layout.audit_events_end()).with_limit(EVENT_PAGE).with_revision(rev);
+            let page =
+                self.timed("a page of audit events", kv.get(self.layout.audit_event(next), Some(options))).await?;
             let mut events = Vec::new();
             for item in page.kvs() {
                 if let Some(Entry::AuditEvent(seq)) = self.layout.entry(item.key()) {
@@ -295,7 +296,9 @@ impl Follower {
                 Some(Entry::Key(id)) => self.view.remove_key(id, rev),
                 Some(Entry::Master) if put => self.view.put_master(codec::decode_master(item.value())?, rev),
                 Some(Entry::AuditHead) if put => self.view.put_head(Head::decode(item.value(), rev)?),
-                Some(Entry::AuditEvent(seq)) if put => replicated.push(SealedEvent { seq, value: item.value().to_vec() }),
+                Some(Entry::AuditEvent(seq)) if put => {
+                    replicated.push(SealedEvent { seq, value: item.value().to_vec() })
+                }
                 Some(Entry::Cluster) if put => self.view.set_cluster_rev(rev),
                 Some(Entry::Node(id)) => {
                     let about = put.then(|| String::from_utf8_lossy(item.value()).into_owned());

@@ -146,7 +146,10 @@ mod tests {
         assert!(layout.audit_event(u64::MAX - 1) < layout.audit_event(u64::MAX));
         assert!(layout.audit_event(u64::MAX) < layout.audit_events_end());
         let head = layout.audit_head();
-        assert!(head >= layout.audit_events_end() || head < layout.audit_event(0), "the head is outside the events' range");
+        assert!(
+            head >= layout.audit_events_end() || head < layout.audit_event(0),
+            "the head is outside the events' range"
+        );
     }
 
     #[test]

@@ -153,6 +153,24 @@ impl ClusterStore {
         Ok(Self(Arc::new(Inner { client, settings, layout, view, writer, local: None, follower })))
     }
 
+    /// Whether `settings.prefix` already holds a cluster (its marker or master state), read
+    /// from etcd.
+    pub async fn holds_cluster(settings: &NodeSettings) -> Result<bool, StoreError> {
+        let mut kv = Self::client(settings).await?.kv_client();
+        let layout = Layout::new(settings.prefix.clone());
+        let options = etcd_client::GetOptions::new().with_count_only();
+        for name in [layout.cluster(), layout.master()] {
+            let found = tokio::time::timeout(settings.request_timeout, kv.get(name, Some(options.clone())))
+                .await
+                .map_err(|_| StoreError::Unavailable("etcd did not answer in time (no quorum?)".into()))?
+                .map_err(|e| StoreError::Unavailable(format!("etcd: {e}")))?;
+            if found.count() > 0 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Follows etcd until cancelled (the watch, the heartbeat, the node's presence). Run once.
     pub async fn follow(self, address: String, cancel: CancellationToken) {
         let follower = self.0.follower.lock().unwrap_or_else(|e| e.into_inner()).take();

@@ -68,7 +68,11 @@ impl Changes {
     /// etcd puts these changes need (the audit head included when there are events).
     pub fn puts(&self) -> usize {
         let head = usize::from(!self.events.is_empty());
-        self.keys.len() + usize::from(self.master.is_some()) + usize::from(self.marker.is_some()) + self.events.len() + head
+        self.keys.len()
+            + usize::from(self.master.is_some())
+            + usize::from(self.marker.is_some())
+            + self.events.len()
+            + head
     }
 
     pub fn absorb(&mut self, other: Changes) {

@@ -285,7 +285,8 @@ async fn seal(parts: &WriterParts, head: Head, changes: &Changes) -> Result<Seal
         for (i, bytes) in events.into_iter().enumerate() {
             let seq = head.seq + 1 + i as u64;
             let message = audit::chain_message(&prev, seq, &bytes);
-            let mac = sealer.seal(&message).map_err(|e| StoreError::Unavailable(format!("sealing the audit event: {e}")))?;
+            let mac =
+                sealer.seal(&message).map_err(|e| StoreError::Unavailable(format!("sealing the audit event: {e}")))?;
             sealed.push((seq, mac, codec::encode_sealed(bytes, &mac)));
             prev = mac;
         }

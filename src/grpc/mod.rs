@@ -76,7 +76,12 @@ async fn track_health<H: Hsm, S: Store>(auth: Arc<Authenticator<H, S>>, reporter
                 reporter.set_service_status(name, service_status(name, hsm_and_current, writes)).await;
             }
             if serving.is_some() {
-                tracing::warn!(hsm_reachable = hsm, writes_confirmed = writes, store_current = current, "health changed");
+                tracing::warn!(
+                    hsm_reachable = hsm,
+                    writes_confirmed = writes,
+                    store_current = current,
+                    "health changed"
+                );
             }
             serving = Some(now);
         }

@@ -16,6 +16,8 @@ pub enum Op {
     Random,
     CreateMasterKey,
     DestroyMasterKey,
+    /// Finding a master key version another cluster node made.
+    FindMasterKey,
 }
 
 impl Op {
@@ -26,6 +28,7 @@ impl Op {
             Op::Wrap => "wrap",
             Op::Random => "random",
             Op::CreateMasterKey => "create_master_key",
+            Op::FindMasterKey => "find_master_key",
             Op::DestroyMasterKey => "destroy_master_key",
         }
     }

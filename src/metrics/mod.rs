@@ -331,8 +331,16 @@ impl Metrics {
                 Unit::Seconds,
                 c.staleness.clone(),
             );
-            r.register("cluster_current", "1 while this node's view is proven current, else 0 (failing closed)", c.current.clone());
-            r.register("cluster_watch_restarts", "etcd watches restarted (lost connection, cancelled, compacted)", c.watch_restarts.clone());
+            r.register(
+                "cluster_current",
+                "1 while this node's view is proven current, else 0 (failing closed)",
+                c.current.clone(),
+            );
+            r.register(
+                "cluster_watch_restarts",
+                "etcd watches restarted (lost connection, cancelled, compacted)",
+                c.watch_restarts.clone(),
+            );
             r.register("cluster_reloads", "full reloads of the cluster's state from etcd", c.reloads.clone());
             r.register_with_unit(
                 "cluster_revocation_propagation",
@@ -341,7 +349,11 @@ impl Metrics {
                 c.revocation_propagation.clone(),
             );
             r.register("cluster_revision", "the etcd revision this node's view has applied", c.revision.clone());
-            r.register("cluster_write_conflicts", "etcd transactions run again after a lost compare", c.write_conflicts.clone());
+            r.register(
+                "cluster_write_conflicts",
+                "etcd transactions run again after a lost compare",
+                c.write_conflicts.clone(),
+            );
             c
         })
     }

@@ -14,16 +14,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     app::{AppError, Options, io, pkcs11_config},
+    cluster::{ClusterStore, NodeSettings},
+    config::ClusterSettings,
     config::{self, Config, DEV_TOKEN_LABEL, ServerLimits},
     domain::{Services, ServicesConfig, key::MasterKeyVersion, ports::Store, proof::self_test_input},
     grpc,
     hsm::{self, Pkcs11Hsm},
-    store::{SledStore, StoreLimits},
+    store::{Engine, SledStore, StoreLimits},
     tls::Identities,
 };
 
 /// The domain services the gRPC APIs and the background tasks share.
-pub type Domain = Services<Pkcs11Hsm, SledStore>;
+pub type Domain = Services<Pkcs11Hsm, Engine>;
 
 /// How often the free space on the database's file system is measured.
 const DISK_CHECK_INTERVAL: Duration = Duration::from_millis(500);
@@ -44,7 +46,7 @@ pub struct Serving {
 /// A server ready to serve: adapters open and checked, domain built, listeners bound.
 pub struct Server {
     hsm: Pkcs11Hsm,
-    store: SledStore,
+    store: Engine,
     services: Domain,
     listener: TcpListener,
     local_addr: SocketAddr,
@@ -73,8 +75,12 @@ impl Server {
             .or(config.listen)
             .unwrap_or_else(|| config::DEFAULT_LISTEN.parse().expect("the default address is valid"));
         let (transport, identities) = transport::choose(serving, &config, listen)?;
-        let db = opts.db_path();
-        if !db.exists() {
+        let cluster = opts.cluster_settings(&config)?;
+        let db = match &cluster {
+            None => opts.db_path(),
+            Some(c) => opts.node_db_path(&c.node_id),
+        };
+        if cluster.is_none() && !db.exists() {
             return Err(AppError::Refused(format!("no database at {}: run `keyward init` first", db.display())));
         }
         let (hsm, unreachable) = Pkcs11Hsm::open_serving(pkcs11_config(&config)?)?;
@@ -83,7 +89,7 @@ impl Server {
         }
         let limits =
             StoreLimits { min_free_bytes: config.store.min_free_bytes, write_timeout: config.store.write_timeout };
-        let store = SledStore::open_with_limits(&db, Arc::new(hsm.clone()), limits)?;
+        let store = open_store(&db, &hsm, limits, cluster.as_ref()).await?;
         let master = store.master()?.ok_or_else(|| {
             AppError::Refused("the database has no master key record: was `keyward init` interrupted?".into())
         })?;
@@ -189,7 +195,14 @@ impl Server {
         };
         background(Box::pin(tasks::flush_usage_every(services.clone(), usage_flush)));
         background(Box::pin(tasks::write_usage_log(services.verify.clone())));
-        background(Box::pin(store.clone().watch_disk(DISK_CHECK_INTERVAL)));
+        if let Some(local) = store.local() {
+            background(Box::pin(local.clone().watch_disk(DISK_CHECK_INTERVAL)));
+        }
+        if let Some(cluster) = store.cluster() {
+            background(Box::pin(cluster.clone().follow(local_addr.to_string(), cancel.child_token())));
+            let updates = cluster.master_updates();
+            background(Box::pin(tasks::follow_master(services.clone(), hsm.clone(), updates)));
+        }
         background(Box::pin(tasks::run_migrations(services.master.clone())));
         if let Some(every) = sweep_every {
             background(Box::pin(tasks::sweep_every_interval(services.keys.clone(), every)));
@@ -214,12 +227,45 @@ impl Server {
     }
 }
 
+/// Opens the store `cluster` says: the sled database at `db`, or (cluster mode) the node's local
+/// database at `db` and its connection to etcd, with the cluster's state loaded.
+async fn open_store(
+    db: &std::path::Path,
+    hsm: &Pkcs11Hsm,
+    limits: StoreLimits,
+    cluster: Option<&ClusterSettings>,
+) -> Result<Engine, AppError> {
+    let sealer = Arc::new(hsm.clone());
+    let Some(cluster) = cluster else {
+        return Ok(Engine::Single(SledStore::open_with_limits(db, sealer, limits)?));
+    };
+    if let Some(parent) = db.parent() {
+        std::fs::create_dir_all(parent).map_err(io(format!("creating the node directory {}", parent.display())))?;
+    }
+    let local = SledStore::open_with_limits(db, sealer.clone(), limits)?;
+    let store = ClusterStore::connect(node_settings(cluster), local, sealer).await?;
+    tracing::info!(node = %cluster.node_id, etcd = %cluster.endpoints.join(","), prefix = %cluster.prefix, "cluster mode: state loaded from etcd");
+    Ok(Engine::Cluster(store))
+}
+
+/// The adapter's settings from the configuration's.
+pub fn node_settings(c: &ClusterSettings) -> NodeSettings {
+    NodeSettings {
+        endpoints: c.endpoints.clone(),
+        prefix: c.prefix.clone(),
+        node_id: c.node_id.clone(),
+        heartbeat: c.heartbeat,
+        max_staleness: c.max_staleness,
+        request_timeout: c.request_timeout,
+    }
+}
+
 /// A running server: wait for it to stop by itself with `stopped`, end it with `drain`.
 pub struct ServerHandle {
     cancel: CancellationToken,
     tasks: JoinSet<Result<(), AppError>>,
     services: Domain,
-    store: SledStore,
+    store: Engine,
     hsm: Pkcs11Hsm,
 }
 

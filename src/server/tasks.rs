@@ -6,10 +6,11 @@ use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use super::Domain;
 use crate::{
+    domain::ports::MasterState,
     domain::{audit::Actor, keys::KeyAdmin, master::MasterKeys, verification::Verifier},
     hsm::Pkcs11Hsm,
     metrics,
-    store::SledStore,
+    store::Engine,
 };
 
 /// A background task as the server's `JoinSet` runs it.
@@ -31,7 +32,7 @@ pub(super) async fn flush_usage_every(services: Domain, every: Duration) {
 }
 
 /// The usage log's writer: one batch after another, as records arrive.
-pub(super) async fn write_usage_log(verifier: Arc<Verifier<Pkcs11Hsm, SledStore>>) {
+pub(super) async fn write_usage_log(verifier: Arc<Verifier<Pkcs11Hsm, Engine>>) {
     loop {
         match verifier.write_usage_log().await {
             Ok(w) => report_usage_write(&w),
@@ -53,12 +54,36 @@ pub(super) fn report_usage_write(w: &crate::domain::usage_log::UsageWrite) {
 }
 
 /// The background re-digest after a master key rotation.
-pub(super) async fn run_migrations(master: Arc<MasterKeys<Pkcs11Hsm, SledStore>>) {
+pub(super) async fn run_migrations(master: Arc<MasterKeys<Pkcs11Hsm, Engine>>) {
     master.run_migrations().await
 }
 
+/// Cluster mode: takes every master key state another node writes, once this node's HSM
+/// connection has the versions it names (they are on the shared token).
+pub(super) async fn follow_master(
+    services: Domain,
+    hsm: Pkcs11Hsm,
+    mut updates: tokio::sync::watch::Receiver<Option<MasterState>>,
+) {
+    while updates.changed().await.is_ok() {
+        let Some(state) = updates.borrow_and_update().clone() else { continue };
+        if state == services.master.master_state() {
+            continue;
+        }
+        for version in state.live().map(|v| v.version) {
+            let mut wait = Duration::from_millis(100);
+            while let Err(e) = hsm.pick_up_master_key(version).await {
+                tracing::warn!(%version, error = %e, "cannot find a master key version another node made; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+        services.master.adopt(state);
+    }
+}
+
 /// Runs the sweeper every `every`, the first time one interval after startup.
-pub(super) async fn sweep_every_interval(keys: Arc<KeyAdmin<Pkcs11Hsm, SledStore>>, every: Duration) {
+pub(super) async fn sweep_every_interval(keys: Arc<KeyAdmin<Pkcs11Hsm, Engine>>, every: Duration) {
     let every = every.max(Duration::from_secs(1));
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

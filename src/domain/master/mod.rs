@@ -101,6 +101,16 @@ impl<H: Hsm, S: Store> MasterKeys<H, S> {
         Ok(())
     }
 
+    /// Takes the master key state another cluster node wrote (a rotation, a retirement, a
+    /// migration's progress). The caller has made sure the HSM has every live version. The
+    /// re-digest stays with the node that rotated (or the next one to start).
+    pub fn adopt(&self, state: MasterState) {
+        if self.view.state() != state {
+            tracing::info!(current = %state.current, "master key state changed on another node");
+            self.view.set(state);
+        }
+    }
+
     /// The master key state as last written.
     pub fn master_state(&self) -> MasterState {
         self.view.state()

@@ -121,6 +121,11 @@ impl Pkcs11Hsm {
         }
     }
 
+    /// Starts using master key `version`, made on the token by another cluster node.
+    pub async fn pick_up_master_key(&self, version: MasterKeyVersion) -> Result<(), HsmError> {
+        self.admin(Op::FindMasterKey, move |inner, conn| objects::pick_up_key(&inner.ctx, conn, version)).await
+    }
+
     /// Makes the audit chain key if the token has none (databases made before the chain).
     pub fn ensure_audit_key(&self) -> Result<(), StartError> {
         let guard = self.inner.conn.read().unwrap_or_else(|e| e.into_inner());

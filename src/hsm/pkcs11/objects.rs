@@ -195,6 +195,29 @@ pub(super) fn create_key(ctx: &Pkcs11, conn: &Connection, version: MasterKeyVers
     Ok(())
 }
 
+/// Starts using master key `version` that another process (another cluster node) made on the
+/// token; nothing to do if this connection has it already. `Refused` when it is missing or is
+/// not a key keyward would have made.
+pub(super) fn pick_up_key(ctx: &Pkcs11, conn: &Connection, version: MasterKeyVersion) -> Result<(), HsmError> {
+    if conn.keys.read().unwrap_or_else(|e| e.into_inner()).contains_key(&version) {
+        return Ok(());
+    }
+    let ck = |e: CkError| rv::classify(&e);
+    let session = ctx.open_ro_session(conn.slot).map_err(ck)?;
+    let found = find_master_keys(&session).map_err(|e| HsmError::Refused(e.to_string()))?;
+    let Some(&token) = found.get(&version) else {
+        return Err(HsmError::Refused(format!("master key {version} is not on the token")));
+    };
+    if !is_safe_master_key(&session, token).map_err(ck)? {
+        return Err(HsmError::Refused(format!(
+            "master key {version} on the token is not a key keyward would have made; keyward will not use it"
+        )));
+    }
+    let handle = working_copy(&conn.owner.lock().unwrap_or_else(|e| e.into_inner()), token);
+    conn.keys.write().unwrap_or_else(|e| e.into_inner()).entry(version).or_insert(handle);
+    Ok(())
+}
+
 /// Destroys master key `version` on the token (and forgets its session copy).
 pub(super) fn destroy_key(ctx: &Pkcs11, conn: &Connection, version: MasterKeyVersion) -> Result<(), HsmError> {
     let ck = |e: CkError| rv::classify(&e);
