@@ -474,6 +474,10 @@ impl Store for ClusterStore {
         self.0.view.is_current()
     }
 
+    fn nodes_sharing(&self) -> u32 {
+        self.0.view.node_count()
+    }
+
     fn audit_durable(&self) -> tokio::sync::watch::Receiver<u64> {
         match &self.0.local {
             Some(local) => local.audit_durable(),

@@ -7,7 +7,7 @@ use std::{
     ops::Bound,
     sync::{
         Mutex, RwLock,
-        atomic::{AtomicI64, AtomicU64, Ordering},
+        atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -76,6 +76,8 @@ pub struct NodeView {
     master_tx: tokio::sync::watch::Sender<Option<MasterState>>,
     /// Live keyward nodes by id, as their presence keys say.
     nodes: Mutex<HashMap<String, String>>,
+    /// `nodes.len()`, at least 1, read on every rate-limited verification.
+    node_count: AtomicU32,
 }
 
 impl NodeView {
@@ -89,6 +91,7 @@ impl NodeView {
             applied_tx: tokio::sync::watch::Sender::new(0),
             master_tx: tokio::sync::watch::Sender::new(None),
             nodes: Mutex::default(),
+            node_count: AtomicU32::new(1),
         }
     }
 
@@ -248,10 +251,17 @@ impl NodeView {
             Some(about) => nodes.insert(id, about),
             None => nodes.remove(&id),
         };
+        self.node_count.store((nodes.len() as u32).max(1), Ordering::Release);
     }
 
     pub fn forget_nodes(&self) {
         self.nodes.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.node_count.store(1, Ordering::Release);
+    }
+
+    /// How many nodes announce themselves (at least 1: this one, before its own announcement).
+    pub fn node_count(&self) -> u32 {
+        self.node_count.load(Ordering::Acquire)
     }
 
     /// The live nodes' ids, sorted.

@@ -244,6 +244,11 @@ pub trait Store: Send + Sync + 'static {
     fn is_current(&self) -> bool {
         true
     }
+    /// How many nodes share the key state (1 on a single node): each node enforces its share of
+    /// every rate limit.
+    fn nodes_sharing(&self) -> u32 {
+        1
+    }
     /// The newest durable audit sequence number, updated as writes become durable.
     fn audit_durable(&self) -> tokio::sync::watch::Receiver<u64>;
     /// Checks the audit chain's MACs (in the HSM) over `from..=to` (`to`: `None` for the end).

@@ -2,6 +2,10 @@
 //! limit and was used lately, held in a bounded cache so memory stays flat however many keys
 //! exist. A limiter evicted under pressure starts again full, which can let one extra burst pass
 //! for that key; the cache is sized so that only keys idle for long are evicted.
+//!
+//! In a cluster of `n` nodes each node enforces its share: one call per `window·n/limit` and a
+//! burst of `limit/n` (at least 1), so that all nodes together allow what one node allows alone:
+//! `limit` per window, with a burst of `limit` (of `n` when `limit < n`).
 
 use std::{num::NonZeroU32, sync::Arc, time::Duration};
 
@@ -15,16 +19,20 @@ use super::key::{KeyId, RateLimit};
 
 struct Limiter {
     config: RateLimit,
+    nodes: u32,
     gcra: DefaultDirectRateLimiter,
 }
 
 impl Limiter {
-    fn new(config: RateLimit) -> Self {
-        let burst = NonZeroU32::new(config.limit).unwrap_or(NonZeroU32::MIN);
+    /// This node's share of `config` when `nodes` nodes share it.
+    fn new(config: RateLimit, nodes: u32) -> Self {
+        let nodes = nodes.max(1);
+        let limit = config.limit.max(1);
+        let burst = NonZeroU32::new(limit / nodes).unwrap_or(NonZeroU32::MIN);
         // Validation keeps window ≥ 1 ms and limit ≤ 10^6, so the period is at least 1 ns.
-        let period = (config.window / burst.get()).max(Duration::from_nanos(1));
+        let period = (config.window * nodes / limit).max(Duration::from_nanos(1));
         let quota = Quota::with_period(period).expect("a non-zero period").allow_burst(burst);
-        Self { config, gcra: RateLimiter::direct(quota) }
+        Self { config, nodes, gcra: RateLimiter::direct(quota) }
     }
 }
 
@@ -37,17 +45,18 @@ impl RateLimits {
         Self { limiters: Cache::new(capacity.max(1)) }
     }
 
-    /// Takes one call from key `id`'s allowance; `Err(wait)` when over the limit.
-    pub(crate) fn check(&self, id: KeyId, config: RateLimit) -> Result<(), Duration> {
+    /// Takes one call from key `id`'s allowance (this node's share of it when `nodes` nodes
+    /// share it); `Err(wait)` when over the limit.
+    pub(crate) fn check(&self, id: KeyId, config: RateLimit, nodes: u32) -> Result<(), Duration> {
         let limiter = self
             .limiters
-            .get_or_insert_with(&id, || Ok::<_, std::convert::Infallible>(Arc::new(Limiter::new(config))))
+            .get_or_insert_with(&id, || Ok::<_, std::convert::Infallible>(Arc::new(Limiter::new(config, nodes))))
             .unwrap_or_else(|never| match never {});
-        let limiter = if limiter.config == config {
+        let limiter = if limiter.config == config && limiter.nodes == nodes.max(1) {
             limiter
         } else {
-            // The key's limit was changed: start the new limit afresh.
-            let fresh = Arc::new(Limiter::new(config));
+            // The key's limit (or the number of nodes sharing it) changed: start afresh.
+            let fresh = Arc::new(Limiter::new(config, nodes));
             self.limiters.insert(id, fresh.clone());
             fresh
         };
@@ -64,9 +73,9 @@ mod tests {
         let limits = RateLimits::new(10);
         let id = KeyId::new_v7();
         let config = RateLimit { limit: 5, window: Duration::from_secs(60) };
-        let passed = (0..50).filter(|_| limits.check(id, config).is_ok()).count();
+        let passed = (0..50).filter(|_| limits.check(id, config, 1).is_ok()).count();
         assert_eq!(passed, 5);
-        let wait = limits.check(id, config).unwrap_err();
+        let wait = limits.check(id, config, 1).unwrap_err();
         assert!(wait > Duration::from_secs(1) && wait <= Duration::from_secs(12), "{wait:?}");
     }
 
@@ -75,13 +84,13 @@ mod tests {
         let limits = RateLimits::new(10);
         let (a, b) = (KeyId::new_v7(), KeyId::new_v7());
         let one = RateLimit { limit: 1, window: Duration::from_secs(60) };
-        assert!(limits.check(a, one).is_ok());
-        assert!(limits.check(a, one).is_err());
-        assert!(limits.check(b, one).is_ok());
+        assert!(limits.check(a, one, 1).is_ok());
+        assert!(limits.check(a, one, 1).is_err());
+        assert!(limits.check(b, one, 1).is_ok());
         let two = RateLimit { limit: 2, window: Duration::from_secs(60) };
-        assert!(limits.check(a, two).is_ok());
-        assert!(limits.check(a, two).is_ok());
-        assert!(limits.check(a, two).is_err());
+        assert!(limits.check(a, two, 1).is_ok());
+        assert!(limits.check(a, two, 1).is_ok());
+        assert!(limits.check(a, two, 1).is_err());
     }
 
     #[test]
@@ -89,8 +98,32 @@ mod tests {
         let limits = RateLimits::new(100);
         let config = RateLimit { limit: 1, window: Duration::from_secs(1) };
         for _ in 0..10_000 {
-            let _ = limits.check(KeyId::new_v7(), config);
+            let _ = limits.check(KeyId::new_v7(), config, 1);
         }
         assert!(limits.limiters.len() <= 100, "{}", limits.limiters.len());
+    }
+
+    #[test]
+    fn nodes_sharing_a_limit_together_allow_what_one_node_allows() {
+        let config = RateLimit { limit: 30, window: Duration::from_secs(60) };
+        let id = KeyId::new_v7();
+        let nodes: Vec<RateLimits> = (0..3).map(|_| RateLimits::new(10)).collect();
+        let passed: usize = nodes.iter().map(|n| (0..100).filter(|_| n.check(id, config, 3).is_ok()).count()).sum();
+        assert_eq!(passed, 30, "each of 3 nodes lets its burst of 10 through");
+        let wait = nodes[0].check(id, config, 3).unwrap_err();
+        assert!(wait > Duration::from_secs(3) && wait <= Duration::from_secs(6), "one call per 6 s per node: {wait:?}");
+        // A limit below the node count: one call per node, then one per window·n/limit.
+        let tiny = RateLimit { limit: 1, window: Duration::from_secs(60) };
+        let passed: usize = nodes.iter().map(|n| (0..10).filter(|_| n.check(KeyId::new_v7(), tiny, 3).is_ok()).count()).sum();
+        assert_eq!(passed, 3);
+    }
+
+    #[test]
+    fn a_change_in_the_number_of_nodes_starts_the_share_afresh() {
+        let limits = RateLimits::new(10);
+        let id = KeyId::new_v7();
+        let config = RateLimit { limit: 4, window: Duration::from_secs(60) };
+        assert_eq!((0..10).filter(|_| limits.check(id, config, 2).is_ok()).count(), 2);
+        assert_eq!((0..10).filter(|_| limits.check(id, config, 1).is_ok()).count(), 4);
     }
 }

@@ -161,6 +161,10 @@ impl Store for Engine {
         each!(self, s => s.is_current())
     }
 
+    fn nodes_sharing(&self) -> u32 {
+        each!(self, s => s.nodes_sharing())
+    }
+
     fn audit_durable(&self) -> tokio::sync::watch::Receiver<u64> {
         each!(self, s => s.audit_durable())
     }

@@ -200,7 +200,7 @@ impl<H: Hsm, S: Store> Verifier<H, S> {
     /// The stateful checks, after every other one passed: rate limit, then quota.
     async fn check_limits(&self, record: &KeyRecord, now: SystemTime, cost: u64, v: &mut Verification) -> Result<()> {
         if let Some(limit) = record.rate_limit
-            && let Err(wait) = self.rate_limits.check(record.id, limit)
+            && let Err(wait) = self.rate_limits.check(record.id, limit, self.deps.store.nodes_sharing())
         {
             v.code = VerifyCode::RateLimited;
             v.retry_after = Some(wait);
