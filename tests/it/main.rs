@@ -11,6 +11,7 @@ mod crash;
 mod disk_faults;
 mod docs_examples;
 mod durability;
+mod etcd_harness;
 mod grpcurl;
 mod h2load;
 mod hostile;
