@@ -59,7 +59,8 @@ impl ClusterNodes {
             String::from_utf8_lossy(&out.stderr),
             etcd.logs()
         );
-        let root_key = std::fs::read_to_string(data_dir.join("root.key")).expect("init writes root.key").trim().to_owned();
+        let root_key =
+            std::fs::read_to_string(data_dir.join("root.key")).expect("init writes root.key").trim().to_owned();
         Self { nodes: Vec::new(), etcd, data_dir, root_key, tmp }
     }
 
@@ -95,20 +96,9 @@ impl ClusterNodes {
         self.nodes[i].start().await
     }
 
-    /// SIGTERM to node `i`; waits for it to exit.
-    pub async fn stop_node(&mut self, i: usize) {
-        self.nodes[i].stop().await;
-    }
-
-    /// SIGKILL to node `i`.
+    /// SIGKILL to node `i` (`start_node` starts it again; `node_mut(i).stop()` is SIGTERM).
     pub fn kill_node(&mut self, i: usize) {
         self.nodes[i].kill()
-    }
-
-    /// SIGKILL to node `i`, then starts it again.
-    pub async fn restart_node(&mut self, i: usize) {
-        self.kill_node(i);
-        self.start_node(i).await
     }
 
     pub async fn keys(&self, i: usize) -> KeyClient {
@@ -162,7 +152,12 @@ impl ClusterNodes {
             let text = node.logs();
             let lines: Vec<&str> = text.lines().collect();
             let tail = &lines[lines.len().saturating_sub(60)..];
-            out.push_str(&format!("--- keyward node {} (last {} lines) ---\n{}\n", node_id(i), tail.len(), tail.join("\n")));
+            out.push_str(&format!(
+                "--- keyward node {} (last {} lines) ---\n{}\n",
+                node_id(i),
+                tail.len(),
+                tail.join("\n")
+            ));
         }
         out + &self.etcd.logs()
     }

@@ -223,7 +223,11 @@ impl EtcdCluster {
             if let Some(status) = self.members[i].process.as_mut().and_then(|c| c.try_wait().expect("etcd's status")) {
                 panic!("restarted etcd member {i} exited with {status}; logs:\n{}", self.logs());
             }
-            assert!(Instant::now() < deadline, "restarted etcd member {i} did not serve in 30 s; logs:\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "restarted etcd member {i} did not serve in 30 s; logs:\n{}",
+                self.logs()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

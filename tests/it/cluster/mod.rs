@@ -1,0 +1,101 @@
+//! Cluster mode (issue 16) end to end: 3 real etcd members and several real keyward nodes on
+//! loopback, started by each test for itself. What one node acknowledges, every node sees;
+//! a node that cannot prove it is current fails closed; etcd never holds a secret in clear.
+
+use std::time::{Duration, Instant};
+
+use keyward::proto::{self, VerifyCode};
+use tonic::Code;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+
+use crate::common::cluster::{ClusterNodes, Outcome, timed};
+
+mod etcd_faults;
+mod init;
+mod node_crash;
+mod propagation;
+mod quota;
+mod secrecy;
+
+/// `cluster.max_staleness_ms`'s default: how long a node may go without proving it is current.
+const MAX_STALENESS: Duration = Duration::from_millis(1000);
+
+/// Polls VerifyKey of `key` on node `i` until it answers `want`; fails after `within`.
+/// Returns how long it took.
+async fn until_verify(
+    cluster: &ClusterNodes,
+    i: usize,
+    key: &str,
+    want: Outcome,
+    within: Duration,
+    what: &str,
+) -> Duration {
+    let start = Instant::now();
+    let mut client = cluster.verifier(i).await;
+    loop {
+        let got = crate::common::cluster::verify_with(&mut client, key, None).await;
+        if got == want {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "{what}: node {i} did not answer {want:?} within {within:?} (last answer {got:?})\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Node `i`'s health for the whole server (`""`), or `None` if the check failed.
+async fn health(cluster: &ClusterNodes, i: usize) -> Option<ServingStatus> {
+    let mut client = cluster.health(i).await;
+    timed(client.check(HealthCheckRequest { service: String::new() })).await.ok().map(|r| r.get_ref().status())
+}
+
+/// The audit chain's head on node `i` (GetCheckpoint: sequence number and MAC) and what
+/// VerifyChain says of the whole chain there.
+async fn chain(cluster: &ClusterNodes, i: usize) -> ((u64, Vec<u8>), proto::VerifyChainResponse) {
+    let mut audit = cluster.audit(i).await;
+    let head = timed(audit.get_checkpoint(proto::GetCheckpointRequest {}))
+        .await
+        .unwrap_or_else(|s| panic!("GetCheckpoint on node {i}: {s:?}"))
+        .into_inner();
+    let verified = timed(audit.verify_chain(proto::VerifyChainRequest::default()))
+        .await
+        .unwrap_or_else(|s| panic!("VerifyChain on node {i}: {s:?}"))
+        .into_inner();
+    ((head.seq, head.mac), verified)
+}
+
+/// Waits (up to `within`) until every node reports the same chain head, then asserts that the
+/// chain verifies on every node up to that head. Returns the head.
+async fn same_verified_chain_everywhere(cluster: &ClusterNodes, within: Duration) -> (u64, Vec<u8>) {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut chains = Vec::new();
+        for i in 0..cluster.len() {
+            chains.push(chain(cluster, i).await);
+        }
+        let head = chains[0].0.clone();
+        if chains.iter().all(|(h, _)| *h == head) {
+            for (i, (_, verified)) in chains.iter().enumerate() {
+                assert!(verified.ok, "VerifyChain on node {i}: {verified:?}");
+                assert_eq!(verified.last_seq, head.0, "node {i} verified its chain up to the head it reports");
+            }
+            assert!(head.0 > 0 && !head.1.is_empty(), "the chain has a sealed head: {head:?}");
+            return head;
+        }
+        let heads: Vec<_> = chains.iter().map(|(h, _)| h.0).collect();
+        assert!(
+            Instant::now() < deadline,
+            "the nodes' chain heads differ after {within:?}: {heads:?}\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A valid answer.
+const VALID: Outcome = Ok(VerifyCode::Valid);
+/// The answer of a node that cannot prove it is current.
+const UNAVAILABLE: Outcome = Err(Code::Unavailable);

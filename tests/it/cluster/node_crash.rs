@@ -1,0 +1,58 @@
+//! A keyward node SIGKILLed in the middle of writes: everything it acknowledged is on the other
+//! nodes, and once restarted it catches up (keys and audit chain).
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use keyward::proto;
+
+use super::{VALID, same_verified_chain_everywhere, until_verify};
+use crate::common::cluster::{ClusterNodes, timed};
+
+#[tokio::test]
+async fn every_create_a_killed_node_acknowledged_is_on_the_others_and_on_it_after_its_restart() {
+    let mut cluster = ClusterNodes::start(3).await;
+    const VICTIM: usize = 2;
+
+    // Creates on the victim, one after another, until a call fails (the node is gone).
+    let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut keys = cluster.keys(VICTIM).await;
+    let writer = {
+        let acknowledged = acknowledged.clone();
+        tokio::spawn(async move {
+            for n in 0.. {
+                let request = proto::CreateKeyRequest { name: format!("written on n3 #{n}"), ..Default::default() };
+                match timed(keys.create_key(request)).await {
+                    Ok(created) => acknowledged.lock().unwrap().push(created.into_inner().key),
+                    Err(_) => return,
+                }
+            }
+        })
+    };
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acknowledged.lock().unwrap().len() < 20 {
+        assert!(Instant::now() < deadline, "fewer than 20 creates in 20 s\n{}", cluster.logs());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    cluster.kill_node(VICTIM);
+    writer.await.expect("the writer");
+    let acknowledged = std::mem::take(&mut *acknowledged.lock().unwrap());
+    println!("{} creates acknowledged by node {VICTIM} before its SIGKILL", acknowledged.len());
+
+    for key in &acknowledged {
+        for i in [0, 1] {
+            until_verify(&cluster, i, key, VALID, Duration::from_secs(1), "a key the killed node acknowledged").await;
+        }
+    }
+    // Written while it is down: it must catch up on these too.
+    let (while_down, _) = cluster.create_key(0, "made while n3 was down").await;
+
+    cluster.start_node(VICTIM).await;
+    for key in acknowledged.iter().chain([&while_down]) {
+        until_verify(&cluster, VICTIM, key, VALID, Duration::from_secs(5), "after the restart").await;
+    }
+    same_verified_chain_everywhere(&cluster, Duration::from_secs(5)).await;
+}
