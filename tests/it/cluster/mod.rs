@@ -67,8 +67,8 @@ async fn chain(cluster: &ClusterNodes, i: usize) -> ((u64, Vec<u8>), proto::Veri
     ((head.seq, head.mac), verified)
 }
 
-/// Waits (up to `within`) until every node reports the same chain head, then asserts that the
-/// chain verifies on every node up to that head. Returns the head.
+/// Waits (up to `within`) until every node reports the same chain head and VerifyChain on
+/// every node verifies the whole chain up to that head. Returns the head.
 async fn same_verified_chain_everywhere(cluster: &ClusterNodes, within: Duration) -> (u64, Vec<u8>) {
     let deadline = Instant::now() + within;
     loop {
@@ -77,21 +77,39 @@ async fn same_verified_chain_everywhere(cluster: &ClusterNodes, within: Duration
             chains.push(chain(cluster, i).await);
         }
         let head = chains[0].0.clone();
-        if chains.iter().all(|(h, _)| *h == head) {
-            for (i, (_, verified)) in chains.iter().enumerate() {
-                assert!(verified.ok, "VerifyChain on node {i}: {verified:?}");
-                assert_eq!(verified.last_seq, head.0, "node {i} verified its chain up to the head it reports");
-            }
+        let agree = chains.iter().all(|(h, verified)| *h == head && verified.ok && verified.last_seq == head.0);
+        if agree {
             assert!(head.0 > 0 && !head.1.is_empty(), "the chain has a sealed head: {head:?}");
             return head;
         }
-        let heads: Vec<_> = chains.iter().map(|(h, _)| h.0).collect();
+        let seen: Vec<_> = chains.iter().map(|(h, verified)| (h.0, verified)).collect();
         assert!(
             Instant::now() < deadline,
-            "the nodes' chain heads differ after {within:?}: {heads:?}\n{}",
+            "the nodes' chains (head, VerifyChain) do not agree after {within:?}: {seen:?}\n{}",
             cluster.logs()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls until every key in `keys` verifies VALID on node `i` (each within `within`), over one
+/// connection.
+async fn all_valid_on(cluster: &ClusterNodes, i: usize, keys: &[String], within: Duration, what: &str) {
+    let mut client = cluster.verifier(i).await;
+    for key in keys {
+        let start = Instant::now();
+        loop {
+            let got = crate::common::cluster::verify_with(&mut client, key, None).await;
+            if got == VALID {
+                break;
+            }
+            assert!(
+                start.elapsed() < within,
+                "{what}: a key is not VALID on node {i} within {within:?} (last answer {got:?})\n{}",
+                cluster.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 

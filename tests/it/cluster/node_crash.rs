@@ -8,7 +8,7 @@ use std::{
 
 use keyward::proto;
 
-use super::{VALID, same_verified_chain_everywhere, until_verify};
+use super::{all_valid_on, same_verified_chain_everywhere};
 use crate::common::cluster::{ClusterNodes, timed};
 
 #[tokio::test]
@@ -42,17 +42,14 @@ async fn every_create_a_killed_node_acknowledged_is_on_the_others_and_on_it_afte
     let acknowledged = std::mem::take(&mut *acknowledged.lock().unwrap());
     println!("{} creates acknowledged by node {VICTIM} before its SIGKILL", acknowledged.len());
 
-    for key in &acknowledged {
-        for i in [0, 1] {
-            until_verify(&cluster, i, key, VALID, Duration::from_secs(1), "a key the killed node acknowledged").await;
-        }
+    for i in [0, 1] {
+        all_valid_on(&cluster, i, &acknowledged, Duration::from_secs(1), "a create the killed node acknowledged").await;
     }
-    // Written while it is down: it must catch up on these too.
+    // Written while it is down: it must catch up on this too.
     let (while_down, _) = cluster.create_key(0, "made while n3 was down").await;
 
     cluster.start_node(VICTIM).await;
-    for key in acknowledged.iter().chain([&while_down]) {
-        until_verify(&cluster, VICTIM, key, VALID, Duration::from_secs(5), "after the restart").await;
-    }
+    let everything: Vec<String> = acknowledged.into_iter().chain([while_down]).collect();
+    all_valid_on(&cluster, VICTIM, &everything, Duration::from_secs(5), "after the restart").await;
     same_verified_chain_everywhere(&cluster, Duration::from_secs(5)).await;
 }
