@@ -77,11 +77,12 @@ impl EtcdCluster {
 
     fn spawn(etcd: PathBuf, n: usize) -> Self {
         let tmp = tempfile::tempdir().expect("a temporary directory");
+        let ports = free_ports(2 * n);
         let members: Vec<Member> = (0..n)
             .map(|i| Member {
                 name: format!("m{i}"),
-                client_port: free_port(),
-                peer_port: free_port(),
+                client_port: ports[2 * i],
+                peer_port: ports[2 * i + 1],
                 data_dir: tmp.path().join(format!("m{i}.etcd")),
                 log_file: tmp.path().join(format!("m{i}.log")),
                 process: None,
@@ -257,9 +258,12 @@ impl Drop for EtcdCluster {
     }
 }
 
-/// A port nothing listens on now (the OS's pick for port 0, released at once).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free loopback port").port()
+/// `n` distinct ports nothing listens on now (the OS's picks for port 0, all held until every
+/// one is picked, then released).
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> =
+        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("a free loopback port")).collect();
+    listeners.iter().map(|l| l.local_addr().expect("a bound address").port()).collect()
 }
 
 /// A client of these endpoints with short timeouts (the tests' calls must not hang).
