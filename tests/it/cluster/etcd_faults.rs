@@ -14,7 +14,7 @@ use keyward::proto::{self, VerifyCode};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use super::{MAX_STALENESS, UNAVAILABLE, VALID, all_valid_on, health, until_verify};
+use super::{MAX_STALENESS, SEEN_WITHIN, UNAVAILABLE, VALID, all_valid_on, health, until_verify};
 use crate::common::{
     KeyClient, VerifyClient,
     cluster::{ClusterNodes, Outcome, timed, verify_with},
@@ -63,7 +63,7 @@ async fn losing_one_etcd_member_under_load_costs_at_most_the_retry_window_and_lo
     let mut cluster = ClusterNodes::start(3).await;
     let (known, _) = cluster.create_key(0, "verified under load").await;
     for i in 0..3 {
-        until_verify(&cluster, i, &known, VALID, Duration::from_secs(1), "the key the load verifies").await;
+        until_verify(&cluster, i, &known, VALID, SEEN_WITHIN, "the key the load verifies").await;
     }
 
     // On every node: one task creating keys, one verifying the known key.
@@ -122,7 +122,7 @@ async fn losing_one_etcd_member_under_load_costs_at_most_the_retry_window_and_lo
     // Nothing lost: every acknowledged key is valid on every node.
     let created: Vec<String> = seen.created.into_iter().map(|(key, _)| key).collect();
     for i in 0..3 {
-        all_valid_on(&cluster, i, &created, Duration::from_secs(1), "an acknowledged create").await;
+        all_valid_on(&cluster, i, &created, SEEN_WITHIN, "an acknowledged create").await;
     }
 }
 
@@ -136,7 +136,7 @@ async fn without_etcd_quorum_every_node_fails_closed_and_recovers_by_itself_when
     let mut cluster = ClusterNodes::start(3).await;
     let (key, _) = cluster.create_key(0, "never valid from a stale cache").await;
     for i in 0..3 {
-        until_verify(&cluster, i, &key, VALID, Duration::from_secs(1), "before quorum is lost").await;
+        until_verify(&cluster, i, &key, VALID, SEEN_WITHIN, "before quorum is lost").await;
     }
     let pids: Vec<u32> = (0..3).map(|i| cluster.node(i).pid()).collect();
 

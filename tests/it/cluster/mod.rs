@@ -20,6 +20,10 @@ mod secrecy;
 /// `cluster.max_staleness_ms`'s default: how long a node may go without proving it is current.
 const MAX_STALENESS: Duration = Duration::from_millis(1000);
 
+/// How long a node may take to show what another node acknowledged (a new key), in these tests:
+/// generous, as the issue bounds only revocations (1 s) and recovery (5 s).
+const SEEN_WITHIN: Duration = Duration::from_secs(5);
+
 /// Polls VerifyKey of `key` on node `i` until it answers `want`; fails after `within`.
 /// Returns how long it took.
 async fn until_verify(

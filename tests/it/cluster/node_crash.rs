@@ -8,7 +8,7 @@ use std::{
 
 use keyward::proto;
 
-use super::{all_valid_on, same_verified_chain_everywhere};
+use super::{SEEN_WITHIN, all_valid_on, same_verified_chain_everywhere};
 use crate::common::cluster::{ClusterNodes, timed};
 
 #[tokio::test]
@@ -43,7 +43,7 @@ async fn every_create_a_killed_node_acknowledged_is_on_the_others_and_on_it_afte
     println!("{} creates acknowledged by node {VICTIM} before its SIGKILL", acknowledged.len());
 
     for i in [0, 1] {
-        all_valid_on(&cluster, i, &acknowledged, Duration::from_secs(1), "a create the killed node acknowledged").await;
+        all_valid_on(&cluster, i, &acknowledged, SEEN_WITHIN, "a create the killed node acknowledged").await;
     }
     // Written while it is down: it must catch up on this too.
     let (while_down, _) = cluster.create_key(0, "made while n3 was down").await;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use keyward::proto::{self, VerifyCode};
 
-use super::{VALID, same_verified_chain_everywhere, until_verify};
+use super::{SEEN_WITHIN, VALID, same_verified_chain_everywhere, until_verify};
 use crate::common::cluster::{ClusterNodes, timed};
 
 #[tokio::test]
@@ -13,7 +13,7 @@ async fn a_key_made_on_one_node_verifies_on_every_node_and_its_revocation_reache
     let cluster = ClusterNodes::start(3).await;
     let (key, key_id) = cluster.create_key(0, "made on n1").await;
     for i in [1, 2] {
-        until_verify(&cluster, i, &key, VALID, Duration::from_secs(1), "a key created on node 0").await;
+        until_verify(&cluster, i, &key, VALID, SEEN_WITHIN, "a key created on node 0").await;
     }
 
     cluster.revoke(1, &key_id).await;

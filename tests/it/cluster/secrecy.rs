@@ -8,7 +8,7 @@ use base64::Engine;
 use etcd_client::GetOptions;
 use keyward::{domain::key_format, proto};
 
-use super::{VALID, until_verify};
+use super::{SEEN_WITHIN, VALID, until_verify};
 use crate::common::cluster::{ClusterNodes, timed};
 
 /// The default `--etcd-prefix`.
@@ -53,7 +53,7 @@ async fn etcd_holds_no_key_secret_or_pin_in_clear() {
     let mut key_ids = Vec::new();
     for i in 0..3 {
         let (key, key_id) = cluster.create_key(i, &format!("made on node {i}")).await;
-        until_verify(&cluster, (i + 1) % 3, &key, VALID, Duration::from_secs(1), "a new key, on the next node").await;
+        until_verify(&cluster, (i + 1) % 3, &key, VALID, SEEN_WITHIN, "a new key, on the next node").await;
         keys.push(key);
         key_ids.push(key_id);
     }
