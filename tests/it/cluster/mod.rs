@@ -34,15 +34,28 @@ async fn until_verify(
     within: Duration,
     what: &str,
 ) -> Duration {
-    let start = Instant::now();
+    until_verify_since(cluster, i, key, want, Instant::now(), within, what).await
+}
+
+/// `until_verify`, timed from `since` (e.g. when a revocation was acknowledged).
+async fn until_verify_since(
+    cluster: &ClusterNodes,
+    i: usize,
+    key: &str,
+    want: Outcome,
+    since: Instant,
+    within: Duration,
+    what: &str,
+) -> Duration {
     let mut client = cluster.verifier(i).await;
     loop {
+        let asked_at = since.elapsed();
         let got = crate::common::cluster::verify_with(&mut client, key, None).await;
         if got == want {
-            return start.elapsed();
+            return asked_at;
         }
         assert!(
-            start.elapsed() < within,
+            asked_at < within,
             "{what}: node {i} did not answer {want:?} within {within:?} (last answer {got:?})\n{}",
             cluster.logs()
         );

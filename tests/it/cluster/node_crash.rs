@@ -50,6 +50,6 @@ async fn every_create_a_killed_node_acknowledged_is_on_the_others_and_on_it_afte
 
     cluster.start_node(VICTIM).await;
     let everything: Vec<String> = acknowledged.into_iter().chain([while_down]).collect();
-    all_valid_on(&cluster, VICTIM, &everything, Duration::from_secs(5), "after the restart").await;
-    same_verified_chain_everywhere(&cluster, Duration::from_secs(5)).await;
+    all_valid_on(&cluster, VICTIM, &everything, SEEN_WITHIN, "after the restart").await;
+    same_verified_chain_everywhere(&cluster, SEEN_WITHIN).await;
 }
