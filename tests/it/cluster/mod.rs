@@ -15,6 +15,7 @@ mod init;
 mod node_crash;
 mod propagation;
 mod quota;
+mod rate_limit;
 mod secrecy;
 
 /// `cluster.max_staleness_ms`'s default: how long a node may go without proving it is current.
