@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     layout::{Entry, Layout, range_end},
+    trim,
     view::{Head, NodeView, Records},
 };
 use crate::{
@@ -143,6 +144,28 @@ impl Follower {
         }
         let mut kv = self.client.kv_client();
         let mut next = local_seq + 1;
+        let oldest = trim::oldest_event(&self.client, &self.layout, Some(rev)).await?;
+        if let Some(oldest) = oldest.filter(|oldest| next < *oldest) {
+            // Events up to `oldest - 1` were trimmed from etcd before this node copied them.
+            let checkpoint = trim::checkpoint(&self.client, &self.layout, Some(rev)).await?;
+            match checkpoint {
+                Some(cp) if local_seq == 0 && cp.seq + 1 == oldest => {
+                    tracing::warn!(
+                        checkpoint = cp.seq,
+                        "this node's audit copy starts at the cluster's checkpoint; the events before it are on the other nodes"
+                    );
+                    self.local.start_after_checkpoint(cp.seq, cp.mac).await?;
+                    next = oldest;
+                }
+                _ => {
+                    return Err(StoreError::Corrupt(format!(
+                        "this node's audit copy ends at event {local_seq} but etcd keeps the events from {oldest} on \
+                         (older ones were trimmed, see cluster.audit_keep_events): move this node's database \
+                         (DIR/nodes/ID/db) aside to start its copy again from the cluster's checkpoint"
+                    )));
+                }
+            }
+        }
         while next <= head.seq {
             let options =
                 GetOptions::new().with_range(self.layout.audit_events_end()).with_limit(EVENT_PAGE).with_revision(rev);

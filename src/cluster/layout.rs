@@ -8,6 +8,7 @@ const CLUSTER: &str = "cluster";
 const MASTER: &str = "master";
 const KEYS: &str = "keys/";
 const AUDIT_HEAD: &str = "audit/head";
+const AUDIT_CHECKPOINT: &str = "audit/checkpoint";
 const AUDIT_EVENTS: &str = "audit/e/";
 const NODES: &str = "nodes/";
 
@@ -27,6 +28,8 @@ pub enum Entry {
     Master,
     Key(KeyId),
     AuditHead,
+    /// The last event trimmed from etcd (sequence number ‖ MAC).
+    AuditCheckpoint,
     AuditEvent(u64),
     Node(String),
     /// A name keyward does not write (another tool's, or a later version's).
@@ -71,6 +74,10 @@ impl Layout {
         self.name(AUDIT_HEAD)
     }
 
+    pub fn audit_checkpoint(&self) -> Vec<u8> {
+        self.name(AUDIT_CHECKPOINT)
+    }
+
     pub fn audit_event(&self, seq: u64) -> Vec<u8> {
         self.name(format!("{AUDIT_EVENTS}{seq:0SEQ_DIGITS$}"))
     }
@@ -94,6 +101,7 @@ impl Layout {
             CLUSTER => Entry::Cluster,
             MASTER => Entry::Master,
             AUDIT_HEAD => Entry::AuditHead,
+            AUDIT_CHECKPOINT => Entry::AuditCheckpoint,
             _ => {
                 if let Some(id) = tail.strip_prefix(KEYS) {
                     id.parse().map_or(Entry::Other, Entry::Key)
@@ -133,6 +141,7 @@ mod tests {
         assert_eq!(layout.entry(&layout.master()), Some(Entry::Master));
         assert_eq!(layout.entry(&layout.cluster()), Some(Entry::Cluster));
         assert_eq!(layout.entry(&layout.audit_head()), Some(Entry::AuditHead));
+        assert_eq!(layout.entry(&layout.audit_checkpoint()), Some(Entry::AuditCheckpoint));
         assert_eq!(layout.entry(&layout.audit_event(42)), Some(Entry::AuditEvent(42)));
         assert_eq!(layout.entry(&layout.node("n-1")), Some(Entry::Node("n-1".into())));
         assert_eq!(layout.entry(b"/other/keys/x"), None);

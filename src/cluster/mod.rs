@@ -9,6 +9,7 @@ mod follower;
 mod layout;
 mod presence;
 mod stage;
+mod trim;
 mod view;
 mod writer;
 
@@ -49,6 +50,8 @@ pub struct NodeSettings {
     pub heartbeat: Duration,
     pub max_staleness: Duration,
     pub request_timeout: Duration,
+    /// The newest audit events etcd keeps (older ones are trimmed behind a checkpoint).
+    pub audit_keep_events: u64,
 }
 
 /// What a node knows about itself and the cluster, for operators.
@@ -181,7 +184,13 @@ impl ClusterStore {
             about: presence::about(&self.0.settings.node_id, &address),
             ttl: presence::ttl(self.0.settings.max_staleness),
         };
-        tokio::join!(follower.run(cancel.clone()), presence.run(cancel));
+        let trimmer = trim::Trimmer {
+            client: self.0.client.clone(),
+            layout: self.0.layout.clone(),
+            keep: self.0.settings.audit_keep_events,
+            request_timeout: self.0.settings.request_timeout,
+        };
+        tokio::join!(follower.run(cancel.clone()), presence.run(cancel.clone()), trimmer.run(cancel));
     }
 
     /// The master key state as the cluster changes it (another node's rotation included).

@@ -15,6 +15,8 @@ pub const MAX_NODE_ID_LEN: usize = 64;
 const PREFIX_LEN: std::ops::RangeInclusive<usize> = 2..=128;
 const HEARTBEAT_MS: std::ops::RangeInclusive<u64> = 10..=60_000;
 const REQUEST_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 100..=60_000;
+/// The fewest audit events etcd keeps (a window too small would trim what nodes are copying).
+const MIN_AUDIT_KEEP: u64 = 10;
 
 /// Cluster mode: several nodes share their key state in etcd (see docs/configuration.md).
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -33,6 +35,9 @@ pub struct ClusterSection {
     pub max_staleness_ms: u64,
     /// The longest one etcd call may take.
     pub request_timeout_ms: u64,
+    /// The newest audit events etcd keeps; older ones are trimmed from etcd (every node keeps the
+    /// whole chain in its own database) behind a checkpoint.
+    pub audit_keep_events: u64,
 }
 
 impl Default for ClusterSection {
@@ -44,6 +49,7 @@ impl Default for ClusterSection {
             heartbeat_ms: 250,
             max_staleness_ms: 1000,
             request_timeout_ms: 2000,
+            audit_keep_events: 1_000_000,
         }
     }
 }
@@ -68,6 +74,7 @@ pub struct ClusterSettings {
     pub heartbeat: Duration,
     pub max_staleness: Duration,
     pub request_timeout: Duration,
+    pub audit_keep_events: u64,
 }
 
 fn invalid<T>(reason: String) -> Result<T, ConfigError> {
@@ -139,6 +146,12 @@ impl ClusterSection {
                 self.request_timeout_ms
             ));
         }
+        if self.audit_keep_events < MIN_AUDIT_KEEP {
+            return invalid(format!(
+                "cluster.audit_keep_events must be at least {MIN_AUDIT_KEEP} (it is {})",
+                self.audit_keep_events
+            ));
+        }
         Ok(Some(ClusterSettings {
             endpoints,
             prefix,
@@ -146,6 +159,7 @@ impl ClusterSection {
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             max_staleness: Duration::from_millis(self.max_staleness_ms),
             request_timeout: Duration::from_millis(self.request_timeout_ms),
+            audit_keep_events: self.audit_keep_events,
         }))
     }
 }

@@ -50,6 +50,7 @@ fn endpoints_in_the_file_turn_cluster_mode_on_with_the_defaults() {
             heartbeat: Duration::from_millis(250),
             max_staleness: Duration::from_millis(1000),
             request_timeout: Duration::from_millis(2000),
+            audit_keep_events: 1_000_000,
         }
     );
 }

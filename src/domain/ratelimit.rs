@@ -114,7 +114,8 @@ mod tests {
         assert!(wait > Duration::from_secs(3) && wait <= Duration::from_secs(6), "one call per 6 s per node: {wait:?}");
         // A limit below the node count: one call per node, then one per window·n/limit.
         let tiny = RateLimit { limit: 1, window: Duration::from_secs(60) };
-        let passed: usize = nodes.iter().map(|n| (0..10).filter(|_| n.check(KeyId::new_v7(), tiny, 3).is_ok()).count()).sum();
+        let passed: usize =
+            nodes.iter().map(|n| (0..10).filter(|_| n.check(KeyId::new_v7(), tiny, 3).is_ok()).count()).sum();
         assert_eq!(passed, 3);
     }
 

@@ -257,6 +257,7 @@ pub fn node_settings(c: &ClusterSettings) -> NodeSettings {
         heartbeat: c.heartbeat,
         max_staleness: c.max_staleness,
         request_timeout: c.request_timeout,
+        audit_keep_events: c.audit_keep_events,
     }
 }
 

@@ -34,6 +34,18 @@ impl SledStore {
         .map_err(StoreError::from)
     }
 
+    /// Starts this (empty) copy of the chain after the cluster's checkpoint: the events up to
+    /// `seq` were trimmed from etcd before this node copied them; the next one chains to `mac`.
+    /// `VerifyChain` then checks from `seq + 1`. `Corrupt` if the copy holds events already.
+    pub async fn start_after_checkpoint(&self, seq: u64, mac: [u8; AUDIT_MAC_LEN]) -> Result<(), StoreError> {
+        self.write(move |t| t.start_after_checkpoint(seq, mac)).await.map_err(StoreError::from)
+    }
+
+    /// Where this copy of the chain begins if it was started from a cluster checkpoint.
+    pub fn audit_checkpoint(&self) -> Result<Option<(u64, [u8; AUDIT_MAC_LEN])>, StoreError> {
+        super::checkpoint(&self.0.meta)
+    }
+
     /// The chain head of this copy: the last sequence number (0 when empty) and its MAC (zeros
     /// when empty), as of the last committed write.
     pub fn audit_head(&self) -> (u64, [u8; AUDIT_MAC_LEN]) {

@@ -173,3 +173,32 @@ async fn a_reopened_copy_keeps_its_head_and_chains_on_from_it() {
     assert_eq!(copy.audit_head().0, 6);
     assert_eq!(chain_of(&copy), (1, 6, 6, None));
 }
+
+#[tokio::test]
+async fn a_copy_started_at_a_checkpoint_checks_the_chain_from_there_and_keeps_it_after_reopening() {
+    let p = pair().await;
+    let events = sealed(&p.original);
+    let mac_of_2 = codec::decode_audit(&events[1].value).unwrap().mac.unwrap();
+    p.copy.start_after_checkpoint(2, mac_of_2).await.unwrap();
+    assert_eq!(p.copy.audit_head(), (2, mac_of_2));
+    let gap = p.copy.append_replicated(vec![events[3].clone()]).await.unwrap_err();
+    assert!(matches!(gap, StoreError::Corrupt(_)), "{gap}");
+    p.copy.append_replicated(events[2..].to_vec()).await.unwrap();
+    assert_eq!(chain_of(&p.copy), (3, 5, 3, None));
+    assert_eq!(p.copy.audit_head(), p.original.audit_head());
+
+    // A wrong checkpoint MAC breaks the first event after it.
+    let dir = tempfile::tempdir().unwrap();
+    let forged = SledStore::open(&dir.path().join("forged"), p.sealer.clone()).unwrap();
+    forged.start_after_checkpoint(2, [9; 32]).await.unwrap();
+    forged.append_replicated(events[2..].to_vec()).await.unwrap();
+    assert_eq!(chain_of(&forged).3.map(|(seq, _)| seq), Some(3));
+
+    // Only an empty copy starts at a checkpoint; a reopened one keeps where it began.
+    let refused = p.copy.start_after_checkpoint(4, [0; 32]).await.unwrap_err();
+    assert!(matches!(refused, StoreError::Corrupt(_)), "{refused}");
+    drop(p.copy);
+    let reopened = SledStore::open(&p.copy_path, p.sealer.clone()).unwrap();
+    assert_eq!(reopened.audit_checkpoint().unwrap(), Some((2, mac_of_2)));
+    assert_eq!(chain_of(&reopened), (3, 5, 3, None));
+}

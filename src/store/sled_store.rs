@@ -12,7 +12,7 @@ use super::{
     disk_space::DiskGuard,
     flusher::{FlushFn, Flusher, sled_flush},
     usage_log::UsageTree,
-    writer::{AUDIT_HEAD, Abort, BodyResult, Head, Stage, Tree, Trees, Writer, abort, time_key},
+    writer::{AUDIT_CHECKPOINT, AUDIT_HEAD, Abort, BodyResult, Head, Stage, Tree, Trees, Writer, abort, time_key},
 };
 use crate::domain::{
     audit::{self, AuditEvent, AuditQuery, ChainReport, RecordedEvent},
@@ -72,6 +72,17 @@ struct Inner {
 fn seq_of(index_key: &[u8]) -> Result<u64, StoreError> {
     let tail = index_key.len().checked_sub(8).ok_or_else(|| StoreError::Corrupt("audit index".into()))?;
     Ok(u64::from_be_bytes(index_key[tail..].try_into().expect("8 bytes")))
+}
+
+/// Where this copy of the chain begins, if it was started from a cluster checkpoint.
+pub(super) fn checkpoint(meta: &sled::Tree) -> Result<Option<(u64, [u8; AUDIT_MAC_LEN])>, StoreError> {
+    let Some(value) = meta.get(AUDIT_CHECKPOINT).map_err(unavailable)? else { return Ok(None) };
+    let corrupt = || StoreError::Corrupt("the audit checkpoint".into());
+    if value.len() != 8 + AUDIT_MAC_LEN {
+        return Err(corrupt());
+    }
+    let seq = u64::from_be_bytes(value[..8].try_into().map_err(|_| corrupt())?);
+    Ok(Some((seq, value[8..].try_into().map_err(|_| corrupt())?)))
 }
 
 /// The sled-backed store. Cheap to clone.
@@ -141,7 +152,10 @@ impl SledStore {
             Some((k, v)) => {
                 Head { next_seq: seq_of(&k)? + 1, last_mac: codec::decode_audit(&v)?.mac.unwrap_or_default() }
             }
-            None => Head { next_seq: 1, last_mac: [0; AUDIT_MAC_LEN] },
+            None => match checkpoint(&meta)? {
+                Some((seq, mac)) => Head { next_seq: seq + 1, last_mac: mac },
+                None => Head { next_seq: 1, last_mac: [0; AUDIT_MAC_LEN] },
+            },
         };
         let usage = UsageTree::open(&db)?;
         let flusher = Flusher::start(flush.unwrap_or_else(|| sled_flush(db.clone())), limits.write_timeout);
@@ -519,10 +533,17 @@ impl Store for SledStore {
     }
 
     fn verify_chain(&self, from: u64, to: Option<u64>) -> Result<ChainReport, StoreError> {
-        let from = from.max(1);
+        let mut from = from.max(1);
         let mut report = ChainReport::default();
         let mut prev = [0u8; AUDIT_MAC_LEN];
-        if from > 1 {
+        let start = checkpoint(&self.0.meta)?;
+        if let Some((seq, mac)) = start
+            && from <= seq + 1
+        {
+            // The copy starts after the cluster's checkpoint: the chain is checked from there.
+            from = seq + 1;
+            prev = mac;
+        } else if from > 1 {
             match self.0.audit.get((from - 1).to_be_bytes()).map_err(unavailable)? {
                 Some(v) => prev = codec::decode_audit(&v)?.mac.unwrap_or_default(),
                 None => {

@@ -34,6 +34,10 @@ use crate::domain::{
 /// The last audit event's sequence number and MAC, written with every batch that appends: a
 /// trail cut short at the end is caught by comparing with it.
 pub(super) const AUDIT_HEAD: &[u8] = b"audit_head";
+/// Cluster mode: where a node's copy of the chain begins when it was started from the cluster's
+/// checkpoint (the events before were trimmed from etcd before this node copied them): the
+/// checkpoint's sequence number and MAC.
+pub(super) const AUDIT_CHECKPOINT: &[u8] = b"audit_checkpoint";
 /// Mutations committed in one transaction, at most.
 const MAX_BATCH: usize = 512;
 /// Mutations waiting for the writer, at most (callers wait beyond).
@@ -117,7 +121,7 @@ pub(super) struct Stage<'a> {
     tx: &'a Tx<'a>,
     sealer: &'a dyn AuditSealer,
     seals: &'a Seals,
-    first_seq: u64,
+    first_seq: Cell<u64>,
     writes: RefCell<Vec<Write>>,
     events: RefCell<Vec<Sealed>>,
     prev_mac: Cell<[u8; AUDIT_MAC_LEN]>,
@@ -140,7 +144,7 @@ impl Stage<'_> {
     /// Seals `event` into the chain after those this mutation (and the batch before it) appended.
     /// If the HSM cannot seal it, this mutation is abandoned: no change without its audit event.
     pub fn append_audit(&self, event: &AuditEvent) -> BodyResult<()> {
-        let seq = self.first_seq + self.events.borrow().len() as u64;
+        let seq = self.first_seq.get() + self.events.borrow().len() as u64;
         let bytes = codec::encode_event(event);
         let message = audit::chain_message(&self.prev_mac.get(), seq, &bytes);
         let memo = self.seals.borrow().get(&seq).filter(|(m, _)| *m == message).map(|(_, mac)| *mac);
@@ -166,9 +170,9 @@ impl Stage<'_> {
     /// that does not decode or is not sealed, are `Corrupt`: the copy never forks or has holes.
     pub fn append_sealed(&self, seq: u64, value: &[u8]) -> BodyResult<()> {
         let corrupt = |why: String| abort(Abort::Store(StoreError::Corrupt(why)));
-        let next = self.first_seq + self.events.borrow().len() as u64;
+        let next = self.first_seq.get() + self.events.borrow().len() as u64;
         if seq < next {
-            let staged = seq.checked_sub(self.first_seq).map(|i| self.events.borrow()[i as usize].1.clone());
+            let staged = seq.checked_sub(self.first_seq.get()).map(|i| self.events.borrow()[i as usize].1.clone());
             let held = match staged {
                 Some(value) => Some(value),
                 None => self.tx.audit.get(seq.to_be_bytes())?.map(|v| v.to_vec()),
@@ -195,7 +199,26 @@ impl Stage<'_> {
         Ok(())
     }
 
-    /// Writes what was staged; returns how many audit events were appended.
+    /// Starts an empty copy of the chain after the cluster's checkpoint: event `seq` with `mac`
+    /// is the last one before this copy's first. `Corrupt` unless the copy is empty.
+    pub fn start_after_checkpoint(&self, seq: u64, mac: [u8; AUDIT_MAC_LEN]) -> BodyResult<()> {
+        if self.first_seq.get() != 1
+            || !self.events.borrow().is_empty()
+            || self.tx.audit.get(1u64.to_be_bytes())?.is_some()
+        {
+            return abort(Abort::Store(StoreError::Corrupt(
+                "only an empty audit copy can start at a checkpoint".into(),
+            )));
+        }
+        let mut value = seq.to_be_bytes().to_vec();
+        value.extend_from_slice(&mac);
+        self.writes.borrow_mut().push((Tree::Meta, AUDIT_CHECKPOINT.to_vec(), value));
+        self.first_seq.set(seq + 1);
+        self.prev_mac.set(mac);
+        Ok(())
+    }
+
+    /// Writes what was staged; returns the next sequence number and the last MAC after it.
     fn apply(self) -> BodyResult<(u64, [u8; AUDIT_MAC_LEN])> {
         for (tree, key, value) in self.writes.into_inner() {
             self.tx.tree(tree).insert(key, value)?;
@@ -209,7 +232,7 @@ impl Stage<'_> {
             }
             self.tx.by_time.insert([time.as_slice(), &seq_key].concat(), &[])?;
         }
-        Ok((events.len() as u64, self.prev_mac.get()))
+        Ok((self.first_seq.get() + events.len() as u64, self.prev_mac.get()))
     }
 }
 
@@ -385,15 +408,16 @@ impl State {
                         tx: &tx,
                         sealer: self.sealer.as_ref(),
                         seals: &seals,
-                        first_seq: head.next_seq,
+                        first_seq: Cell::new(head.next_seq),
                         writes: RefCell::default(),
                         events: RefCell::default(),
                         prev_mac: Cell::new(head.last_mac),
                     };
                     if job.run(&stage)? {
-                        let (appended, last_mac) = stage.apply()?;
-                        head = Head { next_seq: head.next_seq + appended, last_mac };
-                        job.applied((appended > 0).then_some(head.next_seq - 1));
+                        let (next_seq, last_mac) = stage.apply()?;
+                        let appended = next_seq != head.next_seq;
+                        head = Head { next_seq, last_mac };
+                        job.applied(appended.then_some(head.next_seq - 1));
                     }
                 }
                 if head.next_seq != self.head.next_seq {
