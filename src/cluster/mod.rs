@@ -133,6 +133,7 @@ impl ClusterStore {
             view: view.clone(),
             sealer,
             request_timeout: settings.request_timeout,
+            node_id: settings.node_id.clone(),
             followed: true,
         });
         let follower = Mutex::new(Some(follower));
@@ -150,6 +151,7 @@ impl ClusterStore {
             view: view.clone(),
             sealer,
             request_timeout: settings.request_timeout,
+            node_id: settings.node_id.clone(),
             followed: false,
         });
         let follower = Mutex::new(None);

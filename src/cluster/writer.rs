@@ -80,6 +80,8 @@ pub struct WriterParts {
     pub view: Arc<NodeView>,
     pub sealer: Arc<dyn AuditSealer>,
     pub request_timeout: Duration,
+    /// This node's id, written into every event it seals.
+    pub node_id: String,
     /// Whether a watch follows the cluster (answers wait for it to deliver each write).
     pub followed: bool,
 }
@@ -278,7 +280,8 @@ async fn seal(parts: &WriterParts, head: Head, changes: &Changes) -> Result<Seal
         return Ok(Vec::new());
     }
     let sealer = parts.sealer.clone();
-    let events: Vec<Vec<u8>> = changes.events.iter().map(codec::encode_event).collect();
+    let node = Some(parts.node_id.as_str());
+    let events: Vec<Vec<u8>> = changes.events.iter().map(|e| codec::encode_event_by(e, node)).collect();
     tokio::task::spawn_blocking(move || {
         let mut prev = head.mac;
         let mut sealed = Vec::with_capacity(events.len());

@@ -175,4 +175,6 @@ pub struct RecordedEvent {
     pub event: AuditEvent,
     /// Its chain MAC (`None` for an event from before the chain).
     pub mac: Option<[u8; 32]>,
+    /// Cluster mode: the node that sealed it (`None` on a single node).
+    pub node: Option<String>,
 }

@@ -294,6 +294,7 @@ pub fn audit_event(e: &RecordedEvent) -> proto::AuditEvent {
             .collect(),
         mac: e.mac.map(|m| m.to_vec()).unwrap_or_default(),
         code: ev.code.clone().unwrap_or_default(),
+        node: e.node.clone().unwrap_or_default(),
     }
 }
 

@@ -466,7 +466,7 @@ impl Store for SledStore {
                     k.as_ref().try_into().map_err(|_| StoreError::Corrupt("audit sequence".into()))?,
                 );
                 let record = codec::decode_audit(&v)?;
-                Ok(RecordedEvent { seq, event: record.event, mac: record.mac })
+                Ok(RecordedEvent { seq, event: record.event, mac: record.mac, node: record.node })
             })
             .collect()
     }
@@ -518,7 +518,7 @@ impl Store for SledStore {
             };
             let record = codec::decode_audit(&bytes)?;
             if query.matches(&record.event) {
-                found.push(RecordedEvent { seq, event: record.event, mac: record.mac });
+                found.push(RecordedEvent { seq, event: record.event, mac: record.mac, node: record.node });
             }
         }
         Ok((found, None))

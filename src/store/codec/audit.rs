@@ -42,6 +42,9 @@ struct StoredEvent {
     changes: Vec<StoredChange>,
     #[prost(string, optional, tag = "9")]
     code: Option<String>,
+    /// Cluster mode: the node that sealed the event (covered by its MAC).
+    #[prost(string, optional, tag = "10")]
+    node: Option<String>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -54,6 +57,11 @@ struct StoredSealed {
 }
 
 pub fn encode_event(e: &AuditEvent) -> Vec<u8> {
+    encode_event_by(e, None)
+}
+
+/// `encode_event`, naming the cluster node that seals the event.
+pub fn encode_event_by(e: &AuditEvent, node: Option<&str>) -> Vec<u8> {
     let (actor_key, actor_system) = match &e.actor {
         Actor::Key(id) => (Some(id.as_bytes().to_vec()), None),
         Actor::System(name) => (None, Some(name.clone())),
@@ -72,6 +80,7 @@ pub fn encode_event(e: &AuditEvent) -> Vec<u8> {
             .map(|c| StoredChange { field: c.field.clone(), before: c.before.clone(), after: c.after.clone() })
             .collect(),
         code: e.code.clone(),
+        node: node.map(str::to_owned),
     })
 }
 
@@ -90,6 +99,8 @@ pub struct AuditRecord {
     pub event: AuditEvent,
     pub event_bytes: Vec<u8>,
     pub mac: Option<[u8; 32]>,
+    /// Cluster mode: the node that sealed it.
+    pub node: Option<String>,
 }
 
 pub fn decode_audit(bytes: &[u8]) -> Result<AuditRecord, StoreError> {
@@ -97,20 +108,30 @@ pub fn decode_audit(bytes: &[u8]) -> Result<AuditRecord, StoreError> {
         Some(&V2_SEALED) => {
             let sealed = StoredSealed::decode(&bytes[1..]).map_err(|_| corrupt("audit"))?;
             let mac = <[u8; 32]>::try_from(sealed.mac.as_slice()).map_err(|_| corrupt("audit"))?;
-            Ok(AuditRecord { event: decode_event(&sealed.event)?, event_bytes: sealed.event, mac: Some(mac) })
+            let (event, node) = decode_event_by(&sealed.event)?;
+            Ok(AuditRecord { event, event_bytes: sealed.event, mac: Some(mac), node })
         }
-        _ => Ok(AuditRecord { event: decode_event(bytes)?, event_bytes: bytes.to_vec(), mac: None }),
+        _ => {
+            let (event, node) = decode_event_by(bytes)?;
+            Ok(AuditRecord { event, event_bytes: bytes.to_vec(), mac: None, node })
+        }
     }
 }
 
 pub fn decode_event(bytes: &[u8]) -> Result<AuditEvent, StoreError> {
+    decode_event_by(bytes).map(|(event, _)| event)
+}
+
+/// The event and the cluster node that sealed it, if it names one.
+fn decode_event_by(bytes: &[u8]) -> Result<(AuditEvent, Option<String>), StoreError> {
     let s: StoredEvent = unwrap(bytes, "audit")?;
+    let node = s.node.clone();
     let actor = match (s.actor_key, s.actor_system) {
         (Some(k), None) => Actor::Key(key_id(&k, "audit")?),
         (None, Some(name)) => Actor::System(name),
         _ => return Err(corrupt("audit")),
     };
-    Ok(AuditEvent {
+    let event = AuditEvent {
         at: from_nanos(s.at),
         actor,
         action: AuditAction::parse(&s.action).ok_or_else(|| corrupt("audit"))?,
@@ -123,7 +144,8 @@ pub fn decode_event(bytes: &[u8]) -> Result<AuditEvent, StoreError> {
             .map(|c| FieldChange { field: c.field, before: c.before, after: c.after })
             .collect(),
         code: s.code,
-    })
+    };
+    Ok((event, node))
 }
 
 #[cfg(test)]

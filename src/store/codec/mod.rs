@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use prost::Message;
 
 pub use self::{
-    audit::{AuditRecord, decode_audit, decode_event, encode_event, encode_sealed},
+    audit::{AuditRecord, decode_audit, decode_event, encode_event, encode_event_by, encode_sealed},
     key::{decode_key, encode_key},
     master::{decode_master, encode_master},
 };

@@ -7,7 +7,12 @@ use std::time::{Duration, Instant};
 use etcd_client::GetOptions;
 
 use super::{SEEN_WITHIN, chain, same_verified_chain_everywhere};
-use crate::common::{cluster::ClusterNodes, etcd::EtcdCluster};
+use keyward::proto;
+
+use crate::common::{
+    cluster::{ClusterNodes, node_id, timed},
+    etcd::EtcdCluster,
+};
 
 const KEEP: u64 = 10;
 
@@ -57,7 +62,15 @@ async fn etcd_keeps_a_window_of_the_trail_and_a_late_node_starts_its_copy_at_the
     assert!(verified.first_seq > 1 && verified.first_seq <= 31 - KEEP + 1, "it starts at the checkpoint: {verified:?}");
     assert_eq!(verified.last_seq, 31);
 
-    cluster.create_key(late, "after").await;
+    let (_, after) = cluster.create_key(late, "after").await;
     let head = same_verified_chain_everywhere(&cluster, SEEN_WITHIN).await;
     assert_eq!(head.0, 32, "an event the late node sealed chains on for every node");
+    // Every node's trail names the node that wrote each event.
+    for i in 0..cluster.len() {
+        let mut audit = cluster.audit(i).await;
+        let request = proto::QueryEventsRequest { key_id: after.clone(), ..Default::default() };
+        let events = timed(audit.query_events(request)).await.expect("QueryEvents").into_inner().events;
+        let nodes: Vec<&str> = events.iter().map(|e| e.node.as_str()).collect();
+        assert_eq!(nodes, [node_id(late)], "node {i}: the creation of {after} names the node that wrote it");
+    }
 }
