@@ -13,6 +13,7 @@ use crate::common::cluster::{ClusterNodes, Outcome, timed};
 mod audit_trim;
 mod etcd_faults;
 mod init;
+mod master;
 mod node_crash;
 mod propagation;
 mod quota;
