@@ -24,6 +24,7 @@ use crate::{
         key::{KeyId, KeyRecord},
         ports::{AUDIT_MAC_LEN, AuditSealer, MasterState, StoreError},
     },
+    metrics,
     store::codec,
 };
 
@@ -225,10 +226,13 @@ async fn commit(parts: &Arc<WriterParts>, carry: &mut VecDeque<Box<dyn Queued>>)
                 note_committed(parts, changes, sealed.last().map(|(seq, mac, _)| (*seq, *mac)), rev);
                 return answer(parts, carry.drain(..taken).collect(), Ok(()), rev);
             }
-            Ok(Ok(_lost_compare)) => match fetch(parts, names).await {
-                Ok(values) => fresh = Some(values),
-                Err(e) => return answer(parts, carry.drain(..taken).collect(), Err(e), 0),
-            },
+            Ok(Ok(_lost_compare)) => {
+                metrics::get().cluster().write_conflicts.inc();
+                match fetch(parts, names).await {
+                    Ok(values) => fresh = Some(values),
+                    Err(e) => return answer(parts, carry.drain(..taken).collect(), Err(e), 0),
+                }
+            }
             Ok(Err(e)) => return answer(parts, carry.drain(..taken).collect(), Err(unavailable(e)), 0),
             Err(_) => {
                 let e = StoreError::Unavailable(format!(
