@@ -15,11 +15,12 @@ mod writer;
 
 use std::{
     collections::VecDeque,
+    path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
 
-use etcd_client::{Client, ConnectOptions};
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 use tokio_util::sync::CancellationToken;
 
 pub use self::layout::Layout;
@@ -52,6 +53,14 @@ pub struct NodeSettings {
     pub request_timeout: Duration,
     /// The newest audit events etcd keeps (older ones are trimmed behind a checkpoint).
     pub audit_keep_events: u64,
+    /// TLS to etcd: the CA file, and this node's client certificate and key files if any.
+    pub tls: Option<(PathBuf, Option<(PathBuf, PathBuf)>)>,
+    /// etcd authentication: the user and the file whose first line is its password.
+    pub auth: Option<(String, PathBuf)>,
+}
+
+fn read(path: &std::path::Path, what: &str) -> Result<Vec<u8>, StoreError> {
+    std::fs::read(path).map_err(|e| StoreError::Unavailable(format!("cannot read {what} {}: {e}", path.display())))
 }
 
 /// What a node knows about itself and the cluster, for operators.
@@ -91,11 +100,28 @@ fn no_local() -> StoreError {
 
 impl ClusterStore {
     async fn client(settings: &NodeSettings) -> Result<Client, StoreError> {
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(settings.request_timeout)
             .with_keep_alive(settings.heartbeat.max(Duration::from_millis(500)), settings.request_timeout)
             .with_keep_alive_while_idle(true)
             .with_require_leader(true);
+        if let Some((ca, identity)) = &settings.tls {
+            let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(read(ca, "cluster.ca_file")?));
+            if let Some((cert, key)) = identity {
+                let key = zeroize::Zeroizing::new(read(key, "cluster.key_file")?);
+                tls = tls.identity(Identity::from_pem(read(cert, "cluster.cert_file")?, key.as_slice()));
+            }
+            options = options.with_tls(tls);
+        }
+        if let Some((user, file)) = &settings.auth {
+            let text = zeroize::Zeroizing::new(read(file, "cluster.password_file")?);
+            let password = std::str::from_utf8(&text)
+                .map_err(|_| StoreError::Unavailable("cluster.password_file is not UTF-8".into()))?
+                .lines()
+                .next()
+                .unwrap_or_default();
+            options = options.with_user(user.clone(), password);
+        }
         tokio::time::timeout(settings.request_timeout * 2, Client::connect(&settings.endpoints, Some(options)))
             .await
             .map_err(|_| StoreError::Unavailable(format!("cannot reach etcd at {}", settings.endpoints.join(","))))?

@@ -2,7 +2,7 @@
 //! currency timings), the `--etcd`, `--etcd-prefix` and `--node-id` flags over it, and their
 //! validation. No endpoint anywhere means single-node sled mode.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +38,19 @@ pub struct ClusterSection {
     /// The newest audit events etcd keeps; older ones are trimmed from etcd (every node keeps the
     /// whole chain in its own database) behind a checkpoint.
     pub audit_keep_events: u64,
+    /// The CA that signs etcd's server certificates (with `https://` endpoints).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// This node's client certificate and key for etcd (`--client-cert-auth`), PEM.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// etcd authentication: the user, and a file whose first line is its password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
 }
 
 impl Default for ClusterSection {
@@ -50,6 +63,11 @@ impl Default for ClusterSection {
             max_staleness_ms: 1000,
             request_timeout_ms: 2000,
             audit_keep_events: 1_000_000,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            user: None,
+            password_file: None,
         }
     }
 }
@@ -75,6 +93,10 @@ pub struct ClusterSettings {
     pub max_staleness: Duration,
     pub request_timeout: Duration,
     pub audit_keep_events: u64,
+    /// TLS to etcd: the CA file, and the client certificate and key files if any.
+    pub tls: Option<(PathBuf, Option<(PathBuf, PathBuf)>)>,
+    /// etcd authentication: user and password file.
+    pub auth: Option<(String, PathBuf)>,
 }
 
 fn invalid<T>(reason: String) -> Result<T, ConfigError> {
@@ -152,6 +174,29 @@ impl ClusterSection {
                 self.audit_keep_events
             ));
         }
+        let https = endpoints.iter().filter(|u: &&String| u.starts_with("https://")).count();
+        let tls = match (&self.ca_file, &self.cert_file, &self.key_file) {
+            (_, Some(_), None) | (_, None, Some(_)) => {
+                return invalid("cluster.cert_file and cluster.key_file go together".into());
+            }
+            (None, Some(_), Some(_)) => return invalid("cluster.cert_file needs cluster.ca_file".into()),
+            (None, None, None) => None,
+            (Some(ca), cert, key) => Some((ca.clone(), cert.clone().zip(key.clone()))),
+        };
+        match (tls.is_some(), https) {
+            (true, n) if n != endpoints.len() => {
+                return invalid(format!("cluster.ca_file is set: every endpoint of {endpoints_from} must be https://"));
+            }
+            (false, n) if n > 0 => {
+                return invalid(format!("https:// endpoints in {endpoints_from} need cluster.ca_file (etcd's CA)"));
+            }
+            _ => {}
+        }
+        let auth = match (&self.user, &self.password_file) {
+            (Some(user), Some(file)) if !user.is_empty() => Some((user.clone(), file.clone())),
+            (None, None) => None,
+            _ => return invalid("cluster.user and cluster.password_file go together".into()),
+        };
         Ok(Some(ClusterSettings {
             endpoints,
             prefix,
@@ -160,6 +205,8 @@ impl ClusterSection {
             max_staleness: Duration::from_millis(self.max_staleness_ms),
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             audit_keep_events: self.audit_keep_events,
+            tls,
+            auth,
         }))
     }
 }

@@ -51,6 +51,8 @@ fn endpoints_in_the_file_turn_cluster_mode_on_with_the_defaults() {
             max_staleness: Duration::from_millis(1000),
             request_timeout: Duration::from_millis(2000),
             audit_keep_events: 1_000_000,
+            tls: None,
+            auth: None,
         }
     );
 }
@@ -72,12 +74,12 @@ fn flags_win_over_the_file() {
     );
 
     let flags = ClusterFlags {
-        etcd: Some("http://127.0.0.1:2379, https://[::1]:22379".into()),
+        etcd: Some("http://127.0.0.1:2379, http://[::1]:22379".into()),
         prefix: Some("/flag/".into()),
         node_id: Some("n-2.a_b".into()),
     };
     let s = resolve(&file, &flags).unwrap().unwrap();
-    assert_eq!(s.endpoints, ["http://127.0.0.1:2379", "https://[::1]:22379"], "split on commas, trimmed");
+    assert_eq!(s.endpoints, ["http://127.0.0.1:2379", "http://[::1]:22379"], "split on commas, trimmed");
     assert_eq!((s.prefix.as_str(), s.node_id.as_str()), ("/flag/", "n-2.a_b"));
     let s = resolve(&ClusterSection::default(), &etcd("http://h:1")).unwrap().unwrap();
     assert_eq!(s.endpoints, ["http://h:1"], "--etcd alone turns cluster mode on");
@@ -130,7 +132,7 @@ fn every_endpoint_must_be_an_http_or_https_url_with_host_and_port() {
             refusal(&file, &ClusterFlags::default(), "cluster.etcd");
         }
     }
-    for good in ["http://127.0.0.1:2379", "https://etcd-1.internal:2379/", "http://[::1]:2379"] {
+    for good in ["http://127.0.0.1:2379", "http://etcd-1.internal:2379/", "http://[::1]:2379"] {
         assert!(resolve(&ClusterSection::default(), &etcd(good)).unwrap().is_some(), "{good}");
     }
 }
@@ -183,4 +185,24 @@ fn timings_out_of_range_are_refused_naming_their_key() {
 fn unknown_cluster_keys_are_refused() {
     let err = toml::from_str::<Config>("[cluster]\nnodeid = \"n1\"\n").unwrap_err();
     assert!(err.to_string().contains("nodeid"), "{err}");
+}
+
+#[test]
+fn tls_and_authentication_settings_go_together_and_match_the_endpoints() {
+    let none = ClusterFlags::default();
+    let https = "[cluster]\netcd = [\"https://127.0.0.1:2379\"]\n";
+    refusal(https, &none, "need cluster.ca_file");
+    refusal(&format!("{https}ca_file = \"/ca.pem\"\ncert_file = \"/c.pem\"\n"), &none, "go together");
+    refusal("[cluster]\netcd = [\"http://127.0.0.1:2379\"]\nca_file = \"/ca.pem\"\n", &none, "must be https://");
+    refusal(
+        &format!("{https}ca_file = \"/ca.pem\"\nuser = \"keyward\"\n"),
+        &none,
+        "cluster.user and cluster.password_file",
+    );
+    let full = format!(
+        "{https}ca_file = \"/ca.pem\"\ncert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\nuser = \"kw\"\npassword_file = \"/pw\"\n"
+    );
+    let settings = resolve(&section(&full), &none).expect("valid").expect("cluster mode");
+    assert_eq!(settings.tls, Some(("/ca.pem".into(), Some(("/c.pem".into(), "/k.pem".into())))));
+    assert_eq!(settings.auth, Some(("kw".into(), "/pw".into())));
 }

@@ -106,6 +106,10 @@ impl Config {
             &mut self.tls.cert,
             &mut self.tls.key,
             &mut self.tls.client_ca,
+            &mut self.cluster.ca_file,
+            &mut self.cluster.cert_file,
+            &mut self.cluster.key_file,
+            &mut self.cluster.password_file,
         ];
         for path in paths.into_iter().flatten() {
             if path.is_relative() {

@@ -113,9 +113,8 @@ mod tests {
         let wait = nodes[0].check(id, config, 3).unwrap_err();
         assert!(wait > Duration::from_secs(3) && wait <= Duration::from_secs(6), "one call per 6 s per node: {wait:?}");
         // A limit below the node count: one call per node, then one per window·n/limit.
-        let tiny = RateLimit { limit: 1, window: Duration::from_secs(60) };
-        let passed: usize =
-            nodes.iter().map(|n| (0..10).filter(|_| n.check(KeyId::new_v7(), tiny, 3).is_ok()).count()).sum();
+        let (tiny, tiny_id) = (RateLimit { limit: 1, window: Duration::from_secs(60) }, KeyId::new_v7());
+        let passed: usize = nodes.iter().map(|n| (0..10).filter(|_| n.check(tiny_id, tiny, 3).is_ok()).count()).sum();
         assert_eq!(passed, 3);
     }
 

@@ -258,6 +258,8 @@ pub fn node_settings(c: &ClusterSettings) -> NodeSettings {
         max_staleness: c.max_staleness,
         request_timeout: c.request_timeout,
         audit_keep_events: c.audit_keep_events,
+        tls: c.tls.clone(),
+        auth: c.auth.clone(),
     }
 }
 
