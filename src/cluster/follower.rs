@@ -225,6 +225,8 @@ impl Follower {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut reading = false;
         let mut pending: Option<(Instant, i64)> = None;
+        // Since when a proof has waited for the watch to catch up.
+        let mut pending_since: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {
@@ -236,8 +238,14 @@ impl Follower {
                 }
                 Some(proof) = proofs.recv() => {
                     reading = false;
+                    if proof.is_some() && pending_since.is_some_and(|since| since.elapsed() > self.stuck_after()) {
+                        // etcd answers reads, yet this watch has not caught up for long: it is
+                        // stuck on a member that stopped sending; follow through another one.
+                        return Err(StoreError::Unavailable("the watch stopped delivering; restarting it".into()));
+                    }
                     if let Some((at, rev)) = proof {
                         pending = Some((at, rev));
+                        pending_since.get_or_insert(at);
                         if self.view.applied() < rev {
                             requests.request_progress().await.map_err(unavailable)?;
                         }
@@ -268,8 +276,15 @@ impl Follower {
             {
                 self.view.prove(at);
                 pending = None;
+                pending_since = None;
             }
         }
+    }
+
+    /// How long the view may stay unproven while etcd answers reads before the watch is
+    /// considered stuck.
+    fn stuck_after(&self) -> Duration {
+        self.request_timeout + self.heartbeat * 4
     }
 
     /// A linearizable read's revision (everything etcd committed before `at`), sent to `proofs`.

@@ -33,7 +33,9 @@ pub const MAX_TXN_OPS: usize = 128;
 /// Mutations taken into one batch, at most.
 const MAX_JOBS: usize = 64;
 /// Batches run again after lost compares before the mutations are refused.
-const MAX_ATTEMPTS: usize = 12;
+const MAX_ATTEMPTS: u32 = 24;
+/// The longest pause before running a batch again after a lost compare (jittered, growing).
+const MAX_BACKOFF_MS: u32 = 64;
 /// Mutations waiting for the writer, at most (callers wait beyond).
 const QUEUE: usize = 4096;
 
@@ -199,7 +201,7 @@ impl Source for Fresh<'_> {
 /// Commits the jobs at the front of `carry` that fit in one transaction, and answers them.
 async fn commit(parts: &Arc<WriterParts>, carry: &mut VecDeque<Box<dyn Queued>>) {
     let mut fresh: Option<Fresh<'_>> = None;
-    for _ in 0..MAX_ATTEMPTS {
+    for attempt in 0..MAX_ATTEMPTS {
         let view_source = ViewSource(&parts.view);
         let source: &dyn Source = match &fresh {
             Some(f) => f,
@@ -228,6 +230,10 @@ async fn commit(parts: &Arc<WriterParts>, carry: &mut VecDeque<Box<dyn Queued>>)
             }
             Ok(Ok(_lost_compare)) => {
                 metrics::get().cluster().write_conflicts.inc();
+                // Nodes writing the same records back off by different amounts, so that one wins.
+                let ceiling = (1u32 << attempt.min(6)).min(MAX_BACKOFF_MS);
+                let pause = getrandom::u32().unwrap_or(0) % (ceiling + 1);
+                tokio::time::sleep(Duration::from_millis(u64::from(pause))).await;
                 match fetch(parts, names).await {
                     Ok(values) => fresh = Some(values),
                     Err(e) => return answer(parts, carry.drain(..taken).collect(), Err(e), 0),

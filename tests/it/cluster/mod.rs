@@ -18,6 +18,7 @@ mod node_crash;
 mod propagation;
 mod quota;
 mod rate_limit;
+mod watch_recovery;
 mod secrecy;
 
 /// `cluster.max_staleness_ms`'s default: how long a node may go without proving it is current.
