@@ -7,6 +7,7 @@ mod api;
 mod audit;
 mod auth;
 mod brute_force;
+mod cluster_status;
 mod crash;
 mod disk_faults;
 mod docs_examples;
