@@ -14,7 +14,7 @@ use keyward::proto::{self, ClusterMode};
 use tonic::Code;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
 
-use crate::common::{BIN, Instance, require_softhsm, require_tool};
+use crate::common::{BIN, Instance, require_softhsm, require_tool, scrape};
 
 const INSTALL_ETCD: &str = "./scripts/install-deps.sh (or sudo apt-get install etcd-server etcd-client)";
 
@@ -48,7 +48,7 @@ impl Etcd {
             .stderr(log)
             .spawn()
             .expect("spawning etcd");
-        let etcd = Self { child, url, dir: dir };
+        let etcd = Self { child, url, dir };
         etcd.wait_healthy().await;
         etcd
     }
@@ -131,6 +131,13 @@ async fn health_until(kw: &Instance, service: &str, wanted: ServingStatus) -> Se
     }
 }
 
+/// `keyward_cluster_current` and `keyward_cluster_staleness_seconds`, scraped.
+async fn cluster_metrics(kw: &Instance) -> (f64, f64) {
+    let response = scrape::http(kw.metrics_addr().expect("metrics are served"), "GET", "/metrics").await;
+    let metrics = scrape::parse(&response.body);
+    (metrics.value("keyward_cluster_current", &[]), metrics.value("keyward_cluster_staleness_seconds", &[]))
+}
+
 /// Polls `status` until `done` holds, for at most `within`; returns the last status.
 async fn status_until(
     kw: &Instance,
@@ -164,6 +171,7 @@ async fn a_cluster_node_reports_itself_and_etcd_and_keeps_answering_while_it_fai
     // A short etcd call timeout, so that a status asked of a cut-off node answers quickly.
     kw.configure("cluster", "request_timeout_ms", "500");
     kw.serve_args = vec!["--node-id".into(), "n1".into()];
+    kw.metrics = true;
     kw.start().await;
 
     // The node's presence key appears shortly after it starts serving.
@@ -222,6 +230,12 @@ async fn a_cluster_node_reports_itself_and_etcd_and_keeps_answering_while_it_fai
         );
     }
     assert_eq!(health(&kw, "keyward.v1.ClusterService").await, ServingStatus::Serving);
+    // The metrics say so too, and the staleness they show keeps growing.
+    let first = cluster_metrics(&kw).await;
+    assert_eq!(first.0, 0.0, "keyward_cluster_current while failing closed");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let later = cluster_metrics(&kw).await;
+    assert!(later.1 > first.1 + 1.0 && later.1 > 1.0, "keyward_cluster_staleness_seconds: {first:?} then {later:?}");
 
     // etcd back: the node proves itself current again, without a restart.
     etcd.signal("CONT");
