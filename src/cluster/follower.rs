@@ -194,16 +194,30 @@ impl Follower {
         let mut backoff = Duration::from_millis(50);
         let mut reload = self.view.applied() == 0;
         loop {
-            let outcome = cancel.run_until_cancelled(self.follow(&mut reload)).await;
+            let outcome = cancel.run_until_cancelled(self.reporting(self.follow(&mut reload))).await;
             let Some(Err(e)) = outcome else { return };
             metrics::get().cluster().watch_restarts.inc();
             tracing::warn!(error = %e, "following etcd stopped; resuming");
-            if cancel.run_until_cancelled(tokio::time::sleep(backoff)).await.is_none() {
+            if cancel.run_until_cancelled(self.reporting(tokio::time::sleep(backoff))).await.is_none() {
                 return;
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
             if self.view.is_current() {
                 backoff = Duration::from_millis(50);
+            }
+        }
+    }
+
+    /// Runs `work`, reporting the view's metrics every heartbeat meanwhile: while etcd cannot
+    /// be reached (reconnecting, backing off) too, so that the staleness shown keeps growing.
+    async fn reporting<T>(&self, work: impl Future<Output = T>) -> T {
+        let mut work = std::pin::pin!(work);
+        let mut tick = tokio::time::interval(self.heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                done = &mut work => return done,
+                _ = tick.tick() => self.report(),
             }
         }
     }
@@ -230,7 +244,6 @@ impl Follower {
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    self.report();
                     if !reading {
                         reading = true;
                         self.spawn_read(proof_tx.clone());

@@ -33,6 +33,7 @@ use self::{
 use crate::{
     domain::{
         audit::{AuditEvent, AuditQuery, ChainReport, RecordedEvent},
+        cluster::{ClusterMember, ClusterStatus as NodeStatus},
         error::Error,
         key::{KeyId, KeyRecord},
         ports::{AuditSealer, DigestSwap, KeyChange, MasterState, Store, StoreError, Updated},
@@ -239,6 +240,27 @@ impl ClusterStore {
         }
     }
 
+    /// The etcd members, from etcd's MemberList, within the request timeout (etcd answers it
+    /// only with a leader: this node asks for one).
+    pub async fn members(&self) -> Result<Vec<ClusterMember>, StoreError> {
+        let mut cluster = self.0.client.cluster_client();
+        let timeout = self.0.settings.request_timeout;
+        let listed = tokio::time::timeout(timeout, cluster.member_list())
+            .await
+            .map_err(|_| {
+                StoreError::Unavailable(format!(
+                    "etcd did not list its members within {} ms (no quorum?)",
+                    timeout.as_millis()
+                ))
+            })?
+            .map_err(|e| StoreError::Unavailable(format!("etcd: {e}")))?;
+        Ok(listed
+            .members()
+            .iter()
+            .map(|m| ClusterMember { name: m.name().to_owned(), client_urls: m.client_urls().to_vec() })
+            .collect())
+    }
+
     /// The node's own database.
     pub fn local(&self) -> Option<&SledStore> {
         self.0.local.as_ref()
@@ -306,6 +328,29 @@ impl Store for ClusterStore {
     fn get_key(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
         self.0.view.require_current()?;
         Ok(self.0.view.key(id))
+    }
+
+    fn get_key_last_known(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        Ok(self.0.view.key(id))
+    }
+
+    async fn cluster_status(&self) -> Option<NodeStatus> {
+        let members = self.members().await.map_err(|e| match e {
+            StoreError::Unavailable(why) => why,
+            other => other.to_string(),
+        });
+        let s = self.status();
+        Some(NodeStatus {
+            node_id: s.node_id,
+            revision: s.revision,
+            staleness: s.staleness,
+            current: s.current,
+            max_staleness: self.0.settings.max_staleness,
+            nodes: s.nodes,
+            audit_head: s.audit_head,
+            keys: s.keys as u64,
+            members,
+        })
     }
 
     fn scan_keys(&self, after: Option<KeyId>) -> impl Iterator<Item = Result<KeyRecord, StoreError>> + '_ {

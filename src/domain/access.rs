@@ -31,6 +31,8 @@ pub enum Permission {
     AuditRead,
     /// Report a leaked key (`ReportLeak`): revokes the key presented, nothing else.
     LeaksReport,
+    /// Read the node's cluster status (`GetClusterStatus`).
+    ClusterRead,
 }
 
 impl Permission {
@@ -47,6 +49,7 @@ impl Permission {
             Permission::MasterRotate => "keyward:master:rotate",
             Permission::AuditRead => "keyward:audit:read",
             Permission::LeaksReport => "keyward:leaks:report",
+            Permission::ClusterRead => "keyward:cluster:read",
         }
     }
 }

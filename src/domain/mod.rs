@@ -1,7 +1,8 @@
 //! The core of keyward: keys, their string format, verification rules and the use cases.
 //! Nothing here imports tonic, sled or cryptoki: the outside world comes in through `ports`.
 //!
-//! The use cases are five services (`auth`, `keys`, `verification`, `master`, `audit_reader`),
+//! The use cases are six services (`auth`, `keys`, `verification`, `master`, `audit_reader`,
+//! `cluster`),
 //! built together by `services`. Each owns its own state; what several need is shared
 //! explicitly: `deps` (HSM, store, clock), `access` (permission checks, refused calls),
 //! `proof` (a presented key checked in the HSM), `ledger` (usage and quota leases not yet
@@ -15,6 +16,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod brute_force;
 pub mod clock;
+pub mod cluster;
 pub mod deps;
 pub mod error;
 pub mod key;

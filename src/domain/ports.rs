@@ -5,6 +5,7 @@ use std::{future::Future, time::SystemTime};
 
 use super::{
     audit::{AuditEvent, AuditQuery, ChainReport, RecordedEvent},
+    cluster::ClusterStatus,
     error::Error,
     key::{Digest, KeyId, KeyRecord, MasterKeyVersion},
     secret::{Secret, SensitiveBytes},
@@ -248,6 +249,17 @@ pub trait Store: Send + Sync + 'static {
     /// every rate limit.
     fn nodes_sharing(&self) -> u32 {
         1
+    }
+    /// `get_key` without the proof that the read is current: the record as the store last
+    /// knew it (cluster mode: the node's view, however stale). Only for the caller of a call
+    /// that must answer while the node fails closed (`GetClusterStatus`); on one node, `get_key`.
+    fn get_key_last_known(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        self.get_key(id)
+    }
+    /// What the store's node knows about its cluster (cluster mode), answered even while it
+    /// is not current; `None` on a single node.
+    fn cluster_status(&self) -> impl Future<Output = Option<ClusterStatus>> + Send {
+        std::future::ready(None)
     }
     /// The newest durable audit sequence number, updated as writes become durable.
     fn audit_durable(&self) -> tokio::sync::watch::Receiver<u64>;

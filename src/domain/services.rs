@@ -9,6 +9,7 @@ use super::{
     auth::{AuthConfig, Authenticator},
     brute_force::{BruteForce, BruteForceConfig},
     clock::Clock,
+    cluster::ClusterReader,
     deps::Deps,
     keys::KeyAdmin,
     ledger::Ledger,
@@ -62,6 +63,7 @@ pub struct Services<H, S> {
     pub verify: Arc<Verifier<H, S>>,
     pub master: Arc<MasterKeys<H, S>>,
     pub audit: Arc<AuditReader<S>>,
+    pub cluster: Arc<ClusterReader<S>>,
 }
 
 // Written by hand: the derive would require `H: Clone` and `S: Clone`.
@@ -73,6 +75,7 @@ impl<H, S> Clone for Services<H, S> {
             verify: self.verify.clone(),
             master: self.master.clone(),
             audit: self.audit.clone(),
+            cluster: self.cluster.clone(),
         }
     }
 }
@@ -116,6 +119,7 @@ impl<H: Hsm, S: Store> Services<H, S> {
             )),
             verify: Arc::new(Verifier::new(deps.clone(), verify_config, prover, ledger, brute_force, access.clone())),
             audit: Arc::new(AuditReader::new(deps.store.clone(), access.clone())),
+            cluster: Arc::new(ClusterReader::new(deps.store.clone(), access.clone())),
             master: Arc::new(MasterKeys::new(deps, config.migration, master, access)),
         }
     }

@@ -19,6 +19,7 @@ pub(crate) use crate::{
         auth::Authenticator,
         bootstrap::bootstrap,
         clock::{Clock, ManualClock},
+        cluster::ClusterReader,
         error::{Error, Result},
         key::{KeyId, KeyRecord, KeyState, MasterKeyVersion, RateLimit, Refill},
         key_format,
@@ -143,6 +144,7 @@ pub(crate) struct Fixture {
     pub verify: Arc<Verifier<FakeHsm, CountingStore>>,
     pub master: Arc<MasterKeys<FakeHsm, CountingStore>>,
     pub audit: Arc<AuditReader<CountingStore>>,
+    pub cluster: Arc<ClusterReader<CountingStore>>,
     pub hsm: Arc<FakeHsm>,
     pub store: Arc<CountingStore>,
     pub clock: Arc<ManualClock>,
@@ -166,12 +168,12 @@ pub(crate) async fn fixture_with(config: ServicesConfig) -> Fixture {
     let clock = Arc::new(ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)));
     let root = bootstrap(&*hsm, &*store, &*clock, MasterKeyVersion(1)).await.unwrap();
     let master = store.master().unwrap().unwrap();
-    let Services { auth, keys, verify, master, audit } =
+    let Services { auth, keys, verify, master, audit, cluster } =
         Services::new(hsm.clone(), store.clone(), clock.clone(), master, config);
     master.self_test().await.unwrap();
     let root_key = root.key.expose().to_owned();
     let root = auth.authenticate(Some(&root_key), &RequestContext::default()).await.unwrap();
-    Fixture { auth, keys, verify, master, audit, hsm, store, clock, root, root_key, _dir: dir }
+    Fixture { auth, keys, verify, master, audit, cluster, hsm, store, clock, root, root_key, _dir: dir }
 }
 
 pub(crate) fn named(name: &str, scopes: &[&str]) -> NewKey {

@@ -7,7 +7,7 @@ use tonic::Request;
 use crate::{
     domain::{
         access::{Caller, RequestContext},
-        auth::Authenticator,
+        auth::{Authenticator, CallerRecord},
         error::{Error, Result},
         ports::{Hsm, Store},
     },
@@ -38,17 +38,27 @@ pub async fn caller<H: Hsm, S: Store, T>(
     identities: &Identities,
     request: &Request<T>,
 ) -> Result<(Caller, RequestContext)> {
+    caller_reading(auth, identities, request, CallerRecord::Current).await
+}
+
+/// `caller`, reading the caller's key record as `read` says.
+pub async fn caller_reading<H: Hsm, S: Store, T>(
+    auth: &Authenticator<H, S>,
+    identities: &Identities,
+    request: &Request<T>,
+    read: CallerRecord,
+) -> Result<(Caller, RequestContext)> {
     let ctx = context(request);
     // The certificate is read only when there is no header: bearer calls pay nothing for mTLS.
     let by_certificate =
         if request.metadata().contains_key("authorization") { None } else { certificate(identities, request) };
     let caller = match by_certificate {
-        None => auth.authenticate(bearer(request), &ctx).await.inspect_err(|e| {
+        None => auth.authenticate_reading(bearer(request), &ctx, read).await.inspect_err(|e| {
             if matches!(e, Error::Blocked(_)) {
                 crate::metrics::get().brute_force_refused("authenticate");
             }
         })?,
-        Some(Resolution::Key(id)) => auth.authenticate_identity(id, &ctx).await?,
+        Some(Resolution::Key(id)) => auth.authenticate_identity_reading(id, &ctx, read).await?,
         Some(Resolution::Unmapped) => {
             return Err(Error::Unauthenticated(
                 "the client certificate stands for no key: send `authorization: Bearer <key>`, or map one of its \

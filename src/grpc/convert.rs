@@ -7,6 +7,7 @@ use prost_types::Timestamp;
 use crate::{
     domain::{
         audit::{Actor, AuditAction, AuditQuery, RecordedEvent},
+        cluster::ClusterStatus,
         error::{Error, Result},
         key::{KeyId, KeyRecord, KeyState, RateLimit, Refill},
         keys::NewKey,
@@ -320,6 +321,37 @@ pub fn master_status(s: &MasterStatus) -> proto::MasterKeyStatus {
         }),
         keys_pending: s.keys_pending,
         keys_not_plain: s.keys_not_plain,
+    }
+}
+
+/// A node's cluster status; `None` (a single node): mode single-node, nothing else.
+pub fn cluster_status(s: Option<&ClusterStatus>) -> proto::ClusterStatus {
+    let Some(s) = s else {
+        return proto::ClusterStatus { mode: proto::ClusterMode::SingleNode.into(), ..Default::default() };
+    };
+    let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let (etcd_members, etcd_members_error) = match &s.members {
+        Ok(members) => (
+            members
+                .iter()
+                .map(|m| proto::EtcdMember { name: m.name.clone(), client_urls: m.client_urls.clone() })
+                .collect(),
+            String::new(),
+        ),
+        Err(why) => (Vec::new(), why.clone()),
+    };
+    proto::ClusterStatus {
+        mode: proto::ClusterMode::Cluster.into(),
+        node_id: s.node_id.clone(),
+        revision: s.revision,
+        staleness_ms: s.staleness.map(millis),
+        current: s.current,
+        max_staleness_ms: millis(s.max_staleness),
+        nodes: s.nodes.clone(),
+        audit_head: s.audit_head,
+        keys: s.keys,
+        etcd_members,
+        etcd_members_error,
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod audit;
 mod auth;
+mod cluster;
 mod convert;
 mod deadline;
 mod keys;
@@ -21,7 +22,7 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
-pub use self::{audit::AuditApi, keys::KeyApi, master::MasterApi, verify::VerifyApi};
+pub use self::{audit::AuditApi, cluster::ClusterApi, keys::KeyApi, master::MasterApi, verify::VerifyApi};
 use crate::{
     config::ServerLimits,
     domain::{
@@ -30,18 +31,28 @@ use crate::{
         ports::{Hsm, Store},
     },
     proto::{
-        self, audit_service_server::AuditServiceServer, key_service_server::KeyServiceServer,
-        master_key_service_server::MasterKeyServiceServer, verify_service_server::VerifyServiceServer,
+        self, audit_service_server::AuditServiceServer, cluster_service_server::ClusterServiceServer,
+        key_service_server::KeyServiceServer, master_key_service_server::MasterKeyServiceServer,
+        verify_service_server::VerifyServiceServer,
     },
     tls::{Identities, TlsReloader},
 };
 
 /// The services whose health is reported (besides the server as a whole, "").
-const SERVICES: [&str; 4] =
-    ["keyward.v1.KeyService", "keyward.v1.VerifyService", "keyward.v1.MasterKeyService", "keyward.v1.AuditService"];
+const SERVICES: [&str; 5] = [
+    "keyward.v1.KeyService",
+    "keyward.v1.VerifyService",
+    "keyward.v1.MasterKeyService",
+    "keyward.v1.AuditService",
+    "keyward.v1.ClusterService",
+];
 
 /// The services that need the store to confirm writes: `NOT_SERVING` once it stopped.
 const WRITING_SERVICES: [&str; 2] = ["keyward.v1.KeyService", "keyward.v1.MasterKeyService"];
+
+/// The services that answer while the store cannot prove its reads are current (cluster mode,
+/// failing closed): `SERVING` then, while the HSM is reachable.
+const ANSWERING_WHEN_STALE: [&str; 1] = ["keyward.v1.ClusterService"];
 
 /// How connections arrive.
 pub enum Transport {
@@ -51,11 +62,13 @@ pub enum Transport {
     Tls(Arc<TlsReloader>),
 }
 
-/// A service's health: every service needs the HSM and a store that can prove its reads are
-/// current (cluster mode); the writing ones also need the store to confirm writes. The server as
-/// a whole ("") follows the HSM and currency: verification still works without writes.
-fn service_status(name: &str, hsm_reachable: bool, writes_confirmed: bool) -> ServingStatus {
-    if hsm_reachable && (writes_confirmed || !WRITING_SERVICES.contains(&name)) {
+/// A service's health: every service needs the HSM and (but the cluster status) a store that
+/// can prove its reads are current (cluster mode); the writing ones also need the store to
+/// confirm writes. The server as a whole ("") follows the HSM and currency: verification still
+/// works without writes.
+fn service_status(name: &str, hsm_reachable: bool, current: bool, writes_confirmed: bool) -> ServingStatus {
+    let current = current || ANSWERING_WHEN_STALE.contains(&name);
+    if hsm_reachable && current && (writes_confirmed || !WRITING_SERVICES.contains(&name)) {
         ServingStatus::Serving
     } else {
         ServingStatus::NotServing
@@ -71,9 +84,8 @@ async fn track_health<H: Hsm, S: Store>(auth: Arc<Authenticator<H, S>>, reporter
         let now = (auth.is_healthy(), auth.writes_confirmed(), auth.store_current());
         if serving != Some(now) {
             let (hsm, writes, current) = now;
-            let hsm_and_current = hsm && current;
             for name in std::iter::once("").chain(SERVICES) {
-                reporter.set_service_status(name, service_status(name, hsm_and_current, writes)).await;
+                reporter.set_service_status(name, service_status(name, hsm, current, writes)).await;
             }
             if serving.is_some() {
                 tracing::warn!(
@@ -118,13 +130,15 @@ pub async fn serve<H: Hsm, S: Store>(
     let reflection_v1alpha =
         reflection().build_v1alpha().expect("the embedded descriptor sets are valid").max_decoding_message_size(max);
 
-    let Services { auth, keys, verify, master, audit } = services;
+    let Services { auth, keys, verify, master, audit, cluster } = services;
     let ids = &identities;
     let key_api = KeyServiceServer::new(KeyApi::new(auth.clone(), keys, ids.clone())).max_decoding_message_size(max);
     let master_api =
         MasterKeyServiceServer::new(MasterApi::new(auth.clone(), master, ids.clone())).max_decoding_message_size(max);
     let audit_api =
         AuditServiceServer::new(AuditApi::new(auth.clone(), audit, ids.clone())).max_decoding_message_size(max);
+    let cluster_api =
+        ClusterServiceServer::new(ClusterApi::new(auth.clone(), cluster, ids.clone())).max_decoding_message_size(max);
     let verify_api = VerifyServiceServer::new(VerifyApi::new(auth, verify, ids.clone())).max_decoding_message_size(max);
 
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
@@ -152,6 +166,7 @@ pub async fn serve<H: Hsm, S: Store>(
         .add_service(key_api)
         .add_service(master_api)
         .add_service(audit_api)
+        .add_service(cluster_api)
         .add_service(verify_api);
     let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match transport {
         Transport::Plain => {
@@ -188,7 +203,7 @@ mod tests {
 
     #[test]
     fn writing_services_go_not_serving_when_writes_stop_being_confirmed_and_verification_stays() {
-        let status = |name, hsm, writes| service_status(name, hsm, writes);
+        let status = |name, hsm, writes| service_status(name, hsm, true, writes);
         for name in std::iter::once("").chain(SERVICES) {
             assert_eq!(status(name, true, true), ServingStatus::Serving, "{name}");
             assert_eq!(status(name, false, true), ServingStatus::NotServing, "{name}: the HSM is gone");
@@ -198,5 +213,18 @@ mod tests {
         assert_eq!(status("keyward.v1.VerifyService", true, false), ServingStatus::Serving);
         assert_eq!(status("keyward.v1.AuditService", true, false), ServingStatus::Serving);
         assert_eq!(status("", true, false), ServingStatus::Serving);
+    }
+
+    #[test]
+    fn a_stale_node_is_not_serving_but_for_the_cluster_status_which_needs_only_the_hsm() {
+        for name in std::iter::once("").chain(SERVICES) {
+            let stale = service_status(name, true, false, true);
+            if name == "keyward.v1.ClusterService" {
+                assert_eq!(stale, ServingStatus::Serving, "{name}");
+                assert_eq!(service_status(name, false, false, true), ServingStatus::NotServing, "{name}: no HSM");
+            } else {
+                assert_eq!(stale, ServingStatus::NotServing, "{name}");
+            }
+        }
     }
 }

@@ -9,6 +9,7 @@ use crate::{
     cluster::ClusterStore,
     domain::{
         audit::{AuditEvent, AuditQuery, ChainReport, RecordedEvent},
+        cluster::ClusterStatus,
         error::Error,
         key::{KeyId, KeyRecord},
         ports::{DigestSwap, KeyChange, MasterState, Store, StoreError, Updated},
@@ -61,6 +62,17 @@ macro_rules! each {
 impl Store for Engine {
     fn get_key(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
         each!(self, s => s.get_key(id))
+    }
+
+    fn get_key_last_known(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        each!(self, s => s.get_key_last_known(id))
+    }
+
+    async fn cluster_status(&self) -> Option<ClusterStatus> {
+        match self {
+            Engine::Single(_) => None,
+            Engine::Cluster(c) => c.cluster_status().await,
+        }
     }
 
     fn scan_keys(&self, after: Option<KeyId>) -> impl Iterator<Item = Result<KeyRecord, StoreError>> + '_ {

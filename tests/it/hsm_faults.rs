@@ -22,8 +22,14 @@ use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus}
 
 use crate::common::{Instance, VerifyClient};
 
-const SERVICES: [&str; 5] =
-    ["", "keyward.v1.VerifyService", "keyward.v1.KeyService", "keyward.v1.MasterKeyService", "keyward.v1.AuditService"];
+const SERVICES: [&str; 6] = [
+    "",
+    "keyward.v1.VerifyService",
+    "keyward.v1.KeyService",
+    "keyward.v1.MasterKeyService",
+    "keyward.v1.AuditService",
+    "keyward.v1.ClusterService",
+];
 
 /// An outcome of `VerifyKey`: its code, or the status code of the failed call.
 type Outcome = Result<VerifyCode, Code>;

@@ -8,6 +8,7 @@ mod audit;
 mod auth;
 mod brute_force;
 mod cluster;
+mod cluster_status;
 mod crash;
 mod disk_faults;
 mod docs_examples;

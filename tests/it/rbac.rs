@@ -33,6 +33,7 @@ enum Rpc {
     GetCheckpoint,
     KeyUsage,
     QueryUsage,
+    GetClusterStatus,
 }
 
 /// One row of the RBAC table in docs/permissions.md.
@@ -47,7 +48,7 @@ struct Row {
 }
 
 /// Every permission scope keyward knows.
-const PERMISSIONS: [&str; 12] = [
+const PERMISSIONS: [&str; 13] = [
     "keyward:verify",
     "keyward:keys:create",
     "keyward:keys:read",
@@ -59,6 +60,7 @@ const PERMISSIONS: [&str; 12] = [
     "keyward:master:rotate",
     "keyward:audit:read",
     "keyward:leaks:report",
+    "keyward:cluster:read",
     // Not a permission of any RPC: holding it grants nothing.
     "keyward:unknown:thing",
 ];
@@ -114,6 +116,12 @@ const TABLE: &[Row] = &[
     Row { rpc: Rpc::GetCheckpoint, granted_by: &["keyward:audit:read"], wildcard: AUDIT, permitted: OK },
     Row { rpc: Rpc::KeyUsage, granted_by: &["keyward:audit:read"], wildcard: AUDIT, permitted: OK },
     Row { rpc: Rpc::QueryUsage, granted_by: &["keyward:audit:read"], wildcard: AUDIT, permitted: OK },
+    Row {
+        rpc: Rpc::GetClusterStatus,
+        granted_by: &["keyward:cluster:read"],
+        wildcard: Some("keyward:cluster:*"),
+        permitted: OK,
+    },
 ];
 
 /// One server, the keys the callers present, and a key to act on.
@@ -214,6 +222,9 @@ impl World {
                 outcome(kw.audit(bearer).await.key_usage(req).await)
             }
             Rpc::QueryUsage => outcome(kw.audit(bearer).await.query_usage(proto::QueryUsageRequest::default()).await),
+            Rpc::GetClusterStatus => {
+                outcome(kw.cluster(bearer).await.get_cluster_status(proto::GetClusterStatusRequest {}).await)
+            }
         }
     }
 }
@@ -263,7 +274,7 @@ async fn every_rpc_gives_each_kind_of_caller_its_documented_status() {
         exact.insert(scope, kw.create_key(scope, &[scope]).await.0);
     }
     let mut wildcards = std::collections::HashMap::new();
-    for scope in ["keyward:keys:*", "keyward:master:*", "keyward:audit:*", "keyward:leaks:*"] {
+    for scope in ["keyward:keys:*", "keyward:master:*", "keyward:audit:*", "keyward:leaks:*", "keyward:cluster:*"] {
         wildcards.insert(scope, kw.create_key(scope, &[scope]).await.0);
     }
     kw.advance_clock(60);

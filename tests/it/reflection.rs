@@ -24,7 +24,9 @@ async fn reflection_v1_lists_keywards_services() {
         panic!("unexpected response: {response:?}");
     };
     let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
-    for expected in ["keyward.v1.KeyService", "keyward.v1.VerifyService", "grpc.health.v1.Health"] {
+    for expected in
+        ["keyward.v1.KeyService", "keyward.v1.VerifyService", "keyward.v1.ClusterService", "grpc.health.v1.Health"]
+    {
         assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
     }
 }

@@ -22,6 +22,16 @@ use super::{
     proof::Prover,
 };
 
+/// How the caller's key record is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallerRecord {
+    /// Proven current (cluster mode: the node fails closed without that proof). Every call but one.
+    Current,
+    /// As the store last knew it, however stale: only for `GetClusterStatus`, which must answer
+    /// while the node fails closed. A revocation the node has not seen yet is not applied then.
+    LastKnown,
+}
+
 /// The authenticator's tunables.
 #[derive(Clone, Debug)]
 pub struct AuthConfig {
@@ -95,6 +105,16 @@ impl<H: Hsm, S: Store> Authenticator<H, S> {
     /// unless its credential is one the HSM proved lately (in the auth cache), so that proven
     /// callers sharing an address with an attacker (a proxy, a NAT) keep working.
     pub async fn authenticate(&self, bearer: Option<&str>, ctx: &RequestContext) -> Result<Caller> {
+        self.authenticate_reading(bearer, ctx, CallerRecord::Current).await
+    }
+
+    /// `authenticate`, reading the caller's key record as `read` says.
+    pub async fn authenticate_reading(
+        &self,
+        bearer: Option<&str>,
+        ctx: &RequestContext,
+        read: CallerRecord,
+    ) -> Result<Caller> {
         self.require_hsm()?;
         let source = ctx.client_addr.map(|a| a.ip());
         let peer = source.map(Source::Peer);
@@ -106,7 +126,7 @@ impl<H: Hsm, S: Store> Authenticator<H, S> {
             return Err(Error::Blocked(blocked.retry_after));
         }
         let mut named = None;
-        let result = self.check_bearer(bearer, source, &mut named).await;
+        let result = self.check_bearer(bearer, source, read, &mut named).await;
         if let Err(Error::Unauthenticated(why)) = &result {
             self.access.unauthenticated(source, named, why);
             if let Some(peer) = peer {
@@ -127,12 +147,13 @@ impl<H: Hsm, S: Store> Authenticator<H, S> {
         &self,
         bearer: Option<&str>,
         source: Option<IpAddr>,
+        read: CallerRecord,
         named: &mut Option<KeyId>,
     ) -> Result<Caller> {
         const INVALID: Error = Error::Unauthenticated("invalid credential");
         let bearer = bearer.ok_or(Error::Unauthenticated("missing credential: send `authorization: Bearer <key>`"))?;
         let parsed = key_format::parse(bearer).ok_or(INVALID)?;
-        let record = match self.deps.store.get_key(parsed.key_id)? {
+        let record = match self.caller_record(parsed.key_id, read)? {
             // A digest not plain under the current master key skips the cache, so that proving
             // it again migrates it.
             Some(record)
@@ -162,9 +183,19 @@ impl<H: Hsm, S: Store> Authenticator<H, S> {
     /// edge verified stands for it (an mTLS client certificate mapped to the key). The key must
     /// exist and pass the same checks as a bearer key: state, validity window, allowlist.
     pub async fn authenticate_identity(&self, key_id: KeyId, ctx: &RequestContext) -> Result<Caller> {
+        self.authenticate_identity_reading(key_id, ctx, CallerRecord::Current).await
+    }
+
+    /// `authenticate_identity`, reading the caller's key record as `read` says.
+    pub async fn authenticate_identity_reading(
+        &self,
+        key_id: KeyId,
+        ctx: &RequestContext,
+        read: CallerRecord,
+    ) -> Result<Caller> {
         self.require_hsm()?;
         let source = ctx.client_addr.map(|a| a.ip());
-        let result = match self.deps.store.get_key(key_id)? {
+        let result = match self.caller_record(key_id, read)? {
             Some(record) => self.admit(record, source),
             None => Err(Error::Unauthenticated("the client certificate is mapped to a key that does not exist")),
         };
@@ -172,6 +203,13 @@ impl<H: Hsm, S: Store> Authenticator<H, S> {
             self.access.unauthenticated(source, Some(key_id), why);
         }
         result
+    }
+
+    fn caller_record(&self, id: KeyId, read: CallerRecord) -> Result<Option<KeyRecord>> {
+        Ok(match read {
+            CallerRecord::Current => self.deps.store.get_key(id)?,
+            CallerRecord::LastKnown => self.deps.store.get_key_last_known(id)?,
+        })
     }
 
     /// The checks every caller's key passes once its holder is proven.

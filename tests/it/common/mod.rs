@@ -18,8 +18,9 @@ pub mod raw;
 pub mod scrape;
 
 use keyward::proto::{
-    self, audit_service_client::AuditServiceClient, key_service_client::KeyServiceClient,
-    master_key_service_client::MasterKeyServiceClient, verify_service_client::VerifyServiceClient,
+    self, audit_service_client::AuditServiceClient, cluster_service_client::ClusterServiceClient,
+    key_service_client::KeyServiceClient, master_key_service_client::MasterKeyServiceClient,
+    verify_service_client::VerifyServiceClient,
 };
 use tonic::{
     Request, Status,
@@ -88,6 +89,7 @@ pub type KeyClient = KeyServiceClient<InterceptedService<Channel, Bearer>>;
 pub type VerifyClient = VerifyServiceClient<InterceptedService<Channel, Bearer>>;
 pub type MasterClient = MasterKeyServiceClient<InterceptedService<Channel, Bearer>>;
 pub type AuditClient = AuditServiceClient<InterceptedService<Channel, Bearer>>;
+pub type ClusterClient = ClusterServiceClient<InterceptedService<Channel, Bearer>>;
 
 /// A keyward data directory and, while started, its server process.
 pub struct Instance {
@@ -354,6 +356,10 @@ impl Instance {
 
     pub async fn audit(&self, bearer: Option<&str>) -> AuditClient {
         AuditServiceClient::with_interceptor(self.channel().await, Self::bearer(bearer))
+    }
+
+    pub async fn cluster(&self, bearer: Option<&str>) -> ClusterClient {
+        ClusterServiceClient::with_interceptor(self.channel().await, Self::bearer(bearer))
     }
 
     pub async fn root_keys(&self) -> KeyClient {
