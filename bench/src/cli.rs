@@ -282,7 +282,10 @@ enum BenchCommand {
         /// Concurrent VerifyKey pollers on node B per revocation, each calling back to back.
         #[arg(long, default_value_t = 4)]
         pollers: usize,
-        /// The small run: 1 second per measurement, at most 50 revocations.
+        /// Times 2 of the 3 etcd members are stopped and resumed.
+        #[arg(long, default_value_t = 5)]
+        fail_cycles: usize,
+        /// The small run: 1 second per measurement, at most 50 revocations, 1 fail-closed cycle.
         #[arg(long)]
         quick: bool,
         /// Print one JSON document instead of markdown.
@@ -399,6 +402,7 @@ fn dispatch(command: Option<BenchCommand>, suite: SuiteArgs) -> Result<()> {
             connections,
             revocations,
             pollers,
+            fail_cycles,
             quick,
             json,
             markdown,
@@ -410,6 +414,7 @@ fn dispatch(command: Option<BenchCommand>, suite: SuiteArgs) -> Result<()> {
                 connections,
                 revocations,
                 pollers,
+                fail_cycles,
                 ..ClusterOptions::full()
             };
             let options = if quick { options.quick() } else { options };

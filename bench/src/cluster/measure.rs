@@ -16,7 +16,7 @@ use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus,
 
 use super::{
     ClusterOptions,
-    report::{FailClosed, Propagation},
+    report::{FailClosed, FailClosedCycle, Propagation},
 };
 use crate::{
     drive::{Limit, Outcome, Run, code_name, drive},
@@ -300,38 +300,45 @@ async fn probe_until(
     }
 }
 
-/// Pauses all etcd members but one (quorum lost), measures until node A answers VerifyKey
-/// UNAVAILABLE and health NOT_SERVING, watches VerifyKey for `o.hold` (no VALID may come),
-/// resumes the members and measures until VALID and SERVING again.
+/// `o.fail_cycles` times: pauses all etcd members but one (quorum lost), measures until node A
+/// answers VerifyKey UNAVAILABLE and health NOT_SERVING, watches VerifyKey for `o.hold` (no
+/// VALID may come), resumes the members and measures until VALID and SERVING again.
 pub(crate) async fn fail_closed(etcd: &EtcdCluster, node: &Target, o: &ClusterOptions) -> Result<FailClosed> {
     let key = node.create(plain_key()).await?;
     until_valid(node, &key, Duration::from_secs(5)).await?;
     let paused: Vec<usize> = (1..etcd.len()).collect();
-    let stopped = Instant::now();
-    for &m in &paused {
-        etcd.pause(m);
+    let (mut cycles, mut answers) = (Vec::new(), BTreeMap::<String, u64>::new());
+    for _ in 0..o.fail_cycles {
+        let stopped = Instant::now();
+        for &m in &paused {
+            etcd.pause(m);
+        }
+        let measured = fail_closed_while_paused(node, &key, stopped, o.hold).await;
+        let resumed = Instant::now();
+        for &m in &paused {
+            etcd.resume(m);
+        }
+        let (unavailable_after, not_serving_after, held) = measured?;
+        for (answer, n) in held {
+            *answers.entry(answer).or_default() += n;
+        }
+        let (valid_again_after, serving_again_after, _) =
+            probe_until(node, &key, resumed, |a| *a == Ok(VerifyCode::Valid), |s| s == Some(ServingStatus::Serving))
+                .await?;
+        cycles.push(FailClosedCycle {
+            unavailable_after_ms: ms(unavailable_after),
+            not_serving_after_ms: ms(not_serving_after),
+            valid_again_after_ms: ms(valid_again_after),
+            serving_again_after_ms: ms(serving_again_after),
+        });
+        // A pause of its own length before the next cycle: its heartbeat phase differs.
+        tokio::time::sleep(Duration::from_millis(300 + 137 * cycles.len() as u64)).await;
     }
-    let measured = fail_closed_while_paused(node, &key, stopped, o.hold).await;
-    let resumed = Instant::now();
-    for &m in &paused {
-        etcd.resume(m);
-    }
-    let (unavailable_after, not_serving_after, held) = measured?;
-    let (valid_again_after, serving_again_after, _) =
-        probe_until(node, &key, resumed, |a| *a == Ok(VerifyCode::Valid), |s| s == Some(ServingStatus::Serving))
-            .await?;
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    Ok(FailClosed {
-        members_stopped: paused.len(),
-        members: etcd.len(),
-        unavailable_after_ms: ms(unavailable_after),
-        not_serving_after_ms: ms(not_serving_after),
-        hold_ms: ms(o.hold),
-        answers_while_failed_closed: held,
-        valid_again_after_ms: ms(valid_again_after),
-        serving_again_after_ms: ms(serving_again_after),
-        poll_interval_ms: ms(FAIL_CLOSED_POLL),
-    })
+    Ok(FailClosed::new(paused.len(), etcd.len(), cycles, ms(o.hold), answers, ms(FAIL_CLOSED_POLL)))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 /// The paused part of [`fail_closed`]: (UNAVAILABLE after, NOT_SERVING after, the VerifyKey

@@ -39,6 +39,8 @@ pub struct ClusterOptions {
     pub revocations: usize,
     /// Concurrent VerifyKey pollers on B per revocation.
     pub pollers: usize,
+    /// Times quorum is taken away and given back.
+    pub fail_cycles: usize,
     /// How long VerifyKey is watched after the node failed closed (no VALID may come).
     pub hold: Duration,
     /// The small run (CI): set by `--quick`, reported.
@@ -55,7 +57,8 @@ impl ClusterOptions {
             connections: 4,
             revocations: 1000,
             pollers: 4,
-            hold: Duration::from_secs(2),
+            fail_cycles: 5,
+            hold: Duration::from_secs(1),
             quick: false,
         }
     }
@@ -65,6 +68,7 @@ impl ClusterOptions {
         Self {
             duration: Duration::from_secs(1),
             revocations: self.revocations.min(50),
+            fail_cycles: 1,
             hold: Duration::from_millis(500),
             quick: true,
             ..self
@@ -78,8 +82,8 @@ impl ClusterOptions {
         if self.concurrency == 0 || self.connections == 0 || self.pollers == 0 || self.duration.is_zero() {
             return Err(BenchError::Usage("--concurrency, --connections, --pollers and --seconds must be at least 1"));
         }
-        if self.revocations == 0 {
-            return Err(BenchError::Usage("--revocations must be at least 1"));
+        if self.revocations == 0 || self.fail_cycles == 0 {
+            return Err(BenchError::Usage("--revocations and --fail-cycles must be at least 1"));
         }
         Ok(())
     }
@@ -136,7 +140,7 @@ pub fn run(options: &ClusterOptions) -> Result<ClusterReport> {
         let mutations = measure::mutations(&single, &a, options).await?;
         progress(&format!("revocation propagation, {} keys revoked on A and polled on B", options.revocations));
         let propagation = measure::propagation(&a, b, options).await?;
-        progress("fail-closed: 2 of 3 etcd members stopped, then resumed");
+        progress(&format!("fail-closed: 2 of 3 etcd members stopped, then resumed, {} times", options.fail_cycles));
         let fail_closed = measure::fail_closed(&hosts.etcd, &a, options).await?;
         Ok::<_, BenchError>((verify, mutations, propagation, fail_closed))
     });
@@ -151,6 +155,7 @@ pub fn run(options: &ClusterOptions) -> Result<ClusterReport> {
         seconds: options.duration.as_secs_f64(),
         revocations: options.revocations,
         pollers: options.pollers,
+        fail_cycles: options.fail_cycles,
         quick: options.quick,
     };
     Ok(ClusterReport::new(Machine::this(), settings, verify, create, revoke, propagation, fail_closed))
@@ -163,7 +168,7 @@ mod tests {
     #[test]
     fn quick_keeps_every_figure_but_shrinks_the_run() {
         let quick = ClusterOptions::full().quick();
-        assert_eq!((quick.nodes, quick.revocations, quick.quick), (3, 50, true));
+        assert_eq!((quick.nodes, quick.revocations, quick.fail_cycles, quick.quick), (3, 50, 1, true));
         assert_eq!(quick.duration, Duration::from_secs(1));
         assert!(quick.check().is_ok());
     }
