@@ -51,7 +51,7 @@ impl Server {
             .arg(addr_file)
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(server_log(addr_file));
         if opts.dev {
             cmd.arg("--dev");
         }
@@ -71,6 +71,17 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+/// Where a server's log goes: `KEYWARD_BENCH_SERVER_LOGS/<addr file name>.log` when that
+/// variable names a directory, else nowhere.
+fn server_log(addr_file: &Path) -> Stdio {
+    let Some(dir) = std::env::var_os("KEYWARD_BENCH_SERVER_LOGS") else { return Stdio::null() };
+    let name = addr_file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    match std::fs::File::create(Path::new(&dir).join(format!("{name}.log"))) {
+        Ok(file) => Stdio::from(file),
+        Err(_) => Stdio::null(),
     }
 }
 

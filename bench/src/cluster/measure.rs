@@ -31,6 +31,8 @@ use crate::{
 const VERIFY_ROUNDS: u32 = 3;
 /// Keys made before a measurement, this many calls at once.
 const SETUP_CONCURRENCY: usize = 16;
+/// Rounds of CreateKey that may make the keys a measurement needs.
+const SETUP_ATTEMPTS: usize = 3;
 /// The longest a revoked key may stay VALID on B before the bench gives up on it.
 const PROPAGATION_GIVE_UP: Duration = Duration::from_secs(5);
 /// The pause between two probes of the fail-closed measurement.
@@ -114,14 +116,29 @@ async fn revoke(target: &Target, concurrency: usize, limit: Limit, keys: Vec<(St
     .await
 }
 
-/// Makes `n` keys on `target` (not measured).
+/// Makes `n` keys on `target` (not measured). A refused CreateKey is made again, up to
+/// [`SETUP_ATTEMPTS`] rounds; refusals are told on stderr (they are a finding, not a figure).
 async fn make_keys(target: &Target, n: usize) -> Result<Vec<(String, String)>> {
     let made = Keys::default();
-    let run = create(target, SETUP_CONCURRENCY, Limit::Calls(n as u64), &made).await?;
-    if let Some(code) = run.errors.keys().next() {
-        return Err(BenchError::SetupFailed(code.clone()));
+    let mut refused = BTreeMap::<String, u64>::new();
+    for _ in 0..SETUP_ATTEMPTS {
+        let have = made.lock().unwrap_or_else(|e| e.into_inner()).len();
+        if have >= n {
+            break;
+        }
+        let run = create(target, SETUP_CONCURRENCY, Limit::Calls((n - have) as u64), &made).await?;
+        for (code, k) in run.errors {
+            *refused.entry(code).or_default() += k;
+        }
     }
-    Ok(std::mem::take(&mut *made.lock().unwrap_or_else(|e| e.into_inner())))
+    let made = std::mem::take(&mut *made.lock().unwrap_or_else(|e| e.into_inner()));
+    if made.len() < n {
+        return Err(BenchError::SetupFailed(format!("{} of {n} keys made; refused: {refused:?}", made.len())));
+    }
+    if !refused.is_empty() {
+        eprintln!("keyward-bench cluster: CreateKey was refused while making keys ({refused:?}); made them again");
+    }
+    Ok(made)
 }
 
 /// Waits until `key` verifies VALID on `target`.
