@@ -9,6 +9,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, parser::Val
 use keyward::{app::Options, cli::InstanceArgs, telemetry};
 
 use crate::{
+    cluster::ClusterOptions,
     commands::{self, SuiteOutput, SuiteTarget},
     drive::Limit,
     error::{BenchError, Result},
@@ -256,6 +257,44 @@ enum BenchCommand {
         #[arg(long)]
         direct: bool,
     },
+    /// Cluster mode on etcd against single-node sled mode, same run: starts 3 etcd members, a
+    /// cluster of `--nodes` keyward nodes on them and a single-node instance, then measures
+    /// VerifyKey on node A against the single node, CreateKey and RevokeKey throughput on both,
+    /// revocation propagation (revoke on node A, poll node B until it refuses) and the time node
+    /// A takes to fail closed when 2 of 3 etcd members stop (SIGSTOP) and to recover (SIGCONT).
+    /// Prints markdown; needs etcd (scripts/install-deps.sh).
+    Cluster {
+        /// keyward nodes in the cluster (node A revokes, node B is polled).
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Seconds of VerifyKey per instance (alternating rounds), and of CreateKey and RevokeKey each.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Calls in flight at once for VerifyKey, CreateKey and RevokeKey.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// HTTP/2 connections per instance.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// Keys revoked on node A, one after another, each polled on node B until refused.
+        #[arg(long, default_value_t = 1000)]
+        revocations: usize,
+        /// Concurrent VerifyKey pollers on node B per revocation, each calling back to back.
+        #[arg(long, default_value_t = 4)]
+        pollers: usize,
+        /// Times 2 of the 3 etcd members are stopped and resumed.
+        #[arg(long, default_value_t = 5)]
+        fail_cycles: usize,
+        /// The small run: 1 second per measurement, at most 50 revocations, 1 fail-closed cycle.
+        #[arg(long)]
+        quick: bool,
+        /// Print one JSON document instead of markdown.
+        #[arg(long)]
+        json: bool,
+        /// Also write the markdown to this file.
+        #[arg(long)]
+        markdown: Option<PathBuf>,
+    },
     /// Runs keyward's own command line (`keyward-bench keyward serve ...`): how the benches
     /// start their servers, as child processes of this executable.
     #[command(name = KEYWARD_SUBCOMMAND, hide = true, disable_help_flag = true)]
@@ -356,6 +395,31 @@ fn dispatch(command: Option<BenchCommand>, suite: SuiteArgs) -> Result<()> {
         Some(BenchCommand::Hsm { instance, concurrency, seconds, direct }) => {
             commands::hsm(&instance.options(), concurrency, Duration::from_secs(seconds), direct)
         }
+        Some(BenchCommand::Cluster {
+            nodes,
+            seconds,
+            concurrency,
+            connections,
+            revocations,
+            pollers,
+            fail_cycles,
+            quick,
+            json,
+            markdown,
+        }) => {
+            let options = ClusterOptions {
+                nodes,
+                duration: Duration::from_secs(seconds),
+                concurrency,
+                connections,
+                revocations,
+                pollers,
+                fail_cycles,
+                ..ClusterOptions::full()
+            };
+            let options = if quick { options.quick() } else { options };
+            commands::cluster(&options, json, markdown.as_deref())
+        }
         Some(BenchCommand::Keyward { .. }) => unreachable!("run() hands it to keyward's command line"),
     }
 }
@@ -425,6 +489,17 @@ mod tests {
         assert!(parse_from(["keyward-bench", "--seconds", "3", "hsm", "--data-dir", "d"]).is_err());
         let logged = parse_from(["keyward-bench", "--log-format", "json", "verify", "--key-file", "k"]).unwrap();
         assert!(matches!(logged.log_format, telemetry::LogFormat::Json));
+    }
+
+    #[test]
+    fn cluster_defaults_to_3_nodes_and_1000_revocations_and_quick_shrinks_it() {
+        let cli = parse_from(["keyward-bench", "cluster"]).unwrap();
+        let Some(BenchCommand::Cluster { nodes, revocations, quick, seconds, .. }) = cli.command else {
+            panic!("the cluster subcommand expected")
+        };
+        assert_eq!((nodes, revocations, quick, seconds), (3, 1000, false, 5));
+        let quick = parse_from(["keyward-bench", "cluster", "--quick", "--json"]).unwrap();
+        assert!(matches!(quick.command, Some(BenchCommand::Cluster { quick: true, json: true, .. })));
     }
 
     #[test]

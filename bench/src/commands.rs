@@ -17,6 +17,7 @@ use keyward::{
 };
 
 use crate::{
+    cluster,
     drive::Limit,
     error::{BenchError, Result},
     host::SelfHost,
@@ -131,6 +132,21 @@ pub fn hsm(opts: &Options, concurrency: usize, duration: Duration, direct: bool)
     let how = if direct { "threads, direct" } else { "tasks through the async adapter" };
     let sessions = config.hsm.sessions;
     println!("{}", figures.report(&format!("HSM C_Verify, {concurrency} {how}, {sessions} sessions")));
+    Ok(())
+}
+
+/// `keyward-bench cluster`: markdown (or `--json`) on stdout, the markdown to `markdown` too.
+pub fn cluster(options: &cluster::ClusterOptions, json: bool, markdown: Option<&Path>) -> Result<()> {
+    let report = cluster::run(options)?;
+    let text = report.markdown();
+    if let Some(path) = markdown {
+        fs::write(path, &text).map_err(BenchError::io(format!("writing {}", path.display())))?;
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{text}");
+    }
     Ok(())
 }
 

@@ -60,6 +60,15 @@ pub enum BenchError {
     ServerExited(ExitStatus),
     #[error("keyward serve did not start within 30 s (is another server using the data directory?)")]
     ServerTimeout,
+    #[error("etcd not found: run scripts/install-deps.sh")]
+    EtcdMissing,
+    #[error("an etcd member exited at start ({0}); run it by hand to see why")]
+    EtcdExited(ExitStatus),
+    #[error("etcd at {0} did not report a leader within 20 s")]
+    EtcdTimeout(String),
+    /// A cluster bench step that could not complete (what, and what it saw instead).
+    #[error("{0}")]
+    Cluster(String),
     #[error("no VerifyKey or no-op figures to draw (run the verify scenario)")]
     NothingToChart,
     #[error("drawing the chart: {0}")]

@@ -31,6 +31,16 @@ pub(crate) struct Server(Child);
 impl Server {
     /// Starts `keyward serve` of `opts` with `config` on 127.0.0.1:0 and waits for its address.
     pub(crate) fn start(opts: &Options, config: &Path, addr_file: &Path) -> Result<(Self, String)> {
+        Self::start_with(opts, config, addr_file, &[])
+    }
+
+    /// Like [`Server::start`], with `extra` arguments for `keyward serve` (e.g. `--etcd`).
+    pub(crate) fn start_with(
+        opts: &Options,
+        config: &Path,
+        addr_file: &Path,
+        extra: &[String],
+    ) -> Result<(Self, String)> {
         let _ = std::fs::remove_file(addr_file);
         let mut cmd = keyward_command()?;
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -39,8 +49,9 @@ impl Server {
             .arg(config)
             .arg("--addr-file")
             .arg(addr_file)
+            .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(server_log(addr_file));
         if opts.dev {
             cmd.arg("--dev");
         }
@@ -60,6 +71,17 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+/// Where a server's log goes: `KEYWARD_BENCH_SERVER_LOGS/<addr file name>.log` when that
+/// variable names a directory, else nowhere.
+fn server_log(addr_file: &Path) -> Stdio {
+    let Some(dir) = std::env::var_os("KEYWARD_BENCH_SERVER_LOGS") else { return Stdio::null() };
+    let name = addr_file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    match std::fs::File::create(Path::new(&dir).join(format!("{name}.log"))) {
+        Ok(file) => Stdio::from(file),
+        Err(_) => Stdio::null(),
     }
 }
 
@@ -88,26 +110,39 @@ pub(crate) struct SelfHost {
 impl SelfHost {
     /// Runs before any thread starts: the caller then points SoftHSM2 at the new token.
     pub(crate) fn start() -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("keyward-bench-")
-            .tempdir()
-            .map_err(BenchError::io("creating a temporary directory"))?;
+        let dir = temp_dir()?;
         let data_dir = dir.path().join("data");
         let opts = Options::new(data_dir.clone(), None, true);
-        let init = keyward_command()?
-            .args(["init", "--dev", "--data-dir"])
-            .arg(&data_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null()) // the root key: kept in DATA_DIR/root.key instead
-            .stderr(Stdio::piped())
-            .output()
-            .map_err(BenchError::io("running keyward init --dev"))?;
-        if !init.status.success() {
-            let stderr = String::from_utf8_lossy(&init.stderr).trim().to_owned();
-            return Err(BenchError::InitFailed { status: init.status, stderr });
-        }
+        init_dev(&data_dir, &[])?;
         let (server, addr) = Server::start(&opts, &opts.config, &dir.path().join("addr"))?;
         let root_key_file = data_dir.join("root.key");
         Ok(Self { _server: server, addr, opts, root_key_file, _dir: dir })
     }
+}
+
+/// A temporary directory for an instance, removed on drop.
+pub(crate) fn temp_dir() -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix("keyward-bench-")
+        .tempdir()
+        .map_err(BenchError::io("creating a temporary directory"))
+}
+
+/// `keyward init --dev --data-dir DATA_DIR EXTRA...`: a development instance (its root key in
+/// DATA_DIR/root.key).
+pub(crate) fn init_dev(data_dir: &Path, extra: &[String]) -> Result<()> {
+    let init = keyward_command()?
+        .args(["init", "--dev", "--data-dir"])
+        .arg(data_dir)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null()) // the root key: kept in DATA_DIR/root.key instead
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(BenchError::io("running keyward init --dev"))?;
+    if !init.status.success() {
+        let stderr = String::from_utf8_lossy(&init.stderr).trim().to_owned();
+        return Err(BenchError::InitFailed { status: init.status, stderr });
+    }
+    Ok(())
 }
