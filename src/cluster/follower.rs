@@ -28,7 +28,9 @@ const KEY_PAGE: i64 = 1000;
 /// Audit events read per page when the local copy catches up.
 const EVENT_PAGE: i64 = 500;
 /// The longest pause between two attempts to follow again.
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_millis(250);
+/// Currency reads in flight at once, at most.
+const MAX_READS_IN_FLIGHT: usize = 3;
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("etcd: {e}"))
@@ -40,6 +42,7 @@ pub struct Follower {
     pub view: Arc<NodeView>,
     pub local: SledStore,
     pub heartbeat: Duration,
+    pub max_staleness: Duration,
     pub request_timeout: Duration,
 }
 
@@ -234,23 +237,25 @@ impl Follower {
         let mut watch = self.client.watch_client();
         let stream = self.timed("a watch", watch.watch(self.layout.prefix(), Some(options))).await?;
         let (mut requests, mut responses) = stream.split();
-        let (proof_tx, mut proofs) = tokio::sync::mpsc::channel::<Option<(Instant, i64)>>(2);
+        let (proof_tx, mut proofs) = tokio::sync::mpsc::channel::<Option<(Instant, i64)>>(MAX_READS_IN_FLIGHT);
         let mut tick = tokio::time::interval(self.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut reading = false;
+        // Currency reads in flight: a new one every heartbeat, up to a few at once, so that one
+        // stuck on a hung member does not hold back the proofs of the others.
+        let mut reading = 0usize;
         let mut pending: Option<(Instant, i64)> = None;
         // Since when a proof has waited for the watch to catch up.
         let mut pending_since: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    if !reading {
-                        reading = true;
+                    if reading < MAX_READS_IN_FLIGHT {
+                        reading += 1;
                         self.spawn_read(proof_tx.clone());
                     }
                 }
                 Some(proof) = proofs.recv() => {
-                    reading = false;
+                    reading = reading.saturating_sub(1);
                     if proof.is_some() && pending_since.is_some_and(|since| since.elapsed() > self.stuck_after()) {
                         // etcd answers reads, yet this watch has not caught up for long: it is
                         // stuck on a member that stopped sending; follow through another one.
@@ -303,7 +308,8 @@ impl Follower {
     /// A linearizable read's revision (everything etcd committed before `at`), sent to `proofs`.
     fn spawn_read(&self, proofs: tokio::sync::mpsc::Sender<Option<(Instant, i64)>>) {
         let mut kv = self.client.kv_client();
-        let (name, timeout) = (self.layout.cluster(), self.request_timeout);
+        // A proof older than the staleness bound is worth nothing: no need to wait longer.
+        let (name, timeout) = (self.layout.cluster(), self.request_timeout.min(self.max_staleness));
         tokio::spawn(async move {
             let at = Instant::now();
             let read = tokio::time::timeout(timeout, kv.get(name, Some(GetOptions::new().with_count_only()))).await;

@@ -145,6 +145,7 @@ impl ClusterStore {
             view: view.clone(),
             local: local.clone(),
             heartbeat: settings.heartbeat,
+            max_staleness: settings.max_staleness,
             request_timeout: settings.request_timeout,
         };
         follower.load().await?;

@@ -18,8 +18,8 @@ mod node_crash;
 mod propagation;
 mod quota;
 mod rate_limit;
-mod watch_recovery;
 mod secrecy;
+mod watch_recovery;
 
 /// `cluster.max_staleness_ms`'s default: how long a node may go without proving it is current.
 const MAX_STALENESS: Duration = Duration::from_millis(1000);
