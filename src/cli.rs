@@ -49,11 +49,27 @@ pub struct InstanceArgs {
     /// Cluster mode: the prefix of the cluster's keys in etcd [default: `cluster.prefix`, /keyward/].
     #[arg(long, env = "KEYWARD_ETCD_PREFIX", value_name = "P")]
     etcd_prefix: Option<String>,
+    /// Cluster mode over TLS: etcd's CA certificate (PEM) [default: `cluster.ca_file`].
+    #[arg(long, env = "KEYWARD_ETCD_CA_FILE", value_name = "FILE")]
+    etcd_ca_file: Option<PathBuf>,
+    /// This node's client certificate for etcd (PEM; with --etcd-key-file) [default: `cluster.cert_file`].
+    #[arg(long, env = "KEYWARD_ETCD_CERT_FILE", value_name = "FILE")]
+    etcd_cert_file: Option<PathBuf>,
+    /// Its private key (PEM) [default: `cluster.key_file`].
+    #[arg(long, env = "KEYWARD_ETCD_KEY_FILE", value_name = "FILE")]
+    etcd_key_file: Option<PathBuf>,
 }
 
 impl InstanceArgs {
     pub fn options(self) -> app::Options {
-        let cluster = crate::config::ClusterFlags { etcd: self.etcd, prefix: self.etcd_prefix, node_id: None };
+        let cluster = crate::config::ClusterFlags {
+            etcd: self.etcd,
+            prefix: self.etcd_prefix,
+            node_id: None,
+            ca_file: self.etcd_ca_file,
+            cert_file: self.etcd_cert_file,
+            key_file: self.etcd_key_file,
+        };
         app::Options::new(self.data_dir, self.config, self.dev).with_cluster(cluster)
     }
 }
@@ -217,6 +233,7 @@ mod tests {
             etcd: Some("http://127.0.0.1:2379,http://127.0.0.1:22379".into()),
             prefix: Some("/kw/".into()),
             node_id: Some("n1".into()),
+            ..Default::default()
         };
         assert_eq!(opts.cluster, flags);
         assert_eq!(opts.node_db_path("n1"), PathBuf::from("/d/nodes/n1/db"));

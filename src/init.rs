@@ -112,6 +112,13 @@ pub(crate) async fn init_dev(opts: &Options) -> Result<KeyString, AppError> {
         // Nodes started on this data directory join this cluster without repeating it.
         config.cluster.etcd = cluster.endpoints;
         config.cluster.prefix = cluster.prefix;
+        if let Some((ca, identity)) = cluster.tls {
+            config.cluster.ca_file = Some(absolute(&ca)?);
+            if let Some((cert, key)) = identity {
+                config.cluster.cert_file = Some(absolute(&cert)?);
+                config.cluster.key_file = Some(absolute(&key)?);
+            }
+        }
     }
     config.hsm.module = Some(config.module_path()?);
     config.hsm.token_label = DEV_TOKEN_LABEL.into();

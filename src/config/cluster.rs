@@ -81,6 +81,10 @@ pub struct ClusterFlags {
     pub prefix: Option<String>,
     /// `--node-id` (`serve` only).
     pub node_id: Option<String>,
+    /// `--etcd-ca-file`, `--etcd-cert-file`, `--etcd-key-file`: TLS to etcd.
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
 }
 
 /// Cluster mode's settings; `None` from `resolve` means single-node sled mode.
@@ -175,13 +179,18 @@ impl ClusterSection {
             ));
         }
         let https = endpoints.iter().filter(|u: &&String| u.starts_with("https://")).count();
-        let tls = match (&self.ca_file, &self.cert_file, &self.key_file) {
+        let (ca_file, cert_file, key_file) = (
+            flags.ca_file.as_ref().or(self.ca_file.as_ref()),
+            flags.cert_file.as_ref().or(self.cert_file.as_ref()),
+            flags.key_file.as_ref().or(self.key_file.as_ref()),
+        );
+        let tls = match (ca_file, cert_file, key_file) {
             (_, Some(_), None) | (_, None, Some(_)) => {
                 return invalid("cluster.cert_file and cluster.key_file go together".into());
             }
             (None, Some(_), Some(_)) => return invalid("cluster.cert_file needs cluster.ca_file".into()),
             (None, None, None) => None,
-            (Some(ca), cert, key) => Some((ca.clone(), cert.clone().zip(key.clone()))),
+            (Some(ca), cert, key) => Some((ca.clone(), cert.cloned().zip(key.cloned()))),
         };
         match (tls.is_some(), https) {
             (true, n) if n != endpoints.len() => {

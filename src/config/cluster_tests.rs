@@ -77,6 +77,7 @@ fn flags_win_over_the_file() {
         etcd: Some("http://127.0.0.1:2379, http://[::1]:22379".into()),
         prefix: Some("/flag/".into()),
         node_id: Some("n-2.a_b".into()),
+        ..ClusterFlags::default()
     };
     let s = resolve(&file, &flags).unwrap().unwrap();
     assert_eq!(s.endpoints, ["http://127.0.0.1:2379", "http://[::1]:22379"], "split on commas, trimmed");

@@ -32,20 +32,20 @@ use tonic::{
 use crate::common::{Instance, serve_expecting_refusal_with};
 
 /// A certificate authority made for one test.
-struct Ca {
-    pem: String,
+pub(crate) struct Ca {
+    pub(crate) pem: String,
     issuer: Issuer<'static, KeyPair>,
 }
 
 /// A certificate and its private key, PEM.
 #[derive(Clone)]
-struct Pair {
-    cert: String,
-    key: String,
+pub(crate) struct Pair {
+    pub(crate) cert: String,
+    pub(crate) key: String,
 }
 
 impl Ca {
-    fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, name);
@@ -66,13 +66,13 @@ impl Ca {
     }
 
     /// For `localhost` and 127.0.0.1.
-    fn server(&self, cn: &str, serial: u64) -> Pair {
+    pub(crate) fn server(&self, cn: &str, serial: u64) -> Pair {
         let sans = vec![SanType::DnsName("localhost".try_into().unwrap()), SanType::IpAddress([127, 0, 0, 1].into())];
         self.issue(cn, serial, sans, ExtendedKeyUsagePurpose::ServerAuth)
     }
 
     /// A client certificate naming a SPIFFE ID.
-    fn client(&self, spiffe_id: &str) -> Pair {
+    pub(crate) fn client(&self, spiffe_id: &str) -> Pair {
         let sans = vec![SanType::URI(spiffe_id.try_into().unwrap())];
         self.issue(spiffe_id, 1000, sans, ExtendedKeyUsagePurpose::ClientAuth)
     }

@@ -12,6 +12,7 @@ use crate::common::cluster::{ClusterNodes, Outcome, timed};
 
 mod audit_trim;
 mod etcd_faults;
+mod etcd_tls;
 mod init;
 mod master;
 mod node_crash;

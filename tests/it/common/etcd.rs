@@ -260,7 +260,7 @@ impl Drop for EtcdCluster {
 
 /// `n` distinct ports nothing listens on now (the OS's picks for port 0, all held until every
 /// one is picked, then released).
-fn free_ports(n: usize) -> Vec<u16> {
+pub fn free_ports(n: usize) -> Vec<u16> {
     let listeners: Vec<TcpListener> =
         (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("a free loopback port")).collect();
     listeners.iter().map(|l| l.local_addr().expect("a bound address").port()).collect()
