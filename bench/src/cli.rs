@@ -92,7 +92,7 @@ impl SuiteArgs {
             (false, Some(target), Some(key_file)) => SuiteTarget::Remote {
                 target,
                 key_file,
-                instance: self.data_dir.map(|d| Options::new(d, self.config, false)),
+                instance: self.data_dir.map(|d| Box::new(Options::new(d, self.config, false))),
             },
             _ => {
                 return Err(BenchError::Usage(

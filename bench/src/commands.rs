@@ -157,7 +157,7 @@ pub enum SuiteTarget {
     SelfHost,
     /// A running server, the admin key in `key_file`; with `instance`, its data directory for
     /// the raw HSM figures.
-    Remote { target: String, key_file: PathBuf, instance: Option<Options> },
+    Remote { target: String, key_file: PathBuf, instance: Option<Box<Options>> },
 }
 
 /// What the suite prints besides the table.
@@ -175,7 +175,7 @@ pub fn suite(where_: SuiteTarget, options: SuiteOptions, output: SuiteOutput) ->
         SuiteTarget::Remote { .. } => None,
     };
     let (addr, key_file, instance) = match (&where_, &host) {
-        (_, Some(h)) => (h.addr.clone(), h.root_key_file.clone(), Some(h.opts.clone())),
+        (_, Some(h)) => (h.addr.clone(), h.root_key_file.clone(), Some(Box::new(h.opts.clone()))),
         (SuiteTarget::Remote { target, key_file, instance }, None) => {
             (target.clone(), key_file.clone(), instance.clone())
         }
