@@ -11,6 +11,7 @@ const AUDIT_HEAD: &str = "audit/head";
 const AUDIT_CHECKPOINT: &str = "audit/checkpoint";
 const AUDIT_EVENTS: &str = "audit/e/";
 const NODES: &str = "nodes/";
+const LEADER: &str = "leader";
 
 /// Digits of an audit sequence number in its etcd key: zero-padded so names sort in order.
 const SEQ_DIGITS: usize = 20;
@@ -32,6 +33,7 @@ pub enum Entry {
     AuditCheckpoint,
     AuditEvent(u64),
     Node(String),
+    Leader,
     /// A name keyward does not write (another tool's, or a later version's).
     Other,
 }
@@ -90,6 +92,11 @@ impl Layout {
         self.name(format!("{NODES}{id}"))
     }
 
+    /// The node that runs the cluster's periodic work, on its presence lease.
+    pub fn leader(&self) -> Vec<u8> {
+        self.name(LEADER)
+    }
+
     pub fn nodes_start(&self) -> Vec<u8> {
         self.name(NODES)
     }
@@ -102,6 +109,7 @@ impl Layout {
             MASTER => Entry::Master,
             AUDIT_HEAD => Entry::AuditHead,
             AUDIT_CHECKPOINT => Entry::AuditCheckpoint,
+            LEADER => Entry::Leader,
             _ => {
                 if let Some(id) = tail.strip_prefix(KEYS) {
                     id.parse().map_or(Entry::Other, Entry::Key)
@@ -140,6 +148,7 @@ mod tests {
         assert_eq!(layout.entry(&layout.key(id)), Some(Entry::Key(id)));
         assert_eq!(layout.entry(&layout.master()), Some(Entry::Master));
         assert_eq!(layout.entry(&layout.cluster()), Some(Entry::Cluster));
+        assert_eq!(layout.entry(&layout.leader()), Some(Entry::Leader));
         assert_eq!(layout.entry(&layout.audit_head()), Some(Entry::AuditHead));
         assert_eq!(layout.entry(&layout.audit_checkpoint()), Some(Entry::AuditCheckpoint));
         assert_eq!(layout.entry(&layout.audit_event(42)), Some(Entry::AuditEvent(42)));

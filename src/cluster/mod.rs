@@ -16,7 +16,7 @@ mod writer;
 
 use std::{
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, atomic::AtomicBool},
     time::Duration,
 };
 
@@ -69,6 +69,8 @@ struct Inner {
     local: Option<SledStore>,
     /// Taken by `follow` (the server runs it as a background task).
     follower: Mutex<Option<Follower>>,
+    /// Whether this node holds the leader key (it runs the sweeper).
+    leads: Arc<AtomicBool>,
 }
 
 /// The cluster-mode store of one node. Cheap to clone.
@@ -145,7 +147,8 @@ impl ClusterStore {
             followed: true,
         });
         let follower = Mutex::new(Some(follower));
-        Ok(Self(Arc::new(Inner { client, settings, layout, view, writer, local: Some(local), follower })))
+        let leads = Arc::default();
+        Ok(Self(Arc::new(Inner { client, settings, layout, view, writer, local: Some(local), follower, leads })))
     }
 
     /// Connects for `init`: writes only, no watch, no local database.
@@ -163,7 +166,8 @@ impl ClusterStore {
             followed: false,
         });
         let follower = Mutex::new(None);
-        Ok(Self(Arc::new(Inner { client, settings, layout, view, writer, local: None, follower })))
+        let leads = Arc::default();
+        Ok(Self(Arc::new(Inner { client, settings, layout, view, writer, local: None, follower, leads })))
     }
 
     /// Whether `settings.prefix` already holds a cluster (its marker or master state), read
@@ -191,8 +195,11 @@ impl ClusterStore {
         let presence = presence::Presence {
             client: self.0.client.clone(),
             name: self.0.layout.node(&self.0.settings.node_id),
+            leader: self.0.layout.leader(),
+            node_id: self.0.settings.node_id.clone(),
             about: presence::about(&self.0.settings.node_id, &address),
             ttl: presence::ttl(self.0.settings.max_staleness),
+            leads: self.0.leads.clone(),
         };
         let trimmer = trim::Trimmer {
             client: self.0.client.clone(),
@@ -201,6 +208,12 @@ impl ClusterStore {
             request_timeout: self.0.settings.request_timeout,
         };
         tokio::join!(follower.run(cancel.clone()), presence.run(cancel.clone()), trimmer.run(cancel));
+    }
+
+    /// Whether this node leads the cluster's periodic work now (the sweeper runs on the leader
+    /// only).
+    pub fn leads(&self) -> bool {
+        self.0.leads.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The master key state as the cluster changes it (another node's rotation included).

@@ -74,6 +74,7 @@ impl Store for ClusterStore {
             audit_head: view.head().seq,
             keys: view.key_count() as u64,
             members,
+            leader: self.leads(),
         })
     }
 

@@ -1,17 +1,30 @@
 //! A node's presence in the cluster: `nodes/<id>` on an etcd lease that the node keeps alive,
 //! so that every node (and `GetClusterStatus`) sees which nodes are up. A node that stops
-//! keeping it alive drops out when the lease expires.
+//! keeping it alive drops out when the lease expires. On the same lease a node claims `leader`
+//! when no node holds it: the leader runs the cluster's periodic work (the sweeper), once for
+//! the cluster instead of once per node; when it goes, its lease expires and another claims it.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
-use etcd_client::{Client, PutOptions};
+use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
 use tokio_util::sync::CancellationToken;
 
 pub struct Presence {
     pub client: Client,
     pub name: Vec<u8>,
+    /// The leader key, and this node's id (its value while this node leads).
+    pub leader: Vec<u8>,
+    pub node_id: String,
     pub about: String,
     pub ttl: Duration,
+    /// Whether this node leads now.
+    pub leads: Arc<AtomicBool>,
 }
 
 /// What a node says about itself: its id and the address it serves on.
@@ -28,6 +41,7 @@ impl Presence {
     /// Keeps the presence key alive until cancelled; re-announces after any failure.
     pub async fn run(self, cancel: CancellationToken) {
         while cancel.run_until_cancelled(self.announce()).await.is_some() {
+            self.leads.store(false, Ordering::Release);
             if cancel.run_until_cancelled(tokio::time::sleep(Duration::from_millis(500))).await.is_none() {
                 return;
             }
@@ -52,6 +66,7 @@ impl Presence {
         };
         let every = self.ttl / 3;
         loop {
+            self.claim_leadership(granted.id()).await;
             tokio::time::sleep(every).await;
             if keeper.keep_alive().await.is_err() {
                 return;
@@ -60,6 +75,29 @@ impl Presence {
                 Ok(Ok(Some(reply))) if reply.ttl() > 0 => {}
                 _ => return,
             }
+        }
+    }
+
+    /// Takes the leader key on `lease` if no node holds it, and notes whether this node leads.
+    async fn claim_leadership(&self, lease: i64) {
+        let claim = Txn::new()
+            .when([Compare::create_revision(self.leader.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                self.leader.clone(),
+                self.node_id.clone(),
+                Some(PutOptions::new().with_lease(lease)),
+            )])
+            .or_else([TxnOp::get(self.leader.clone(), None)]);
+        let leads = match tokio::time::timeout(self.ttl / 3, self.client.kv_client().txn(claim)).await {
+            Ok(Ok(answer)) if answer.succeeded() => true,
+            Ok(Ok(answer)) => answer.op_responses().iter().any(|op| match op {
+                TxnOpResponse::Get(get) => get.kvs().first().is_some_and(|kv| kv.value() == self.node_id.as_bytes()),
+                _ => false,
+            }),
+            _ => false,
+        };
+        if self.leads.swap(leads, Ordering::AcqRel) != leads {
+            tracing::info!(leads, "this node's cluster leadership changed (it runs the sweeper while it leads)");
         }
     }
 }

@@ -37,6 +37,8 @@ pub struct ClusterStatus {
     pub keys: u64,
     /// The store's members, or why they could not be listed.
     pub members: std::result::Result<Vec<ClusterMember>, String>,
+    /// Whether this node leads the cluster's periodic work (the sweeper).
+    pub leader: bool,
 }
 
 pub struct ClusterReader<S> {

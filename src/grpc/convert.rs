@@ -342,6 +342,7 @@ pub fn cluster_status(s: Option<&ClusterStatus>) -> proto::ClusterStatus {
     };
     proto::ClusterStatus {
         mode: proto::ClusterMode::Cluster.into(),
+        leader: s.leader,
         node_id: s.node_id.clone(),
         revision: s.revision,
         staleness_ms: s.staleness.map(millis),

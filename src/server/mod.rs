@@ -205,7 +205,7 @@ impl Server {
         }
         background(Box::pin(tasks::run_migrations(services.master.clone())));
         if let Some(every) = sweep_every {
-            background(Box::pin(tasks::sweep_every_interval(services.keys.clone(), every)));
+            background(Box::pin(tasks::sweep_every_interval(services.keys.clone(), every, store.clone())));
         }
         background(Box::pin(crate::tls::watch(transport::reloader(&transport), hangup)));
         if let Some((listener, addr)) = metrics {

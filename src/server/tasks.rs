@@ -83,12 +83,16 @@ pub(super) async fn follow_master(
 }
 
 /// Runs the sweeper every `every`, the first time one interval after startup.
-pub(super) async fn sweep_every_interval(keys: Arc<KeyAdmin<Pkcs11Hsm, Engine>>, every: Duration) {
+pub(super) async fn sweep_every_interval(keys: Arc<KeyAdmin<Pkcs11Hsm, Engine>>, every: Duration, store: Engine) {
     let every = every.max(Duration::from_secs(1));
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        // In a cluster the leader sweeps for every node.
+        if store.cluster().is_some_and(|c| !c.leads()) {
+            continue;
+        }
         match keys.sweep(Actor::System("sweeper".into()), false, &Default::default()).await {
             Ok(r) if r.expired.is_empty() && r.disabled.is_empty() => {}
             Ok(r) => tracing::info!(expired = r.expired.len(), disabled = r.disabled.len(), "sweep done"),

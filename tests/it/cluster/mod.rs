@@ -14,6 +14,7 @@ mod audit_trim;
 mod etcd_faults;
 mod etcd_tls;
 mod init;
+mod leader;
 mod master;
 mod node_crash;
 mod propagation;
