@@ -16,7 +16,9 @@ pub struct SealedEvent {
 impl SledStore {
     /// Appends events sealed elsewhere, in sequence order, to this database's copy of the chain,
     /// with the same key and time indexes and `audit_head` meta as events sealed here, in one
-    /// batch of the write combiner; durable before it resolves, and `audit_durable` advances.
+    /// batch of the write combiner; `audit_head` and `audit_durable` advance when it resolves.
+    /// It does not wait for a flush (sled flushes within 500 ms): the events are durable in
+    /// etcd already, and a copy that loses its last ones in a crash copies them again at start.
     /// Events already held (below the next sequence number) are skipped when their stored value
     /// is identical. A held event whose value differs, a gap, or a value that does not decode or
     /// is not sealed is `StoreError::Corrupt`, and then none of `events` is written.
@@ -24,12 +26,15 @@ impl SledStore {
         if events.is_empty() {
             return Ok(());
         }
-        self.write(move |t| {
-            for event in &events {
-                t.append_sealed(event.seq, &event.value)?;
-            }
-            Ok(())
-        })
+        self.write_then(
+            move |t| {
+                for event in &events {
+                    t.append_sealed(event.seq, &event.value)?;
+                }
+                Ok(())
+            },
+            super::Flush::Later,
+        )
         .await
         .map_err(StoreError::from)
     }

@@ -85,6 +85,13 @@ pub(super) fn checkpoint(meta: &sled::Tree) -> Result<Option<(u64, [u8; AUDIT_MA
     Ok(Some((seq, value[8..].try_into().map_err(|_| corrupt())?)))
 }
 
+/// Whether a write waits until it is flushed to disk.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Flush {
+    Wait,
+    Later,
+}
+
 /// The sled-backed store. Cheap to clone.
 #[derive(Clone)]
 pub struct SledStore(Arc<Inner>);
@@ -238,13 +245,25 @@ impl SledStore {
         F: Fn(&Stage<'_>) -> BodyResult<T> + Send + 'static,
         T: Send + 'static,
     {
+        self.write_then(body, Flush::Wait).await
+    }
+
+    /// `write`, waiting for the flush (`Flush::Wait`) or leaving it to the next one
+    /// (`Flush::Later`: sled's own within 500 ms, or the next write that waits).
+    async fn write_then<F, T>(&self, body: F, flush: Flush) -> Result<T, Abort>
+    where
+        F: Fn(&Stage<'_>) -> BodyResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
         self.0.disk.admit().map_err(Abort::Store)?;
         let done = self
             .0
             .gate
             .confirm(async {
                 let done = self.0.writer.submit(body).await?;
-                self.0.flusher.wait(done.ticket).await.map_err(Abort::Store)?;
+                if flush == Flush::Wait {
+                    self.0.flusher.wait(done.ticket).await.map_err(Abort::Store)?;
+                }
                 Ok::<_, Abort>(done)
             })
             .await?;
