@@ -266,16 +266,19 @@ fn run_jobs(
     for job in carry.iter() {
         let mut stage = Stage::new(source, &parts.layout, &batch);
         let ok = job.run(&mut stage);
-        let own = stage.into_changes();
-        if ok {
-            if !batch.fits_with(&own, MAX_TXN_OPS - 1) {
-                if taken == 0 {
-                    return (batch, 0, carry.pop_front());
-                }
-                break;
-            }
-            batch.absorb(own);
+        let mut own = stage.into_changes();
+        if !ok {
+            // A refusal stands on what it read (say, a key that does not exist): the transaction
+            // compares those reads too, so a refusal from a view behind etcd is run again.
+            own = Changes { compares: own.compares, ..Changes::default() };
         }
+        if !batch.fits_with(&own, MAX_TXN_OPS - 1) {
+            if taken == 0 {
+                return (batch, 0, carry.pop_front());
+            }
+            break;
+        }
+        batch.absorb(own);
         taken += 1;
     }
     (batch, taken, None)
