@@ -2,8 +2,9 @@
 //! wrote them into the shared store arrive here in sequence order and are appended with the same
 //! indexes and head as events sealed here, so QueryEvents, the tail and VerifyChain read locally.
 
-use super::SledStore;
+use super::{SledStore, unavailable};
 use crate::domain::ports::{AUDIT_MAC_LEN, StoreError};
+use crate::store::writer::AUDIT_CHECKPOINT;
 
 /// An audit event as some node of the cluster sealed and stored it: its sequence number and the
 /// stored value (`codec::encode_sealed`'s output, the same bytes the sled `audit` tree holds).
@@ -48,7 +49,7 @@ impl SledStore {
 
     /// Where this copy of the chain begins if it was started from a cluster checkpoint.
     pub fn audit_checkpoint(&self) -> Result<Option<(u64, [u8; AUDIT_MAC_LEN])>, StoreError> {
-        super::checkpoint(&self.0.meta)
+        checkpoint(&self.0.meta)
     }
 
     /// The chain head of this copy: the last sequence number (0 when empty) and its MAC (zeros
@@ -57,6 +58,17 @@ impl SledStore {
         let head = self.0.writer.head();
         (head.next_seq - 1, head.last_mac)
     }
+}
+
+/// Where this copy of the chain begins, if it was started from a cluster checkpoint.
+pub(super) fn checkpoint(meta: &sled::Tree) -> Result<Option<(u64, [u8; AUDIT_MAC_LEN])>, StoreError> {
+    let Some(value) = meta.get(AUDIT_CHECKPOINT).map_err(unavailable)? else { return Ok(None) };
+    let corrupt = || StoreError::Corrupt("the audit checkpoint".into());
+    if value.len() != 8 + AUDIT_MAC_LEN {
+        return Err(corrupt());
+    }
+    let seq = u64::from_be_bytes(value[..8].try_into().map_err(|_| corrupt())?);
+    Ok(Some((seq, value[8..].try_into().map_err(|_| corrupt())?)))
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use super::{
     disk_space::DiskGuard,
     flusher::{FlushFn, Flusher, sled_flush},
     usage_log::UsageTree,
-    writer::{AUDIT_CHECKPOINT, AUDIT_HEAD, Abort, BodyResult, Head, Stage, Tree, Trees, Writer, abort, time_key},
+    writer::{AUDIT_HEAD, Abort, BodyResult, Head, Stage, Tree, Trees, Writer, abort, time_key},
 };
 use crate::domain::{
     audit::{self, AuditEvent, AuditQuery, ChainReport, RecordedEvent},
@@ -26,6 +26,7 @@ use crate::domain::{
 #[path = "replica.rs"]
 mod replica;
 pub use replica::SealedEvent;
+use replica::checkpoint;
 
 const MASTER: &[u8] = b"master";
 
@@ -74,17 +75,6 @@ fn seq_of(index_key: &[u8]) -> Result<u64, StoreError> {
     Ok(u64::from_be_bytes(index_key[tail..].try_into().expect("8 bytes")))
 }
 
-/// Where this copy of the chain begins, if it was started from a cluster checkpoint.
-pub(super) fn checkpoint(meta: &sled::Tree) -> Result<Option<(u64, [u8; AUDIT_MAC_LEN])>, StoreError> {
-    let Some(value) = meta.get(AUDIT_CHECKPOINT).map_err(unavailable)? else { return Ok(None) };
-    let corrupt = || StoreError::Corrupt("the audit checkpoint".into());
-    if value.len() != 8 + AUDIT_MAC_LEN {
-        return Err(corrupt());
-    }
-    let seq = u64::from_be_bytes(value[..8].try_into().map_err(|_| corrupt())?);
-    Ok(Some((seq, value[8..].try_into().map_err(|_| corrupt())?)))
-}
-
 /// Whether a write waits until it is flushed to disk.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Flush {
@@ -98,30 +88,6 @@ pub struct SledStore(Arc<Inner>);
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
-}
-
-impl From<Abort> for StoreError {
-    fn from(a: Abort) -> Self {
-        match a {
-            Abort::Store(e) => e,
-            Abort::Domain(e) => StoreError::Unavailable(e.to_string()),
-        }
-    }
-}
-
-impl From<StoreError> for Abort {
-    fn from(e: StoreError) -> Self {
-        Abort::Store(e)
-    }
-}
-
-impl From<Abort> for Error {
-    fn from(a: Abort) -> Self {
-        match a {
-            Abort::Store(e) => e.into(),
-            Abort::Domain(e) => e,
-        }
-    }
 }
 
 impl SledStore {

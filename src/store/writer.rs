@@ -49,6 +49,30 @@ pub(super) enum Abort {
     Domain(Error),
 }
 
+impl From<Abort> for StoreError {
+    fn from(a: Abort) -> Self {
+        match a {
+            Abort::Store(e) => e,
+            Abort::Domain(e) => StoreError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<StoreError> for Abort {
+    fn from(e: StoreError) -> Self {
+        Abort::Store(e)
+    }
+}
+
+impl From<Abort> for Error {
+    fn from(a: Abort) -> Self {
+        match a {
+            Abort::Store(e) => e.into(),
+            Abort::Domain(e) => e,
+        }
+    }
+}
+
 /// What a mutation body returns: `Abort` fails this mutation alone; a conflict or storage error
 /// fails (or retries) the whole transaction.
 pub(super) type BodyResult<T> = Result<T, ConflictableTransactionError<Abort>>;
