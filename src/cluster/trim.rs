@@ -57,7 +57,7 @@ impl Trimmer {
             }
             match tokio::time::timeout(self.request_timeout * 4, self.trim()).await {
                 Ok(Ok(Some(upto))) => {
-                    tracing::info!(upto, "trimmed the audit trail in etcd (every node keeps its copy)")
+                    tracing::debug!(upto, "trimmed the audit trail in etcd (every node keeps its copy)")
                 }
                 Ok(Ok(None)) => {}
                 Ok(Err(e)) => {
