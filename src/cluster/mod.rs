@@ -144,7 +144,7 @@ impl ClusterStore {
             sealer,
             request_timeout: settings.request_timeout,
             node_id: settings.node_id.clone(),
-            followed: true,
+            local: Some(local.clone()),
         });
         let follower = Mutex::new(Some(follower));
         let leads = Arc::default();
@@ -163,7 +163,7 @@ impl ClusterStore {
             sealer,
             request_timeout: settings.request_timeout,
             node_id: settings.node_id.clone(),
-            followed: false,
+            local: None,
         });
         let follower = Mutex::new(None);
         let leads = Arc::default();

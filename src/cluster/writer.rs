@@ -25,7 +25,7 @@ use crate::{
         ports::{AUDIT_MAC_LEN, AuditSealer, MasterState, StoreError},
     },
     metrics,
-    store::codec,
+    store::{SealedEvent, SledStore, codec},
 };
 
 /// etcd's default `--max-txn-ops`: puts and compares per transaction, each.
@@ -85,8 +85,9 @@ pub struct WriterParts {
     pub request_timeout: Duration,
     /// This node's id, written into every event it seals.
     pub node_id: String,
-    /// Whether a watch follows the cluster (answers wait for it to deliver each write).
-    pub followed: bool,
+    /// The node's own database (serving nodes; not `init`): a batch's events go into its audit
+    /// copy before the batch is answered.
+    pub local: Option<SledStore>,
 }
 
 /// The handle mutations are submitted through.
@@ -226,7 +227,8 @@ async fn commit(parts: &Arc<WriterParts>, carry: &mut VecDeque<Box<dyn Queued>>)
             Ok(Ok(response)) if response.succeeded() => {
                 let rev = response.header().map_or(0, |h| h.revision());
                 note_committed(parts, changes, sealed.last().map(|(seq, mac, _)| (*seq, *mac)), rev);
-                return answer(parts, carry.drain(..taken).collect(), Ok(()), rev);
+                let copied = copy_own_events(parts, sealed).await;
+                return answer(parts, carry.drain(..taken).collect(), Ok(()), if copied { 0 } else { rev });
             }
             Ok(Ok(_lost_compare)) => {
                 metrics::get().cluster().write_conflicts.inc();
@@ -360,10 +362,24 @@ fn note_committed(parts: &WriterParts, changes: Changes, last: Option<(u64, [u8;
     }
 }
 
-/// Answers `jobs`; after a commit at `rev`, once the node's watch delivered it (so the node's
-/// own reads, the audit trail's included, show the change), for at most the request timeout.
+/// Appends a committed batch's events to the node's own audit copy when they come next in it
+/// (the watch delivers them again later: identical events are skipped). `false` when they do
+/// not (events of another node come first, still on their way): the watch brings them all.
+async fn copy_own_events(parts: &WriterParts, sealed: Sealed) -> bool {
+    let Some(local) = &parts.local else { return true };
+    let Some(first) = sealed.first().map(|(seq, _, _)| *seq) else { return true };
+    if local.audit_head().0 + 1 != first {
+        return false;
+    }
+    let events = sealed.into_iter().map(|(seq, _, value)| SealedEvent { seq, value }).collect();
+    local.append_replicated(events).await.is_ok()
+}
+
+/// Answers `jobs`; after a commit at `rev` (0: nothing to wait for), once the node's watch
+/// delivered it (so the node's own reads, the audit trail's included, show the change), for at
+/// most the request timeout.
 fn answer(parts: &Arc<WriterParts>, jobs: Vec<Box<dyn Queued>>, result: Result<(), StoreError>, rev: i64) {
-    if result.is_err() || !parts.followed || parts.view.applied() >= rev {
+    if result.is_err() || parts.local.is_none() || parts.view.applied() >= rev {
         jobs.into_iter().for_each(|job| job.reply(result.clone()));
         return;
     }
