@@ -356,7 +356,7 @@ pub fn cluster_status(s: Option<&ClusterStatus>) -> proto::ClusterStatus {
     }
 }
 
-fn verify_code(code: VerifyCode) -> proto::VerifyCode {
+pub fn verify_code(code: VerifyCode) -> proto::VerifyCode {
     match code {
         VerifyCode::Valid => proto::VerifyCode::Valid,
         VerifyCode::Invalid => proto::VerifyCode::Invalid,

@@ -7,6 +7,7 @@ mod auth;
 mod cluster;
 mod convert;
 mod deadline;
+mod ext_authz;
 mod keys;
 mod layer;
 mod malformed;
@@ -139,6 +140,12 @@ pub async fn serve<H: Hsm, S: Store>(
         AuditServiceServer::new(AuditApi::new(auth.clone(), audit, ids.clone())).max_decoding_message_size(max);
     let cluster_api =
         ClusterServiceServer::new(ClusterApi::new(auth.clone(), cluster, ids.clone())).max_decoding_message_size(max);
+    let ext_authz_api = envoy_types::ext_authz::v3::pb::AuthorizationServer::new(ext_authz::ExtAuthzApi::new(
+        auth.clone(),
+        verify.clone(),
+        ids.clone(),
+    ))
+    .max_decoding_message_size(max);
     let verify_api = VerifyServiceServer::new(VerifyApi::new(auth, verify, ids.clone())).max_decoding_message_size(max);
 
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
@@ -167,7 +174,8 @@ pub async fn serve<H: Hsm, S: Store>(
         .add_service(master_api)
         .add_service(audit_api)
         .add_service(cluster_api)
-        .add_service(verify_api);
+        .add_service(verify_api)
+        .add_service(ext_authz_api);
     let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match transport {
         Transport::Plain => {
             Box::pin(router.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal))

@@ -14,6 +14,7 @@ mod disk_faults;
 mod docs_examples;
 mod durability;
 mod etcd_harness;
+mod ext_authz;
 mod grpcurl;
 mod h2load;
 mod hostile;

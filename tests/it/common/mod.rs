@@ -334,6 +334,19 @@ impl Instance {
         fs::read_to_string(&self.log_file).unwrap_or_default()
     }
 
+    /// Envoy's ext_authz API on this instance, calling as the gateway key `bearer`.
+    pub async fn ext_authz(
+        &self,
+        bearer: Option<&str>,
+    ) -> envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient<
+        InterceptedService<Channel, Bearer>,
+    > {
+        envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::with_interceptor(
+            self.channel().await,
+            Self::bearer(bearer),
+        )
+    }
+
     async fn channel(&self) -> Channel {
         Channel::from_shared(format!("http://{}", self.addr())).unwrap().connect().await.expect("connecting to keyward")
     }
