@@ -13,9 +13,11 @@ use etcd_client::{Client, EventType, GetOptions, Txn, TxnOp, TxnOpResponse, Watc
 use tokio_util::sync::CancellationToken;
 
 use super::{
+    etcd_error,
     layout::{Entry, Layout, range_end},
     trim,
     view::{Head, NodeView, Records},
+    within,
 };
 use crate::{
     domain::ports::StoreError,
@@ -31,10 +33,6 @@ const EVENT_PAGE: i64 = 500;
 const MAX_BACKOFF: Duration = Duration::from_millis(250);
 /// Currency reads in flight at once, at most.
 const MAX_READS_IN_FLIGHT: usize = 3;
-
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(format!("etcd: {e}"))
-}
 
 pub struct Follower {
     pub client: Client,
@@ -52,13 +50,7 @@ impl Follower {
         what: &str,
         call: impl Future<Output = Result<T, E>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.request_timeout, call).await {
-            Ok(result) => result.map_err(unavailable),
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "etcd did not answer {what} within {} ms (no quorum?)",
-                self.request_timeout.as_millis()
-            ))),
-        }
+        within(self.request_timeout, what, call).await
     }
 
     /// Reads the whole state at one revision, brings the local audit copy up to it, and
@@ -265,12 +257,12 @@ impl Follower {
                         pending = Some((at, rev));
                         pending_since.get_or_insert(at);
                         if self.view.applied() < rev {
-                            requests.request_progress().await.map_err(unavailable)?;
+                            requests.request_progress().await.map_err(etcd_error)?;
                         }
                     }
                 }
                 message = responses.message() => {
-                    let Some(response) = message.map_err(unavailable)? else {
+                    let Some(response) = message.map_err(etcd_error)? else {
                         return Err(StoreError::Unavailable("etcd closed the watch".into()));
                     };
                     if response.canceled() {

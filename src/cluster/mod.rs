@@ -55,6 +55,26 @@ pub struct NodeSettings {
     pub auth: Option<(String, PathBuf)>,
 }
 
+/// An etcd client error, as the store reports it: retry later.
+fn etcd_error(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("etcd: {e}"))
+}
+
+/// `call` given at most `timeout`: its etcd error, or a timeout naming `what`, as `Unavailable`.
+async fn within<T, E: std::fmt::Display>(
+    timeout: Duration,
+    what: &str,
+    call: impl Future<Output = Result<T, E>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(result) => result.map_err(etcd_error),
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "etcd did not answer {what} within {} ms (no quorum?)",
+            timeout.as_millis()
+        ))),
+    }
+}
+
 fn read(path: &std::path::Path, what: &str) -> Result<Vec<u8>, StoreError> {
     std::fs::read(path).map_err(|e| StoreError::Unavailable(format!("cannot read {what} {}: {e}", path.display())))
 }
@@ -177,10 +197,7 @@ impl ClusterStore {
         let layout = Layout::new(settings.prefix.clone());
         let options = etcd_client::GetOptions::new().with_count_only();
         for name in [layout.cluster(), layout.master()] {
-            let found = tokio::time::timeout(settings.request_timeout, kv.get(name, Some(options.clone())))
-                .await
-                .map_err(|_| StoreError::Unavailable("etcd did not answer in time (no quorum?)".into()))?
-                .map_err(|e| StoreError::Unavailable(format!("etcd: {e}")))?;
+            let found = within(settings.request_timeout, "a read", kv.get(name, Some(options.clone()))).await?;
             if found.count() > 0 {
                 return Ok(true);
             }
@@ -225,16 +242,7 @@ impl ClusterStore {
     /// only with a leader: this node asks for one).
     pub async fn members(&self) -> Result<Vec<ClusterMember>, StoreError> {
         let mut cluster = self.0.client.cluster_client();
-        let timeout = self.0.settings.request_timeout;
-        let listed = tokio::time::timeout(timeout, cluster.member_list())
-            .await
-            .map_err(|_| {
-                StoreError::Unavailable(format!(
-                    "etcd did not list its members within {} ms (no quorum?)",
-                    timeout.as_millis()
-                ))
-            })?
-            .map_err(|e| StoreError::Unavailable(format!("etcd: {e}")))?;
+        let listed = within(self.0.settings.request_timeout, "its member list", cluster.member_list()).await?;
         Ok(listed
             .members()
             .iter()

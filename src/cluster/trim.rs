@@ -9,7 +9,7 @@ use std::time::Duration;
 use etcd_client::{Client, Compare, CompareOp, DeleteOptions, GetOptions, Txn, TxnOp};
 use tokio_util::sync::CancellationToken;
 
-use super::{layout::Layout, view::Head};
+use super::{etcd_error, layout::Layout, view::Head};
 use crate::{domain::ports::StoreError, store::codec};
 
 /// How often a node looks whether there is something to trim.
@@ -24,17 +24,13 @@ pub struct Trimmer {
     pub request_timeout: Duration,
 }
 
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(format!("etcd: {e}"))
-}
-
 /// The oldest audit event still in etcd, if any.
 pub async fn oldest_event(client: &Client, layout: &Layout, revision: Option<i64>) -> Result<Option<u64>, StoreError> {
     let mut options = GetOptions::new().with_range(layout.audit_events_end()).with_limit(1).with_keys_only();
     if let Some(rev) = revision {
         options = options.with_revision(rev);
     }
-    let found = client.kv_client().get(layout.audit_event(0), Some(options)).await.map_err(unavailable)?;
+    let found = client.kv_client().get(layout.audit_event(0), Some(options)).await.map_err(etcd_error)?;
     Ok(found.kvs().first().and_then(|kv| match layout.entry(kv.key()) {
         Some(super::layout::Entry::AuditEvent(seq)) => Some(seq),
         _ => None,
@@ -44,7 +40,7 @@ pub async fn oldest_event(client: &Client, layout: &Layout, revision: Option<i64
 /// The checkpoint, if any: the last trimmed event's sequence number and MAC, and its revision.
 pub async fn checkpoint(client: &Client, layout: &Layout, revision: Option<i64>) -> Result<Option<Head>, StoreError> {
     let options = revision.map(|rev| GetOptions::new().with_revision(rev));
-    let found = client.kv_client().get(layout.audit_checkpoint(), options).await.map_err(unavailable)?;
+    let found = client.kv_client().get(layout.audit_checkpoint(), options).await.map_err(etcd_error)?;
     found.kvs().first().map(|kv| Head::decode(kv.value(), kv.mod_revision())).transpose()
 }
 
@@ -71,7 +67,7 @@ impl Trimmer {
     /// Deletes the events beyond the newest `keep`; returns the new checkpoint's sequence number.
     pub async fn trim(&self) -> Result<Option<u64>, StoreError> {
         let mut kv = self.client.kv_client();
-        let head = kv.get(self.layout.audit_head(), None).await.map_err(unavailable)?;
+        let head = kv.get(self.layout.audit_head(), None).await.map_err(etcd_error)?;
         let Some(head) = head.kvs().first().map(|kv| Head::decode(kv.value(), kv.mod_revision())).transpose()? else {
             return Ok(None);
         };
@@ -80,7 +76,7 @@ impl Trimmer {
             return Ok(None);
         }
         let upto = (head.seq - self.keep).min(oldest + MAX_PER_ROUND - 1);
-        let last = kv.get(self.layout.audit_event(upto), None).await.map_err(unavailable)?;
+        let last = kv.get(self.layout.audit_event(upto), None).await.map_err(etcd_error)?;
         let Some(last) = last.kvs().first() else { return Ok(None) };
         let mac = codec::decode_audit(last.value())?.mac.unwrap_or_default();
         let previous = checkpoint(&self.client, &self.layout, None).await?;
@@ -97,7 +93,7 @@ impl Trimmer {
                 Some(DeleteOptions::new().with_range(self.layout.audit_event(upto + 1))),
             ),
         ]);
-        let done = kv.txn(txn).await.map_err(unavailable)?;
+        let done = kv.txn(txn).await.map_err(etcd_error)?;
         Ok(done.succeeded().then_some(upto))
     }
 }

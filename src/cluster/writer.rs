@@ -14,9 +14,11 @@ use std::{
 use etcd_client::{Compare, CompareOp, KvClient, Txn, TxnOp, TxnOpResponse};
 
 use super::{
+    etcd_error,
     layout::Layout,
     stage::{Abort, Changes, Source, Stage},
     view::{Head, NodeView},
+    within,
 };
 use crate::{
     domain::{
@@ -38,10 +40,6 @@ const MAX_ATTEMPTS: u32 = 24;
 const MAX_BACKOFF_MS: u32 = 64;
 /// Mutations waiting for the writer, at most (callers wait beyond).
 const QUEUE: usize = 4096;
-
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(format!("etcd: {e}"))
-}
 
 /// A queued mutation, its output type erased.
 trait Queued: Send {
@@ -241,7 +239,7 @@ async fn commit(parts: &Arc<WriterParts>, carry: &mut VecDeque<Box<dyn Queued>>)
                     Err(e) => return answer(parts, carry.drain(..taken).collect(), Err(e), 0),
                 }
             }
-            Ok(Err(e)) => return answer(parts, carry.drain(..taken).collect(), Err(unavailable(e)), 0),
+            Ok(Err(e)) => return answer(parts, carry.drain(..taken).collect(), Err(etcd_error(e)), 0),
             Err(_) => {
                 let e = StoreError::Unavailable(format!(
                     "etcd did not commit the write within {} ms (no quorum?)",
@@ -311,7 +309,7 @@ async fn seal(parts: &WriterParts, head: Head, changes: &Changes) -> Result<Seal
         Ok(sealed)
     })
     .await
-    .map_err(unavailable)?
+    .map_err(etcd_error)?
 }
 
 fn compare(name: Vec<u8>, rev: i64) -> Compare {
@@ -401,10 +399,7 @@ async fn fetch<'a>(parts: &'a WriterParts, mut names: Vec<Vec<u8>>) -> Result<Fr
     let mut values = HashMap::new();
     for chunk in names.chunks(MAX_TXN_OPS) {
         let gets: Vec<TxnOp> = chunk.iter().map(|name| TxnOp::get(name.clone(), None)).collect();
-        let response = tokio::time::timeout(parts.request_timeout, parts.kv.clone().txn(Txn::new().and_then(gets)))
-            .await
-            .map_err(|_| StoreError::Unavailable("etcd did not answer in time (no quorum?)".into()))?
-            .map_err(unavailable)?;
+        let response = within(parts.request_timeout, "a read", parts.kv.clone().txn(Txn::new().and_then(gets))).await?;
         for op in response.op_responses() {
             if let TxnOpResponse::Get(get) = op {
                 for kv in get.kvs() {
