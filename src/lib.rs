@@ -7,6 +7,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod domain;
+pub mod gateway;
 pub mod grpc;
 pub mod hsm;
 pub mod init;

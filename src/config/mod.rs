@@ -2,6 +2,7 @@
 //! variables over it, then command-line flags over both. Unknown keys are an error. Relative
 //! paths in the file are relative to the file's directory.
 
+mod authz;
 mod cluster;
 mod human;
 mod sections;
@@ -15,6 +16,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 pub use self::{
+    authz::{AuthzSection, BEARER_HEADER, MAX_ROUTES, RouteRule},
     cluster::{
         ClusterFlags, ClusterSection, ClusterSettings, DEFAULT_ETCD_PREFIX, MAX_NODE_ID_LEN, host_name,
         sanitize_node_id,
@@ -69,6 +71,7 @@ pub struct Config {
     pub brute_force: BruteForceSection,
     pub tls: TlsSection,
     pub cluster: ClusterSection,
+    pub authz: AuthzSection,
 }
 
 /// Whether plaintext gRPC may be served on `addr`: on loopback always, elsewhere only when

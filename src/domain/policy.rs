@@ -43,6 +43,23 @@ impl VerifyCode {
         VerifyCode::RateLimited,
         VerifyCode::QuotaExceeded,
     ];
+
+    /// The code's name on the wire without its prefix (`VALID`, `RATE_LIMITED`): the label of
+    /// the verification metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            VerifyCode::Valid => "VALID",
+            VerifyCode::Invalid => "INVALID",
+            VerifyCode::Revoked => "REVOKED",
+            VerifyCode::Disabled => "DISABLED",
+            VerifyCode::NotYetValid => "NOT_YET_VALID",
+            VerifyCode::Expired => "EXPIRED",
+            VerifyCode::IpNotAllowed => "IP_NOT_ALLOWED",
+            VerifyCode::InsufficientScope => "INSUFFICIENT_SCOPE",
+            VerifyCode::RateLimited => "RATE_LIMITED",
+            VerifyCode::QuotaExceeded => "QUOTA_EXCEEDED",
+        }
+    }
 }
 
 /// The rotation policy's installation-wide settings; each key carries its own `max_age`.

@@ -1,11 +1,10 @@
 //! `envoy.service.auth.v3.Authorization/Check`: Envoy's external authorization (and Istio's
 //! `envoyExtAuthzGrpc` provider) asks keyward about each HTTP request. The gateway authenticates
-//! like any caller (a key with `keyward:verify`, or an mTLS identity); the end client's key comes
-//! from the request's headers, the required scopes from the route's `context_extensions`, and
-//! the decision is VerifyKey's, mapped to HTTP: 200 with identity headers for the upstream, 401,
-//! 403 or 429 with a small JSON body for the client.
+//! like any caller (a key with `keyward:verify`, or an mTLS identity); the decision is the
+//! gateway core's (`crate::gateway`), translated here: OK with identity headers for the upstream,
+//! or a denied HTTP response (401, 403, 429) with a small JSON body for the client.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
 use envoy_types::{
     ext_authz::v3::{
@@ -16,63 +15,29 @@ use envoy_types::{
 };
 use tonic::{Request, Response, Status};
 
-use super::{auth, convert};
+use super::auth;
 use crate::{
     domain::{
         auth::Authenticator,
-        policy::VerifyCode,
         ports::{Hsm, Store},
-        verification::{Verification, Verifier, VerifyRequest},
     },
-    metrics,
+    gateway::{Allowed, Decision, Denial, Gatekeeper, GatewayRequest},
     tls::Identities,
 };
 
 /// The `context_extensions` entry of a route that names the scopes its requests need.
 pub const REQUIRED_SCOPES: &str = "required_scopes";
 
-/// Where the end client's key is looked for, in order: the first header present wins.
-const KEY_HEADERS: [KeyHeader; 2] = [KeyHeader::Bearer("authorization"), KeyHeader::Plain("x-api-key")];
-
-#[derive(Clone, Copy)]
-enum KeyHeader {
-    /// `Bearer <key>`.
-    Bearer(&'static str),
-    /// The key as the whole value.
-    Plain(&'static str),
-}
-
-impl KeyHeader {
-    fn name(self) -> &'static str {
-        match self {
-            KeyHeader::Bearer(name) | KeyHeader::Plain(name) => name,
-        }
-    }
-}
-
 pub struct ExtAuthzApi<H, S> {
     auth: Arc<Authenticator<H, S>>,
-    verifier: Arc<Verifier<H, S>>,
+    gatekeeper: Gatekeeper<H, S>,
     identities: Arc<Identities>,
 }
 
 impl<H, S> ExtAuthzApi<H, S> {
-    pub fn new(auth: Arc<Authenticator<H, S>>, verifier: Arc<Verifier<H, S>>, identities: Arc<Identities>) -> Self {
-        Self { auth, verifier, identities }
+    pub fn new(auth: Arc<Authenticator<H, S>>, gatekeeper: Gatekeeper<H, S>, identities: Arc<Identities>) -> Self {
+        Self { auth, gatekeeper, identities }
     }
-}
-
-/// The end client's key in `headers` (names lower-case, as Envoy sends them) and the header it
-/// came in; `None` when no key header is there.
-fn presented_key(headers: &std::collections::HashMap<String, String>) -> Option<(&str, &'static str)> {
-    KEY_HEADERS.iter().find_map(|header| {
-        let value = headers.get(header.name())?.trim();
-        let key = match header {
-            KeyHeader::Bearer(_) => value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))?.trim(),
-            KeyHeader::Plain(_) => value,
-        };
-        (!key.is_empty()).then_some((key, header.name()))
-    })
 }
 
 #[tonic::async_trait]
@@ -80,88 +45,55 @@ impl<H: Hsm, S: Store> Authorization for ExtAuthzApi<H, S> {
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
         let (caller, _) = auth::caller(&self.auth, &self.identities, &request).await?;
         let check = request.into_inner();
-        let Some((key, header)) = check.get_client_headers().and_then(presented_key) else {
-            return Ok(Response::new(denied(Denial::MissingKey)));
-        };
-        let required: Vec<String> = check
+        let empty = HashMap::new();
+        let headers = check.get_client_headers().unwrap_or(&empty);
+        let header = |name: &str| headers.get(name).map(String::as_str);
+        let http = check.attributes.as_ref().and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref());
+        let route_scopes = check
             .attributes
             .as_ref()
             .and_then(|a| a.context_extensions.get(REQUIRED_SCOPES))
             .map(|s| s.split_whitespace().map(str::to_owned).collect())
             .unwrap_or_default();
-        let client_ip = check.get_client_address().cloned().unwrap_or_default();
-        let verification = self
-            .verifier
-            .verify(&caller, VerifyRequest { key, client_ip: &client_ip, required_scopes: &required, cost: None })
-            .await?;
-        metrics::get().verify_outcome(convert::verify_code(verification.code).short_name());
-        Ok(Response::new(decide(&verification, header)))
+        let request = GatewayRequest {
+            method: http.map_or("", |h| h.method.as_str()),
+            path: http.map_or("", |h| h.path.as_str()),
+            header: &header,
+            direct_client: check.get_client_address().and_then(|a| a.parse::<IpAddr>().ok()),
+            route_scopes,
+        };
+        let decision = self.gatekeeper.decide(&caller, request).await?;
+        Ok(Response::new(answer(decision)))
     }
 }
 
-/// Why a request is refused, as the end client sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Denial {
-    MissingKey,
-    InvalidKey,
-    InsufficientScope,
-    IpNotAllowed,
-    RateLimited(Option<Duration>),
-    QuotaExceeded(Option<Duration>),
-}
-
-impl Denial {
-    fn of(code: VerifyCode, retry_after: Option<Duration>) -> Option<Self> {
-        Some(match code {
-            VerifyCode::Valid => return None,
-            // Whatever is wrong with the key itself looks the same to the client.
-            VerifyCode::Invalid
-            | VerifyCode::Revoked
-            | VerifyCode::Disabled
-            | VerifyCode::NotYetValid
-            | VerifyCode::Expired => Denial::InvalidKey,
-            VerifyCode::InsufficientScope => Denial::InsufficientScope,
-            VerifyCode::IpNotAllowed => Denial::IpNotAllowed,
-            VerifyCode::RateLimited => Denial::RateLimited(retry_after),
-            VerifyCode::QuotaExceeded => Denial::QuotaExceeded(retry_after),
-        })
+/// Envoy's answer to `decision`.
+fn answer(decision: Decision) -> CheckResponse {
+    match decision {
+        Decision::Allow(allowed) => ok(allowed),
+        Decision::Deny(denial) => denied(denial),
     }
-
-    /// The HTTP status, the stable error code of the body, and the gRPC status Envoy is given.
-    fn answer(self) -> (HttpStatusCode, &'static str, tonic::Code) {
-        match self {
-            Denial::MissingKey => (HttpStatusCode::Unauthorized, "missing_key", tonic::Code::Unauthenticated),
-            Denial::InvalidKey => (HttpStatusCode::Unauthorized, "invalid_key", tonic::Code::Unauthenticated),
-            Denial::InsufficientScope => {
-                (HttpStatusCode::Forbidden, "insufficient_scope", tonic::Code::PermissionDenied)
-            }
-            Denial::IpNotAllowed => (HttpStatusCode::Forbidden, "ip_not_allowed", tonic::Code::PermissionDenied),
-            Denial::RateLimited(_) => (HttpStatusCode::TooManyRequests, "rate_limited", tonic::Code::ResourceExhausted),
-            Denial::QuotaExceeded(_) => {
-                (HttpStatusCode::TooManyRequests, "quota_exceeded", tonic::Code::ResourceExhausted)
-            }
-        }
-    }
-}
-
-/// Whole seconds to wait, rounded up (never 0 for a wait that is not over).
-fn retry_after_secs(wait: Duration) -> u64 {
-    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 
 fn denied(denial: Denial) -> CheckResponse {
-    let (http, code, grpc) = denial.answer();
+    let grpc = match denial.http_status() {
+        401 => tonic::Code::Unauthenticated,
+        403 => tonic::Code::PermissionDenied,
+        _ => tonic::Code::ResourceExhausted,
+    };
     let mut response = DeniedHttpResponseBuilder::new();
-    response.set_http_status(http);
+    response.set_http_status(
+        HttpStatusCode::try_from(i32::from(denial.http_status())).unwrap_or(HttpStatusCode::Forbidden),
+    );
     response.add_header("content-type", "application/json", None, false);
-    if http == HttpStatusCode::Unauthorized {
+    if denial.challenges() {
         response.add_header("www-authenticate", "Bearer", None, false);
     }
-    if let Denial::RateLimited(Some(wait)) | Denial::QuotaExceeded(Some(wait)) = denial {
-        response.add_header("retry-after", retry_after_secs(wait).to_string(), None, false);
+    if let Some(secs) = denial.retry_after_secs() {
+        response.add_header("retry-after", secs.to_string(), None, false);
     }
-    response.set_body(format!("{{\"error\":\"{code}\"}}"));
-    let mut check = CheckResponse::with_status(Status::new(grpc, code));
+    response.set_body(denial.body());
+    let mut check = CheckResponse::with_status(Status::new(grpc, denial.error_code()));
     check.set_http_response(response);
     check
 }
@@ -170,32 +102,26 @@ fn string_value(s: &str) -> Value {
     Value { kind: Some(Kind::StringValue(s.to_owned())) }
 }
 
-/// The answer to Envoy for `verification` of a key presented in `header`.
-fn decide(verification: &Verification, header: &'static str) -> CheckResponse {
-    if let Some(denial) = Denial::of(verification.code, verification.retry_after) {
-        return denied(denial);
-    }
-    let Some(record) = &verification.record else {
-        return denied(Denial::InvalidKey); // A VALID answer always names its key.
-    };
+fn ok(allowed: Allowed) -> CheckResponse {
     let set = Some(HeaderAppendAction::OverwriteIfExistsOrAdd);
     let mut ok = OkHttpResponseBuilder::new();
     // The upstream learns who called, never the key itself (and cannot be handed a forged
-    // identity: these headers overwrite any the client sent).
-    ok.add_header("x-keyward-key-id", record.id.to_string(), set, false);
-    ok.add_header("x-keyward-key-name", record.name.clone(), set, false);
-    ok.add_header("x-keyward-scopes", record.scopes.join(" "), set, true);
-    match &record.owner {
-        Some(owner) => ok.add_header("x-keyward-owner", owner.clone(), set, false),
-        None => ok.remove_header("x-keyward-owner"),
-    };
-    ok.remove_header(header);
-    if let Some(remaining) = verification.remaining {
+    // identity: these headers overwrite any the client sent, or remove them).
+    for (name, value) in allowed.identity_headers() {
+        match value {
+            Some(value) => ok.add_header(name, value, set, true),
+            None => ok.remove_header(name),
+        };
+    }
+    if let Some(header) = &allowed.strip_header {
+        ok.remove_header(header);
+    }
+    if let Some(remaining) = allowed.remaining {
         ok.add_response_header("x-ratelimit-remaining", remaining.to_string(), set, false);
     }
     let mut metadata = Struct::default();
-    metadata.fields.insert("key_id".into(), string_value(&record.id.to_string()));
-    metadata.fields.insert("key_name".into(), string_value(&record.name));
+    metadata.fields.insert("key_id".into(), string_value(&allowed.key_id));
+    metadata.fields.insert("key_name".into(), string_value(&allowed.key_name));
     let mut check = CheckResponse::with_status(Status::ok(""));
     check.set_http_response(ok).set_dynamic_metadata(Some(metadata));
     check

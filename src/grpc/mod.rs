@@ -104,12 +104,14 @@ async fn track_health<H: Hsm, S: Store>(auth: Arc<Authenticator<H, S>>, reporter
 
 /// Serves until `shutdown` resolves, then stops accepting, drains in-flight calls for up to
 /// `limits.shutdown_grace`, and returns. `identities` map verified client certificates to keys
-/// (meaningful with mTLS only). Each API gets the domain services it uses.
+/// (meaningful with mTLS only); `authz` are the gateway rules of ext_authz. Each API gets the
+/// domain services it uses.
 pub async fn serve<H: Hsm, S: Store>(
     services: Services<H, S>,
     listener: TcpListener,
     transport: Transport,
     identities: Arc<Identities>,
+    authz: Arc<crate::gateway::Rules>,
     limits: ServerLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
@@ -142,7 +144,7 @@ pub async fn serve<H: Hsm, S: Store>(
         ClusterServiceServer::new(ClusterApi::new(auth.clone(), cluster, ids.clone())).max_decoding_message_size(max);
     let ext_authz_api = envoy_types::ext_authz::v3::pb::AuthorizationServer::new(ext_authz::ExtAuthzApi::new(
         auth.clone(),
-        verify.clone(),
+        crate::gateway::Gatekeeper::new(verify.clone(), authz),
         ids.clone(),
     ))
     .max_decoding_message_size(max);

@@ -71,4 +71,11 @@ mod tests {
         assert_eq!(proto::VerifyCode::Invalid.short_name(), "INVALID");
         assert_eq!(proto::VerifyCode::RateLimited.short_name(), "RATE_LIMITED");
     }
+
+    #[test]
+    fn the_domain_names_its_codes_as_the_wire_does() {
+        for code in crate::domain::policy::VerifyCode::ALL {
+            assert_eq!(code.name(), convert::verify_code(code).short_name());
+        }
+    }
 }

@@ -53,6 +53,7 @@ pub struct Server {
     metrics: Option<(TcpListener, SocketAddr)>,
     transport: grpc::Transport,
     identities: Arc<Identities>,
+    authz: Arc<crate::gateway::Rules>,
     hangup: Signal,
     limits: ServerLimits,
     usage_flush: Duration,
@@ -75,6 +76,7 @@ impl Server {
             .or(config.listen)
             .unwrap_or_else(|| config::DEFAULT_LISTEN.parse().expect("the default address is valid"));
         let (transport, identities) = transport::choose(serving, &config, listen)?;
+        let authz = Arc::new(crate::gateway::Rules::new(&config.authz)?);
         let cluster = opts.cluster_settings(&config)?;
         let db = match &cluster {
             None => opts.db_path(),
@@ -151,6 +153,7 @@ impl Server {
             metrics,
             transport,
             identities,
+            authz,
             hangup,
             limits: config.server.limits(),
             usage_flush: Duration::from_millis(config.policy.usage_flush_ms),
@@ -179,6 +182,7 @@ impl Server {
             metrics,
             transport,
             identities,
+            authz,
             hangup,
             limits,
             usage_flush,
@@ -219,7 +223,7 @@ impl Server {
         tasks.spawn(async move {
             // However the gRPC server ends, everything else ends with it.
             let _stop_all = stop.clone().drop_guard();
-            grpc::serve(grpc_services, listener, transport, identities, limits, stop.cancelled_owned())
+            grpc::serve(grpc_services, listener, transport, identities, authz, limits, stop.cancelled_owned())
                 .await
                 .map_err(|e| AppError::Refused(format!("server error: {e}")))
         });

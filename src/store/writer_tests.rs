@@ -241,13 +241,9 @@ async fn a_flush_that_never_returns_answers_unavailable_within_the_write_timeout
     const WRITE_TIMEOUT: Duration = Duration::from_millis(1500);
     let dir = tempfile::tempdir().unwrap();
     let (flush, stalled) = stallable_flush();
-    let store = SledStore::open_with_flush(
-        &dir.path().join("db"),
-        TestSealer::new(),
-        limits(WRITE_TIMEOUT),
-        Some(flush),
-    )
-    .unwrap();
+    let store =
+        SledStore::open_with_flush(&dir.path().join("db"), TestSealer::new(), limits(WRITE_TIMEOUT), Some(flush))
+            .unwrap();
     let existing = record("existing");
     store.insert_key(existing.clone(), event(AuditAction::KeyCreated, existing.id)).await.unwrap();
     assert!(store.writes_confirmed());

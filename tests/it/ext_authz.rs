@@ -111,3 +111,57 @@ async fn the_gateway_gets_verify_keys_decision_as_http() {
         kw.ext_authz(Some(&reader)).await.check(check(&[("x-api-key", &gateway)], None, "198.51.100.7")).await;
     assert_eq!(refused.unwrap_err().code(), tonic::Code::PermissionDenied);
 }
+
+#[tokio::test]
+async fn authz_rules_add_route_scopes_read_configured_headers_and_trust_configured_proxies() {
+    let mut kw = Instance::init();
+    kw.configure("authz", "key_headers", r#"["x-client-key"]"#);
+    kw.configure("authz", "strip_key_header", "false");
+    kw.configure("authz", "trusted_proxy_hops", "1");
+    kw.configure(
+        "authz",
+        "routes",
+        r#"[{ methods = ["GET"], path = "/orders/**", scopes = ["orders:read"] }, { path = "/admin/*", scopes = ["admin"] }]"#,
+    );
+    kw.start().await;
+    let (gateway, _) = kw.create_key("envoy", &["keyward:verify"]).await;
+    let (reader, _) = kw.create_key("reader", &["orders:read"]).await;
+    let (fenced, _) = kw
+        .root_keys()
+        .await
+        .create_key(proto::CreateKeyRequest {
+            name: "fenced".into(),
+            scopes: vec!["orders:read".into()],
+            allowed_cidrs: vec!["198.51.100.0/24".into()],
+            ..Default::default()
+        })
+        .await
+        .map(|r| (r.into_inner().key, ()))
+        .unwrap();
+    let mut authz = kw.ext_authz(Some(&gateway)).await;
+    let at = |path: &str, headers: &[(&str, &str)]| {
+        let mut request = check(headers, None, "10.0.0.2");
+        request.attributes.as_mut().unwrap().request.as_mut().unwrap().http.as_mut().unwrap().path = path.into();
+        request
+    };
+
+    // Only the configured header is read, and it stays (stripping is off).
+    let bearer = format!("Bearer {reader}");
+    let (status, _) = outcome(authz.check(at("/orders/1", &[("authorization", &bearer)])).await.unwrap().get_ref());
+    assert_eq!(status, 401, "authorization is not a configured key header");
+    let allowed = authz.check(at("/orders/1?x=1", &[("x-client-key", &reader)])).await.unwrap();
+    assert_eq!(outcome(allowed.get_ref()).0, 200);
+    let Some(HttpResponse::OkResponse(ok)) = &allowed.get_ref().http_response else { unreachable!() };
+    assert_eq!(ok.headers_to_remove, ["x-keyward-owner"], "the key header is kept");
+
+    // Route rules: /admin/* needs a scope the key lacks.
+    let (status, _) = outcome(authz.check(at("/admin/users", &[("x-client-key", &reader)])).await.unwrap().get_ref());
+    assert_eq!(status, 403);
+
+    // One trusted proxy: the client is the entry it added, not what the client wrote before it.
+    let from = |xff: &str| at("/orders/1", &[("x-client-key", &fenced), ("x-forwarded-for", xff)]);
+    let (status, _) = outcome(authz.check(from("10.9.9.9, 198.51.100.7")).await.unwrap().get_ref());
+    assert_eq!(status, 200, "the trusted proxy saw 198.51.100.7");
+    let (status, _) = outcome(authz.check(from("198.51.100.7, 10.9.9.9")).await.unwrap().get_ref());
+    assert_eq!(status, 403, "a forged entry left of the trusted one is not the client");
+}
