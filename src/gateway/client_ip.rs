@@ -20,7 +20,7 @@ pub fn client_ip(direct: Option<IpAddr>, forwarded_for: Option<&str>, trusted_ho
     {
         addresses.push(Some(direct));
     }
-    let index = addresses.len().checked_sub(trusted_hops + 1).unwrap_or(0);
+    let index = addresses.len().saturating_sub(trusted_hops + 1);
     addresses.get(index).copied().flatten()
 }
 
