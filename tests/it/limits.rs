@@ -166,7 +166,8 @@ async fn usage_facts_are_kept_across_a_clean_restart() {
 #[tokio::test]
 async fn a_call_past_its_deadline_answers_deadline_exceeded_not_cancelled() {
     let mut kw = Instance::init();
-    kw.configure("server", "request_timeout_ms", "1500");
+    // Far from the client deadline below, so that a loaded machine cannot blur the two.
+    kw.configure("server", "request_timeout_ms", "3000");
     kw.start().await;
     let addr = kw.addr();
     let send = raw::connect(addr).await;
@@ -183,13 +184,13 @@ async fn a_call_past_its_deadline_answers_deadline_exceeded_not_cancelled() {
     let waited = started.elapsed();
     assert_eq!(code, Some(Code::DeadlineExceeded as i32), "{message}");
     assert!(message.contains("deadline"), "{message}");
-    assert!(waited >= Duration::from_millis(200) && waited < Duration::from_millis(1400), "answered after {waited:?}");
+    assert!(waited >= Duration::from_millis(200) && waited < Duration::from_millis(2500), "answered after {waited:?}");
 
     let started = Instant::now();
     let (code, message) = raw::call_stalled(&send, addr, stalled(None)).await;
     let waited = started.elapsed();
     assert_eq!(code, Some(Code::DeadlineExceeded as i32), "the server's own timeout: {message}");
-    assert!(waited >= Duration::from_millis(1500) && waited < Duration::from_secs(5), "answered after {waited:?}");
+    assert!(waited >= Duration::from_millis(3000) && waited < Duration::from_secs(8), "answered after {waited:?}");
 
     let (code, message) = raw::call_stalled(&send, addr, stalled(Some("60S"))).await;
     assert_eq!(code, Some(Code::DeadlineExceeded as i32), "a longer grpc-timeout than the server's: {message}");
