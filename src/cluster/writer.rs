@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use etcd_client::{Compare, CompareOp, KvClient, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Compare, CompareOp, GetOptions, KvClient, Txn, TxnOp, TxnOpResponse};
 
 use super::{
     etcd_error,
@@ -323,7 +323,7 @@ fn compare(name: Vec<u8>, rev: i64) -> Compare {
 fn transaction(parts: &WriterParts, changes: &Changes, head: Head, sealed: &Sealed) -> Txn {
     let layout = &parts.layout;
     let mut compares: Vec<Compare> = changes.compares.iter().map(|(name, rev)| compare(name.clone(), *rev)).collect();
-    let mut puts = Vec::with_capacity(changes.puts());
+    let mut puts = Vec::with_capacity(changes.puts().max(1));
     for record in changes.keys.values() {
         puts.push(TxnOp::put(layout.key(record.id), codec::encode_key(record), None));
     }
@@ -340,6 +340,13 @@ fn transaction(parts: &WriterParts, changes: &Changes, head: Head, sealed: &Seal
         }
         let new_head = Head { seq: *last, mac: *mac, rev: 0 };
         puts.push(TxnOp::put(layout.audit_head(), new_head.encode(), None));
+    }
+    if puts.is_empty() {
+        // Only refusals: the compares are the whole point, and etcd serves a transaction without
+        // operations as a *serializable* read, from whichever member answers, possibly behind the
+        // leader (`isTxnSerializable` holds for empty operation lists). One linearizable read
+        // makes etcd evaluate the compares on current state.
+        puts.push(TxnOp::get(layout.cluster(), Some(GetOptions::new().with_count_only())));
     }
     Txn::new().when(compares).and_then(puts)
 }

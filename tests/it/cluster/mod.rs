@@ -10,6 +10,7 @@ use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus}
 
 use crate::common::cluster::{ClusterNodes, Outcome, timed};
 
+mod acknowledged;
 mod audit_trim;
 mod etcd_faults;
 mod etcd_tls;
