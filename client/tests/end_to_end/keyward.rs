@@ -66,6 +66,8 @@ pub struct Keyward {
     server: Option<Child>,
     addr: Option<SocketAddr>,
     starts: u32,
+    /// More arguments for `serve` (e.g. `--tls-cert`), taken at the next start.
+    pub serve_args: Vec<String>,
 }
 
 impl Keyward {
@@ -78,7 +80,8 @@ impl Keyward {
             keyward(&["init", "--dev", "--data-dir", data_dir.to_str().unwrap()], &tmp.path().join("keyward.log"))
                 .status()
                 .expect("running keyward init");
-        let mut instance = Keyward { tmp, root_key: String::new(), server: None, addr: None, starts: 0 };
+        let mut instance =
+            Keyward { tmp, root_key: String::new(), server: None, addr: None, starts: 0, serve_args: Vec::new() };
         assert!(status.success(), "keyward init --dev failed; log:\n{}", instance.logs());
         instance.root_key = fs::read_to_string(data_dir.join("root.key")).expect("root.key").trim().to_owned();
         instance.start().await;
@@ -99,21 +102,18 @@ impl Keyward {
         self.starts += 1;
         let addr_file = self.tmp.path().join(format!("addr.{}", self.starts));
         let data_dir = self.data_dir();
-        let mut child = keyward(
-            &[
-                "serve",
-                "--dev",
-                "--data-dir",
-                data_dir.to_str().unwrap(),
-                "--listen",
-                "127.0.0.1:0",
-                "--addr-file",
-                addr_file.to_str().unwrap(),
-            ],
-            &self.tmp.path().join("keyward.log"),
-        )
-        .spawn()
-        .expect("spawning keyward serve");
+        let mut args = vec![
+            "serve",
+            "--dev",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--addr-file",
+            addr_file.to_str().unwrap(),
+        ];
+        args.extend(self.serve_args.iter().map(String::as_str));
+        let mut child = keyward(&args, &self.tmp.path().join("keyward.log")).spawn().expect("spawning keyward serve");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(addr) = fs::read_to_string(&addr_file).ok().and_then(|t| t.trim().parse().ok()) {
@@ -139,6 +139,28 @@ impl Keyward {
             assert!(Instant::now() < deadline, "keyward did not stop within 30 s of SIGTERM");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Writes `text` to `name` beside the data directory; returns its path.
+    pub fn write_file(&self, name: &str, text: &str) -> String {
+        let path = self.tmp.path().join(name);
+        fs::write(&path, text).expect("writing a test file");
+        path.to_str().unwrap().to_owned()
+    }
+
+    /// Sets `[section] key = value` (`value` is a TOML literal) in keyward.toml, for the next start.
+    pub fn configure(&self, section: &str, key: &str, value: &str) {
+        let path = self.data_dir().join("keyward.toml");
+        let mut doc: toml::Table = fs::read_to_string(&path).unwrap().parse().unwrap();
+        let parsed: toml::Table = format!("v = {value}").parse().expect("a TOML value");
+        let table = doc.entry(section).or_insert_with(|| toml::Value::Table(Default::default()));
+        table.as_table_mut().expect("a table").insert(key.into(), parsed["v"].clone());
+        fs::write(&path, toml::to_string(&doc).unwrap()).unwrap();
+    }
+
+    /// The running server's port.
+    pub fn port(&self) -> u16 {
+        self.addr.expect("started").port()
     }
 
     /// `http://127.0.0.1:<port>` of the running server.
