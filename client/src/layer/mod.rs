@@ -244,3 +244,7 @@ where
         })
     }
 }
+
+#[cfg(test)]
+#[path = "layer_tests.rs"]
+mod tests;
