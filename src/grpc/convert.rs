@@ -388,6 +388,7 @@ pub fn verification(v: Verification) -> proto::VerifyKeyResponse {
         response.scopes = r.scopes;
         response.metadata = r.metadata.into_iter().collect();
         response.expires_at = r.expires_at.map(timestamp);
+        response.owner = r.owner.unwrap_or_default();
     }
     response
 }
