@@ -4,5 +4,6 @@
 
 mod curl;
 mod envoy;
+mod envoy_bench;
 mod envoy_proxy;
 mod upstream;
