@@ -195,8 +195,9 @@ tick_us=$((1000000 / $(getconf CLK_TCK)))
 measure() {
   local v=$1 mode=$2 out="$scratch/h2load.out" requests
   rm -f "$scratch/h2load.log" # h2load appends to its log file
-  local front_before server_before=0
+  local front_before upstream_before server_before=0
   front_before=$(cpu_ticks "${envoy_pid[$v]}")
+  upstream_before=$(cpu_ticks "${envoy_pid[upstream]}")
   [ -n "${server_pid[$v]:-}" ] && server_before=$(cpu_ticks "${server_pid[$v]}")
   h2load -D "$seconds" -c "$3" -m "$4" -t 1 --log-file "$scratch/h2load.log" \
     -H "authorization: Bearer $client_key" "http://${front[$v]}$path" >"$out" 2>&1 ||
@@ -206,10 +207,12 @@ measure() {
   requests=$(sed -n 's/^requests: .* \([0-9]*\) succeeded, 0 failed, 0 errored.*/\1/p' "$out")
   [ -n "$requests" ] && [ "$requests" -gt 0 ] || { grep '^requests:' "$out" >&2; die "$v: failed or no requests"; }
   sed -n 's/^finished in [^,]*, \([0-9.]*\) req\/s.*/\1/p' "$out" >>"$scratch/$v.$mode.rates"
-  # CPU time the front Envoy and keyward spent, in µs, and the requests it served.
-  local server_used=0
+  # CPU time the front Envoy, keyward and the upstream Envoy spent (µs), and the requests served.
+  local server_used=0 front_used upstream_used
   [ -n "${server_pid[$v]:-}" ] && server_used=$(( ($(cpu_ticks "${server_pid[$v]}") - server_before) * tick_us ))
-  echo "$(( ($(cpu_ticks "${envoy_pid[$v]}") - front_before) * tick_us )) $server_used $requests" >>"$scratch/$v.$mode.cpu"
+  front_used=$(( ($(cpu_ticks "${envoy_pid[$v]}") - front_before) * tick_us ))
+  upstream_used=$(( ($(cpu_ticks "${envoy_pid[upstream]}") - upstream_before) * tick_us ))
+  echo "$front_used $server_used $upstream_used $requests" >>"$scratch/$v.$mode.cpu"
   awk -F'\t' '$2 == 200 { print $3 }' "$scratch/h2load.log" >>"$scratch/$v.$mode.us"
 }
 
@@ -246,9 +249,10 @@ for v in "${variants[@]}"; do
   echo "| $v | ${load_rate[$v]} | ${load_p50[$v]} | ${load_p99[$v]} | ${single_rate[$v]} | ${single_p50[$v]} | ${single_p99[$v]} |"
 done
 echo
-echo "CPU per request under load (µs; all rounds): front Envoy / keyward"
+echo "CPU per request under load (µs, all rounds): front Envoy / keyward / upstream Envoy"
 for v in "${variants[@]}"; do
-  awk -v v="$v" '{ f += $1; s += $2; n += $3 } END { printf "- %s: %.0f / %.0f\n", v, f / n, s / n }' "$scratch/$v.load.cpu"
+  awk -v v="$v" '{ f += $1; s += $2; u += $3; n += $4 }
+    END { printf "- %s: %.0f / %.0f / %.0f\n", v, f / n, s / n, u / n }' "$scratch/$v.load.cpu"
 done
 echo
 for v in ext-authz ext-authz-unix; do
