@@ -37,7 +37,7 @@ fn assert_refused(reply: &super::curl::Reply, status: u16, error: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn envoy_gives_clients_keywards_decision_and_the_upstream_only_the_identity() {
-    let kw = Instance::started().await;
+    let kw = Instance::started_quiet().await;
     let upstream = Upstream::start().await;
     let (gateway, _) = kw.create_key("envoy", &["keyward:verify"]).await;
     let envoy = Envoy::start(kw.addr(), upstream.addr, &gateway).await;
@@ -134,7 +134,7 @@ async fn envoy_gives_clients_keywards_decision_and_the_upstream_only_the_identit
 
 #[tokio::test(flavor = "multi_thread")]
 async fn envoy_fails_closed_with_503_when_it_cannot_ask_keyward() {
-    let mut kw = Instance::started().await;
+    let mut kw = Instance::started_quiet().await;
     let upstream = Upstream::start().await;
     let (gateway, _) = kw.create_key("envoy", &["keyward:verify"]).await;
     let (key, _) = kw.create_key("client", &[]).await;
