@@ -5,7 +5,8 @@
 #   ext-authz     Envoy + ext_authz -> keyward over loopback TCP (deploy/envoy/envoy.yaml)
 #   ext-authz-unix  the same over a Unix socket (keyward --listen unix:PATH; Envoy `pipe`)
 #
-#   scripts/envoy-bench.sh [--seconds N] [--rounds R] [--clients C] [--streams M] [--quick]
+#   scripts/envoy-bench.sh [--seconds N] [--rounds R] [--clients C] [--streams M]
+#                          [--envoy-threads T] [--quick]
 #
 # Each round runs every configuration in turn (rounds interleave, so that drift of this machine
 # touches all alike), twice: under load (C connections x M streams, h2c) for requests/s and
@@ -16,22 +17,23 @@
 # checked, 401 without.
 #
 # One development keyward (scratch data directory and SoftHSM2 token; the binary is
-# $KEYWARD_BIN, else a release build), front Envoys with --concurrency 1, an upstream Envoy that
-# answers 200 itself, and h2load (one thread) share this machine. Prints a markdown table on
+# $KEYWARD_BIN, else a release build), front Envoys with --concurrency T (default 1), an upstream
+# Envoy that answers 200 itself, and h2load (one thread) share this machine. Prints a markdown table on
 # stdout; progress on stderr. Defaults: 5 s per measurement, 3 rounds, 8 connections x 8 streams.
 # --quick: 1 s, 1 round (what the test of this script runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-seconds=5 rounds=3 clients=8 streams=8
+seconds=5 rounds=3 clients=8 streams=8 envoy_threads=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --seconds) seconds=$2; shift 2 ;;
     --rounds) rounds=$2; shift 2 ;;
     --clients) clients=$2; shift 2 ;;
     --streams) streams=$2; shift 2 ;;
+    --envoy-threads) envoy_threads=$2; shift 2 ;;
     --quick) seconds=1 rounds=1; shift ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0"; exit 0 ;;
     *) echo "envoy-bench: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -70,11 +72,12 @@ render() {
 }
 
 declare -A envoy_pid
-# `start_envoy NAME CONFIG`: runs Envoy on CONFIG, waits until ready; sets $admin.
+# `start_envoy NAME CONFIG [THREADS]`: runs Envoy on CONFIG with THREADS workers (default
+# --envoy-threads), waits until ready; sets $admin.
 start_envoy() {
-  local name=$1 config=$2
+  local name=$1 config=$2 threads=${3:-$envoy_threads}
   envoy --config-path "$config" --admin-address-path "$scratch/$name.admin" --disable-hot-restart \
-    --concurrency 1 --log-level warning >"$scratch/$name.log" 2>&1 &
+    --concurrency "$threads" --log-level warning >"$scratch/$name.log" 2>&1 &
   local pid=$!
   pids+=("$pid")
   envoy_pid[$name]=$pid
@@ -153,7 +156,7 @@ fi
 
 # --- Envoys --------------------------------------------------------------------------------
 render deploy/envoy/bench/upstream.yaml "$scratch/upstream.yaml" UPSTREAM_PORT=0 ADMIN_PORT=0
-start_envoy upstream "$scratch/upstream.yaml"
+start_envoy upstream "$scratch/upstream.yaml" 1
 upstream=$(listener "$admin" upstream)
 common=(LISTEN_ADDRESS=127.0.0.1 LISTEN_PORT=0 ADMIN_PORT=0 ACCESS_LOG_PATH=/dev/null
         "UPSTREAM_ADDRESS=${upstream%:*}" "UPSTREAM_PORT=${upstream##*:}")
@@ -241,7 +244,7 @@ for v in "${variants[@]}"; do
   read -r single_rate[$v] single_p50[$v] single_p99[$v] < <(figures "$v" single)
 done
 
-echo "Envoy 1.40 front (--concurrency 1), h2c; ${rounds} round(s) of ${seconds} s per measurement; load: ${clients} connections x ${streams} streams; single: 1 x 1"
+echo "Envoy 1.40 front (--concurrency $envoy_threads), h2c; ${rounds} round(s) of ${seconds} s per measurement; load: ${clients} connections x ${streams} streams; single: 1 x 1"
 echo
 echo "| configuration | req/s (load) | p50 ms (load) | p99 ms (load) | req/s (single) | p50 ms (single) | p99 ms (single) |"
 echo "|---|---:|---:|---:|---:|---:|---:|"
