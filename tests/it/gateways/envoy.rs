@@ -82,6 +82,15 @@ async fn envoy_gives_clients_keywards_decision_and_the_upstream_only_the_identit
     assert_eq!(upstream.requests(), before, "no refused request reached the upstream");
     assert_eq!(envoy.get("/reports", &[("x-api-key", &reader)]).await.status, 200);
 
+    // The client address keyward checks is the one Envoy saw (curl on 127.0.0.1), not one the
+    // client claims in x-forwarded-for.
+    let from = |cidr: &str| proto::CreateKeyRequest { allowed_cidrs: vec![cidr.into()], ..Default::default() };
+    let (loopback_only, _) = create(&kw, "loopback-only", from("127.0.0.1/32")).await;
+    let (elsewhere_only, _) = create(&kw, "elsewhere-only", from("198.51.100.0/24")).await;
+    assert_eq!(envoy.get("/", &[("x-api-key", &loopback_only)]).await.status, 200);
+    let claimed = [("x-api-key", elsewhere_only.as_str()), ("x-forwarded-for", "198.51.100.7")];
+    assert_refused(&envoy.get("/", &claimed).await, 403, "ip_not_allowed");
+
     // Rate limited: 429 with retry-after.
     let limited = proto::CreateKeyRequest {
         rate_limit: Some(proto::RateLimit {
