@@ -3,12 +3,15 @@
 //! back and what the upstream receives, for every decision; and Envoy failing closed when it
 //! cannot ask keyward.
 
-use std::time::SystemTime;
+use std::{fs, time::SystemTime};
 
 use keyward::proto;
 use serde_json::{Value, json};
 
-use super::{envoy_proxy::Envoy, upstream::Upstream};
+use super::{
+    envoy_proxy::{self, Envoy},
+    upstream::Upstream,
+};
 use crate::common::Instance;
 
 /// Creates a key as root from `request` (its name set); returns (key, key id).
@@ -151,7 +154,7 @@ async fn envoy_fails_closed_with_503_when_it_cannot_ask_keyward() {
     // A gateway key without keyward:verify: every Check is refused, so every request is.
     let (not_a_gateway, _) = kw.create_key("not-a-gateway", &["keyward:keys:read"]).await;
     let misconfigured = Envoy::start(kw.addr(), upstream.addr, &not_a_gateway).await;
-    assert_refused(&misconfigured.get("/", &[("x-api-key", &key)]).await, 503, "authorization_unavailable");
+    assert_refused(&misconfigured.get("/", &[("x-api-key", &key)]).await, 503, "keyward_unavailable");
     drop(misconfigured);
 
     let envoy = Envoy::start(kw.addr(), upstream.addr, &gateway).await;
@@ -160,9 +163,19 @@ async fn envoy_fails_closed_with_503_when_it_cannot_ask_keyward() {
     kw.stop().await;
     for _ in 0..3 {
         let reply = envoy.get("/", &[("x-api-key", &key)]).await;
-        assert_refused(&reply, 503, "authorization_unavailable");
+        assert_refused(&reply, 503, "keyward_unavailable");
     }
     assert_eq!(upstream.requests(), reached, "nothing reached the upstream while keyward was down");
     // Routes that do not ask keyward still work.
     assert_eq!(envoy.get("/public/status", &[]).await.status, 200);
+}
+
+#[test]
+fn the_envoy_doc_shows_the_deploy_file_as_it_is() {
+    let doc = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/gateways/envoy.md")).unwrap();
+    let file = fs::read_to_string(envoy_proxy::CONFIG).unwrap();
+    assert!(
+        doc.contains(&file),
+        "docs/gateways/envoy.md must show deploy/envoy/envoy.yaml as it is (copy it in again)"
+    );
 }
