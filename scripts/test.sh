@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
-# Where pip may have put grpcurl.
+# Where pip may have put grpcurl and envoy.
 for dir in "$HOME/.local/bin" "${PYENV_ROOT:-$HOME/.pyenv}/shims"; do
   if [ -d "$dir" ]; then
     case ":$PATH:" in *":$dir:"*) ;; *) PATH="$dir:$PATH" ;; esac
