@@ -295,6 +295,16 @@ enum BenchCommand {
         #[arg(long)]
         markdown: Option<PathBuf>,
     },
+    /// A Check server (Envoy ext_authz) that allows everything at once: the ceiling of any Check
+    /// server, for `scripts/envoy-bench.sh --null-check`.
+    #[command(hide = true)]
+    NullAuthz {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+        /// Where to write the bound address.
+        #[arg(long)]
+        addr_file: Option<PathBuf>,
+    },
     /// Runs keyward's own command line (`keyward-bench keyward serve ...`): how the benches
     /// start their servers, as child processes of this executable.
     #[command(name = KEYWARD_SUBCOMMAND, hide = true, disable_help_flag = true)]
@@ -420,6 +430,7 @@ fn dispatch(command: Option<BenchCommand>, suite: SuiteArgs) -> Result<()> {
             let options = if quick { options.quick() } else { options };
             commands::cluster(&options, json, markdown.as_deref())
         }
+        Some(BenchCommand::NullAuthz { listen, addr_file }) => crate::null_authz::serve(listen, addr_file),
         Some(BenchCommand::Keyward { .. }) => unreachable!("run() hands it to keyward's command line"),
     }
 }

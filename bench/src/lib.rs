@@ -13,6 +13,7 @@ pub mod error;
 pub mod etcd;
 pub mod figures;
 pub mod host;
+pub mod null_authz;
 pub mod offline;
 pub mod overload;
 pub mod raw_hsm;
