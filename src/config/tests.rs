@@ -110,11 +110,12 @@ fn tls_flags_win_over_the_file_and_inconsistent_settings_are_refused() {
 #[test]
 fn plaintext_only_on_loopback_unless_allowed() {
     for (addr, allowed) in [("127.0.0.1:1", true), ("[::1]:1", true), ("[::ffff:127.0.0.1]:1", true)] {
-        assert_eq!(plaintext_allowed(addr.parse().unwrap(), false), allowed, "{addr}");
+        assert_eq!(plaintext_allowed(&addr.parse().unwrap(), false), allowed, "{addr}");
     }
+    assert!(plaintext_allowed(&"unix:/run/keyward.sock".parse().unwrap(), false), "a Unix socket is local");
     for addr in ["0.0.0.0:1", "[::]:1", "10.0.0.5:1"] {
-        assert!(!plaintext_allowed(addr.parse().unwrap(), false), "{addr}");
-        assert!(plaintext_allowed(addr.parse().unwrap(), true), "{addr}");
+        assert!(!plaintext_allowed(&addr.parse().unwrap(), false), "{addr}");
+        assert!(plaintext_allowed(&addr.parse().unwrap(), true), "{addr}");
     }
 }
 
