@@ -21,8 +21,8 @@ struct Cli {
 enum Command {
     /// Create the master key in the HSM and the database with a root key (printed once).
     Init(InitArgs),
-    /// Serve the gRPC API.
-    Serve(ServeArgs),
+    /// Serve the gRPC API (and, with --http-listen, HTTP forward-auth).
+    Serve(Box<ServeArgs>),
     /// The HSM master key of a running server: status, rotate, retire.
     Master(admin::MasterArgs),
     /// The audit trail of a running server: verify the chain, query, export, checkpoint, usage.

@@ -34,6 +34,8 @@ pub const SCOPE_PARAM: &str = "scope";
 pub const FORWARDED_METHOD: &str = "x-forwarded-method";
 pub const FORWARDED_URI: &str = "x-forwarded-uri";
 pub const FORWARDED_FOR: &str = "x-forwarded-for";
+/// A refusal's error code (as in its JSON body), for gateways that drop the body (nginx).
+pub const ERROR_HEADER: &str = "x-keyward-error";
 /// Uses left on a key with a quota, in an allowed answer.
 pub const RATE_LIMIT_REMAINING: &str = "x-ratelimit-remaining";
 
@@ -150,6 +152,13 @@ fn form_decode(value: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A refusal: `{"error":"<code>"}`, the code also in `X-Keyward-Error`.
+fn refusal(status: StatusCode, code: &'static str) -> Response<Body> {
+    let mut response = json(status, format!("{{\"error\":\"{code}\"}}"));
+    response.headers_mut().insert(HeaderName::from_static(ERROR_HEADER), HeaderValue::from_static(code));
+    response
+}
+
 fn json(status: StatusCode, body: String) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
@@ -164,8 +173,10 @@ fn allow(allowed: &Allowed) -> Response<Body> {
     let mut response = json(StatusCode::OK, String::new());
     let headers = response.headers_mut();
     headers.remove(header::CONTENT_TYPE);
+    // Every identity header, the owner empty for a key without one: a gateway that copies a
+    // header the answer lacks may pass its own placeholder on (Caddy 2.6 does).
     for (name, value) in allowed.identity_headers() {
-        let Some(value) = value else { continue };
+        let value = value.unwrap_or_default();
         match HeaderValue::from_bytes(value.as_bytes()) {
             Ok(value) => {
                 headers.insert(HeaderName::from_static(name), value);
@@ -184,7 +195,7 @@ fn allow(allowed: &Allowed) -> Response<Body> {
 /// The client's denial, as the gateway passes it on.
 fn deny(denial: Denial) -> Response<Body> {
     let status = StatusCode::from_u16(denial.http_status()).unwrap_or(StatusCode::FORBIDDEN);
-    let mut response = json(status, denial.body());
+    let mut response = refusal(status, denial.error_code());
     let headers = response.headers_mut();
     if denial.challenges() {
         headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -203,7 +214,7 @@ fn failure(error: &Error, asking: bool) -> Response<Body> {
         StatusCode::SERVICE_UNAVAILABLE => tracing::warn!(error = %error, "forward-auth: keyward cannot answer"),
         _ => tracing::info!(error = %error, status = status.as_u16(), "forward-auth: refused the gateway's request"),
     }
-    let mut response = json(status, format!("{{\"error\":\"{code}\"}}"));
+    let mut response = refusal(status, code);
     if let Error::Blocked(wait) = error {
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
@@ -240,13 +251,13 @@ pub fn health(serving: bool, method: &Method) -> Response<Body> {
 
 /// 404 for any other path.
 pub fn not_found() -> Response<Body> {
-    json(StatusCode::NOT_FOUND, "{\"error\":\"not_found\"}".to_owned())
+    refusal(StatusCode::NOT_FOUND, "not_found")
 }
 
 /// 503 for a question not answered within the request timeout.
 pub fn timed_out() -> Response<Body> {
     tracing::warn!("forward-auth: a request was not answered within the request timeout");
-    json(StatusCode::SERVICE_UNAVAILABLE, "{\"error\":\"unavailable\"}".to_owned())
+    refusal(StatusCode::SERVICE_UNAVAILABLE, "unavailable")
 }
 
 #[cfg(test)]

@@ -18,8 +18,8 @@ use tokio::{
 use tokio_rustls::{TlsAcceptor, rustls::ServerConfig};
 
 pub use self::authorize::{
-    Connection, FORWARDED_FOR, FORWARDED_METHOD, FORWARDED_URI, ForwardAuth, GATEWAY_KEY_HEADER, RATE_LIMIT_REMAINING,
-    REQUIRED_SCOPES_HEADER, SCOPE_PARAM,
+    Connection, ERROR_HEADER, FORWARDED_FOR, FORWARDED_METHOD, FORWARDED_URI, ForwardAuth, GATEWAY_KEY_HEADER,
+    RATE_LIMIT_REMAINING, REQUIRED_SCOPES_HEADER, SCOPE_PARAM,
 };
 use crate::{
     domain::ports::{Hsm, Store},
