@@ -344,3 +344,17 @@ pub async fn gateway_matrix(kw: &Instance, keys: &Keys, gateway: &Gateway) {
     let refused = gateway.get("/orders/1", &[("authorization", &bearer)]).await;
     assert_eq!(refused.status, 401, "a revoked key is refused on the next request: {refused:?}");
 }
+
+#[test]
+fn the_gateway_docs_show_the_deploy_files_the_tests_run() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (doc, file) in [
+        ("docs/gateways/nginx.md", "deploy/nginx/keyward.conf"),
+        ("docs/gateways/caddy.md", "deploy/caddy/Caddyfile"),
+        ("docs/gateways/traefik.md", "deploy/traefik/keyward.yml"),
+    ] {
+        let doc_text = std::fs::read_to_string(root.join(doc)).unwrap();
+        let file_text = std::fs::read_to_string(root.join(file)).unwrap();
+        assert!(doc_text.contains(&file_text), "{doc} must show {file} as it is (copy it into the doc again)");
+    }
+}
