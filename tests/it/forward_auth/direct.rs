@@ -199,3 +199,38 @@ async fn authz_rules_see_the_forwarded_method_and_uri_and_trusted_proxy_hops_app
     assert_eq!(authorize(&kw, "", gw, &from("10.9.9.9, 198.51.100.7, 10.0.0.2")).await.status, 200);
     assert_eq!(authorize(&kw, "", gw, &from("198.51.100.7, 10.9.9.9, 10.0.0.2")).await.status, 403, "a forged entry");
 }
+
+/// Polls `/healthz` until it answers `status`, for up to 10 s.
+async fn health_becomes(kw: &Instance, status: u16) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let health = request(&Target::Tcp(kw.http_addr()), "GET", "/healthz", &[]).await;
+        if health.status == status {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "/healthz did not turn {status}: {health:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn with_the_hsm_gone_forward_auth_answers_503_and_health_says_so_until_it_returns() {
+    let kw = keyward_with_http().await;
+    let keys = Keys::create(&kw).await;
+    let gw = Some(keys.gateway.as_str());
+    let client = [("x-api-key", keys.client.as_str())];
+    assert_eq!(authorize(&kw, "", gw, &client).await.status, 200);
+
+    let tokens = kw.data_dir.join("softhsm/tokens");
+    let away = tokens.with_extension("away");
+    std::fs::rename(&tokens, &away).unwrap();
+    health_becomes(&kw, 503).await;
+    let health = request(&Target::Tcp(kw.http_addr()), "GET", "/healthz", &[]).await;
+    assert_eq!(health.body, r#"{"status":"not_serving"}"#);
+    let refused = authorize(&kw, "", gw, &client).await;
+    assert_eq!((refused.status, refused.error()), (503, "unavailable".into()), "{refused:?}");
+
+    std::fs::rename(&away, &tokens).unwrap();
+    health_becomes(&kw, 200).await;
+    assert_eq!(authorize(&kw, "", gw, &client).await.status, 200, "serving again in the same process");
+}

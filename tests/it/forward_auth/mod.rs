@@ -7,6 +7,7 @@
 mod caddy;
 mod direct;
 mod nginx;
+mod tls;
 mod unix;
 
 use std::{
