@@ -78,6 +78,16 @@ async fn grpc_and_forward_auth_serve_on_unix_sockets_of_mode_0660_removed_at_shu
         .into_inner();
     assert_eq!(verified.code(), proto::VerifyCode::Valid);
 
+    // The admin commands reach the server over the socket too.
+    let target = format!("unix:{}", grpc_socket.display());
+    let root_key_file = kw.data_dir.join("root.key");
+    let status = kw.keyward(&["master", "status", "--target", &target, "--key-file", root_key_file.to_str().unwrap()]);
+    assert!(
+        status.status.success(),
+        "keyward master status over the socket: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+
     // Forward-auth over the socket, directly and through nginx.
     let http = Target::Unix(http_socket.clone());
     let allowed =
