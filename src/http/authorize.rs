@@ -254,6 +254,11 @@ pub fn not_found() -> Response<Body> {
     refusal(StatusCode::NOT_FOUND, "not_found")
 }
 
+/// 503 for a question beyond the questions answered at once.
+pub fn overloaded() -> Response<Body> {
+    refusal(StatusCode::SERVICE_UNAVAILABLE, "overloaded")
+}
+
 /// 503 for a question not answered within the request timeout.
 pub fn timed_out() -> Response<Body> {
     tracing::warn!("forward-auth: a request was not answered within the request timeout");

@@ -12,7 +12,7 @@ use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
-    sync::watch,
+    sync::{Semaphore, watch},
     task::JoinSet,
 };
 use tokio_rustls::{TlsAcceptor, rustls::ServerConfig};
@@ -45,6 +45,9 @@ pub struct HttpLimits {
     pub max_header_bytes: usize,
     /// How long open connections may take to finish at shutdown.
     pub shutdown_grace: Duration,
+    /// Questions answered at once; beyond, 503 at once (0: no limit). The gRPC listener's
+    /// `server.max_in_flight`, counted apart.
+    pub max_in_flight: usize,
 }
 
 /// Serves `listener` until `shutdown` resolves, then closes it (a Unix socket file goes with
@@ -58,6 +61,8 @@ pub async fn serve<H: Hsm, S: Store>(
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let api = Arc::new(api);
+    let in_flight =
+        Arc::new(Semaphore::new(if limits.max_in_flight == 0 { Semaphore::MAX_PERMITS } else { limits.max_in_flight }));
     let (stop, stopping) = watch::channel(false);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -76,7 +81,7 @@ pub async fn serve<H: Hsm, S: Store>(
                 continue;
             }
         };
-        let api = api.clone();
+        let api = Served { api: api.clone(), in_flight: in_flight.clone(), limits };
         let stopping = stopping.clone();
         let tls = tls.as_ref().map(|tls| http1_only(&tls.current()));
         connections.spawn(async move {
@@ -86,16 +91,16 @@ pub async fn serve<H: Hsm, S: Store>(
                         Ok(Ok(stream)) => {
                             let client_cert = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).cloned();
                             let connection = Connection { peer, client_cert };
-                            serve_connection(stream, connection, api, limits, stopping).await
+                            serve_connection(stream, connection, api, stopping).await
                         }
                         Ok(Err(e)) => tracing::info!(?peer, error = %e, "forward-auth TLS handshake failed"),
                         Err(_) => tracing::info!(?peer, "forward-auth TLS handshake timed out"),
                     }
                 }
                 (Accepted::Tcp(tcp), None) => {
-                    serve_connection(tcp, Connection { peer, client_cert: None }, api, limits, stopping).await
+                    serve_connection(tcp, Connection { peer, client_cert: None }, api, stopping).await
                 }
-                (Accepted::Unix(unix), _) => serve_connection(unix, Connection::default(), api, limits, stopping).await,
+                (Accepted::Unix(unix), _) => serve_connection(unix, Connection::default(), api, stopping).await,
             }
         });
     }
@@ -134,20 +139,33 @@ fn http1_only(config: &ServerConfig) -> Arc<ServerConfig> {
     Arc::new(config)
 }
 
+/// What a connection serves: the endpoint, the questions in flight, the limits.
+struct Served<H, S> {
+    api: Arc<ForwardAuth<H, S>>,
+    in_flight: Arc<Semaphore>,
+    limits: HttpLimits,
+}
+
+impl<H, S> Clone for Served<H, S> {
+    fn clone(&self) -> Self {
+        Self { api: self.api.clone(), in_flight: self.in_flight.clone(), limits: self.limits }
+    }
+}
+
 /// Serves HTTP/1.1 requests on one connection until the client closes it or the server stops
 /// (then the request in progress is answered first).
 async fn serve_connection<H: Hsm, S: Store, IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     io: IO,
     connection: Connection,
-    api: Arc<ForwardAuth<H, S>>,
-    limits: HttpLimits,
+    served: Served<H, S>,
     mut stopping: watch::Receiver<bool>,
 ) {
     let connection = Arc::new(connection);
+    let limits = served.limits;
     let service = service_fn(move |request: Request<Incoming>| {
-        let api = api.clone();
+        let served = served.clone();
         let connection = connection.clone();
-        async move { Ok::<_, Infallible>(respond(&api, &request, &connection, limits).await) }
+        async move { Ok::<_, Infallible>(respond(&served, &request, &connection).await) }
     });
     let served = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -168,16 +186,18 @@ async fn serve_connection<H: Hsm, S: Store, IO: AsyncRead + AsyncWrite + Unpin +
 }
 
 async fn respond<H: Hsm, S: Store>(
-    api: &ForwardAuth<H, S>,
+    served: &Served<H, S>,
     request: &Request<Incoming>,
     connection: &Connection,
-    limits: HttpLimits,
 ) -> http::Response<authorize::Body> {
     match request.uri().path() {
-        AUTHORIZE_PATH => tokio::time::timeout(limits.request_timeout, api.authorize(request, connection))
-            .await
-            .unwrap_or_else(|_| authorize::timed_out()),
-        HEALTH_PATH => authorize::health(api.serving(), request.method()),
+        AUTHORIZE_PATH => {
+            let Ok(_permit) = served.in_flight.try_acquire() else { return authorize::overloaded() };
+            tokio::time::timeout(served.limits.request_timeout, served.api.authorize(request, connection))
+                .await
+                .unwrap_or_else(|_| authorize::timed_out())
+        }
+        HEALTH_PATH => authorize::health(served.api.serving(), request.method()),
         _ => authorize::not_found(),
     }
 }

@@ -265,6 +265,7 @@ impl Server {
                 request_timeout: limits.request_timeout,
                 max_header_bytes: limits.max_header_list_bytes as usize,
                 shutdown_grace: limits.shutdown_grace,
+                max_in_flight: limits.max_in_flight,
             };
             let stop = cancel.clone();
             tasks.spawn(async move {
