@@ -1,6 +1,6 @@
-//! Unix-socket listeners: gRPC (VerifyKey, health) over `--listen unix:…` and forward-auth over
-//! `--http-listen unix:…`, asked directly and by nginx through an upstream `server unix:…`;
-//! socket files of mode 0660, removed at shutdown.
+//! Unix-socket listeners: gRPC (VerifyKey, health, reflection, admin commands) over `--listen
+//! unix:…` and forward-auth over `--http-listen unix:…`, asked directly, by nginx (upstream
+//! `server unix:…`) and by Caddy (`unix//path`); socket files of mode 0660, removed at shutdown.
 
 use std::os::unix::fs::PermissionsExt;
 
@@ -112,6 +112,12 @@ async fn grpc_and_forward_auth_serve_on_unix_sockets_of_mode_0660_removed_at_shu
     let seen = nginx.get("/orders/1", &[("x-api-key", &created.key)]).await.upstream_saw();
     assert_eq!(seen.get("x-keyward-key-name").map(String::as_str), Some("over-unix"));
     assert_eq!(nginx.get("/orders/1", &[("x-api-key", "kw_nope")]).await.status, 401);
+    let caddy_dir = tempfile::tempdir().unwrap();
+    let caddy =
+        super::caddy::start_caddy(caddy_dir.path(), &format!("unix/{}", http_socket.display()), app, &gateway).await;
+    let seen = caddy.get("/orders/1", &[("x-api-key", &created.key)]).await.upstream_saw();
+    assert_eq!(seen.get("x-keyward-key-name").map(String::as_str), Some("over-unix"));
+    assert_eq!(caddy.get("/orders/1", &[("x-api-key", "kw_nope")]).await.status, 401);
 
     kw.stop().await;
     assert!(!grpc_socket.exists() && !http_socket.exists(), "socket files removed at shutdown");
