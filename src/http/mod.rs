@@ -81,7 +81,7 @@ pub async fn serve<H: Hsm, S: Store>(
                 continue;
             }
         };
-        let api = Served { api: api.clone(), in_flight: in_flight.clone(), limits };
+        let served = Served { api: api.clone(), in_flight: in_flight.clone(), limits };
         let stopping = stopping.clone();
         let tls = tls.as_ref().map(|tls| http1_only(&tls.current()));
         connections.spawn(async move {
@@ -91,16 +91,16 @@ pub async fn serve<H: Hsm, S: Store>(
                         Ok(Ok(stream)) => {
                             let client_cert = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).cloned();
                             let connection = Connection { peer, client_cert };
-                            serve_connection(stream, connection, api, stopping).await
+                            serve_connection(stream, connection, served, stopping).await
                         }
                         Ok(Err(e)) => tracing::info!(?peer, error = %e, "forward-auth TLS handshake failed"),
                         Err(_) => tracing::info!(?peer, "forward-auth TLS handshake timed out"),
                     }
                 }
                 (Accepted::Tcp(tcp), None) => {
-                    serve_connection(tcp, Connection { peer, client_cert: None }, api, stopping).await
+                    serve_connection(tcp, Connection { peer, client_cert: None }, served, stopping).await
                 }
-                (Accepted::Unix(unix), _) => serve_connection(unix, Connection::default(), api, stopping).await,
+                (Accepted::Unix(unix), _) => serve_connection(unix, Connection::default(), served, stopping).await,
             }
         });
     }
