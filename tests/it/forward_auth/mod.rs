@@ -218,7 +218,14 @@ impl Gateway {
 }
 
 impl Drop for Gateway {
+    /// SIGTERM first: a SIGKILLed nginx master leaves its workers running (and listening).
     fn drop(&mut self) {
+        // SAFETY: kill only sends a signal to the process this gateway started.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
