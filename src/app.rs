@@ -5,7 +5,6 @@
 
 use std::{
     fs,
-    net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -185,6 +184,9 @@ async fn run_server(opts: &Options, config: Config, serving: &Serving) -> Result
     if let (Some(path), Some(addr)) = (&serving.metrics_addr_file, server.metrics_addr()) {
         write_addr_file(path, addr)?;
     }
+    if let (Some(path), Some(addr)) = (&serving.http_addr_file, server.http_addr()) {
+        write_addr_file(path, addr)?;
+    }
     if let Some(path) = &serving.addr_file {
         write_addr_file(path, server.local_addr())?;
     }
@@ -199,7 +201,7 @@ async fn run_server(opts: &Options, config: Config, serving: &Serving) -> Result
 }
 
 /// Writes `addr` to `path` atomically (a temporary file renamed over it).
-fn write_addr_file(path: &Path, addr: SocketAddr) -> Result<(), AppError> {
+fn write_addr_file(path: &Path, addr: impl std::fmt::Display) -> Result<(), AppError> {
     let tmp = path.with_extension("tmp");
     fs::write(&tmp, format!("{addr}\n"))
         .and_then(|()| fs::rename(&tmp, path))

@@ -5,7 +5,7 @@ use std::{ffi::OsString, net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{admin, app, init, server::Serving, telemetry};
+use crate::{admin, app, config::ListenAddr, init, server::Serving, telemetry};
 
 #[derive(Parser, Debug)]
 #[command(name = "keyward", version, about = "Self-hosted API-key service with its master key in a PKCS#11 HSM")]
@@ -21,8 +21,8 @@ struct Cli {
 enum Command {
     /// Create the master key in the HSM and the database with a root key (printed once).
     Init(InitArgs),
-    /// Serve the gRPC API.
-    Serve(ServeArgs),
+    /// Serve the gRPC API (and, with --http-listen, HTTP forward-auth).
+    Serve(Box<ServeArgs>),
     /// The HSM master key of a running server: status, rotate, retire.
     Master(admin::MasterArgs),
     /// The audit trail of a running server: verify the chain, query, export, checkpoint, usage.
@@ -84,12 +84,21 @@ struct InitArgs {
 struct ServeArgs {
     #[command(flatten)]
     common: InstanceArgs,
-    /// Address to listen on [default: 127.0.0.1:50051, or `listen` in the configuration].
-    #[arg(long, env = "KEYWARD_LISTEN")]
-    listen: Option<SocketAddr>,
+    /// gRPC address to listen on, HOST:PORT or unix:/abs/path [default: 127.0.0.1:50051, or
+    /// `listen` in the configuration].
+    #[arg(long, env = "KEYWARD_LISTEN", value_name = "ADDR")]
+    listen: Option<ListenAddr>,
     /// Write the bound address to this file once serving (useful with port 0).
     #[arg(long)]
     addr_file: Option<PathBuf>,
+    /// Serve HTTP forward-auth (`/v1/authorize`, for nginx, Caddy, Traefik) on this address,
+    /// HOST:PORT or unix:/abs/path [default: `http_listen` in the configuration; off when
+    /// neither is set].
+    #[arg(long, env = "KEYWARD_HTTP_LISTEN", value_name = "ADDR")]
+    http_listen: Option<ListenAddr>,
+    /// Write the bound forward-auth address to this file (written before `--addr-file`).
+    #[arg(long)]
+    http_addr_file: Option<PathBuf>,
     /// Serve Prometheus metrics on `GET /metrics` at this address [default: `metrics_listen` in
     /// the configuration; off when neither is set].
     #[arg(long, env = "KEYWARD_METRICS_LISTEN")]
@@ -126,8 +135,10 @@ impl ServeArgs {
 
     fn serving(&self) -> Serving {
         Serving {
-            listen: self.listen,
+            listen: self.listen.clone(),
             addr_file: self.addr_file.clone(),
+            http_listen: self.http_listen.clone(),
+            http_addr_file: self.http_addr_file.clone(),
             metrics_listen: self.metrics_listen,
             metrics_addr_file: self.metrics_addr_file.clone(),
             tls: crate::config::TlsFlags {

@@ -21,7 +21,7 @@ use crate::app::{AppError, runtime};
 pub struct MasterArgs {
     #[command(subcommand)]
     pub command: MasterCommand,
-    /// Server address.
+    /// Server address: HOST:PORT, or unix:/path for a Unix socket.
     #[arg(long, global = true, default_value = "127.0.0.1:50051", env = "KEYWARD_TARGET")]
     pub target: String,
     /// File whose first line is a key holding `keyward:master:rotate` (or `:read` for status),
@@ -37,7 +37,7 @@ pub struct MasterArgs {
 pub struct AuditArgs {
     #[command(subcommand)]
     pub command: AuditCommand,
-    /// Server address.
+    /// Server address: HOST:PORT, or unix:/path for a Unix socket.
     #[arg(long, global = true, default_value = "127.0.0.1:50051", env = "KEYWARD_TARGET")]
     pub target: String,
     /// File whose first line is a key holding `keyward:audit:read`, e.g. DATA_DIR/root.key.
@@ -109,8 +109,22 @@ impl ClientTls {
 }
 
 /// One connection to `target` (`host:port`; over TLS the host must be a name or address in the
-/// server's certificate).
+/// server's certificate; or `unix:/path`, a Unix socket, always plaintext).
 pub(super) async fn connect(target: &str, tls: &ClientTls) -> Result<Channel, String> {
+    if let Some(path) = target.strip_prefix(crate::config::UNIX_PREFIX) {
+        if tls.ca.is_some() || tls.has_identity() {
+            return Err(format!("{target} is a Unix socket, which keyward serves without TLS: drop the TLS flags"));
+        }
+        let path = std::path::PathBuf::from(path);
+        // The URI is not used to connect; the connector dials the socket.
+        return tonic::transport::Endpoint::from_static("http://keyward.local")
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let path = path.clone();
+                async move { tokio::net::UnixStream::connect(path).await.map(hyper_util::rt::TokioIo::new) }
+            }))
+            .await
+            .map_err(|e| format!("connecting to {target}: {e}"));
+    }
     let read = |path: &Path| std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()));
     let endpoint = match (&tls.ca, &tls.cert, &tls.key) {
         (None, None, None) => Channel::from_shared(format!("http://{target}")).map_err(|e| e.to_string())?,

@@ -5,6 +5,7 @@
 mod authz;
 mod cluster;
 mod human;
+mod listen;
 mod sections;
 mod tls;
 
@@ -21,6 +22,7 @@ pub use self::{
         ClusterFlags, ClusterSection, ClusterSettings, DEFAULT_ETCD_PREFIX, MAX_NODE_ID_LEN, host_name,
         sanitize_node_id,
     },
+    listen::{ListenAddr, UNIX_PREFIX},
     sections::{
         BruteForceSection, DEFAULT_MIN_FREE_BYTES, HsmSection, MasterSection, PolicySection, RotationSection,
         ServerLimits, ServerSection, StoreSection, UsageLogSection,
@@ -57,8 +59,11 @@ pub enum ConfigError {
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Address to listen on (`--listen` overrides).
-    pub listen: Option<SocketAddr>,
+    /// Address of the gRPC listener, `HOST:PORT` or `unix:/abs/path` (`--listen` overrides).
+    pub listen: Option<ListenAddr>,
+    /// Address of the HTTP forward-auth listener (`/v1/authorize`), `HOST:PORT` or
+    /// `unix:/abs/path` (`--http-listen` overrides); off if unset.
+    pub http_listen: Option<ListenAddr>,
     /// Address of the Prometheus `/metrics` endpoint (`--metrics-listen` overrides); off if unset.
     pub metrics_listen: Option<SocketAddr>,
     pub hsm: HsmSection,
@@ -74,10 +79,10 @@ pub struct Config {
     pub authz: AuthzSection,
 }
 
-/// Whether plaintext gRPC may be served on `addr`: on loopback always, elsewhere only when
-/// explicitly allowed.
-pub fn plaintext_allowed(addr: SocketAddr, allowed: bool) -> bool {
-    allowed || addr.ip().to_canonical().is_loopback()
+/// Whether plaintext may be served on `addr`: on loopback and on a Unix socket always,
+/// elsewhere only when explicitly allowed.
+pub fn plaintext_allowed(addr: &ListenAddr, allowed: bool) -> bool {
+    allowed || addr.is_local()
 }
 
 /// The default configuration file of a data directory.

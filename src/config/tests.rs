@@ -21,6 +21,18 @@ fn file_values_and_environment_overlay() {
     assert_eq!(c.server.max_message_bytes, 64 * 1024);
 }
 
+#[test]
+fn listen_addresses_are_tcp_or_unix_sockets_and_forward_auth_is_off_by_default() {
+    assert_eq!(Config::default().http_listen, None);
+    let c: Config = toml::from_str("listen = \"unix:/run/keyward/grpc.sock\"\nhttp_listen = \"[::1]:8081\"\n").unwrap();
+    assert_eq!(c.listen, Some(ListenAddr::Unix("/run/keyward/grpc.sock".into())));
+    assert_eq!(c.http_listen, Some(ListenAddr::Tcp("[::1]:8081".parse().unwrap())));
+    let err = toml::from_str::<Config>("http_listen = \"unix:relative.sock\"\n").unwrap_err();
+    assert!(err.to_string().contains("absolute path"), "{err}");
+    let err = toml::from_str::<Config>("listen = \"localhost:80\"\n").unwrap_err();
+    assert!(err.to_string().contains("unix:/abs/path"), "{err}");
+}
+
 /// The TOML blocks of docs/configuration.md, then docs/operations.md, after `from`, in order.
 fn docs_toml_blocks(from: &str) -> Vec<&'static str> {
     let docs = concat!(include_str!("../../docs/configuration.md"), include_str!("../../docs/operations.md"));
@@ -110,11 +122,12 @@ fn tls_flags_win_over_the_file_and_inconsistent_settings_are_refused() {
 #[test]
 fn plaintext_only_on_loopback_unless_allowed() {
     for (addr, allowed) in [("127.0.0.1:1", true), ("[::1]:1", true), ("[::ffff:127.0.0.1]:1", true)] {
-        assert_eq!(plaintext_allowed(addr.parse().unwrap(), false), allowed, "{addr}");
+        assert_eq!(plaintext_allowed(&addr.parse().unwrap(), false), allowed, "{addr}");
     }
+    assert!(plaintext_allowed(&"unix:/run/keyward.sock".parse().unwrap(), false), "a Unix socket is local");
     for addr in ["0.0.0.0:1", "[::]:1", "10.0.0.5:1"] {
-        assert!(!plaintext_allowed(addr.parse().unwrap(), false), "{addr}");
-        assert!(plaintext_allowed(addr.parse().unwrap(), true), "{addr}");
+        assert!(!plaintext_allowed(&addr.parse().unwrap(), false), "{addr}");
+        assert!(plaintext_allowed(&addr.parse().unwrap(), true), "{addr}");
     }
 }
 

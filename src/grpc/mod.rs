@@ -19,7 +19,6 @@ mod verify;
 
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
-use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
@@ -31,6 +30,7 @@ use crate::{
         auth::Authenticator,
         ports::{Hsm, Store},
     },
+    listener::{Listener, UnixIncoming},
     proto::{
         self, audit_service_server::AuditServiceServer, cluster_service_server::ClusterServiceServer,
         key_service_server::KeyServiceServer, master_key_service_server::MasterKeyServiceServer,
@@ -55,7 +55,7 @@ const WRITING_SERVICES: [&str; 2] = ["keyward.v1.KeyService", "keyward.v1.Master
 /// failing closed): `SERVING` then, while the HSM is reachable.
 const ANSWERING_WHEN_STALE: [&str; 1] = ["keyward.v1.ClusterService"];
 
-/// How connections arrive.
+/// How connections arrive on a TCP listener (a Unix socket is always plaintext).
 pub enum Transport {
     /// Plain TCP (h2c).
     Plain,
@@ -108,7 +108,7 @@ async fn track_health<H: Hsm, S: Store>(auth: Arc<Authenticator<H, S>>, reporter
 /// domain services it uses.
 pub async fn serve<H: Hsm, S: Store>(
     services: Services<H, S>,
-    listener: TcpListener,
+    listener: Listener,
     transport: Transport,
     identities: Arc<Identities>,
     authz: Arc<crate::gateway::Rules>,
@@ -178,13 +178,20 @@ pub async fn serve<H: Hsm, S: Store>(
         .add_service(cluster_api)
         .add_service(verify_api)
         .add_service(ext_authz_api);
-    let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match transport {
-        Transport::Plain => {
+    // A Unix socket's file is removed when the server returns.
+    let mut _socket_file = None;
+    let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match (listener, transport)
+    {
+        (Listener::Tcp(listener), Transport::Plain) => {
             Box::pin(router.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal))
         }
-        Transport::Tls(tls) => {
+        (Listener::Tcp(listener), Transport::Tls(tls)) => {
             let incoming = crate::tls::incoming(listener, tls, accepting);
             Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
+        }
+        (Listener::Unix(listener, file), _) => {
+            _socket_file = Some(file);
+            Box::pin(router.serve_with_incoming_shutdown(UnixIncoming(listener), signal))
         }
     };
 

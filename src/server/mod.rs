@@ -1,6 +1,6 @@
 //! The server as one unit: `Server::build` opens the HSM and the database, checks them, builds
-//! the domain and binds the listeners; `Server::spawn` starts the gRPC server and every
-//! background task in one `JoinSet` under one `CancellationToken`; `ServerHandle::drain` ends
+//! the domain and binds the listeners; `Server::spawn` starts the gRPC server, the HTTP
+//! forward-auth listener when asked for, and every background task in one `JoinSet` under one `CancellationToken`; `ServerHandle::drain` ends
 //! them, writes what is still in memory and closes the adapters.
 
 mod dev_clock;
@@ -16,12 +16,14 @@ use crate::{
     app::{AppError, Options, io, pkcs11_config},
     cluster::{ClusterStore, NodeSettings},
     config::ClusterSettings,
-    config::{self, Config, DEV_TOKEN_LABEL, ServerLimits},
+    config::{self, Config, DEV_TOKEN_LABEL, ListenAddr, ServerLimits},
     domain::{Services, ServicesConfig, key::MasterKeyVersion, ports::Store, proof::self_test_input},
     grpc,
     hsm::{self, Pkcs11Hsm},
+    http::{ForwardAuth, HttpLimits},
+    listener::Listener,
     store::{Engine, SledStore, StoreLimits},
-    tls::Identities,
+    tls::{Identities, TlsReloader},
 };
 
 /// The domain services the gRPC APIs and the background tasks share.
@@ -33,8 +35,11 @@ const DISK_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 /// Where `serve` listens and reports its addresses; `None` falls back to the configuration.
 #[derive(Clone, Debug, Default)]
 pub struct Serving {
-    pub listen: Option<SocketAddr>,
+    pub listen: Option<ListenAddr>,
     pub addr_file: Option<PathBuf>,
+    /// `--http-listen`: the HTTP forward-auth listener (over `http_listen`); off when neither.
+    pub http_listen: Option<ListenAddr>,
+    pub http_addr_file: Option<PathBuf>,
     pub metrics_listen: Option<SocketAddr>,
     pub metrics_addr_file: Option<PathBuf>,
     /// `--tls-cert`, `--tls-key`, `--client-ca`, over `[tls]`.
@@ -48,10 +53,14 @@ pub struct Server {
     hsm: Pkcs11Hsm,
     store: Engine,
     services: Domain,
-    listener: TcpListener,
-    local_addr: SocketAddr,
+    listener: Listener,
+    local_addr: ListenAddr,
     metrics: Option<(TcpListener, SocketAddr)>,
     transport: grpc::Transport,
+    /// The HTTP forward-auth listener, its bound address and its TLS.
+    http: Option<(Listener, ListenAddr, Option<Arc<TlsReloader>>)>,
+    /// The TLS configuration SIGHUP reloads, if TLS is configured.
+    tls: Option<Arc<TlsReloader>>,
     identities: Arc<Identities>,
     authz: Arc<crate::gateway::Rules>,
     hangup: Signal,
@@ -73,9 +82,19 @@ impl Server {
         }
         let listen = serving
             .listen
-            .or(config.listen)
+            .clone()
+            .or_else(|| config.listen.clone())
             .unwrap_or_else(|| config::DEFAULT_LISTEN.parse().expect("the default address is valid"));
-        let (transport, identities) = transport::choose(serving, &config, listen)?;
+        let (tls, identities) = transport::choose(serving, &config)?;
+        let transport = match transport::for_listener(&tls, &listen, serving, &config, "gRPC")? {
+            Some(tls) => grpc::Transport::Tls(tls),
+            None => grpc::Transport::Plain,
+        };
+        let http_listen = serving.http_listen.clone().or_else(|| config.http_listen.clone());
+        let http_tls = match &http_listen {
+            Some(addr) => transport::for_listener(&tls, addr, serving, &config, "HTTP forward-auth")?,
+            None => None,
+        };
         let authz = Arc::new(crate::gateway::Rules::new(&config.authz)?);
         let cluster = opts.cluster_settings(&config)?;
         let db = match &cluster {
@@ -142,7 +161,16 @@ impl Server {
                 Some((listener, local))
             }
         };
-        let listener = TcpListener::bind(listen).await.map_err(io(format!("listening on {listen}")))?;
+        let http = match http_listen {
+            None => None,
+            Some(addr) => {
+                let listener =
+                    Listener::bind(&addr).await.map_err(io(format!("listening for HTTP forward-auth on {addr}")))?;
+                let local = listener.local_addr().map_err(io("reading the bound forward-auth address"))?;
+                Some((listener, local, http_tls))
+            }
+        };
+        let listener = Listener::bind(&listen).await.map_err(io(format!("listening on {listen}")))?;
         let local_addr = listener.local_addr().map_err(io("reading the bound address"))?;
         Ok(Self {
             hsm,
@@ -152,6 +180,8 @@ impl Server {
             local_addr,
             metrics,
             transport,
+            http,
+            tls,
             identities,
             authz,
             hangup,
@@ -162,8 +192,13 @@ impl Server {
     }
 
     /// The address the gRPC listener is bound to.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+    pub fn local_addr(&self) -> &ListenAddr {
+        &self.local_addr
+    }
+
+    /// The address the HTTP forward-auth listener is bound to, if it is on.
+    pub fn http_addr(&self) -> Option<&ListenAddr> {
+        self.http.as_ref().map(|(_, addr, _)| addr)
     }
 
     /// The address the metrics endpoint is bound to, if it is on.
@@ -181,6 +216,8 @@ impl Server {
             local_addr,
             metrics,
             transport,
+            http,
+            tls,
             identities,
             authz,
             hangup,
@@ -211,13 +248,36 @@ impl Server {
         if let Some(every) = sweep_every {
             background(Box::pin(tasks::sweep_every_interval(services.keys.clone(), every, store.clone())));
         }
-        background(Box::pin(crate::tls::watch(transport::reloader(&transport), hangup)));
+        background(Box::pin(crate::tls::watch(tls.clone(), hangup)));
         if let Some((listener, addr)) = metrics {
             tracing::info!(address = %addr, "serving metrics on /metrics");
             background(Box::pin(crate::metrics::serve(listener)));
             background(Box::pin(crate::metrics::count_keys_every(store.clone(), crate::metrics::KEY_COUNT_INTERVAL)));
         }
-        tracing::info!(address = %local_addr, transport = transport::describe(&transport), "keyward serving");
+        if let Some((listener, addr, http_tls)) = http {
+            tracing::info!(address = %addr, transport = transport::describe(http_tls.as_deref()), "serving HTTP forward-auth on /v1/authorize");
+            let api = ForwardAuth::new(
+                services.auth.clone(),
+                crate::gateway::Gatekeeper::new(services.verify.clone(), authz.clone()),
+                identities.clone(),
+            );
+            let http_limits = HttpLimits {
+                request_timeout: limits.request_timeout,
+                max_header_bytes: limits.max_header_list_bytes as usize,
+                shutdown_grace: limits.shutdown_grace,
+                max_in_flight: limits.max_in_flight,
+            };
+            let stop = cancel.clone();
+            tasks.spawn(async move {
+                crate::http::serve(listener, http_tls, api, http_limits, stop.cancelled_owned()).await;
+                Ok(())
+            });
+        }
+        let grpc_tls = match &transport {
+            grpc::Transport::Tls(tls) => Some(tls.as_ref()),
+            grpc::Transport::Plain => None,
+        };
+        tracing::info!(address = %local_addr, transport = transport::describe(grpc_tls), "keyward serving");
         let grpc_services = services.clone();
         let stop = cancel.clone();
         tasks.spawn(async move {

@@ -15,6 +15,7 @@ mod docs_examples;
 mod durability;
 mod etcd_harness;
 mod ext_authz;
+mod forward_auth;
 mod gateways;
 mod grpcurl;
 mod h2load;

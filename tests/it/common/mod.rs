@@ -103,6 +103,12 @@ pub struct Instance {
     pub log_file: PathBuf,
     server: Option<Child>,
     addr: Option<SocketAddr>,
+    /// The gRPC listener's address as the server wrote it (`unix:/path` for a Unix socket).
+    listening: Option<String>,
+    /// The HTTP forward-auth listener's address as the server wrote it, when it serves one.
+    http_listening: Option<String>,
+    /// `--http-listen` of `serve` (forward-auth off when `None`).
+    pub http_listen: Option<String>,
     starts: u32,
     /// `RUST_LOG` for the server: `trace` unless a load test asks for less.
     pub log_filter: &'static str,
@@ -156,6 +162,9 @@ impl Instance {
             log_file,
             server: None,
             addr: None,
+            listening: None,
+            http_listening: None,
+            http_listen: None,
             starts: 0,
             log_filter: "trace",
             metrics: false,
@@ -219,6 +228,7 @@ impl Instance {
         self.starts += 1;
         let addr_file = self.run_dir.join(format!("addr.{}", self.starts));
         let metrics_addr_file = self.run_dir.join(format!("metrics-addr.{}", self.starts));
+        let http_addr_file = self.run_dir.join(format!("http-addr.{}", self.starts));
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log_file).unwrap();
         // SAFETY: geteuid only reads the process's effective user id.
         let mut command = if self.unprivileged && unsafe { libc::geteuid() } == 0 {
@@ -233,7 +243,12 @@ impl Instance {
             .arg(&addr_file)
             .arg("--metrics-addr-file")
             .arg(&metrics_addr_file)
+            .arg("--http-addr-file")
+            .arg(&http_addr_file)
             .args(&self.serve_args);
+        if let Some(http) = &self.http_listen {
+            command.args(["--http-listen", http]);
+        }
         if self.metrics {
             command.args(["--metrics-listen", "127.0.0.1:0"]);
         }
@@ -249,13 +264,14 @@ impl Instance {
         self.server = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
+            // Written whole (renamed into place): a TCP address, or `unix:/path`.
             if let Ok(text) = fs::read_to_string(&addr_file) {
-                if let Ok(addr) = text.trim().parse() {
-                    self.addr = Some(addr);
-                    // Written before the gRPC address, when metrics are served at all.
-                    self.metrics_addr = fs::read_to_string(&metrics_addr_file).ok().map(|t| t.trim().parse().unwrap());
-                    return;
-                }
+                self.addr = text.trim().parse().ok();
+                self.listening = Some(text.trim().to_owned());
+                // Written before the gRPC address, when metrics and forward-auth are served at all.
+                self.metrics_addr = fs::read_to_string(&metrics_addr_file).ok().map(|t| t.trim().parse().unwrap());
+                self.http_listening = fs::read_to_string(&http_addr_file).ok().map(|t| t.trim().to_owned());
+                return;
             }
             if let Some(status) = self.server.as_mut().unwrap().try_wait().unwrap() {
                 panic!("keyward serve exited with {status}; log:\n{}", self.logs());
@@ -276,7 +292,22 @@ impl Instance {
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr.expect("the server was started")
+        self.addr.expect("the server was started, on TCP")
+    }
+
+    /// The gRPC listener's address as the server reported it (`unix:/path` for a Unix socket).
+    pub fn listening(&self) -> &str {
+        self.listening.as_deref().expect("the server was started")
+    }
+
+    /// The HTTP forward-auth listener's TCP address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_listening().parse().expect("forward-auth served on TCP")
+    }
+
+    /// The HTTP forward-auth listener's address as the server reported it.
+    pub fn http_listening(&self) -> &str {
+        self.http_listening.as_deref().expect("the server was started with http_listen")
     }
 
     /// The bound metrics address, if the running server serves metrics.
