@@ -9,6 +9,7 @@
 //! written), `brute_force`, and the master key state (`master::MasterView`).
 
 pub mod access;
+pub mod anomaly;
 pub mod audit;
 pub mod audit_log;
 pub mod audit_reader;
