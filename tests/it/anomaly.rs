@@ -57,7 +57,8 @@ async fn thirty_new_networks(v: &mut VerifyClient, key: &str) -> Vec<VerifyCode>
 }
 
 async fn anomaly_events(kw: &Instance, key_id: &str) -> Vec<proto::AuditEvent> {
-    let request = proto::QueryEventsRequest { key_id: key_id.into(), action: "key.anomaly".into(), ..Default::default() };
+    let request =
+        proto::QueryEventsRequest { key_id: key_id.into(), action: "key.anomaly".into(), ..Default::default() };
     kw.audit(Some(&kw.root_key)).await.query_events(request).await.expect("QueryEvents").into_inner().events
 }
 
