@@ -100,9 +100,10 @@ fn anomaly_action(raw: i32) -> Result<AnomalyAction> {
     }
 }
 
+/// KeyInfo's anomaly action: the default (ALERT) is left unset, as a request leaves it.
 fn proto_anomaly_action(a: AnomalyAction) -> proto::AnomalyAction {
     match a {
-        AnomalyAction::Alert => proto::AnomalyAction::Alert,
+        AnomalyAction::Alert => proto::AnomalyAction::Unspecified,
         AnomalyAction::Disable => proto::AnomalyAction::Disable,
     }
 }

@@ -106,7 +106,7 @@ async fn steady_traffic_is_quiet_and_thirty_new_networks_make_one_anomaly() {
 
     let info = key_info(&kw, &id).await;
     assert_eq!(info.state(), KeyState::Active);
-    assert_eq!(info.anomaly_action(), AnomalyAction::Alert, "the default");
+    assert_eq!(info.anomaly_action(), AnomalyAction::Unspecified, "the default (ALERT), left unset");
     assert_eq!(info.anomalies.len(), 1);
     assert_eq!(info.anomalies[0].kind(), AnomalyKind::NewNetworks);
     assert_eq!(info.anomalies[0].evidence, events[0].reason.trim_start_matches("NEW_NETWORKS: "));
