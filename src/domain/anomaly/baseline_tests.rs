@@ -273,3 +273,19 @@ fn records_of_no_known_key_are_skipped() {
     d.observe(&[unknown], &no_history);
     assert_eq!(d.tracked(), 0);
 }
+
+/// docs/anomalies.md: at most about 1.6 KB per key with the default sets full (and an open window
+/// full of new ones), so about 160 MB for the default 100,000 keys.
+#[test]
+fn a_key_with_full_sets_stays_within_the_documented_memory() {
+    use std::mem::size_of;
+    let c = AnomalyConfig::default();
+    // The baseline, its key in the map, the map's control bytes and spare room.
+    let fixed = size_of::<super::baseline::KeyBaseline>() + size_of::<KeyId>() + 16;
+    // Known entries with their last-seen time, and the open window's new ones.
+    let networks = c.networks_per_key * (size_of::<(Network, u64)>() + size_of::<Network>());
+    let callers = c.callers_per_key * (size_of::<(KeyId, u64)>() + size_of::<KeyId>());
+    let idle_evidence = 128;
+    let most = fixed + networks + callers + idle_evidence;
+    assert!(most <= 1600, "{most} bytes per key");
+}
