@@ -32,7 +32,9 @@ pub fn on_off(opts: &Options, b: &AnomalyBench, admin_key: &str) -> Result<(Figu
     let configs: Vec<PathBuf> = [false, true]
         .iter()
         .map(|on| {
-            let path = scratch.join(format!("anomaly-{}.toml", if *on { "on" } else { "off" }));
+            // Beside the instance's configuration: its relative paths (the dev PIN file) stay right.
+            let dir = opts.config.parent().unwrap_or(&opts.data_dir);
+            let path = dir.join(format!("bench-anomaly-{}.toml", if *on { "on" } else { "off" }));
             config_enabling(&opts.config, "anomaly", *on, &path).map(|()| path)
         })
         .collect::<Result<_, _>>()?;
@@ -60,5 +62,8 @@ pub fn on_off(opts: &Options, b: &AnomalyBench, admin_key: &str) -> Result<(Figu
         }
     }
     let _ = std::fs::remove_dir_all(&scratch);
+    for config in &configs {
+        let _ = std::fs::remove_file(config);
+    }
     Ok((Figures::combine(off), Figures::combine(on)))
 }

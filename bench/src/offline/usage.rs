@@ -127,7 +127,9 @@ pub fn on_off(opts: &Options, b: &UsageBench, admin_key: &str) -> Result<(Figure
     let configs: Vec<PathBuf> = [false, true]
         .iter()
         .map(|on| {
-            let path = scratch.join(format!("usage-log-{}.toml", if *on { "on" } else { "off" }));
+            // Beside the instance's configuration: its relative paths (the dev PIN file) stay right.
+            let dir = opts.config.parent().unwrap_or(&opts.data_dir);
+            let path = dir.join(format!("bench-usage-log-{}.toml", if *on { "on" } else { "off" }));
             config_enabling(&opts.config, "usage_log", *on, &path).map(|()| path)
         })
         .collect::<Result<_, _>>()?;
@@ -148,5 +150,8 @@ pub fn on_off(opts: &Options, b: &UsageBench, admin_key: &str) -> Result<(Figure
         }
     }
     let _ = std::fs::remove_dir_all(&scratch);
+    for config in &configs {
+        let _ = std::fs::remove_file(config);
+    }
     Ok((Figures::combine(off), Figures::combine(on)))
 }
