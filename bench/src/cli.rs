@@ -14,7 +14,7 @@ use crate::{
     drive::Limit,
     error::{BenchError, Result},
     host::KEYWARD_SUBCOMMAND,
-    offline::{audit::AuditBench, usage::UsageBench},
+    offline::{anomaly::AnomalyBench, audit::AuditBench, usage::UsageBench},
     overload::OverloadOptions,
     rotation::RotationOptions,
     suite::{Scenario, SuiteOptions},
@@ -245,6 +245,23 @@ enum BenchCommand {
         #[arg(long, default_value_t = 4)]
         connections: usize,
     },
+    /// What the anomaly detector costs VerifyKey (stop the server first): VerifyKey with
+    /// `[anomaly] enabled` off and on, in alternating rounds, each a `keyward serve` of this
+    /// instance on a free port; every call reports a client_ip.
+    Anomaly {
+        #[command(flatten)]
+        instance: InstanceArgs,
+        /// Rounds of each (off, on, off, on, ...).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds per round.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+    },
     /// Raw HMAC-SHA256 verifications per second through keyward's PKCS#11 adapter.
     Hsm {
         #[command(flatten)]
@@ -401,6 +418,10 @@ fn dispatch(command: Option<BenchCommand>, suite: SuiteArgs) -> Result<()> {
         Some(BenchCommand::Usage { instance, records, rounds, seconds, concurrency, connections }) => {
             let round = Duration::from_secs(seconds);
             commands::usage(&instance.options(), UsageBench { records, rounds, round, concurrency, connections })
+        }
+        Some(BenchCommand::Anomaly { instance, rounds, seconds, concurrency, connections }) => {
+            let round = Duration::from_secs(seconds);
+            commands::anomaly(&instance.options(), AnomalyBench { rounds, round, concurrency, connections })
         }
         Some(BenchCommand::Hsm { instance, concurrency, seconds, direct }) => {
             commands::hsm(&instance.options(), concurrency, Duration::from_secs(seconds), direct)

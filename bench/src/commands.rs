@@ -117,6 +117,20 @@ pub fn usage(opts: &Options, bench: offline::usage::UsageBench) -> Result<()> {
     Ok(())
 }
 
+/// `keyward-bench anomaly`: VerifyKey with the anomaly detector off and on, same run.
+pub fn anomaly(opts: &Options, bench: offline::anomaly::AnomalyBench) -> Result<()> {
+    let key = read_key_file(&opts.data_dir.join("root.key"))?;
+    let (off, on) = offline::anomaly::on_off(opts, &bench, &key)?;
+    let what = format!("x{} over {} connections", bench.concurrency, bench.connections);
+    println!("{}", off.report(&format!("VerifyKey, anomaly detector off, {what}")));
+    println!("{}", on.report(&format!("VerifyKey, anomaly detector on, {what}")));
+    println!(
+        "anomaly detector on / off: {:.1} % of the throughput (goal: at least 95 %)",
+        100.0 * on.per_second() / off.per_second()
+    );
+    Ok(())
+}
+
 /// `keyward-bench hsm`: raw HMAC verifications through the adapter, on the configured token.
 pub fn hsm(opts: &Options, concurrency: usize, duration: Duration, direct: bool) -> Result<()> {
     let (hsm, config) = open_hsm(opts)?;

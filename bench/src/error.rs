@@ -50,8 +50,8 @@ pub enum BenchError {
     ThreadPanicked,
     #[error("{path}: {source}")]
     ConfigRead { path: PathBuf, source: toml::de::Error },
-    #[error("[usage_log] in {0} is not a table")]
-    UsageLogNotTable(PathBuf),
+    #[error("[{section}] in {path} is not a table")]
+    SectionNotTable { section: String, path: PathBuf },
     #[error("encoding a configuration: {0}")]
     ConfigWrite(#[from] toml::ser::Error),
     #[error("keyward init --dev failed ({status}): {stderr}")]

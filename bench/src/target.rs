@@ -324,6 +324,22 @@ pub async fn verify(
     target.run(&presented, concurrency, duration).await
 }
 
+/// `verify`, every call reporting `client_ip` as the end client's address.
+pub async fn verify_from(
+    target: &str,
+    admin_key: &str,
+    client_ip: &str,
+    concurrency: usize,
+    connections: usize,
+    duration: Duration,
+) -> Result<Figures> {
+    let target = Target::connect(target, admin_key, connections).await?;
+    let key = target.create(plain_key()).await?;
+    let presented =
+        Presented { key: Arc::new(key), client_ip: client_ip.into(), required_scopes: vec!["bench:read".into()] };
+    target.run(&presented, concurrency, duration).await
+}
+
 /// Policies on the hot path: VerifyKey on a key with no policies and on one with all of them,
 /// in alternating rounds of `round` each (`rounds` of each), in the same run. Returns the
 /// figures of each, all rounds merged.

@@ -2,6 +2,7 @@
 //! variables over it, then command-line flags over both. Unknown keys are an error. Relative
 //! paths in the file are relative to the file's directory.
 
+mod anomaly;
 mod authz;
 mod cluster;
 mod human;
@@ -17,6 +18,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 pub use self::{
+    anomaly::AnomalySection,
     authz::{AuthzSection, BEARER_HEADER, MAX_ROUTES, RouteRule},
     cluster::{
         ClusterFlags, ClusterSection, ClusterSettings, DEFAULT_ETCD_PREFIX, MAX_NODE_ID_LEN, host_name,
@@ -77,6 +79,7 @@ pub struct Config {
     pub tls: TlsSection,
     pub cluster: ClusterSection,
     pub authz: AuthzSection,
+    pub anomaly: AnomalySection,
 }
 
 /// Whether plaintext may be served on `addr`: on loopback and on a Unix socket always,

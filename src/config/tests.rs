@@ -71,6 +71,7 @@ fn the_configuration_reference_is_valid_and_says_the_defaults() {
     assert_eq!(toml::to_string(&c.brute_force).unwrap(), toml::to_string(&d.brute_force).unwrap());
     assert_eq!(toml::to_string(&c.store).unwrap(), toml::to_string(&d.store).unwrap());
     assert_eq!(toml::to_string(&c.cluster).unwrap(), toml::to_string(&d.cluster).unwrap());
+    assert_eq!(toml::to_string(&c.anomaly).unwrap(), toml::to_string(&d.anomaly).unwrap());
 }
 
 #[test]

@@ -101,10 +101,13 @@ pub enum AuditAction {
     AuthFailed,
     /// ReportLeak revoked a key found exposed; the reason is where it was found.
     KeyLeaked,
+    /// The anomaly detector found unusual use of a key: the code is the kind (`NEW_NETWORKS`,
+    /// …), the reason the evidence; a state change if the key's policy disabled it.
+    KeyAnomaly,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 13] = [
+    pub const ALL: [AuditAction; 14] = [
         AuditAction::KeyCreated,
         AuditAction::KeyRevoked,
         AuditAction::KeyUpdated,
@@ -118,6 +121,7 @@ impl AuditAction {
         AuditAction::UsageDropped,
         AuditAction::AuthFailed,
         AuditAction::KeyLeaked,
+        AuditAction::KeyAnomaly,
     ];
 
     pub fn as_str(&self) -> &'static str {
@@ -135,6 +139,7 @@ impl AuditAction {
             AuditAction::UsageDropped => "usage.dropped",
             AuditAction::AuthFailed => "auth.failed",
             AuditAction::KeyLeaked => "key.leaked",
+            AuditAction::KeyAnomaly => "key.anomaly",
         }
     }
 

@@ -11,6 +11,8 @@ use std::{
 use ipnet::IpNet;
 use uuid::Uuid;
 
+use super::anomaly::{AnomalyAction, KeyAnomaly};
+
 /// A key's public identifier: a UUIDv7, so ids sort by creation time.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct KeyId(Uuid);
@@ -224,6 +226,10 @@ pub struct KeyRecord {
     /// The team that owns the key: admins with team-scoped permissions (`keyward:keys:read@team`)
     /// reach only their teams' keys. `None`: only unrestricted admins reach it.
     pub owner: Option<String>,
+    /// What the anomaly detector does when it finds unusual use of the key.
+    pub anomaly_action: AnomalyAction,
+    /// The most recent anomalies found (oldest first, at most `anomaly::MAX_RECENT_ANOMALIES`).
+    pub anomalies: Vec<KeyAnomaly>,
 }
 
 impl KeyRecord {
@@ -256,6 +262,8 @@ impl KeyRecord {
             rotation_deadline: None,
             max_age: None,
             owner: None,
+            anomaly_action: AnomalyAction::Alert,
+            anomalies: Vec::new(),
         }
     }
 

@@ -1,14 +1,15 @@
 //! The core of keyward: keys, their string format, verification rules and the use cases.
 //! Nothing here imports tonic, sled or cryptoki: the outside world comes in through `ports`.
 //!
-//! The use cases are six services (`auth`, `keys`, `verification`, `master`, `audit_reader`,
-//! `cluster`),
+//! The use cases are seven services (`auth`, `keys`, `verification`, `master`, `audit_reader`,
+//! `cluster`, `anomaly`),
 //! built together by `services`. Each owns its own state; what several need is shared
 //! explicitly: `deps` (HSM, store, clock), `access` (permission checks, refused calls),
 //! `proof` (a presented key checked in the HSM), `ledger` (usage and quota leases not yet
 //! written), `brute_force`, and the master key state (`master::MasterView`).
 
 pub mod access;
+pub mod anomaly;
 pub mod audit;
 pub mod audit_log;
 pub mod audit_reader;

@@ -5,6 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use super::{
     access::Access,
+    anomaly::{AnomalyConfig, AnomalyWatch, Detector},
     audit_reader::AuditReader,
     auth::{AuthConfig, Authenticator},
     brute_force::{BruteForce, BruteForceConfig},
@@ -36,6 +37,8 @@ pub struct ServicesConfig {
     pub usage_log: UsageLogConfig,
     /// Brute-force defence: per-source failure counters and back-off.
     pub brute_force: BruteForceConfig,
+    /// Per-key anomaly detection over the usage log's stream.
+    pub anomaly: AnomalyConfig,
 }
 
 impl Default for ServicesConfig {
@@ -49,14 +52,16 @@ impl Default for ServicesConfig {
             migration: MigrationConfig::default(),
             usage_log: UsageLogConfig::default(),
             brute_force: BruteForceConfig::default(),
+            anomaly: AnomalyConfig::default(),
         }
     }
 }
 
 /// Every domain service of one server. The gRPC APIs take the ones they use; the background
 /// tasks are `verify.flush_usage` with `auth.flush_auth_failures` (periodic),
-/// `verify.write_usage_log` (a loop), `master.run_migrations`, `keys.sweep` (periodic), and at
-/// shutdown `verify.shutdown`, `auth.flush_auth_failures` and `verify.flush_usage_log`.
+/// `verify.write_usage_log` (a loop), `master.run_migrations`, `keys.sweep` (periodic),
+/// `anomaly.evaluate` (once a window, when the detector is on), and at shutdown
+/// `verify.shutdown`, `auth.flush_auth_failures` and `verify.flush_usage_log`.
 pub struct Services<H, S> {
     pub auth: Arc<Authenticator<H, S>>,
     pub keys: Arc<KeyAdmin<H, S>>,
@@ -64,6 +69,8 @@ pub struct Services<H, S> {
     pub master: Arc<MasterKeys<H, S>>,
     pub audit: Arc<AuditReader<S>>,
     pub cluster: Arc<ClusterReader<S>>,
+    /// `None` with `[anomaly] enabled = false`.
+    pub anomaly: Option<Arc<AnomalyWatch<H, S>>>,
 }
 
 // Written by hand: the derive would require `H: Clone` and `S: Clone`.
@@ -76,6 +83,7 @@ impl<H, S> Clone for Services<H, S> {
             master: self.master.clone(),
             audit: self.audit.clone(),
             cluster: self.cluster.clone(),
+            anomaly: self.anomaly.clone(),
         }
     }
 }
@@ -90,6 +98,8 @@ impl<H: Hsm, S: Store> Services<H, S> {
         let access = Arc::new(Access::new(deps.clock.clone()));
         let ledger = Arc::new(Ledger::default());
         let brute_force = Arc::new(BruteForce::new(config.brute_force));
+        let detector = config.anomaly.enabled.then(|| Arc::new(Detector::new(config.anomaly.clone())));
+        let anomaly = detector.clone().map(|d| Arc::new(AnomalyWatch::new(deps.clone(), d)));
         let rules = config.rotation.rules;
         let auth_config =
             AuthConfig { cache_capacity: config.auth_cache_capacity, cache_ttl: config.auth_cache_ttl, rules };
@@ -117,10 +127,19 @@ impl<H: Hsm, S: Store> Services<H, S> {
                 ledger.clone(),
                 access.clone(),
             )),
-            verify: Arc::new(Verifier::new(deps.clone(), verify_config, prover, ledger, brute_force, access.clone())),
+            verify: Arc::new(Verifier::new(
+                deps.clone(),
+                verify_config,
+                prover,
+                ledger,
+                brute_force,
+                access.clone(),
+                detector,
+            )),
             audit: Arc::new(AuditReader::new(deps.store.clone(), access.clone())),
             cluster: Arc::new(ClusterReader::new(deps.store.clone(), access.clone())),
             master: Arc::new(MasterKeys::new(deps, config.migration, master, access)),
+            anomaly,
         }
     }
 }

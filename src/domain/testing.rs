@@ -145,6 +145,7 @@ pub(crate) struct Fixture {
     pub master: Arc<MasterKeys<FakeHsm, CountingStore>>,
     pub audit: Arc<AuditReader<CountingStore>>,
     pub cluster: Arc<ClusterReader<CountingStore>>,
+    pub anomaly: Option<Arc<crate::domain::anomaly::AnomalyWatch<FakeHsm, CountingStore>>>,
     pub hsm: Arc<FakeHsm>,
     pub store: Arc<CountingStore>,
     pub clock: Arc<ManualClock>,
@@ -168,12 +169,12 @@ pub(crate) async fn fixture_with(config: ServicesConfig) -> Fixture {
     let clock = Arc::new(ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)));
     let root = bootstrap(&*hsm, &*store, &*clock, MasterKeyVersion(1)).await.unwrap();
     let master = store.master().unwrap().unwrap();
-    let Services { auth, keys, verify, master, audit, cluster } =
+    let Services { auth, keys, verify, master, audit, cluster, anomaly } =
         Services::new(hsm.clone(), store.clone(), clock.clone(), master, config);
     master.self_test().await.unwrap();
     let root_key = root.key.expose().to_owned();
     let root = auth.authenticate(Some(&root_key), &RequestContext::default()).await.unwrap();
-    Fixture { auth, keys, verify, master, audit, cluster, hsm, store, clock, root, root_key, _dir: dir }
+    Fixture { auth, keys, verify, master, audit, cluster, anomaly, hsm, store, clock, root, root_key, _dir: dir }
 }
 
 pub(crate) fn named(name: &str, scopes: &[&str]) -> NewKey {

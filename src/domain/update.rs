@@ -10,6 +10,7 @@ use std::{
 use ipnet::IpNet;
 
 use super::{
+    anomaly::AnomalyAction,
     audit::FieldChange,
     error::{Error, Result},
     key::{KeyRecord, Quota, RateLimit, Refill},
@@ -30,10 +31,11 @@ pub enum Field {
     Metadata,
     MaxAge,
     Owner,
+    AnomalyAction,
 }
 
 impl Field {
-    const ALL: [Field; 11] = [
+    const ALL: [Field; 12] = [
         Field::Name,
         Field::Scopes,
         Field::AllowedCidrs,
@@ -45,6 +47,7 @@ impl Field {
         Field::Metadata,
         Field::MaxAge,
         Field::Owner,
+        Field::AnomalyAction,
     ];
 
     pub fn path(self) -> &'static str {
@@ -60,6 +63,7 @@ impl Field {
             Field::Metadata => "metadata",
             Field::MaxAge => "max_age",
             Field::Owner => "owner",
+            Field::AnomalyAction => "anomaly_action",
         }
     }
 }
@@ -81,6 +85,7 @@ pub struct KeyPatch {
     pub max_age: Option<std::time::Duration>,
     /// A team name; empty: none.
     pub owner: String,
+    pub anomaly_action: AnomalyAction,
 }
 
 /// A validated patch: only the fields the mask names are set.
@@ -98,6 +103,7 @@ pub struct ValidPatch {
     metadata: Option<BTreeMap<String, String>>,
     max_age: Option<std::time::Duration>,
     owner: Option<String>,
+    anomaly_action: AnomalyAction,
 }
 
 impl ValidPatch {
@@ -153,6 +159,7 @@ pub fn validate(patch: KeyPatch, now: SystemTime) -> Result<ValidPatch> {
             Field::Metadata => out.metadata = Some(validate::metadata(patch.metadata.clone())?),
             Field::MaxAge => out.max_age = validate::max_age(patch.max_age)?,
             Field::Owner => out.owner = validate::owner("owner", &patch.owner)?,
+            Field::AnomalyAction => out.anomaly_action = patch.anomaly_action,
         }
     }
     Ok(out)
@@ -240,6 +247,10 @@ pub fn apply(current: &KeyRecord, patch: &ValidPatch, now: SystemTime) -> Result
                 next.owner = patch.owner.clone();
                 note(field, text(current.owner.as_deref()), text(next.owner.as_deref()));
             }
+            Field::AnomalyAction => {
+                next.anomaly_action = patch.anomaly_action;
+                note(field, current.anomaly_action.to_string(), next.anomaly_action.to_string());
+            }
             // Both quota fields are applied together below.
             Field::Remaining | Field::Refill => {}
         }
@@ -323,6 +334,23 @@ mod tests {
         assert_eq!(clear.owner(), Some(None));
         assert_eq!(apply(&owned, &clear, T0).unwrap().0.owner, None);
         assert_eq!(patch(&["name"], |p| p.name = "x".into()).unwrap().owner(), None, "not in the mask");
+    }
+
+    #[test]
+    fn the_anomaly_action_is_set_and_listed() {
+        let p = patch(&["anomaly_action"], |p| p.anomaly_action = AnomalyAction::Disable).unwrap();
+        let (next, changes) = apply(&record(), &p, T0).unwrap();
+        assert_eq!(next.anomaly_action, AnomalyAction::Disable);
+        assert_eq!(
+            (changes[0].field.as_str(), changes[0].before.as_str(), changes[0].after.as_str()),
+            ("anomaly_action", "alert", "disable")
+        );
+        let untouched = patch(&["name"], |p| {
+            p.name = "svc".into();
+            p.anomaly_action = AnomalyAction::Disable;
+        })
+        .unwrap();
+        assert_eq!(apply(&next, &untouched, T0).unwrap().0.anomaly_action, AnomalyAction::Disable, "not in the mask");
     }
 
     #[test]

@@ -3,6 +3,10 @@
 //! takes what is queued in batches and writes each batch as one group-committed write, pruning
 //! by age and count as it goes. When the queue is full the record is dropped and counted, and
 //! the count reaches the audit trail (`usage.dropped`), so no record is lost silently.
+//!
+//! The anomaly detector is fed here too: the writer hands each batch to it before writing.
+//! With the usage log off and the detector on, the same queue and writer run and only feed
+//! the detector (nothing is written).
 
 use std::{
     collections::BTreeMap,
@@ -15,6 +19,7 @@ use std::{
 };
 
 use super::{
+    anomaly::Detector,
     audit::{Actor, AuditAction, AuditEvent},
     clock::Clock,
     error::{Error, Result},
@@ -227,12 +232,25 @@ pub(crate) struct UsageLog<S> {
     config: UsageLogConfig,
     store: Arc<S>,
     clock: Arc<dyn Clock>,
+    /// The anomaly detector each batch is handed to, if it is on.
+    detector: Option<Arc<Detector>>,
 }
 
 impl<S: Store> UsageLog<S> {
-    /// The usage log, or `None` with it off.
-    pub fn new(config: UsageLogConfig, store: Arc<S>, clock: Arc<dyn Clock>) -> Option<Self> {
-        config.enabled.then(|| Self { queue: UsageQueue::new(config.queue_capacity), config, store, clock })
+    /// The usage log's queue and writer, or `None` with both the log and the detector off.
+    pub fn new(
+        config: UsageLogConfig,
+        store: Arc<S>,
+        clock: Arc<dyn Clock>,
+        detector: Option<Arc<Detector>>,
+    ) -> Option<Self> {
+        (config.enabled || detector.is_some()).then(|| Self {
+            queue: UsageQueue::new(config.queue_capacity),
+            config,
+            store,
+            clock,
+            detector,
+        })
     }
 
     /// Queues a verification's usage record; never waits (see `UsageQueue::offer`).
@@ -254,7 +272,15 @@ impl<S: Store> UsageLog<S> {
         let now = self.clock.now();
         let retention =
             Retention { older_than: cfg.max_age.and_then(|age| now.checked_sub(age)), max_records: cfg.max_records };
-        let written = batch.len();
+        if let Some(detector) = &self.detector
+            && !batch.is_empty()
+        {
+            let store = &self.store;
+            detector.observe(&batch, &|id| {
+                store.get_key(id).ok().flatten().map(|r| r.usage.last_used_at.unwrap_or(r.created_at))
+            });
+        }
+        let written = if cfg.enabled { batch.len() } else { 0 };
         let mut result = Ok(0);
         if written > 0 {
             result = self.store.append_usage(batch, retention).await;

@@ -6,6 +6,7 @@ use prost_types::Timestamp;
 
 use crate::{
     domain::{
+        anomaly::{AnomalyAction, AnomalyKind},
         audit::{Actor, AuditAction, AuditQuery, RecordedEvent},
         cluster::ClusterStatus,
         error::{Error, Result},
@@ -86,7 +87,34 @@ pub fn new_key(req: proto::CreateKeyRequest) -> Result<NewKey> {
         scopes: req.scopes,
         metadata: req.metadata.into_iter().collect(),
         owner: req.owner,
+        anomaly_action: anomaly_action(req.anomaly_action)?,
     })
+}
+
+/// An anomaly action from the wire: UNSPECIFIED is the default (ALERT); an unknown number is refused.
+fn anomaly_action(raw: i32) -> Result<AnomalyAction> {
+    match proto::AnomalyAction::try_from(raw) {
+        Ok(proto::AnomalyAction::Unspecified | proto::AnomalyAction::Alert) => Ok(AnomalyAction::Alert),
+        Ok(proto::AnomalyAction::Disable) => Ok(AnomalyAction::Disable),
+        Err(_) => Err(Error::invalid("anomaly_action", "is not an AnomalyAction")),
+    }
+}
+
+/// KeyInfo's anomaly action: the default (ALERT) is left unset, as a request leaves it.
+fn proto_anomaly_action(a: AnomalyAction) -> proto::AnomalyAction {
+    match a {
+        AnomalyAction::Alert => proto::AnomalyAction::Unspecified,
+        AnomalyAction::Disable => proto::AnomalyAction::Disable,
+    }
+}
+
+fn proto_anomaly_kind(k: AnomalyKind) -> proto::AnomalyKind {
+    match k {
+        AnomalyKind::NewNetworks => proto::AnomalyKind::NewNetworks,
+        AnomalyKind::RateSpike => proto::AnomalyKind::RateSpike,
+        AnomalyKind::FailureSpike => proto::AnomalyKind::FailureSpike,
+        AnomalyKind::IdleKeyUsed => proto::AnomalyKind::IdleKeyUsed,
+    }
 }
 
 pub fn key_patch(req: proto::UpdateKeyRequest) -> Result<KeyPatch> {
@@ -103,6 +131,7 @@ pub fn key_patch(req: proto::UpdateKeyRequest) -> Result<KeyPatch> {
         scopes: req.scopes,
         metadata: req.metadata.into_iter().collect(),
         owner: req.owner,
+        anomaly_action: anomaly_action(req.anomaly_action)?,
     })
 }
 
@@ -167,6 +196,16 @@ pub fn key_info(r: &KeyRecord) -> proto::KeyInfo {
         rotate_by: r.rotate_by().map(timestamp),
         master_key_versions: r.digest.versions().map(|v| v.0).collect(),
         owner: r.owner.clone().unwrap_or_default(),
+        anomaly_action: proto_anomaly_action(r.anomaly_action) as i32,
+        anomalies: r
+            .anomalies
+            .iter()
+            .map(|a| proto::KeyAnomaly {
+                kind: proto_anomaly_kind(a.kind) as i32,
+                at: Some(timestamp(a.at)),
+                evidence: a.evidence.clone(),
+            })
+            .collect(),
     }
 }
 

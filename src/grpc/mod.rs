@@ -133,7 +133,7 @@ pub async fn serve<H: Hsm, S: Store>(
     let reflection_v1alpha =
         reflection().build_v1alpha().expect("the embedded descriptor sets are valid").max_decoding_message_size(max);
 
-    let Services { auth, keys, verify, master, audit, cluster } = services;
+    let Services { auth, keys, verify, master, audit, cluster, .. } = services;
     let ids = &identities;
     let key_api = KeyServiceServer::new(KeyApi::new(auth.clone(), keys, ids.clone())).max_decoding_message_size(max);
     let master_api =

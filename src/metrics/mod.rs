@@ -66,6 +66,11 @@ struct CheckLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
     state: &'static str,
 }
@@ -127,6 +132,7 @@ pub struct Metrics {
     restart_needed: Gauge,
     keys: Family<StateLabel, Gauge>,
     brute_force_refused: Family<CheckLabel, Counter>,
+    key_anomalies: Family<KindLabel, Counter>,
     usage_queue: OnceLock<UsageQueueMetrics>,
     cluster: OnceLock<ClusterMetrics>,
 }
@@ -161,6 +167,7 @@ impl Metrics {
             restart_needed: Gauge::default(),
             keys: Family::default(),
             brute_force_refused: Family::default(),
+            key_anomalies: Family::default(),
             usage_queue: OnceLock::new(),
             cluster: OnceLock::new(),
         };
@@ -227,6 +234,11 @@ impl Metrics {
                 "calls refused because their source is blocked after failing too often, by check",
                 m.brute_force_refused.clone(),
             );
+            r.register(
+                "key_anomalies",
+                "anomalies recorded on keys by the anomaly detector, by kind",
+                m.key_anomalies.clone(),
+            );
         }
         m
     }
@@ -291,6 +303,12 @@ impl Metrics {
     /// `authenticate` (the caller's address).
     pub fn brute_force_refused(&self, check: &'static str) {
         self.brute_force_refused.get_or_create(&CheckLabel { check }).inc();
+    }
+
+    /// An anomaly recorded on a key; `kind` is the kind's label (`new_networks`, `rate_spike`,
+    /// `failure_spike`, `idle_key_used`).
+    pub fn key_anomaly(&self, kind: &'static str) {
+        self.key_anomalies.get_or_create(&KindLabel { kind }).inc();
     }
 
     pub fn set_keys(&self, counts: &StateCounts) {

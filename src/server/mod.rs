@@ -143,11 +143,23 @@ impl Server {
             migration: config.master.domain(),
             usage_log: config.usage_log.domain(),
             brute_force: config.brute_force.domain()?,
+            anomaly: config.anomaly.domain()?,
         };
         let clock = dev_clock::clock(opts.dev)?;
         let services = Services::new(Arc::new(hsm.clone()), Arc::new(store.clone()), clock, master, services_config);
         if unreachable.is_none() {
             services.master.self_test().await?;
+        }
+        if let Some(anomaly) = &services.anomaly {
+            let started = std::time::Instant::now();
+            match anomaly.rebuild() {
+                Ok(records) => {
+                    tracing::info!(records, elapsed = ?started.elapsed(), "anomaly baselines rebuilt from the usage log")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "rebuilding the anomaly baselines from the usage log failed; they start empty")
+                }
+            }
         }
         // Registered before the address is announced: SIGHUP's default action would end the
         // process. It reloads the TLS files; without TLS it does nothing.
@@ -236,6 +248,9 @@ impl Server {
         };
         background(Box::pin(tasks::flush_usage_every(services.clone(), usage_flush)));
         background(Box::pin(tasks::write_usage_log(services.verify.clone())));
+        if let Some(anomaly) = &services.anomaly {
+            background(Box::pin(tasks::detect_anomalies_every(anomaly.clone())));
+        }
         if let Some(local) = store.local() {
             background(Box::pin(local.clone().watch_disk(DISK_CHECK_INTERVAL)));
         }

@@ -1,5 +1,6 @@
 //! The server's background tasks: usage facts and refused calls written every interval, the
-//! usage-log writer, the master key re-digest, and the sweeper. Each loops until it is dropped
+//! usage-log writer, the anomaly detector's evaluation, the master key re-digest, and the
+//! sweeper. Each loops until it is dropped
 //! (the server's cancellation token ends it).
 
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
@@ -7,7 +8,7 @@ use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 use super::Domain;
 use crate::{
     domain::ports::MasterState,
-    domain::{audit::Actor, keys::KeyAdmin, master::MasterKeys, verification::Verifier},
+    domain::{anomaly::AnomalyWatch, audit::Actor, keys::KeyAdmin, master::MasterKeys, verification::Verifier},
     hsm::Pkcs11Hsm,
     metrics,
     store::Engine,
@@ -50,6 +51,21 @@ pub(super) fn report_usage_write(w: &crate::domain::usage_log::UsageWrite) {
     m.depth.set(w.depth as i64);
     if w.dropped > 0 {
         m.dropped.inc_by(w.dropped);
+    }
+}
+
+/// Once a window (the first one window after startup): the anomaly detector closes the window
+/// and records what it found; each recorded anomaly is counted and logged (no secret in it).
+pub(super) async fn detect_anomalies_every(anomaly: Arc<AnomalyWatch<Pkcs11Hsm, Engine>>) {
+    let every = anomaly.window().max(Duration::from_secs(1));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for recorded in anomaly.evaluate().await {
+            metrics::get().key_anomaly(recorded.kind.label());
+            tracing::warn!(key_id = %recorded.key, kind = %recorded.kind, disabled = recorded.disabled, "key anomaly recorded");
+        }
     }
 }
 

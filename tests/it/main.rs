@@ -3,6 +3,7 @@
 
 mod common;
 
+mod anomaly;
 mod api;
 mod audit;
 mod auth;

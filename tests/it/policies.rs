@@ -180,12 +180,14 @@ async fn admin_rpcs_set_change_pause_and_list_policies() {
         metadata: [("team".to_string(), "orders".to_string())].into(),
         max_age: Some(secs(30 * 86_400)),
         owner: "orders".into(),
+        anomaly_action: proto::AnomalyAction::Disable as i32,
     };
     let (key, info) = create(&mut admin, full).await;
     let id = info.key_id.clone();
     let got = admin.get_key(proto::GetKeyRequest { key_id: id.clone() }).await.unwrap().into_inner();
     assert_eq!(got.allowed_cidrs, strings(&["10.0.0.0/8", "2001:db8::/32"]));
     assert_eq!(got.owner, "orders");
+    assert_eq!(got.anomaly_action(), proto::AnomalyAction::Disable);
     assert_eq!(got.rate_limit.as_ref().map(|l| l.limit), Some(100));
     assert_eq!(got.remaining, Some(500));
     assert_eq!(got.refill.as_ref().map(|r| r.amount), Some(500));

@@ -107,14 +107,16 @@ pub async fn disk_figures(dir: &Path, n: u64, out: &mut impl FnMut(String)) -> R
     Ok(())
 }
 
-/// The instance's configuration with `[usage_log] enabled` set as given.
-fn config_with_log(base: &Path, enabled: bool, out: &Path) -> Result<()> {
+/// The instance's configuration with `[section] enabled` set as given, written to `out`.
+pub(crate) fn config_enabling(base: &Path, section: &str, enabled: bool, out: &Path) -> Result<()> {
     let text = std::fs::read_to_string(base).unwrap_or_default();
     let mut table: toml::Table =
         toml::from_str(&text).map_err(|source| BenchError::ConfigRead { path: base.to_owned(), source })?;
-    let section = table.entry("usage_log").or_insert_with(|| toml::Value::Table(Default::default()));
-    let toml::Value::Table(section) = section else { return Err(BenchError::UsageLogNotTable(base.to_owned())) };
-    section.insert("enabled".into(), toml::Value::Boolean(enabled));
+    let entry = table.entry(section).or_insert_with(|| toml::Value::Table(Default::default()));
+    let toml::Value::Table(entry) = entry else {
+        return Err(BenchError::SectionNotTable { section: section.to_owned(), path: base.to_owned() });
+    };
+    entry.insert("enabled".into(), toml::Value::Boolean(enabled));
     std::fs::write(out, toml::to_string(&table)?).map_err(BenchError::io(format!("writing {}", out.display())))
 }
 
@@ -125,8 +127,10 @@ pub fn on_off(opts: &Options, b: &UsageBench, admin_key: &str) -> Result<(Figure
     let configs: Vec<PathBuf> = [false, true]
         .iter()
         .map(|on| {
-            let path = scratch.join(format!("usage-log-{}.toml", if *on { "on" } else { "off" }));
-            config_with_log(&opts.config, *on, &path).map(|()| path)
+            // Beside the instance's configuration: its relative paths (the dev PIN file) stay right.
+            let dir = opts.config.parent().unwrap_or(&opts.data_dir);
+            let path = dir.join(format!("bench-usage-log-{}.toml", if *on { "on" } else { "off" }));
+            config_enabling(&opts.config, "usage_log", *on, &path).map(|()| path)
         })
         .collect::<Result<_, _>>()?;
     let runtime = keyward::app::runtime()?;
@@ -146,5 +150,8 @@ pub fn on_off(opts: &Options, b: &UsageBench, admin_key: &str) -> Result<(Figure
         }
     }
     let _ = std::fs::remove_dir_all(&scratch);
+    for config in &configs {
+        let _ = std::fs::remove_file(config);
+    }
     Ok((Figures::combine(off), Figures::combine(on)))
 }

@@ -16,6 +16,7 @@ use std::{
 pub use self::{leak::LeakReport, rotation::RotatedKey, sweep::SweepReport};
 use super::{
     access::{self, Access, Caller, Permission, RequestContext},
+    anomaly::AnomalyAction,
     audit::{Actor, AuditAction, AuditEvent},
     deps::Deps,
     error::{Error, Result},
@@ -51,6 +52,8 @@ pub struct NewKey {
     pub max_age: Option<Duration>,
     /// A team name; empty: none. A team-scoped creator must name one of its teams.
     pub owner: String,
+    /// What the anomaly detector does on unusual use of the key.
+    pub anomaly_action: AnomalyAction,
 }
 
 #[derive(Debug)]
@@ -118,6 +121,7 @@ impl<H: Hsm, S: Store> KeyAdmin<H, S> {
         record.quota = remaining.map(|remaining| Quota { remaining, refill, refilled_at: now });
         record.max_age = max_age;
         record.owner = owner;
+        record.anomaly_action = new.anomaly_action;
         let event = key_event(now, Actor::Key(caller.key_id), AuditAction::KeyCreated, id, ctx, None);
         self.deps.store.insert_key(record.clone(), event).await?;
         let key = key_format::render(&record.prefix, id, &secret);

@@ -15,6 +15,7 @@ use std::{
 use self::spending::Spent;
 use super::{
     access::{Access, Caller, Permission},
+    anomaly::Detector,
     brute_force::{BruteForce, Source},
     deps::Deps,
     error::{Error, Result},
@@ -88,7 +89,7 @@ pub struct Verifier<H, S> {
     deps: Deps<H, S>,
     config: VerifyConfig,
     rate_limits: RateLimits,
-    /// The usage log's queue and writer; `None` with the log off.
+    /// The usage log's queue and writer; `None` with the log and the anomaly detector off.
     usage_log: Option<UsageLog<S>>,
     // Shared with other services:
     prover: Arc<Prover<H, S>>,
@@ -99,7 +100,8 @@ pub struct Verifier<H, S> {
 
 impl<H: Hsm, S: Store> Verifier<H, S> {
     /// Proves presented keys with `prover`, counts uses and spends quota leases in `ledger`,
-    /// counts failed sources in `brute_force` and refused calls in `access`.
+    /// counts failed sources in `brute_force` and refused calls in `access`; the usage log's
+    /// writer feeds `detector`, if given.
     pub fn new(
         deps: Deps<H, S>,
         config: VerifyConfig,
@@ -107,8 +109,9 @@ impl<H: Hsm, S: Store> Verifier<H, S> {
         ledger: Arc<Ledger>,
         brute_force: Arc<BruteForce>,
         access: Arc<Access>,
+        detector: Option<Arc<Detector>>,
     ) -> Self {
-        let usage_log = UsageLog::new(config.usage_log.clone(), deps.store.clone(), deps.clock.clone());
+        let usage_log = UsageLog::new(config.usage_log.clone(), deps.store.clone(), deps.clock.clone(), detector);
         let rate_limits = RateLimits::new(config.rate_limiter_capacity);
         Self { deps, config, rate_limits, usage_log, prover, ledger, brute_force, access }
     }

@@ -99,8 +99,8 @@ impl<H: Hsm, S: Store> Verifier<H, S> {
         self.ledger.flush_usage(&*self.deps.store).await
     }
 
-    /// The usage log writer's pass (see `UsageLog::write`). Run in a loop by a task; with the
-    /// log off it never returns.
+    /// The usage log writer's pass (see `UsageLog::write`), which also feeds the anomaly
+    /// detector. Run in a loop by a task; with both the log and the detector off it never returns.
     pub async fn write_usage_log(&self) -> Result<UsageWrite> {
         match &self.usage_log {
             Some(log) => log.write().await,

@@ -7,6 +7,7 @@ use prost::Message;
 
 use super::{StoredDigest, corrupt, decode_digest, encode_digest, from_nanos, key_id, to_nanos, unwrap, wrap};
 use crate::domain::{
+    anomaly::{AnomalyAction, AnomalyKind, KeyAnomaly},
     key::{KeyRecord, KeyState, Quota, RateLimit, Refill, Usage},
     ports::StoreError,
 };
@@ -66,6 +67,42 @@ struct StoredKey {
     /// Absent in records written before ownership: no owner.
     #[prost(string, optional, tag = "26")]
     owner: Option<String>,
+    /// Absent in records written before anomaly detection (and for the default): alert.
+    #[prost(uint32, optional, tag = "27")]
+    anomaly_action: Option<u32>,
+    /// Absent in records written before anomaly detection: none.
+    #[prost(message, repeated, tag = "28")]
+    anomalies: Vec<StoredAnomaly>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct StoredAnomaly {
+    #[prost(uint32, tag = "1")]
+    kind: u32,
+    #[prost(int64, tag = "2")]
+    at: i64,
+    #[prost(string, tag = "3")]
+    evidence: String,
+}
+
+fn anomaly_kind_number(kind: AnomalyKind) -> u32 {
+    match kind {
+        AnomalyKind::NewNetworks => 1,
+        AnomalyKind::RateSpike => 2,
+        AnomalyKind::FailureSpike => 3,
+        AnomalyKind::IdleKeyUsed => 4,
+    }
+}
+
+fn decode_anomaly(a: StoredAnomaly) -> Result<KeyAnomaly, StoreError> {
+    let kind = match a.kind {
+        1 => AnomalyKind::NewNetworks,
+        2 => AnomalyKind::RateSpike,
+        3 => AnomalyKind::FailureSpike,
+        4 => AnomalyKind::IdleKeyUsed,
+        _ => return Err(corrupt("key")),
+    };
+    Ok(KeyAnomaly { kind, at: from_nanos(a.at), evidence: a.evidence })
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -143,6 +180,20 @@ pub fn encode_key(r: &KeyRecord) -> Vec<u8> {
         rotation_deadline: r.rotation_deadline.map(to_nanos),
         max_age_nanos: r.max_age.map(duration_nanos),
         owner: r.owner.clone(),
+        // The default is written as nothing, as before the field existed.
+        anomaly_action: match r.anomaly_action {
+            AnomalyAction::Alert => None,
+            AnomalyAction::Disable => Some(2),
+        },
+        anomalies: r
+            .anomalies
+            .iter()
+            .map(|a| StoredAnomaly {
+                kind: anomaly_kind_number(a.kind),
+                at: to_nanos(a.at),
+                evidence: a.evidence.clone(),
+            })
+            .collect(),
     })
 }
 
@@ -208,6 +259,12 @@ pub fn decode_key(bytes: &[u8]) -> Result<KeyRecord, StoreError> {
         rotation_deadline: s.rotation_deadline.map(from_nanos),
         max_age: s.max_age_nanos.map(Duration::from_nanos),
         owner: s.owner,
+        anomaly_action: match s.anomaly_action {
+            None | Some(1) => AnomalyAction::Alert,
+            Some(2) => AnomalyAction::Disable,
+            Some(_) => return Err(corrupt("key")),
+        },
+        anomalies: s.anomalies.into_iter().map(decode_anomaly).collect::<Result<_, _>>()?,
     })
 }
 
@@ -264,6 +321,39 @@ mod tests {
         let owned = encode_key(&record);
         assert_eq!(decode_key(&owned).unwrap(), record);
         assert!(owned.len() > unowned.len(), "a record without an owner is written as before ownership existed");
+        record.anomaly_action = AnomalyAction::Disable;
+        record.anomalies = AnomalyKind::ALL
+            .iter()
+            .enumerate()
+            .map(|(n, kind)| KeyAnomaly {
+                kind: *kind,
+                at: SystemTime::UNIX_EPOCH + Duration::from_nanos(n as u64 * 1_000_000_007),
+                evidence: format!("evidence {n}"),
+            })
+            .collect();
+        assert_eq!(decode_key(&encode_key(&record)).unwrap(), record);
+    }
+
+    /// A record written before anomaly detection (no fields 27 and 28) decodes with the default
+    /// policy and no anomalies; and a record with the defaults is written as it was then.
+    #[test]
+    fn records_from_before_anomaly_detection_decode_with_the_defaults() {
+        let digest = Digest::plain(MasterKeyVersion(1), [3; 32]);
+        let record = KeyRecord::new(KeyId::new_v7(), "old".into(), "kw".into(), vec![], SystemTime::now(), digest);
+        let bytes = encode_key(&record);
+        let mut old = StoredKey::decode(&bytes[1..]).unwrap();
+        assert_eq!((old.anomaly_action, old.anomalies.len()), (None, 0), "defaults add no bytes");
+        old.anomaly_action = None;
+        let mut before = vec![1u8];
+        old.encode(&mut before).unwrap();
+        let decoded = decode_key(&before).unwrap();
+        assert_eq!(decoded.anomaly_action, AnomalyAction::Alert);
+        assert!(decoded.anomalies.is_empty());
+        let mut unknown = old.clone();
+        unknown.anomalies.push(StoredAnomaly { kind: 99, at: 0, evidence: String::new() });
+        let mut bytes = vec![1u8];
+        unknown.encode(&mut bytes).unwrap();
+        assert!(decode_key(&bytes).is_err(), "an unknown kind is a corrupt record, not a silent default");
     }
 
     /// Found by review while writing the fuzz targets: the earliest time i64 holds came back one

@@ -11,6 +11,7 @@ use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus}
 use crate::common::cluster::{ClusterNodes, Outcome, timed};
 
 mod acknowledged;
+mod anomaly;
 mod audit_trim;
 mod etcd_faults;
 mod etcd_tls;
