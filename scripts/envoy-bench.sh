@@ -4,9 +4,12 @@
 #   api-key-auth  Envoy's built-in static-key filter (deploy/envoy/bench/api-key-auth.yaml)
 #   ext-authz     Envoy + ext_authz -> keyward over loopback TCP (deploy/envoy/envoy.yaml)
 #   ext-authz-unix  the same over a Unix socket (keyward --listen unix:PATH; Envoy `pipe`)
+#   ext-authz-null  with --null-check: the same Envoy configuration, its Check server one that
+#                 allows everything at once (`keyward-bench null-authz`): what ext_authz costs
+#                 Envoy itself, the ceiling of any Check server on this machine
 #
 #   scripts/envoy-bench.sh [--seconds N] [--rounds R] [--clients C] [--streams M]
-#                          [--envoy-threads T] [--quick]
+#                          [--envoy-threads T] [--null-check] [--quick]
 #
 # Each round runs every configuration in turn (rounds interleave, so that drift of this machine
 # touches all alike), twice: under load (C connections x M streams, h2c) for requests/s and
@@ -24,7 +27,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-seconds=5 rounds=3 clients=8 streams=8 envoy_threads=1
+seconds=5 rounds=3 clients=8 streams=8 envoy_threads=1 null_check=
 while [ $# -gt 0 ]; do
   case "$1" in
     --seconds) seconds=$2; shift 2 ;;
@@ -33,6 +36,7 @@ while [ $# -gt 0 ]; do
     --streams) streams=$2; shift 2 ;;
     --envoy-threads) envoy_threads=$2; shift 2 ;;
     --quick) seconds=1 rounds=1; shift ;;
+    --null-check) null_check=1; shift ;;
     -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0"; exit 0 ;;
     *) echo "envoy-bench: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -154,6 +158,26 @@ else
   log "ext-authz-unix skipped: needs keyward's Unix-socket listener (keyward serve --listen unix:PATH)"
 fi
 
+# The null Check server ($KEYWARD_BENCH_BIN, else a release build of keyward-bench).
+if [ -n "$null_check" ]; then
+  bench_bin=${KEYWARD_BENCH_BIN:-}
+  if [ -z "$bench_bin" ]; then
+    cargo build --release --quiet -p keyward-bench
+    bench_bin="${CARGO_TARGET_DIR:-target}/release/keyward-bench"
+  fi
+  "$bench_bin" null-authz --listen 127.0.0.1:0 --addr-file "$scratch/null.addr" 2>"$scratch/null.log" &
+  null_pid=$!
+  pids+=("$null_pid")
+  for _ in $(seq 300); do
+    [ -s "$scratch/null.addr" ] && break
+    kill -0 "$null_pid" 2>/dev/null || { cat "$scratch/null.log" >&2; die "keyward-bench null-authz exited"; }
+    sleep 0.1
+  done
+  [ -s "$scratch/null.addr" ] || die "the null Check server did not start in 30 s"
+  null_addr=$(cat "$scratch/null.addr")
+  variants+=(ext-authz-null)
+fi
+
 # --- Envoys --------------------------------------------------------------------------------
 render deploy/envoy/bench/upstream.yaml "$scratch/upstream.yaml" UPSTREAM_PORT=0 ADMIN_PORT=0
 start_envoy upstream "$scratch/upstream.yaml" 1
@@ -168,6 +192,10 @@ render deploy/envoy/envoy.yaml "$scratch/ext-authz.yaml" "${common[@]}" "${authz
 sed "s|socket_address: { address: \"${keyward_addr%:*}\", port_value: ${keyward_addr##*:} }|pipe: { path: \"$unix_socket\" }|" \
   "$scratch/ext-authz.yaml" >"$scratch/ext-authz-unix.yaml"
 grep -q "pipe: { path" "$scratch/ext-authz-unix.yaml" || die "could not point ext-authz-unix.yaml at the socket"
+if [ -n "$null_check" ]; then
+  render deploy/envoy/envoy.yaml "$scratch/ext-authz-null.yaml" "${common[@]}" \
+    "KEYWARD_ADDRESS=${null_addr%:*}" "KEYWARD_PORT=${null_addr##*:}" "KEYWARD_GATEWAY_KEY=$gateway_key"
+fi
 
 declare -A front
 path=/orders/1
@@ -178,7 +206,7 @@ for v in "${variants[@]}"; do
   with=$(curl -s -o /dev/null -w '%{http_code}' -H "authorization: Bearer $client_key" "$url")
   without=$(curl -s -o /dev/null -w '%{http_code}' "$url")
   expected_without=401
-  [ "$v" = no-auth ] && expected_without=200
+  [ "$v" = no-auth ] || [ "$v" = ext-authz-null ] && expected_without=200
   [ "$with" = 200 ] && [ "$without" = "$expected_without" ] ||
     die "$v: $with with the key, $without without (expected 200 and $expected_without)"
   log "$v on ${front[$v]}: 200 with the key, $without without"
@@ -190,6 +218,7 @@ cpu_ticks() {
 }
 declare -A server_pid=([ext-authz]=$keyward_tcp_pid)
 [ -n "${keyward_unix_pid:-}" ] && server_pid[ext-authz-unix]=$keyward_unix_pid
+[ -n "${null_pid:-}" ] && server_pid[ext-authz-null]=$null_pid
 tick_us=$((1000000 / $(getconf CLK_TCK)))
 
 # --- Measurements --------------------------------------------------------------------------
@@ -258,7 +287,7 @@ for v in "${variants[@]}"; do
     END { printf "- %s: %.0f / %.0f / %.0f\n", v, f / n, s / n, u / n }' "$scratch/$v.load.cpu"
 done
 echo
-for v in ext-authz ext-authz-unix; do
+for v in ext-authz ext-authz-unix ext-authz-null; do
   [ -n "${load_rate[$v]:-}" ] || continue
   pct=$(awk -v a="${load_rate[$v]}" -v b="${load_rate[api-key-auth]}" 'BEGIN { printf "%.1f", 100 * a / b }')
   added=$(awk -v a="${single_p50[$v]}" -v b="${single_p50[no-auth]}" 'BEGIN { printf "%.3f", a - b }')
