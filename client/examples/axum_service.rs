@@ -11,7 +11,7 @@
 //! prints the address it listens on, then serves until stopped.
 //!
 //! Routes: `GET /healthz` (open), `GET /whoami` (any valid key) and `GET /orders` (a key
-//! holding `orders:read`). The end-to-end tests (tests/end_to_end.rs) serve this same router.
+//! holding `orders:read`). The end-to-end tests (tests/end_to_end/) serve this same router.
 
 use std::net::SocketAddr;
 
