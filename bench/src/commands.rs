@@ -90,7 +90,7 @@ pub fn overload(target: &str, key_file: &Path, options: &overload::OverloadOptio
 /// `keyward-bench audit`: offline, on a stopped instance's data directory.
 pub fn audit(opts: &Options, bench: offline::audit::AuditBench) -> Result<()> {
     let (hsm, _) = open_hsm(opts)?;
-    hsm.ensure_audit_key()?;
+    hsm.ensure_token_keys()?;
     let store = SledStore::open(&opts.db_path(), std::sync::Arc::new(hsm.clone()))?;
     let result = app::runtime()
         .map_err(BenchError::from)

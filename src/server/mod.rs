@@ -106,7 +106,7 @@ impl Server {
         }
         let (hsm, unreachable) = Pkcs11Hsm::open_serving(pkcs11_config(&config)?)?;
         if unreachable.is_none() {
-            hsm.ensure_audit_key()?;
+            hsm.ensure_token_keys()?;
         }
         let limits =
             StoreLimits { min_free_bytes: config.store.min_free_bytes, write_timeout: config.store.write_timeout };

@@ -1,0 +1,34 @@
+//! Signing keys: the HMAC secret a client signs requests with (RFC 9421, `hmac-sha256`),
+//! which keyward keeps only wrapped by an HSM AES key, and checks inside the HSM.
+
+use std::fmt;
+
+/// A version of the AES key that wraps signing secrets on the token (label
+/// `keyward-wrap-v<n>`, beside the master keys' `keyward-master-v<n>`). It is separate from the
+/// master keys: rotating or retiring a master key version leaves every signing key verifying.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WrapKeyVersion(pub u32);
+
+impl fmt::Display for WrapKeyVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "v{}", self.0)
+    }
+}
+
+/// The wrapping key version `keyward init` makes, and the one new signing secrets use.
+pub const CURRENT_WRAP_KEY: WrapKeyVersion = WrapKeyVersion(1);
+
+/// A signing secret as keyward stores it: wrapped (`CKM_AES_KEY_WRAP`, RFC 3394) under wrapping
+/// key `version`. The blob can be unwrapped only inside the HSM that holds that key; it is not
+/// secret on its own, so it may be logged in `Debug` as a length only.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct WrappedSecret {
+    pub version: WrapKeyVersion,
+    pub blob: Vec<u8>,
+}
+
+impl fmt::Debug for WrappedSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WrappedSecret({}, {} bytes)", self.version, self.blob.len())
+    }
+}
