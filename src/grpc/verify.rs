@@ -59,6 +59,13 @@ impl<H: Hsm, S: Store> VerifyService for VerifyApi<H, S> {
         metrics::get().verify_outcome(response.code().short_name());
         Ok(Response::new(response))
     }
+
+    async fn verify_signature(
+        &self,
+        _request: Request<proto::VerifySignatureRequest>,
+    ) -> Result<Response<proto::VerifyKeyResponse>, Status> {
+        Err(Status::unimplemented("VerifySignature is not served yet"))
+    }
 }
 
 #[cfg(test)]

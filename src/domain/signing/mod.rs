@@ -3,6 +3,15 @@
 
 use std::fmt;
 
+/// How a key is presented: the key string itself (bearer), or signatures made with a secret
+/// keyward keeps wrapped (signing).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KeyKind {
+    #[default]
+    Bearer,
+    Signing,
+}
+
 /// A version of the AES key that wraps signing secrets on the token (label
 /// `keyward-wrap-v<n>`, beside the master keys' `keyward-master-v<n>`). It is separate from the
 /// master keys: rotating or retiring a master key version leaves every signing key verifying.
