@@ -422,6 +422,9 @@ pub fn verify_code(code: VerifyCode) -> proto::VerifyCode {
         VerifyCode::QuotaExceeded => proto::VerifyCode::QuotaExceeded,
         VerifyCode::Disabled => proto::VerifyCode::Disabled,
         VerifyCode::NotYetValid => proto::VerifyCode::NotYetValid,
+        VerifyCode::Replayed => proto::VerifyCode::Replayed,
+        VerifyCode::SignatureExpired => proto::VerifyCode::SignatureExpired,
+        VerifyCode::BadSignatureParams => proto::VerifyCode::BadSignatureParams,
     }
 }
 

@@ -144,6 +144,7 @@ impl Server {
             usage_log: config.usage_log.domain(),
             brute_force: config.brute_force.domain()?,
             anomaly: config.anomaly.domain()?,
+            signing: config.signing.domain()?,
         };
         let clock = dev_clock::clock(opts.dev)?;
         let services = Services::new(Arc::new(hsm.clone()), Arc::new(store.clone()), clock, master, services_config);

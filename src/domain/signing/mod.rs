@@ -1,5 +1,9 @@
 //! Signing keys: the HMAC secret a client signs requests with (RFC 9421, `hmac-sha256`),
-//! which keyward keeps only wrapped by an HSM AES key, and checks inside the HSM.
+//! which keyward keeps only wrapped by an HSM AES key, and checks inside the HSM; `params` reads
+//! a signature's parameters, `replay` remembers its nonce.
+
+pub mod params;
+pub mod replay;
 
 use std::fmt;
 
@@ -39,5 +43,29 @@ pub struct WrappedSecret {
 impl fmt::Debug for WrappedSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "WrappedSecret({}, {} bytes)", self.version, self.blob.len())
+    }
+}
+
+/// `[signing]`: how signed requests are checked.
+#[derive(Clone, Debug)]
+pub struct SigningConfig {
+    /// How far `created` may be from now, either way; also how long nonces are remembered.
+    pub max_skew: std::time::Duration,
+    /// Whether a signature without `created` is refused (`BAD_SIGNATURE_PARAMS`).
+    pub require_created: bool,
+    /// Whether a signature without `nonce` is refused (`BAD_SIGNATURE_PARAMS`).
+    pub require_nonce: bool,
+    /// The most nonces remembered at once (see `replay`).
+    pub replay_cache_capacity: usize,
+}
+
+impl Default for SigningConfig {
+    fn default() -> Self {
+        Self {
+            max_skew: std::time::Duration::from_secs(300),
+            require_created: true,
+            require_nonce: true,
+            replay_cache_capacity: 100_000,
+        }
     }
 }
