@@ -40,3 +40,28 @@ async fn the_signing_secret_wrapping_key_is_a_never_extractable_aes_key_that_onl
     assert!(!read.status.success(), "the wrapping key value was read");
     assert!(read.stdout.is_empty(), "no key bytes on stdout");
 }
+
+#[tokio::test]
+async fn a_token_made_before_signing_keys_gets_its_wrapping_key_when_keyward_serves() {
+    let mut kw = Instance::init();
+    let out = pkcs11_tool(&kw, &["--delete-object", "--type", "secrkey", "--label", "keyward-wrap-v1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listing = pkcs11_tool(&kw, &["--list-objects", "--type", "secrkey"]);
+    assert!(!String::from_utf8_lossy(&listing.stdout).contains("keyward-wrap-v1"), "deleted");
+
+    kw.start().await;
+    let created = kw
+        .root_keys()
+        .await
+        .create_key(keyward::proto::CreateKeyRequest {
+            name: "signer".into(),
+            kind: keyward::proto::KeyKind::Signing as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("a signing key on a token that had no wrapping key")
+        .into_inner();
+    assert_eq!(created.signing_secret.len(), 32);
+    let listing = pkcs11_tool(&kw, &["--list-objects", "--type", "secrkey", "--label", "keyward-wrap-v1"]);
+    assert!(String::from_utf8_lossy(&listing.stdout).contains("never extractable"), "made again by serve");
+}

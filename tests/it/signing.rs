@@ -155,3 +155,22 @@ async fn bad_signature_parameters_and_unknown_keys_get_their_codes() {
     // The genuine request still verifies: refused ones did not spend its nonce.
     assert_eq!(check(&kw, &signed, &[], "").await.code(), VerifyCode::Valid);
 }
+
+#[tokio::test]
+async fn rotating_a_signing_key_hands_out_a_new_secret_once() {
+    let kw = Instance::started().await;
+    let (id, secret) = create_signing_key(&kw, "client", &[], &[]).await;
+    let request = proto::RotateKeyRequest { key_id: id.clone(), grace_period: None };
+    let rotated = kw.root_keys().await.rotate_key(request).await.expect("RotateKey").into_inner();
+    assert!(rotated.key.is_empty(), "no bearer form");
+    assert_eq!(rotated.signing_secret.len(), 32);
+    assert_ne!(rotated.signing_secret, secret);
+    let successor = rotated.info.unwrap();
+    assert_eq!(successor.kind(), KeyKind::Signing);
+    let signed = sign(&successor.key_id, &rotated.signing_secret, now(), "nonce-1");
+    assert_eq!(check(&kw, &signed, &[], "").await.code(), VerifyCode::Valid);
+    let old = sign(&id, &secret, now(), "nonce-1");
+    assert_eq!(check(&kw, &old, &[], "").await.code(), VerifyCode::Valid, "during the grace period");
+    let wrong = sign(&successor.key_id, &secret, now(), "nonce-2");
+    assert_eq!(check(&kw, &wrong, &[], "").await.code(), VerifyCode::Invalid, "the old secret");
+}

@@ -111,3 +111,20 @@ async fn signing_keys_keep_verifying_across_a_master_key_rotation() {
     let base = after.base(f.clock.now(), "n-1");
     assert_eq!(check(&f, &base, &after.sign(&base), &[]).await.code, VerifyCode::Valid);
 }
+
+#[tokio::test]
+async fn a_rotated_signing_key_hands_its_successor_a_new_secret_and_both_verify_during_the_grace() {
+    let f = fixture().await;
+    let old = Signer::new(&f, &[]).await;
+    let ctx = RequestContext::default();
+    let rotated = f.keys.rotate(&f.root, &old.id.to_string(), None, &ctx).await.unwrap();
+    assert_eq!(rotated.record.kind(), KeyKind::Signing);
+    let new = Signer { id: rotated.record.id, secret: rotated.signing_secret.unwrap().expose().to_vec() };
+    assert_ne!(new.secret, old.secret);
+    for (signer, nonce) in [(&old, "n-1"), (&new, "n-1")] {
+        let base = signer.base(f.clock.now(), nonce);
+        assert_eq!(check(&f, &base, &signer.sign(&base), &[]).await.code, VerifyCode::Valid);
+    }
+    let base = new.base(f.clock.now(), "n-2");
+    assert_eq!(check(&f, &base, &old.sign(&base), &[]).await.code, VerifyCode::Invalid, "the old secret");
+}
