@@ -11,12 +11,20 @@ use std::{
 use base64::{Engine, engine::general_purpose::STANDARD};
 use keyward::proto::{self, KeyKind, VerifyCode};
 
+use envoy_types::pb::envoy::service::auth::v3::{
+    AttributeContext, CheckRequest, CheckResponse,
+    attribute_context::{HttpRequest, Request as HttpRequestWrapper},
+    check_response::HttpResponse,
+};
+
 use crate::common::{Instance, require_tool};
 
 /// A request signed by the Python library: the signature base and the signature.
 struct Signed {
     base: Vec<u8>,
     signature: Vec<u8>,
+    /// The request's headers the library set: Signature-Input, Signature, Content-Digest.
+    headers: Vec<(String, String)>,
 }
 
 fn python() -> PathBuf {
@@ -41,7 +49,14 @@ fn sign(key_id: &str, secret: &[u8], created: u64, nonce: &str) -> Signed {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let field = |name: &str| STANDARD.decode(printed[name].as_str().unwrap()).unwrap();
-    Signed { base: field("signature_base"), signature: field("signature") }
+    let text = |name: &str| printed[name].as_str().unwrap().to_owned();
+    let headers = vec![
+        ("signature-input".into(), text("signature_input")),
+        ("signature".into(), text("signature_header")),
+        ("content-digest".into(), text("content_digest")),
+        ("content-length".into(), "13".into()),
+    ];
+    Signed { base: field("signature_base"), signature: field("signature"), headers }
 }
 
 async fn check(kw: &Instance, signed: &Signed, scopes: &[&str], client_ip: &str) -> proto::VerifyKeyResponse {
@@ -146,11 +161,11 @@ async fn bad_signature_parameters_and_unknown_keys_get_their_codes() {
     let without_nonce = text.replace(";nonce=\"nonce-1\"", "");
     let rsa = text.replace("alg=\"hmac-sha256\"", "alg=\"rsa-pss-sha512\"");
     for base in [without_nonce, rsa, "\"@method\": GET".to_string()] {
-        let bad = Signed { base: base.into_bytes(), signature: signed.signature.clone() };
+        let bad = Signed { base: base.into_bytes(), signature: signed.signature.clone(), headers: vec![] };
         assert_eq!(check(&kw, &bad, &[], "").await.code(), VerifyCode::BadSignatureParams);
     }
     let unknown = text.replace(&id, "0190f0f0-0000-7000-8000-000000000000");
-    let unknown = Signed { base: unknown.into_bytes(), signature: signed.signature.clone() };
+    let unknown = Signed { base: unknown.into_bytes(), signature: signed.signature.clone(), headers: vec![] };
     assert_eq!(check(&kw, &unknown, &[], "").await.code(), VerifyCode::Invalid);
     // The genuine request still verifies: refused ones did not spend its nonce.
     assert_eq!(check(&kw, &signed, &[], "").await.code(), VerifyCode::Valid);
@@ -173,4 +188,66 @@ async fn rotating_a_signing_key_hands_out_a_new_secret_once() {
     assert_eq!(check(&kw, &old, &[], "").await.code(), VerifyCode::Valid, "during the grace period");
     let wrong = sign(&successor.key_id, &secret, now(), "nonce-2");
     assert_eq!(check(&kw, &wrong, &[], "").await.code(), VerifyCode::Invalid, "the old secret");
+}
+
+/// Envoy's Check of the signed request (POST https://api.example.com/orders?page=1).
+fn ext_authz_check(signed: &Signed, drop_header: Option<&str>) -> CheckRequest {
+    let headers = signed.headers.iter().filter(|(name, _)| Some(name.as_str()) != drop_header).cloned().collect();
+    let http = HttpRequest {
+        method: "POST".into(),
+        path: "/orders?page=1".into(),
+        host: "api.example.com".into(),
+        scheme: "https".into(),
+        headers,
+        ..Default::default()
+    };
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(HttpRequestWrapper { http: Some(http), ..Default::default() }),
+            ..Default::default()
+        }),
+    }
+}
+
+fn allowed_key(response: &CheckResponse) -> Option<String> {
+    match &response.http_response {
+        Some(HttpResponse::OkResponse(ok)) => ok
+            .headers
+            .iter()
+            .filter_map(|h| h.header.as_ref())
+            .find(|h| h.key == "x-keyward-key-id")
+            .map(|h| h.value.clone()),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn the_gateway_verifies_signed_requests_from_their_headers() {
+    let kw = Instance::started().await;
+    let (gateway, _) = kw.create_key("envoy", &["keyward:verify"]).await;
+    let (id, secret) = create_signing_key(&kw, "signed-client", &[], &[]).await;
+    let mut authz = kw.ext_authz(Some(&gateway)).await;
+
+    let signed = sign(&id, &secret, now(), "nonce-1");
+    let first = authz.check(ext_authz_check(&signed, None)).await.unwrap().into_inner();
+    assert_eq!(allowed_key(&first), Some(id.clone()), "{first:?}");
+    let replayed = authz.check(ext_authz_check(&signed, None)).await.unwrap().into_inner();
+    assert_eq!(allowed_key(&replayed), None, "a replay is refused");
+
+    // A body whose digest the signature does not cover cannot be checked: refused.
+    let fresh = sign(&id, &secret, now(), "nonce-2");
+    let mut uncovered = fresh.headers.clone();
+    for (name, value) in &mut uncovered {
+        if name == "signature-input" {
+            *value = value.replace(r#" "content-digest""#, "");
+        }
+    }
+    let uncovered = Signed { headers: uncovered, base: vec![], signature: vec![] };
+    let refused = authz.check(ext_authz_check(&uncovered, None)).await.unwrap().into_inner();
+    assert_eq!(allowed_key(&refused), None);
+    // The covered content-digest header missing: refused; then the intact request passes.
+    let missing = authz.check(ext_authz_check(&fresh, Some("content-digest"))).await.unwrap().into_inner();
+    assert_eq!(allowed_key(&missing), None);
+    let intact = authz.check(ext_authz_check(&fresh, None)).await.unwrap().into_inner();
+    assert_eq!(allowed_key(&intact), Some(id));
 }
