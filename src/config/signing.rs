@@ -19,7 +19,7 @@ pub struct SigningSection {
     pub require_created: bool,
     /// Refuse signatures without `nonce` (BAD_SIGNATURE_PARAMS).
     pub require_nonce: bool,
-    /// The most nonces remembered at once, on each node (about 400 bytes each).
+    /// The most nonces remembered at once, on each node (about 100 bytes each).
     pub replay_cache_capacity: usize,
 }
 

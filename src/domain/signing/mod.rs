@@ -65,7 +65,7 @@ impl Default for SigningConfig {
             max_skew: std::time::Duration::from_secs(300),
             require_created: true,
             require_nonce: true,
-            replay_cache_capacity: 100_000,
+            replay_cache_capacity: 1_000_000,
         }
     }
 }
