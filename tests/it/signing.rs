@@ -251,3 +251,25 @@ async fn the_gateway_verifies_signed_requests_from_their_headers() {
     let intact = authz.check(ext_authz_check(&fresh, None)).await.unwrap().into_inner();
     assert_eq!(allowed_key(&intact), Some(id));
 }
+
+#[tokio::test]
+async fn forward_auth_verifies_signed_requests_from_the_forwarded_headers() {
+    use crate::forward_auth::{Target, keyward_with_http, request};
+    let kw = keyward_with_http().await;
+    let (gateway, _) = kw.create_key("nginx", &["keyward:verify"]).await;
+    let (id, secret) = create_signing_key(&kw, "signed-client", &[], &[]).await;
+    let signed = sign(&id, &secret, now(), "nonce-1");
+    let mut headers: Vec<(&str, &str)> = vec![
+        ("x-keyward-gateway-key", gateway.as_str()),
+        ("x-forwarded-method", "POST"),
+        ("x-forwarded-uri", "/orders?page=1"),
+        ("x-forwarded-host", "api.example.com"),
+        ("x-forwarded-proto", "https"),
+    ];
+    headers.extend(signed.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+    let target = Target::Tcp(kw.http_addr());
+    let allowed = request(&target, "GET", "/v1/authorize", &headers).await;
+    assert_eq!((allowed.status, allowed.header("x-keyward-key-id")), (200, Some(id.as_str())), "{allowed:?}");
+    let replayed = request(&target, "GET", "/v1/authorize", &headers).await;
+    assert_eq!((replayed.status, replayed.error()), (401, "invalid_key".into()), "{replayed:?}");
+}
