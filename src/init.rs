@@ -249,7 +249,7 @@ async fn provision_cluster(opts: &Options, config: &Config, cluster: &ClusterSet
     }
     let hsm = Pkcs11Hsm::open(pkcs11)?;
     hsm.require_master_key(FIRST_VERSION)?;
-    hsm.ensure_audit_key()?;
+    hsm.ensure_token_keys()?;
     let store = ClusterStore::connect_for_init(node_settings(cluster), Arc::new(hsm.clone())).await?;
     let created = bootstrap(&hsm, &store, &SystemClock, FIRST_VERSION).await;
     hsm.close();

@@ -147,6 +147,10 @@ enum BenchCommand {
         /// `--seconds` each (three of each).
         #[arg(long)]
         policies: bool,
+        /// Compare VerifySignature (a signing key, a fresh nonce per call) against VerifyKey, in
+        /// alternating rounds of `--seconds` each (three of each).
+        #[arg(long, conflicts_with = "policies")]
+        signing: bool,
     },
     /// Key and master key rotation against a running server. First RotateKey: makes
     /// `--rotations` keys and rotates each once, reporting latency percentiles and rate. Then
@@ -377,9 +381,13 @@ fn dispatch(command: Option<BenchCommand>, suite: SuiteArgs) -> Result<()> {
             let (where_, options, output) = suite.into_suite()?;
             commands::suite(where_, options, output)
         }
-        Some(BenchCommand::Verify { target, key_file, concurrency, connections, seconds, policies }) => {
+        Some(BenchCommand::Verify { target, key_file, concurrency, connections, seconds, policies, signing }) => {
             let seconds = Duration::from_secs(seconds);
-            commands::verify(&target, &key_file, concurrency, connections, seconds, policies)
+            if signing {
+                commands::verify_signing(&target, &key_file, concurrency, connections, seconds)
+            } else {
+                commands::verify(&target, &key_file, concurrency, connections, seconds, policies)
+            }
         }
         Some(BenchCommand::Rotation {
             target,

@@ -72,6 +72,27 @@ pub fn verify(
     Ok(())
 }
 
+/// `keyward-bench verify --signing`: VerifySignature against VerifyKey, same run.
+pub fn verify_signing(
+    target: &str,
+    key_file: &Path,
+    concurrency: usize,
+    connections: usize,
+    round: Duration,
+) -> Result<()> {
+    let key = read_key_file(key_file)?;
+    let (keys, signed) =
+        app::runtime()?.block_on(crate::signing::verify_signing(target, &key, concurrency, connections, round, 3))?;
+    let what = format!("x{concurrency} over {connections} connections");
+    println!("{}", keys.report(&format!("VerifyKey, {what}")));
+    println!("{}", signed.report(&format!("VerifySignature, {what}")));
+    println!(
+        "VerifySignature / VerifyKey: {:.1} % of the throughput (goal: at least 70 %)",
+        100.0 * signed.per_second() / keys.per_second()
+    );
+    Ok(())
+}
+
 /// `keyward-bench rotation`: prints each figure as soon as it is known.
 pub fn rotation(target: &str, key_file: &Path, options: &rotation::RotationOptions) -> Result<()> {
     let key = read_key_file(key_file)?;
@@ -90,7 +111,7 @@ pub fn overload(target: &str, key_file: &Path, options: &overload::OverloadOptio
 /// `keyward-bench audit`: offline, on a stopped instance's data directory.
 pub fn audit(opts: &Options, bench: offline::audit::AuditBench) -> Result<()> {
     let (hsm, _) = open_hsm(opts)?;
-    hsm.ensure_audit_key()?;
+    hsm.ensure_token_keys()?;
     let store = SledStore::open(&opts.db_path(), std::sync::Arc::new(hsm.clone()))?;
     let result = app::runtime()
         .map_err(BenchError::from)

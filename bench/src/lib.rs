@@ -19,5 +19,6 @@ pub mod overload;
 pub mod raw_hsm;
 pub mod rotation;
 pub mod rss;
+pub mod signing;
 pub mod suite;
 pub mod target;

@@ -87,6 +87,12 @@ pub enum DenyReason {
     RateLimited,
     /// Its remaining uses are fewer than the request's cost.
     QuotaExceeded,
+    /// A signed request whose nonce was already seen (VerifySignature).
+    Replayed,
+    /// A signed request whose `created` is too far from now, or past its `expires`.
+    SignatureExpired,
+    /// A signed request whose signature parameters are missing or malformed.
+    BadSignatureParams,
 }
 
 impl DenyReason {
@@ -172,6 +178,9 @@ impl TryFrom<proto::VerifyKeyResponse> for Verification {
             VerifyCode::IpNotAllowed => DenyReason::IpNotAllowed,
             VerifyCode::RateLimited => DenyReason::RateLimited,
             VerifyCode::QuotaExceeded => DenyReason::QuotaExceeded,
+            VerifyCode::Replayed => DenyReason::Replayed,
+            VerifyCode::SignatureExpired => DenyReason::SignatureExpired,
+            VerifyCode::BadSignatureParams => DenyReason::BadSignatureParams,
         };
         let retry_after = response.retry_after.and_then(|d| Duration::try_from(d).ok());
         Ok(Verification::Denied { reason, retry_after })

@@ -8,6 +8,7 @@ mod cluster;
 mod human;
 mod listen;
 mod sections;
+mod signing;
 mod tls;
 
 use std::{
@@ -29,6 +30,7 @@ pub use self::{
         BruteForceSection, DEFAULT_MIN_FREE_BYTES, HsmSection, MasterSection, PolicySection, RotationSection,
         ServerLimits, ServerSection, StoreSection, UsageLogSection,
     },
+    signing::SigningSection,
     tls::{ClientAuth, TlsFlags, TlsSection, TlsSettings},
 };
 use crate::domain::secret::Pin;
@@ -80,6 +82,7 @@ pub struct Config {
     pub cluster: ClusterSection,
     pub authz: AuthzSection,
     pub anomaly: AnomalySection,
+    pub signing: SigningSection,
 }
 
 /// Whether plaintext may be served on `addr`: on loopback and on a Unix socket always,

@@ -41,5 +41,5 @@ pub async fn bootstrap<H: Hsm, S: Store>(
         },
     )?;
     let key = key_format::render(&record.prefix, id, &secret);
-    Ok(CreatedKey { key, record })
+    Ok(CreatedKey { key, record, signing_secret: None })
 }

@@ -11,7 +11,10 @@ use std::{
 use ipnet::IpNet;
 use uuid::Uuid;
 
-use super::anomaly::{AnomalyAction, KeyAnomaly};
+use super::{
+    anomaly::{AnomalyAction, KeyAnomaly},
+    signing::{KeyKind, WrappedSecret},
+};
 
 /// A key's public identifier: a UUIDv7, so ids sort by creation time.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -230,6 +233,8 @@ pub struct KeyRecord {
     pub anomaly_action: AnomalyAction,
     /// The most recent anomalies found (oldest first, at most `anomaly::MAX_RECENT_ANOMALIES`).
     pub anomalies: Vec<KeyAnomaly>,
+    /// A signing key's secret, wrapped by the HSM; `None` for a bearer key.
+    pub signing: Option<WrappedSecret>,
 }
 
 impl KeyRecord {
@@ -264,7 +269,12 @@ impl KeyRecord {
             owner: None,
             anomaly_action: AnomalyAction::Alert,
             anomalies: Vec::new(),
+            signing: None,
         }
+    }
+
+    pub fn kind(&self) -> KeyKind {
+        if self.signing.is_some() { KeyKind::Signing } else { KeyKind::Bearer }
     }
 
     /// When the key should have been rotated by, under its `max_age`.

@@ -35,6 +35,7 @@ pub mod rotation;
 pub mod scope;
 pub mod secret;
 pub mod services;
+pub mod signing;
 pub mod update;
 pub mod usage;
 pub mod usage_log;

@@ -28,10 +28,16 @@ pub enum VerifyCode {
     InsufficientScope,
     RateLimited,
     QuotaExceeded,
+    /// VerifySignature: the nonce was already seen for this key inside its window.
+    Replayed,
+    /// VerifySignature: `created` too far from now, or `expires` passed.
+    SignatureExpired,
+    /// VerifySignature: the signature parameters are missing, malformed or not allowed.
+    BadSignatureParams,
 }
 
 impl VerifyCode {
-    pub const ALL: [VerifyCode; 10] = [
+    pub const ALL: [VerifyCode; 13] = [
         VerifyCode::Valid,
         VerifyCode::Invalid,
         VerifyCode::Revoked,
@@ -42,6 +48,9 @@ impl VerifyCode {
         VerifyCode::InsufficientScope,
         VerifyCode::RateLimited,
         VerifyCode::QuotaExceeded,
+        VerifyCode::Replayed,
+        VerifyCode::SignatureExpired,
+        VerifyCode::BadSignatureParams,
     ];
 
     /// The code's name on the wire without its prefix (`VALID`, `RATE_LIMITED`): the label of
@@ -58,6 +67,9 @@ impl VerifyCode {
             VerifyCode::InsufficientScope => "INSUFFICIENT_SCOPE",
             VerifyCode::RateLimited => "RATE_LIMITED",
             VerifyCode::QuotaExceeded => "QUOTA_EXCEEDED",
+            VerifyCode::Replayed => "REPLAYED",
+            VerifyCode::SignatureExpired => "SIGNATURE_EXPIRED",
+            VerifyCode::BadSignatureParams => "BAD_SIGNATURE_PARAMS",
         }
     }
 }

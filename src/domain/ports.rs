@@ -9,6 +9,7 @@ use super::{
     error::Error,
     key::{Digest, KeyId, KeyRecord, MasterKeyVersion},
     secret::{Secret, SensitiveBytes},
+    signing::WrappedSecret,
     usage::UsageDelta,
     usage_log::{KeyUsage, Retention, UsageQuery, UsageRecord},
 };
@@ -50,6 +51,19 @@ pub trait Hsm: Send + Sync + 'static {
     fn create_master_key(&self, version: MasterKeyVersion) -> impl Future<Output = Result<(), HsmError>> + Send;
     /// Destroys master key `version` on the token; a version already gone is not an error.
     fn destroy_master_key(&self, version: MasterKeyVersion) -> impl Future<Output = Result<(), HsmError>> + Send;
+    /// A new signing secret: 32 bytes from the HSM's random number generator, imported as a
+    /// session object, wrapped under the current wrapping key, then destroyed on the token. The
+    /// clear secret is returned once, to hand to the client; keyward keeps only the wrapped blob.
+    fn new_signing_secret(&self) -> impl Future<Output = Result<(Secret, WrappedSecret), HsmError>> + Send;
+    /// Whether `signature` is the HMAC-SHA256 of `message` under the wrapped signing secret: the
+    /// secret is unwrapped inside the HSM into a sensitive, non-extractable session object and
+    /// the MAC checked with `C_Verify` (a constant-time comparison made by the HSM).
+    fn verify_signature(
+        &self,
+        wrapped: &WrappedSecret,
+        message: Vec<u8>,
+        signature: Vec<u8>,
+    ) -> impl Future<Output = Result<bool, HsmError>> + Send;
     /// False while the token is unreachable.
     fn is_healthy(&self) -> bool;
 }

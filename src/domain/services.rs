@@ -19,6 +19,7 @@ use super::{
     proof::Prover,
     quota,
     rotation::{MigrationConfig, RotationConfig},
+    signing::SigningConfig,
     usage_log::UsageLogConfig,
     verification::{Verifier, VerifyConfig},
 };
@@ -39,6 +40,8 @@ pub struct ServicesConfig {
     pub brute_force: BruteForceConfig,
     /// Per-key anomaly detection over the usage log's stream.
     pub anomaly: AnomalyConfig,
+    /// Signed requests (VerifySignature): clock skew, required parameters, replay cache.
+    pub signing: SigningConfig,
 }
 
 impl Default for ServicesConfig {
@@ -53,6 +56,7 @@ impl Default for ServicesConfig {
             usage_log: UsageLogConfig::default(),
             brute_force: BruteForceConfig::default(),
             anomaly: AnomalyConfig::default(),
+            signing: SigningConfig::default(),
         }
     }
 }
@@ -108,6 +112,7 @@ impl<H: Hsm, S: Store> Services<H, S> {
             rate_limiter_capacity: config.rate_limiter_capacity,
             quota_max_lease: config.quota_max_lease,
             usage_log: config.usage_log,
+            signing: config.signing,
         };
         Self {
             auth: Arc::new(Authenticator::new(

@@ -29,7 +29,10 @@ impl Denial {
             | VerifyCode::Revoked
             | VerifyCode::Disabled
             | VerifyCode::NotYetValid
-            | VerifyCode::Expired => Denial::InvalidKey,
+            | VerifyCode::Expired
+            | VerifyCode::Replayed
+            | VerifyCode::SignatureExpired
+            | VerifyCode::BadSignatureParams => Denial::InvalidKey,
             VerifyCode::InsufficientScope => Denial::InsufficientScope,
             VerifyCode::IpNotAllowed => Denial::IpNotAllowed,
             VerifyCode::RateLimited => Denial::RateLimited(retry_after),

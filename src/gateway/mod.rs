@@ -8,6 +8,7 @@
 mod client_ip;
 mod denial;
 mod rules;
+mod signature;
 
 use std::{net::IpAddr, sync::Arc};
 
@@ -15,13 +16,14 @@ pub use self::{
     client_ip::client_ip,
     denial::Denial,
     rules::{KeyHeader, Rules},
+    signature::{SignedParts, Unverifiable, signed_parts},
 };
 use crate::{
     domain::{
         access::Caller,
         error::Error,
         ports::{Hsm, Store},
-        verification::{Verifier, VerifyRequest},
+        verification::{SignedRequest, Verifier, VerifyRequest},
     },
     metrics,
 };
@@ -35,6 +37,10 @@ pub struct GatewayRequest<'a> {
     pub method: &'a str,
     /// The path, possibly with its query string.
     pub path: &'a str,
+    /// The host (and port) the request was sent to; empty when the gateway does not say.
+    pub authority: &'a str,
+    /// `http` or `https`; empty when the gateway does not say.
+    pub scheme: &'a str,
     /// A header's value by lower-case name.
     pub header: &'a (dyn Fn(&str) -> Option<&'a str> + Sync),
     /// The address the gateway saw the request come from, when it says.
@@ -76,6 +82,12 @@ pub enum Decision {
     Deny(Denial),
 }
 
+/// What the request presented: a key (and the header it came in), or a signature.
+enum Presented<'r> {
+    Key(&'r str, &'r KeyHeader),
+    Signed(&'r SignedParts),
+}
+
 /// Decides gateway requests with the verifier and `[authz]`.
 pub struct Gatekeeper<H, S> {
     verifier: Arc<Verifier<H, S>>,
@@ -96,9 +108,20 @@ impl<H: Hsm, S: Store> Gatekeeper<H, S> {
     /// The decision about `request`, asked by `caller` (the gateway, which needs
     /// `keyward:verify`). Errors are the gateway's problem (not allowed to verify, bad required
     /// scopes, keyward unavailable), never the client's.
+    /// A request carrying `Signature-Input` is checked as a signed request (VerifySignature),
+    /// whatever key header it also has.
     pub async fn decide(&self, caller: &Caller, request: GatewayRequest<'_>) -> Result<Decision, Error> {
-        let Some((key, header)) = self.presented_key(request.header) else {
-            return Ok(Decision::Deny(Denial::MissingKey));
+        let signed = signed_parts(&request);
+        let presented = match &signed {
+            Some(Ok(parts)) => Presented::Signed(parts),
+            Some(Err(why)) => {
+                tracing::debug!(%why, "signed request refused before verification");
+                return Ok(Decision::Deny(Denial::InvalidKey));
+            }
+            None => match self.presented_key(request.header) {
+                Some((key, header)) => Presented::Key(key, header),
+                None => return Ok(Decision::Deny(Denial::MissingKey)),
+            },
         };
         let mut required = request.route_scopes;
         for scope in self.rules.scopes_for(request.method, request.path) {
@@ -109,11 +132,23 @@ impl<H: Hsm, S: Store> Gatekeeper<H, S> {
         let client =
             client_ip(request.direct_client, (request.header)("x-forwarded-for"), self.rules.trusted_proxy_hops);
         let client = client.map(|ip| ip.to_canonical().to_string()).unwrap_or_default();
-        let verification = match self
-            .verifier
-            .verify(caller, VerifyRequest { key, client_ip: &client, required_scopes: &required, cost: None })
-            .await
-        {
+        let verified = match &presented {
+            Presented::Key(key, _) => {
+                let request = VerifyRequest { key, client_ip: &client, required_scopes: &required, cost: None };
+                self.verifier.verify(caller, request).await
+            }
+            Presented::Signed(parts) => {
+                let request = SignedRequest {
+                    signature_base: &parts.base,
+                    signature: &parts.signature,
+                    client_ip: &client,
+                    required_scopes: &required,
+                    cost: None,
+                };
+                self.verifier.verify_signature(caller, request).await
+            }
+        };
+        let verification = match verified {
             Ok(verification) => verification,
             // The client's address is blocked by the brute-force defence: its problem, not the gateway's.
             Err(Error::Blocked(wait)) if !client.is_empty() => {
@@ -133,7 +168,10 @@ impl<H: Hsm, S: Store> Gatekeeper<H, S> {
             scopes: record.scopes,
             owner: record.owner,
             remaining: verification.remaining,
-            strip_header: self.rules.strip_key_header.then(|| header.name().to_owned()),
+            strip_header: match presented {
+                Presented::Key(_, header) if self.rules.strip_key_header => Some(header.name().to_owned()),
+                _ => None,
+            },
         }))
     }
 

@@ -15,6 +15,7 @@ use crate::{
         listing::ListFilter,
         master::MasterStatus,
         policy::VerifyCode,
+        signing::KeyKind,
         update::KeyPatch,
         usage_log::{KeyUsage, UsageQuery, UsageRecord},
         verification::Verification,
@@ -88,7 +89,17 @@ pub fn new_key(req: proto::CreateKeyRequest) -> Result<NewKey> {
         metadata: req.metadata.into_iter().collect(),
         owner: req.owner,
         anomaly_action: anomaly_action(req.anomaly_action)?,
+        kind: key_kind(req.kind)?,
     })
+}
+
+/// A key kind from the wire: UNSPECIFIED is a bearer key; an unknown number is refused.
+fn key_kind(raw: i32) -> Result<KeyKind> {
+    match proto::KeyKind::try_from(raw) {
+        Ok(proto::KeyKind::Unspecified | proto::KeyKind::Bearer) => Ok(KeyKind::Bearer),
+        Ok(proto::KeyKind::Signing) => Ok(KeyKind::Signing),
+        Err(_) => Err(Error::invalid("kind", "is not a KeyKind")),
+    }
 }
 
 /// An anomaly action from the wire: UNSPECIFIED is the default (ALERT); an unknown number is refused.
@@ -197,6 +208,10 @@ pub fn key_info(r: &KeyRecord) -> proto::KeyInfo {
         master_key_versions: r.digest.versions().map(|v| v.0).collect(),
         owner: r.owner.clone().unwrap_or_default(),
         anomaly_action: proto_anomaly_action(r.anomaly_action) as i32,
+        kind: match r.kind() {
+            KeyKind::Bearer => proto::KeyKind::Unspecified,
+            KeyKind::Signing => proto::KeyKind::Signing,
+        } as i32,
         anomalies: r
             .anomalies
             .iter()
@@ -407,6 +422,9 @@ pub fn verify_code(code: VerifyCode) -> proto::VerifyCode {
         VerifyCode::QuotaExceeded => proto::VerifyCode::QuotaExceeded,
         VerifyCode::Disabled => proto::VerifyCode::Disabled,
         VerifyCode::NotYetValid => proto::VerifyCode::NotYetValid,
+        VerifyCode::Replayed => proto::VerifyCode::Replayed,
+        VerifyCode::SignatureExpired => proto::VerifyCode::SignatureExpired,
+        VerifyCode::BadSignatureParams => proto::VerifyCode::BadSignatureParams,
     }
 }
 

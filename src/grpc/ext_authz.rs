@@ -58,6 +58,8 @@ impl<H: Hsm, S: Store> Authorization for ExtAuthzApi<H, S> {
         let request = GatewayRequest {
             method: http.map_or("", |h| h.method.as_str()),
             path: http.map_or("", |h| h.path.as_str()),
+            authority: http.map_or("", |h| h.host.as_str()),
+            scheme: http.map_or("", |h| h.scheme.as_str()),
             header: &header,
             direct_client: check.get_client_address().and_then(|a| a.parse::<IpAddr>().ok()),
             route_scopes,

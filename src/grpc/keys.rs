@@ -38,8 +38,10 @@ impl<H: Hsm, S: Store> KeyService for KeyApi<H, S> {
         let created = self.keys.create(&caller, new, &ctx).await?;
         tracing::info!(key_id = %created.record.id, actor = %caller.key_id, "key created");
         Ok(Response::new(proto::CreateKeyResponse {
-            key: created.key.expose().to_owned(),
+            // A signing key is never presented as a bearer key: its key string is not handed out.
+            key: if created.signing_secret.is_some() { String::new() } else { created.key.expose().to_owned() },
             info: Some(convert::key_info(&created.record)),
+            signing_secret: created.signing_secret.map(|s| s.expose().to_vec()).unwrap_or_default(),
         }))
     }
 
@@ -110,9 +112,11 @@ impl<H: Hsm, S: Store> KeyService for KeyApi<H, S> {
         let rotated = self.keys.rotate(&caller, &req.key_id, grace, &ctx).await?;
         tracing::info!(key_id = %rotated.previous.id, new_key_id = %rotated.record.id, actor = %caller.key_id, "key rotated");
         Ok(Response::new(proto::RotateKeyResponse {
-            key: rotated.key.expose().to_owned(),
+            // A signing key is never presented as a bearer key: its key string is not handed out.
+            key: if rotated.signing_secret.is_some() { String::new() } else { rotated.key.expose().to_owned() },
             info: Some(convert::key_info(&rotated.record)),
             previous: Some(convert::key_info(&rotated.previous)),
+            signing_secret: rotated.signing_secret.map(|s| s.expose().to_vec()).unwrap_or_default(),
         }))
     }
 

@@ -10,7 +10,7 @@ use crate::{
         auth::Authenticator,
         error::Error,
         ports::{Hsm, Store},
-        verification::{Verifier, VerifyRequest},
+        verification::{SignedRequest, Verifier, VerifyRequest},
     },
     metrics,
     proto::{self, verify_service_server::VerifyService},
@@ -55,6 +55,36 @@ impl<H: Hsm, S: Store> VerifyService for VerifyApi<H, S> {
                 }
             })?;
         tracing::debug!(code = ?verification.code, key_id = ?verification.record.as_ref().map(|r| r.id), "key verified");
+        let response = convert::verification(verification);
+        metrics::get().verify_outcome(response.code().short_name());
+        Ok(Response::new(response))
+    }
+
+    async fn verify_signature(
+        &self,
+        request: Request<proto::VerifySignatureRequest>,
+    ) -> Result<Response<proto::VerifyKeyResponse>, Status> {
+        let (caller, _) = auth::caller(&self.auth, &self.identities, &request).await?;
+        let req = request.into_inner();
+        let verification = self
+            .verifier
+            .verify_signature(
+                &caller,
+                SignedRequest {
+                    signature_base: &req.signature_base,
+                    signature: &req.signature,
+                    client_ip: &req.client_ip,
+                    required_scopes: &req.required_scopes,
+                    cost: req.cost,
+                },
+            )
+            .await
+            .inspect_err(|e| {
+                if matches!(e, Error::Blocked(_)) {
+                    metrics::get().brute_force_refused("verify_signature");
+                }
+            })?;
+        tracing::debug!(code = ?verification.code, key_id = ?verification.record.as_ref().map(|r| r.id), "signature verified");
         let response = convert::verification(verification);
         metrics::get().verify_outcome(response.code().short_name());
         Ok(Response::new(response))

@@ -15,10 +15,13 @@ use crate::domain::{
     key::{Digest, MasterKeyVersion, WRAP_CONTEXT},
     ports::{AUDIT_MAC_LEN, AuditSealer, Hsm, HsmError},
     secret::{Secret, SensitiveBytes},
+    signing::{CURRENT_WRAP_KEY, WrappedSecret},
 };
 
 pub struct FakeHsm {
     keys: Mutex<HashMap<MasterKeyVersion, [u8; 32]>>,
+    /// Signing secrets by their "wrapped" blob (a random handle standing in for the wrap).
+    signing: Mutex<HashMap<Vec<u8>, [u8; 32]>>,
     calls: AtomicU64,
     pub down: AtomicBool,
     /// Makes only audit sealing fail (an injected fault on the audit path).
@@ -41,6 +44,7 @@ impl FakeHsm {
     pub fn new() -> Self {
         Self {
             keys: Mutex::new([(MasterKeyVersion(1), random_key()), (AUDIT, random_key())].into()),
+            signing: Mutex::new(HashMap::new()),
             calls: AtomicU64::new(0),
             down: AtomicBool::new(false),
             seal_fails: AtomicBool::new(false),
@@ -122,6 +126,34 @@ impl Hsm for FakeHsm {
     async fn destroy_master_key(&self, version: MasterKeyVersion) -> Result<(), HsmError> {
         self.keys.lock().unwrap().remove(&version);
         Ok(())
+    }
+
+    async fn new_signing_secret(&self) -> Result<(Secret, WrappedSecret), HsmError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let (secret, blob) = (random_key(), random_key().to_vec());
+        self.signing.lock().unwrap().insert(blob.clone(), secret);
+        Ok((Secret::from_bytes(secret), WrappedSecret { version: CURRENT_WRAP_KEY, blob }))
+    }
+
+    async fn verify_signature(
+        &self,
+        wrapped: &WrappedSecret,
+        message: Vec<u8>,
+        signature: Vec<u8>,
+    ) -> Result<bool, HsmError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.down.load(Ordering::SeqCst) {
+            return Err(HsmError::Unavailable("fake token removed".into()));
+        }
+        let secret = *self
+            .signing
+            .lock()
+            .unwrap()
+            .get(&wrapped.blob)
+            .ok_or_else(|| HsmError::Failed("wrapped secret does not unwrap".into()))?;
+        let mut mac = Hmac::<Sha256>::new_from_slice(&secret).unwrap();
+        mac.update(&message);
+        Ok(mac.verify_slice(&signature).is_ok())
     }
 
     fn is_healthy(&self) -> bool {

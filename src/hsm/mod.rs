@@ -8,7 +8,7 @@ mod pkcs11;
 mod provision;
 mod rv;
 
-pub use pkcs11::{FirstConnect, Pkcs11Config, Pkcs11Hsm, StartError};
+pub use pkcs11::{FirstConnect, Pkcs11Config, Pkcs11Hsm, StartError, UNWRAPPED_CACHE, wrap_key_label};
 pub use provision::{create_master_key, init_dev_token};
 
 /// The label (and `CKA_ID`) of the key that seals the audit chain.

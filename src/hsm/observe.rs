@@ -18,6 +18,10 @@ pub enum Op {
     DestroyMasterKey,
     /// Finding a master key version another cluster node made.
     FindMasterKey,
+    /// A new signing secret: `C_GenerateRandom`, `C_CreateObject`, `C_WrapKey`.
+    NewSigningSecret,
+    /// `C_Verify` of a request signature (with `C_UnwrapKey` when not cached).
+    VerifySignature,
 }
 
 impl Op {
@@ -30,6 +34,8 @@ impl Op {
             Op::CreateMasterKey => "create_master_key",
             Op::FindMasterKey => "find_master_key",
             Op::DestroyMasterKey => "destroy_master_key",
+            Op::NewSigningSecret => "new_signing_secret",
+            Op::VerifySignature => "verify_signature",
         }
     }
 

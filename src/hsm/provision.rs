@@ -5,7 +5,7 @@ use cryptoki::{session::UserType, types::AuthPin};
 
 use super::pkcs11::{
     Pkcs11Config, StartError, find_label, find_master_keys, find_token, generate_hmac_key, generate_master_key,
-    is_safe_master_key, load_module, login,
+    generate_wrapping_key_if_missing, is_safe_master_key, load_module, login,
 };
 use crate::domain::{key::MasterKeyVersion, secret::Pin};
 
@@ -35,7 +35,8 @@ pub fn init_dev_token(config: &Pkcs11Config, so_pin: &Pin) -> Result<(), StartEr
     result
 }
 
-/// Generates master key `version` and, if the token has none, the audit key inside the token.
+/// Generates master key `version` and, if the token has none, the audit key and the signing-secret
+/// wrapping key inside the token.
 /// If that master key version already exists: with `adopt_existing` (an interrupted `init` made
 /// it), uses it when it is a key keyward would have made; otherwise refuses.
 pub fn create_master_key(
@@ -67,6 +68,7 @@ pub fn create_master_key(
         if find_label(&session, super::AUDIT_KEY_LABEL)?.is_none() {
             generate_hmac_key(&session, super::AUDIT_KEY_LABEL)?;
         }
+        generate_wrapping_key_if_missing(&session)?;
         Ok(())
     })();
     let _ = ctx.finalize();

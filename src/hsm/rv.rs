@@ -86,6 +86,13 @@ pub fn no_such_key() -> CkError {
     CkError::Pkcs11(RvError::ArgumentsBad, Function::SignInit)
 }
 
+/// The error for a wrapped signing secret the token refused to unwrap while the token itself
+/// is fine (SoftHSM2 answers `CKR_GENERAL_ERROR` to a blob that fails its integrity check): a
+/// damaged record, so a plain failure, never token loss.
+pub fn wrapped_key_invalid() -> CkError {
+    CkError::Pkcs11(RvError::WrappedKeyInvalid, Function::UnwrapKey)
+}
+
 /// Maps a cryptoki error to the port's error. The text carries the function and return code
 /// only: PKCS#11 errors never contain key material.
 pub fn classify(e: &CkError) -> HsmError {

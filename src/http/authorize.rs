@@ -78,6 +78,8 @@ impl<H: Hsm, S: Store> ForwardAuth<H, S> {
         let gateway_request = GatewayRequest {
             method,
             path: header(FORWARDED_URI).unwrap_or(""),
+            authority: header("x-forwarded-host").unwrap_or(""),
+            scheme: header("x-forwarded-proto").unwrap_or(""),
             header: &header,
             // With the header, the client is its rightmost entry (or the one the trusted
             // proxies vouch for); without it, whoever connected.

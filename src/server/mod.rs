@@ -106,7 +106,7 @@ impl Server {
         }
         let (hsm, unreachable) = Pkcs11Hsm::open_serving(pkcs11_config(&config)?)?;
         if unreachable.is_none() {
-            hsm.ensure_audit_key()?;
+            hsm.ensure_token_keys()?;
         }
         let limits =
             StoreLimits { min_free_bytes: config.store.min_free_bytes, write_timeout: config.store.write_timeout };
@@ -144,6 +144,7 @@ impl Server {
             usage_log: config.usage_log.domain(),
             brute_force: config.brute_force.domain()?,
             anomaly: config.anomaly.domain()?,
+            signing: config.signing.domain()?,
         };
         let clock = dev_clock::clock(opts.dev)?;
         let services = Services::new(Arc::new(hsm.clone()), Arc::new(store.clone()), clock, master, services_config);

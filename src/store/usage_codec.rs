@@ -21,7 +21,7 @@ pub(super) const BLOCK_V1: u8 = 1;
 const MIN_RECORD_BYTES: usize = 6;
 
 /// Codes by their stored byte: append only.
-const CODES: [VerifyCode; 10] = VerifyCode::ALL;
+const CODES: [VerifyCode; 13] = VerifyCode::ALL;
 
 pub(super) fn corrupt() -> StoreError {
     StoreError::Corrupt("usage log".into())

@@ -36,6 +36,7 @@ mod reflection;
 mod rotation;
 mod secrets;
 mod shedding;
+mod signing;
 mod startup;
 mod tls;
 mod usage;

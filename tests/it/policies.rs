@@ -181,6 +181,7 @@ async fn admin_rpcs_set_change_pause_and_list_policies() {
         max_age: Some(secs(30 * 86_400)),
         owner: "orders".into(),
         anomaly_action: proto::AnomalyAction::Disable as i32,
+        kind: 0,
     };
     let (key, info) = create(&mut admin, full).await;
     let id = info.key_id.clone();

@@ -23,6 +23,7 @@ enum Rpc {
     SweepKeysDryRun,
     ReportLeak,
     VerifyKey,
+    VerifySignature,
     GetMasterKeyStatus,
     RotateMasterKey,
     RetireMasterKey,
@@ -89,6 +90,7 @@ const TABLE: &[Row] = &[
         permitted: OK,
     },
     Row { rpc: Rpc::VerifyKey, granted_by: &["keyward:verify"], wildcard: None, permitted: OK },
+    Row { rpc: Rpc::VerifySignature, granted_by: &["keyward:verify"], wildcard: None, permitted: OK },
     Row {
         rpc: Rpc::GetMasterKeyStatus,
         granted_by: &["keyward:master:read", "keyward:master:rotate"],
@@ -193,6 +195,13 @@ impl World {
                 let (key, _) = self.fresh_target().await;
                 let req = proto::VerifyKeyRequest { key, ..Default::default() };
                 outcome(kw.verifier(bearer).await.verify_key(req).await)
+            }
+            Rpc::VerifySignature => {
+                let req = proto::VerifySignatureRequest {
+                    signature_base: b"\"@signature-params\": ();keyid=\"unknown\"".to_vec(),
+                    ..Default::default()
+                };
+                outcome(kw.verifier(bearer).await.verify_signature(req).await)
             }
             Rpc::GetMasterKeyStatus => {
                 let req = proto::GetMasterKeyStatusRequest { skip_counts: true };

@@ -31,7 +31,10 @@ impl Refusal {
             | DenyReason::Revoked
             | DenyReason::Expired
             | DenyReason::Disabled
-            | DenyReason::NotYetValid => Refusal::InvalidKey,
+            | DenyReason::NotYetValid
+            | DenyReason::Replayed
+            | DenyReason::SignatureExpired
+            | DenyReason::BadSignatureParams => Refusal::InvalidKey,
             DenyReason::InsufficientScope => Refusal::InsufficientScope,
             DenyReason::IpNotAllowed => Refusal::IpNotAllowed,
             DenyReason::RateLimited => Refusal::RateLimited(retry_after),

@@ -30,7 +30,8 @@ use super::{
     proof::{Prover, key_digest_input},
     quota,
     rotation::RotationConfig,
-    secret::KeyString,
+    secret::{KeyString, Secret},
+    signing::KeyKind,
     update::{self, KeyPatch},
     validate,
 };
@@ -54,6 +55,7 @@ pub struct NewKey {
     pub owner: String,
     /// What the anomaly detector does on unusual use of the key.
     pub anomaly_action: AnomalyAction,
+    pub kind: KeyKind,
 }
 
 #[derive(Debug)]
@@ -61,6 +63,8 @@ pub struct CreatedKey {
     /// The full key: returned to the creator once, kept nowhere.
     pub key: KeyString,
     pub record: KeyRecord,
+    /// A signing key's secret: returned to the creator once, kept only wrapped by the HSM.
+    pub signing_secret: Option<Secret>,
 }
 
 pub struct KeyAdmin<H, S> {
@@ -122,10 +126,18 @@ impl<H: Hsm, S: Store> KeyAdmin<H, S> {
         record.max_age = max_age;
         record.owner = owner;
         record.anomaly_action = new.anomaly_action;
+        let signing_secret = match new.kind {
+            KeyKind::Bearer => None,
+            KeyKind::Signing => {
+                let (secret, wrapped) = self.deps.hsm.new_signing_secret().await?;
+                record.signing = Some(wrapped);
+                Some(secret)
+            }
+        };
         let event = key_event(now, Actor::Key(caller.key_id), AuditAction::KeyCreated, id, ctx, None);
         self.deps.store.insert_key(record.clone(), event).await?;
         let key = key_format::render(&record.prefix, id, &secret);
-        Ok(CreatedKey { key, record })
+        Ok(CreatedKey { key, record, signing_secret })
     }
 
     pub fn get(&self, caller: &Caller, key_id: &str) -> Result<KeyRecord> {

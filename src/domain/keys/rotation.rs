@@ -1,4 +1,5 @@
-//! Client key rotation: RotateKey makes a successor with a new secret and the old key's name,
+//! Client key rotation: RotateKey makes a successor with a new secret (a signing key: also a new
+//! signing secret) and the old key's name,
 //! scopes, policies, metadata and owner; the old key keeps verifying (with `rotation_pending`) until
 //! its grace period ends. A key may rotate itself with `keyward:self:rotate`.
 
@@ -15,7 +16,7 @@ use crate::domain::{
     ports::{Hsm, Store},
     proof::key_digest_input,
     quota, scope,
-    secret::KeyString,
+    secret::{KeyString, Secret},
     validate,
 };
 
@@ -26,6 +27,8 @@ pub struct RotatedKey {
     pub record: KeyRecord,
     /// The old key, now `Rotated`.
     pub previous: KeyRecord,
+    /// A signing key's successor's new secret: returned once, kept only wrapped by the HSM.
+    pub signing_secret: Option<Secret>,
 }
 
 /// The successor of `old`: same name, prefix, scopes, policies and metadata; a new id, digest
@@ -75,6 +78,15 @@ impl<H: Hsm, S: Store> KeyAdmin<H, S> {
         let new_id = KeyId::new_v7();
         let secret = self.deps.hsm.random_secret().await?;
         let digest = self.deps.hsm.digest(self.master.current(), key_digest_input(new_id, &secret)).await?;
+        // A signing key's successor signs with a new secret. A key's kind never changes, so the
+        // record read here tells it (the transaction below reads the key again for the rest).
+        let is_signing = self.deps.store.get_key(id)?.is_some_and(|k| k.signing.is_some());
+        let (signing_secret, wrapped) = if is_signing {
+            let (secret, wrapped) = self.deps.hsm.new_signing_secret().await?;
+            (Some(secret), Some(wrapped))
+        } else {
+            (None, None)
+        };
         let actor = Actor::Key(caller.key_id);
         let rotated = key_event(now, actor.clone(), AuditAction::KeyRotated, id, ctx, None);
         let created = key_event(now, actor, AuditAction::KeyCreated, new_id, ctx, Some(format!("rotated from {id}")));
@@ -117,7 +129,8 @@ impl<H: Hsm, S: Store> KeyAdmin<H, S> {
                     // keyward permissions it holds itself.
                     access::check_escalation(&caller, &old.scopes)?;
                 }
-                let new = successor(old, new_id, digest.clone(), caller.key_id, now);
+                let mut new = successor(old, new_id, digest.clone(), caller.key_id, now);
+                new.signing = wrapped.clone().filter(|_| old.signing.is_some());
                 let mut after = old.clone();
                 after.state = KeyState::Rotated;
                 after.rotated_to = Some(new_id);
@@ -148,6 +161,6 @@ impl<H: Hsm, S: Store> KeyAdmin<H, S> {
         }
         let (updated, new) = rotation?;
         let key = key_format::render(&new.prefix, new.id, &secret);
-        Ok(RotatedKey { key, record: self.view(new), previous: self.view(updated.after) })
+        Ok(RotatedKey { key, record: self.view(new), previous: self.view(updated.after), signing_secret })
     }
 }

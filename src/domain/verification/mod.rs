@@ -4,6 +4,7 @@
 //! work the hot path defers: writing usage facts and the usage log, and returning quota leases at
 //! shutdown.
 
+mod signed;
 mod spending;
 
 use std::{
@@ -12,7 +13,8 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use self::spending::Spent;
+pub use self::signed::SignedRequest;
+use self::{signed::Proof, spending::Spent};
 use super::{
     access::{Access, Caller, Permission},
     anomaly::Detector,
@@ -26,6 +28,7 @@ use super::{
     ports::{Hsm, Store},
     proof::Prover,
     ratelimit::RateLimits,
+    signing::{SigningConfig, replay::ReplayCache},
     usage_log::{UsageLog, UsageLogConfig, UsageRecord},
     validate,
 };
@@ -83,12 +86,21 @@ pub struct VerifyConfig {
     /// The most quota uses leased at a time per key: the most a crash can lose per key.
     pub quota_max_lease: u64,
     pub usage_log: UsageLogConfig,
+    pub signing: SigningConfig,
+}
+
+/// What the client presented: a bearer key, or a signed request.
+enum Presented<'a> {
+    Key(&'a str),
+    Signed(SignedRequest<'a>),
 }
 
 pub struct Verifier<H, S> {
     deps: Deps<H, S>,
     config: VerifyConfig,
     rate_limits: RateLimits,
+    /// The nonces of accepted signatures (this node's).
+    replays: ReplayCache,
     /// The usage log's queue and writer; `None` with the log and the anomaly detector off.
     usage_log: Option<UsageLog<S>>,
     // Shared with other services:
@@ -113,14 +125,33 @@ impl<H: Hsm, S: Store> Verifier<H, S> {
     ) -> Self {
         let usage_log = UsageLog::new(config.usage_log.clone(), deps.store.clone(), deps.clock.clone(), detector);
         let rate_limits = RateLimits::new(config.rate_limiter_capacity);
-        Self { deps, config, rate_limits, usage_log, prover, ledger, brute_force, access }
+        let replays = ReplayCache::new(config.signing.replay_cache_capacity);
+        Self { deps, config, rate_limits, replays, usage_log, prover, ledger, brute_force, access }
     }
 
     pub async fn verify(&self, caller: &Caller, req: VerifyRequest<'_>) -> Result<Verification> {
+        self.verify_presented(caller, Presented::Key(req.key), req.client_ip, req.required_scopes, req.cost).await
+    }
+
+    /// VerifySignature: an RFC 9421 signature made with a signing key's secret, then every
+    /// check VerifyKey makes (see `signed`).
+    pub async fn verify_signature(&self, caller: &Caller, req: SignedRequest<'_>) -> Result<Verification> {
+        let (client_ip, scopes, cost) = (req.client_ip, req.required_scopes, req.cost);
+        self.verify_presented(caller, Presented::Signed(req), client_ip, scopes, cost).await
+    }
+
+    async fn verify_presented(
+        &self,
+        caller: &Caller,
+        presented: Presented<'_>,
+        client_ip: &str,
+        required_scopes: &[String],
+        cost: Option<u32>,
+    ) -> Result<Verification> {
         self.access.authorize(caller, Permission::Verify)?;
-        validate::scopes("required_scopes", req.required_scopes, validate::MAX_SCOPES)?;
-        let client_ip = validate::client_ip(req.client_ip)?;
-        let cost = validate::cost(req.cost)?;
+        validate::scopes("required_scopes", required_scopes, validate::MAX_SCOPES)?;
+        let client_ip = validate::client_ip(client_ip)?;
+        let cost = validate::cost(cost)?;
         // Brute-force defence: the end user when the caller names one, else the caller itself.
         let source = client_ip.map_or(Source::Caller(caller.key_id), Source::Client);
         // One clock reading for the whole verification (the dev clock reads a file).
@@ -130,7 +161,7 @@ impl<H: Hsm, S: Store> Verifier<H, S> {
             return Err(Error::Blocked(blocked.retry_after));
         }
         let started = Instant::now();
-        let (verification, key_id) = self.check(req.key, now, client_ip, req.required_scopes, cost).await?;
+        let (verification, key_id) = self.check(presented, now, client_ip, required_scopes, cost).await?;
         if verification.code == VerifyCode::Invalid {
             self.brute_force.fail(source, now);
         }
@@ -151,26 +182,29 @@ impl<H: Hsm, S: Store> Verifier<H, S> {
     /// one named (for the usage log), if any.
     async fn check(
         &self,
-        key: &str,
+        presented: Presented<'_>,
         now: SystemTime,
         client_ip: Option<IpAddr>,
         required_scopes: &[String],
         cost: u64,
     ) -> Result<(Verification, Option<KeyId>)> {
-        let Some(parsed) = key_format::parse(key) else {
-            return Ok((Verification::INVALID, None));
+        let proof = match presented {
+            Presented::Key(key) => self.prove_key(key).await?,
+            Presented::Signed(signed) => self.prove_signature(&signed, now).await?,
         };
-        let Some(record) = self.deps.store.get_key(parsed.key_id)? else {
-            self.prover.unknown_key(&parsed).await?;
-            return Ok((Verification::INVALID, None));
+        let (record, refused) = match proof {
+            Proof::Proven(record) => (record, None),
+            Proof::Refused(record, code) => (record, Some(code)),
+            Proof::Unproven(code, id) => return Ok((Verification { code, ..Verification::INVALID }, id)),
         };
-        if !self.prover.prove(&parsed, &record).await? {
-            return Ok((Verification::INVALID, Some(record.id)));
-        }
         let rules = &self.config.rules;
-        let code = policy::evaluate(&record, now, client_ip, required_scopes, rules);
+        let code = refused.unwrap_or_else(|| policy::evaluate(&record, now, client_ip, required_scopes, rules));
         let rotation = match code {
-            VerifyCode::Revoked | VerifyCode::Expired => RotationNotice::default(),
+            VerifyCode::Revoked
+            | VerifyCode::Expired
+            | VerifyCode::Replayed
+            | VerifyCode::SignatureExpired
+            | VerifyCode::BadSignatureParams => RotationNotice::default(),
             _ => policy::rotation_notice(&record, now, rules),
         };
         let mut verification = Verification { code, record: None, remaining: None, retry_after: None, rotation };
@@ -182,6 +216,22 @@ impl<H: Hsm, S: Store> Verifier<H, S> {
         let id = record.id;
         verification.record = Some(record);
         Ok((verification, Some(id)))
+    }
+
+    /// A bearer key: parsed, found, and its secret proved in the HSM. A signing key is never
+    /// accepted as a bearer key.
+    async fn prove_key(&self, key: &str) -> Result<Proof> {
+        let Some(parsed) = key_format::parse(key) else {
+            return Ok(Proof::Unproven(VerifyCode::Invalid, None));
+        };
+        let Some(record) = self.deps.store.get_key(parsed.key_id)? else {
+            self.prover.unknown_key(&parsed).await?;
+            return Ok(Proof::Unproven(VerifyCode::Invalid, None));
+        };
+        if record.signing.is_some() || !self.prover.prove(&parsed, &record).await? {
+            return Ok(Proof::Unproven(VerifyCode::Invalid, Some(record.id)));
+        }
+        Ok(Proof::Proven(record))
     }
 
     /// The key whose rate limit and quota a rotated key's verifications count against during
@@ -239,3 +289,6 @@ mod usage_log_tests;
 
 #[cfg(test)]
 mod brute_force_tests;
+
+#[cfg(test)]
+mod signed_tests;

@@ -17,6 +17,7 @@ use super::{
     objects::{self, ensure_audit_key, find_label, find_master_keys, working_copy},
     ops::check_digest,
     pool::{Connection, Inner},
+    signing::{UnwrapCache, ensure_wrapping_key, find_wrapping_keys},
 };
 use crate::{
     domain::{
@@ -109,10 +110,14 @@ impl Inner {
         let owner = self.ctx.open_ro_session(slot)?;
         let keys = token_keys.into_iter().map(|(v, handle)| (v, working_copy(&owner, handle))).collect();
         let audit = find_label(&session, AUDIT_KEY_LABEL)?.map(|handle| working_copy(&owner, handle));
+        let wrapping =
+            find_wrapping_keys(&session)?.into_iter().map(|(v, handle)| (v, working_copy(&owner, handle))).collect();
         let conn = Connection {
             slot,
             keys: RwLock::new(keys),
             audit: RwLock::new(audit),
+            wrapping: RwLock::new(wrapping),
+            unwrapped: Mutex::new(UnwrapCache::default()),
             idle: Mutex::new(vec![session]),
             owner: Mutex::new(owner),
         };
@@ -136,6 +141,7 @@ impl Inner {
             }
         }
         ensure_audit_key(&self.ctx, conn)?;
+        ensure_wrapping_key(&self.ctx, conn)?;
         let idle = conn.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let session = idle.ok_or_else(|| StartError::Pkcs11("the new connection has no session".into()))?;
         let verified = checks.self_tests.iter().try_for_each(|digest| {
@@ -146,7 +152,7 @@ impl Inner {
         });
         conn.idle.lock().unwrap_or_else(|e| e.into_inner()).push(session);
         verified?;
-        tracing::info!("HSM connected for the first time: master keys, audit key and self-test checked");
+        tracing::info!("HSM connected for the first time: master keys, audit key, wrapping key and self-test checked");
         Ok(())
     }
 }

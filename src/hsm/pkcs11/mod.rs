@@ -15,6 +15,7 @@ mod ops;
 mod pin;
 mod pool;
 mod probe;
+mod signing;
 
 use std::{
     sync::{Arc, atomic::Ordering},
@@ -24,6 +25,7 @@ use std::{
 use cryptoki::{error::Error as CkError, session::Session};
 use tracing::Instrument;
 
+pub use self::signing::{UNWRAPPED_CACHE, wrap_key_label};
 pub use self::{
     config::{Pkcs11Config, StartError},
     connect::FirstConnect,
@@ -31,6 +33,7 @@ pub use self::{
 pub(super) use self::{
     connect::{find_token, load_module, login},
     objects::{find_label, find_master_keys, generate_hmac_key, generate_master_key, is_safe_master_key},
+    signing::generate_wrapping_key_if_missing,
 };
 use self::{
     connect::{initialize, open_module},
@@ -43,6 +46,7 @@ use crate::{
         key::{Digest, MasterKeyVersion},
         ports::{AUDIT_MAC_LEN, AuditSealer, Hsm, HsmError},
         secret::{Secret, SensitiveBytes},
+        signing::WrappedSecret,
     },
     metrics,
 };
@@ -126,11 +130,19 @@ impl Pkcs11Hsm {
         self.admin(Op::FindMasterKey, move |inner, conn| objects::pick_up_key(&inner.ctx, conn, version)).await
     }
 
-    /// Makes the audit chain key if the token has none (databases made before the chain).
-    pub fn ensure_audit_key(&self) -> Result<(), StartError> {
+    /// Makes the audit chain key and the signing-secret wrapping key if the token lacks them
+    /// (tokens made before the audit chain or before signing keys).
+    pub fn ensure_token_keys(&self) -> Result<(), StartError> {
         let guard = self.inner.conn.read().unwrap_or_else(|e| e.into_inner());
         let conn = guard.as_ref().ok_or_else(|| StartError::Pkcs11("the token is not connected".into()))?;
-        objects::ensure_audit_key(&self.inner.ctx, conn)
+        objects::ensure_audit_key(&self.inner.ctx, conn)?;
+        signing::ensure_wrapping_key(&self.inner.ctx, conn)
+    }
+
+    /// How many unwrapped signing secrets the connection holds (at most `UNWRAPPED_CACHE`).
+    pub fn unwrapped_cached(&self) -> usize {
+        let guard = self.inner.conn.read().unwrap_or_else(|e| e.into_inner());
+        guard.as_ref().map_or(0, |conn| conn.unwrapped.lock().unwrap_or_else(|e| e.into_inner()).len())
     }
 
     /// Whether the token is connected now.
@@ -262,6 +274,23 @@ impl Hsm for Pkcs11Hsm {
 
     async fn destroy_master_key(&self, version: MasterKeyVersion) -> Result<(), HsmError> {
         self.admin(Op::DestroyMasterKey, move |inner, conn| objects::destroy_key(&inner.ctx, conn, version)).await
+    }
+
+    async fn new_signing_secret(&self) -> Result<(Secret, WrappedSecret), HsmError> {
+        self.run(Op::NewSigningSecret, signing::new_secret).await
+    }
+
+    async fn verify_signature(
+        &self,
+        wrapped: &WrappedSecret,
+        message: Vec<u8>,
+        signature: Vec<u8>,
+    ) -> Result<bool, HsmError> {
+        let wrapped = wrapped.clone();
+        self.run(Op::VerifySignature, move |session, conn| {
+            signing::verify(session, conn, &wrapped, &message, &signature)
+        })
+        .await
     }
 
     fn is_healthy(&self) -> bool {

@@ -18,9 +18,10 @@ use super::{
     config::{Pkcs11Config, StartError},
     connect::{FirstConnect, initialize},
     pin::PinSource,
+    signing::UnwrapCache,
 };
 use crate::{
-    domain::{key::MasterKeyVersion, ports::HsmError},
+    domain::{key::MasterKeyVersion, ports::HsmError, signing::WrapKeyVersion},
     hsm::rv,
     metrics,
 };
@@ -32,6 +33,10 @@ pub(super) struct Connection {
     pub keys: RwLock<HashMap<MasterKeyVersion, ObjectHandle>>,
     /// The audit chain key; set once made (`ensure_audit_key`).
     pub audit: RwLock<Option<ObjectHandle>>,
+    /// Session copies of the signing-secret wrapping keys, by version.
+    pub wrapping: RwLock<HashMap<WrapKeyVersion, ObjectHandle>>,
+    /// Unwrapped signing secrets (session objects owned by `owner`), bounded.
+    pub unwrapped: Mutex<UnwrapCache>,
     pub idle: Mutex<Vec<Session>>,
     /// Owns the session copies of the keys (`working_copy`): they live as long as it does.
     pub owner: Mutex<Session>,

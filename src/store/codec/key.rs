@@ -10,6 +10,7 @@ use crate::domain::{
     anomaly::{AnomalyAction, AnomalyKind, KeyAnomaly},
     key::{KeyRecord, KeyState, Quota, RateLimit, Refill, Usage},
     ports::StoreError,
+    signing::{WrapKeyVersion, WrappedSecret},
 };
 
 #[derive(Clone, PartialEq, Message)]
@@ -73,6 +74,18 @@ struct StoredKey {
     /// Absent in records written before anomaly detection: none.
     #[prost(message, repeated, tag = "28")]
     anomalies: Vec<StoredAnomaly>,
+    /// Absent for a bearer key, and in every record written before signing keys.
+    #[prost(message, optional, tag = "29")]
+    signing: Option<StoredWrappedSecret>,
+}
+
+/// A signing key's secret, wrapped by the HSM's wrapping key `version`.
+#[derive(Clone, PartialEq, Message)]
+struct StoredWrappedSecret {
+    #[prost(uint32, tag = "1")]
+    version: u32,
+    #[prost(bytes = "vec", tag = "2")]
+    blob: Vec<u8>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -194,6 +207,7 @@ pub fn encode_key(r: &KeyRecord) -> Vec<u8> {
                 evidence: a.evidence.clone(),
             })
             .collect(),
+        signing: r.signing.as_ref().map(|w| StoredWrappedSecret { version: w.version.0, blob: w.blob.clone() }),
     })
 }
 
@@ -265,6 +279,7 @@ pub fn decode_key(bytes: &[u8]) -> Result<KeyRecord, StoreError> {
             Some(_) => return Err(corrupt("key")),
         },
         anomalies: s.anomalies.into_iter().map(decode_anomaly).collect::<Result<_, _>>()?,
+        signing: s.signing.map(|w| WrappedSecret { version: WrapKeyVersion(w.version), blob: w.blob }),
     })
 }
 
@@ -332,6 +347,22 @@ mod tests {
             })
             .collect();
         assert_eq!(decode_key(&encode_key(&record)).unwrap(), record);
+        record.signing = Some(WrappedSecret { version: WrapKeyVersion(3), blob: vec![7; 40] });
+        let decoded = decode_key(&encode_key(&record)).unwrap();
+        assert_eq!(decoded, record);
+        assert_eq!(decoded.kind(), crate::domain::signing::KeyKind::Signing);
+    }
+
+    /// A record written before signing keys (no field 29) decodes as a bearer key, and a bearer
+    /// key is written as it was then.
+    #[test]
+    fn records_from_before_signing_keys_decode_as_bearer_keys() {
+        let digest = Digest::plain(MasterKeyVersion(1), [3; 32]);
+        let record = KeyRecord::new(KeyId::new_v7(), "old".into(), "kw".into(), vec![], SystemTime::now(), digest);
+        let bytes = encode_key(&record);
+        assert_eq!(StoredKey::decode(&bytes[1..]).unwrap().signing, None, "a bearer key adds no bytes");
+        let decoded = decode_key(&bytes).unwrap();
+        assert_eq!((decoded.kind(), decoded.signing), (crate::domain::signing::KeyKind::Bearer, None));
     }
 
     /// A record written before anomaly detection (no fields 27 and 28) decodes with the default

@@ -1,0 +1,130 @@
+//! Tests of VerifySignature: what a signed request is answered (with the fake HSM; the real
+//! HSM and an independent RFC 9421 signer are in the integration tests).
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::domain::{
+    signing::KeyKind,
+    testing::*,
+    verification::{SignedRequest, Verification},
+};
+
+struct Signer {
+    id: KeyId,
+    secret: Vec<u8>,
+}
+
+impl Signer {
+    async fn new(f: &Fixture, scopes: &[&str]) -> Self {
+        let new = NewKey { kind: KeyKind::Signing, ..named("signer", scopes) };
+        let created = f.keys.create(&f.root, new, &RequestContext::default()).await.unwrap();
+        assert_eq!(created.record.kind(), KeyKind::Signing);
+        Self { id: created.record.id, secret: created.signing_secret.unwrap().expose().to_vec() }
+    }
+
+    fn base(&self, created: SystemTime, nonce: &str) -> Vec<u8> {
+        let created = created.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+        format!(
+            "\"@method\": GET\n\"@path\": /orders\n\"@signature-params\": (\"@method\" \"@path\");created={created};keyid=\"{}\";alg=\"hmac-sha256\";nonce=\"{nonce}\"",
+            self.id
+        )
+        .into_bytes()
+    }
+
+    fn sign(&self, base: &[u8]) -> Vec<u8> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret).unwrap();
+        mac.update(base);
+        mac.finalize().into_bytes().to_vec()
+    }
+}
+
+async fn check(f: &Fixture, base: &[u8], signature: &[u8], scopes: &[&str]) -> Verification {
+    let scopes = strings(scopes);
+    let req = SignedRequest { signature_base: base, signature, required_scopes: &scopes, ..Default::default() };
+    f.verify.verify_signature(&f.root, req).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_signed_request_verifies_once_and_its_replay_is_refused() {
+    let f = fixture().await;
+    let signer = Signer::new(&f, &["orders:*"]).await;
+    let base = signer.base(f.clock.now(), "n-1");
+    let v = check(&f, &base, &signer.sign(&base), &["orders:read"]).await;
+    assert_eq!(v.code, VerifyCode::Valid);
+    assert_eq!(v.record.unwrap().id, signer.id);
+    assert_eq!(check(&f, &base, &signer.sign(&base), &["orders:read"]).await.code, VerifyCode::Replayed);
+    let next = signer.base(f.clock.now(), "n-2");
+    assert_eq!(check(&f, &next, &signer.sign(&next), &["billing:read"]).await.code, VerifyCode::InsufficientScope);
+}
+
+#[tokio::test]
+async fn wrong_stale_or_malformed_signatures_get_their_codes() {
+    let f = fixture().await;
+    let signer = Signer::new(&f, &[]).await;
+    let base = signer.base(f.clock.now(), "n-1");
+    let mut changed = base.clone();
+    changed[3] ^= 1;
+    assert_eq!(check(&f, &changed, &signer.sign(&base), &[]).await.code, VerifyCode::Invalid, "one byte changed");
+    let old = signer.base(f.clock.now() - Duration::from_secs(600), "n-2");
+    let v = check(&f, &old, &signer.sign(&old), &[]).await;
+    assert_eq!((v.code, v.record.is_some()), (VerifyCode::SignatureExpired, true));
+    let no_nonce = String::from_utf8(base.clone()).unwrap().replace(";nonce=\"n-1\"", "").into_bytes();
+    let v = check(&f, &no_nonce, &signer.sign(&no_nonce), &[]).await;
+    assert_eq!((v.code, v.record.is_none()), (VerifyCode::BadSignatureParams, true));
+    // A stale or invalid signature did not spend the nonce: the genuine request still passes.
+    assert_eq!(check(&f, &base, &signer.sign(&base), &[]).await.code, VerifyCode::Valid);
+}
+
+#[tokio::test]
+async fn a_revoked_signing_key_is_revoked_and_a_bearer_key_cannot_sign() {
+    let f = fixture().await;
+    let signer = Signer::new(&f, &[]).await;
+    f.keys.revoke(&f.root, &signer.id.to_string(), "", &RequestContext::default()).await.unwrap();
+    let base = signer.base(f.clock.now(), "n-1");
+    assert_eq!(check(&f, &base, &signer.sign(&base), &[]).await.code, VerifyCode::Revoked);
+
+    let bearer = f.create("bearer", &[]).await;
+    let forged = Signer { id: bearer.record.id, secret: bearer.key.expose().as_bytes().to_vec() };
+    let base = forged.base(f.clock.now(), "n-1");
+    assert_eq!(check(&f, &base, &forged.sign(&base), &[]).await.code, VerifyCode::Invalid);
+}
+
+#[tokio::test]
+async fn a_signing_key_is_never_accepted_as_a_bearer_key() {
+    let f = fixture().await;
+    let created =
+        f.keys.create(&f.root, NewKey { kind: KeyKind::Signing, ..named("s", &[]) }, &RequestContext::default()).await;
+    let created = created.unwrap();
+    assert_eq!(f.code(created.key.expose(), &[]).await, VerifyCode::Invalid);
+}
+
+#[tokio::test]
+async fn signing_keys_keep_verifying_across_a_master_key_rotation() {
+    let f = fixture().await;
+    let signer = Signer::new(&f, &[]).await;
+    f.master.rotate_master(&f.root, &RequestContext::default()).await.unwrap();
+    f.migrate_all().await;
+    let base = signer.base(f.clock.now(), "n-1");
+    assert_eq!(check(&f, &base, &signer.sign(&base), &[]).await.code, VerifyCode::Valid);
+    let after = Signer::new(&f, &[]).await;
+    let base = after.base(f.clock.now(), "n-1");
+    assert_eq!(check(&f, &base, &after.sign(&base), &[]).await.code, VerifyCode::Valid);
+}
+
+#[tokio::test]
+async fn a_rotated_signing_key_hands_its_successor_a_new_secret_and_both_verify_during_the_grace() {
+    let f = fixture().await;
+    let old = Signer::new(&f, &[]).await;
+    let ctx = RequestContext::default();
+    let rotated = f.keys.rotate(&f.root, &old.id.to_string(), None, &ctx).await.unwrap();
+    assert_eq!(rotated.record.kind(), KeyKind::Signing);
+    let new = Signer { id: rotated.record.id, secret: rotated.signing_secret.unwrap().expose().to_vec() };
+    assert_ne!(new.secret, old.secret);
+    for (signer, nonce) in [(&old, "n-1"), (&new, "n-1")] {
+        let base = signer.base(f.clock.now(), nonce);
+        assert_eq!(check(&f, &base, &signer.sign(&base), &[]).await.code, VerifyCode::Valid);
+    }
+    let base = new.base(f.clock.now(), "n-2");
+    assert_eq!(check(&f, &base, &old.sign(&base), &[]).await.code, VerifyCode::Invalid, "the old secret");
+}

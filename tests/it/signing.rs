@@ -1,0 +1,275 @@
+//! Signing keys end to end: requests signed by an independent RFC 9421 implementation (PyPI's
+//! http-message-signatures, driven by tests/signing/sign_request.py) checked by a real keyward
+//! on a real SoftHSM2 token; and the signing secret found nowhere keyward writes.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use base64::{Engine, engine::general_purpose::STANDARD};
+use keyward::proto::{self, KeyKind, VerifyCode};
+
+use envoy_types::pb::envoy::service::auth::v3::{
+    AttributeContext, CheckRequest, CheckResponse,
+    attribute_context::{HttpRequest, Request as HttpRequestWrapper},
+    check_response::HttpResponse,
+};
+
+use crate::common::{Instance, require_tool};
+
+/// A request signed by the Python library: the signature base and the signature.
+struct Signed {
+    base: Vec<u8>,
+    signature: Vec<u8>,
+    /// The request's headers the library set: Signature-Input, Signature, Content-Digest.
+    headers: Vec<(String, String)>,
+}
+
+fn python() -> PathBuf {
+    let python = require_tool("python3", "sudo apt-get install python3");
+    let ok = Command::new(&python).args(["-c", "import http_message_signatures, requests"]).status().unwrap();
+    assert!(
+        ok.success(),
+        "PyPI's http-message-signatures is not installed: run ./scripts/install-deps.sh \
+         (or `pip install http-message-signatures`)"
+    );
+    python
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn sign(key_id: &str, secret: &[u8], created: u64, nonce: &str) -> Signed {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/signing/sign_request.py");
+    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    let out = Command::new(python()).arg(script).args([key_id, &hex, &created.to_string(), nonce]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let field = |name: &str| STANDARD.decode(printed[name].as_str().unwrap()).unwrap();
+    let text = |name: &str| printed[name].as_str().unwrap().to_owned();
+    let headers = vec![
+        ("signature-input".into(), text("signature_input")),
+        ("signature".into(), text("signature_header")),
+        ("content-digest".into(), text("content_digest")),
+        ("content-length".into(), "13".into()),
+    ];
+    Signed { base: field("signature_base"), signature: field("signature"), headers }
+}
+
+async fn check(kw: &Instance, signed: &Signed, scopes: &[&str], client_ip: &str) -> proto::VerifyKeyResponse {
+    let request = proto::VerifySignatureRequest {
+        signature_base: signed.base.clone(),
+        signature: signed.signature.clone(),
+        required_scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        client_ip: client_ip.into(),
+        cost: None,
+    };
+    kw.root_verifier().await.verify_signature(request).await.expect("VerifySignature").into_inner()
+}
+
+async fn create_signing_key(kw: &Instance, name: &str, scopes: &[&str], cidrs: &[&str]) -> (String, Vec<u8>) {
+    let created = kw
+        .root_keys()
+        .await
+        .create_key(proto::CreateKeyRequest {
+            name: name.into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            allowed_cidrs: cidrs.iter().map(|s| s.to_string()).collect(),
+            kind: KeyKind::Signing as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("CreateKey")
+        .into_inner();
+    let info = created.info.unwrap();
+    assert_eq!(info.kind(), KeyKind::Signing);
+    assert_eq!(created.signing_secret.len(), 32);
+    assert!(created.key.is_empty(), "a signing key hands out no bearer key string");
+    (info.key_id, created.signing_secret)
+}
+
+#[tokio::test]
+async fn requests_signed_by_an_independent_rfc_9421_library_verify_once_and_policies_apply() {
+    let mut kw = Instance::started().await;
+    let (id, secret) = create_signing_key(&kw, "orders-client", &["orders:*"], &[]).await;
+
+    let signed = sign(&id, &secret, now(), "nonce-1");
+    let text = String::from_utf8(signed.base.clone()).unwrap();
+    assert!(text.contains("\"content-digest\": sha-256=:"), "the library covered the body: {text}");
+    let valid = check(&kw, &signed, &["orders:read"], "203.0.113.5").await;
+    assert_eq!((valid.code(), valid.valid, valid.key_id.as_str()), (VerifyCode::Valid, true, id.as_str()));
+    assert_eq!(valid.scopes, ["orders:*"]);
+
+    assert_eq!(check(&kw, &signed, &["orders:read"], "203.0.113.5").await.code(), VerifyCode::Replayed);
+    let stale = sign(&id, &secret, now() - 600, "nonce-2");
+    assert_eq!(check(&kw, &stale, &[], "").await.code(), VerifyCode::SignatureExpired);
+    let mut changed = sign(&id, &secret, now(), "nonce-3");
+    let last = changed.base.len() - 3;
+    changed.base[last] ^= 1;
+    assert_eq!(check(&kw, &changed, &[], "").await.code(), VerifyCode::Invalid, "one byte of the base changed");
+    let scoped = sign(&id, &secret, now(), "nonce-4");
+    assert_eq!(check(&kw, &scoped, &["billing:read"], "").await.code(), VerifyCode::InsufficientScope);
+
+    let (fenced, fenced_secret) = create_signing_key(&kw, "fenced", &[], &["10.0.0.0/8"]).await;
+    let outside = sign(&fenced, &fenced_secret, now(), "nonce-1");
+    assert_eq!(check(&kw, &outside, &[], "203.0.113.5").await.code(), VerifyCode::IpNotAllowed);
+    let inside = sign(&fenced, &fenced_secret, now(), "nonce-2");
+    assert_eq!(check(&kw, &inside, &[], "10.1.2.3").await.code(), VerifyCode::Valid);
+
+    let keys = kw.root_keys().await;
+    let revoke = proto::RevokeKeyRequest { key_id: id.clone(), ..Default::default() };
+    keys.clone().revoke_key(revoke).await.unwrap();
+    let after_revoke = sign(&id, &secret, now(), "nonce-5");
+    assert_eq!(check(&kw, &after_revoke, &[], "").await.code(), VerifyCode::Revoked);
+
+    // Signing secrets are wrapped by their own HSM key: a master key rotation leaves them working.
+    kw.master(Some(&kw.root_key)).await.rotate_master_key(proto::RotateMasterKeyRequest {}).await.unwrap();
+    let rotated = sign(&fenced, &fenced_secret, now(), "nonce-3");
+    assert_eq!(check(&kw, &rotated, &[], "10.1.2.3").await.code(), VerifyCode::Valid);
+
+    // The secret is nowhere keyward writes: trace-level logs, the database, the token files.
+    assert!(kw.stop().await.success());
+    let logs = kw.logs();
+    for secret in [&secret, &fenced_secret] {
+        let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        assert!(!logs.contains(&hex) && !logs.contains(&STANDARD.encode(secret)), "a signing secret in the logs");
+        assert!(!logs.contains(&format!("{secret:?}")), "a signing secret in the logs");
+        assert!(!any_file_contains(&kw.data_dir, secret), "a signing secret in the data directory");
+    }
+}
+
+fn any_file_contains(dir: &Path, needle: &[u8]) -> bool {
+    std::fs::read_dir(dir).unwrap().any(|entry| {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            any_file_contains(&path, needle)
+        } else {
+            std::fs::read(&path).is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
+        }
+    })
+}
+
+#[tokio::test]
+async fn bad_signature_parameters_and_unknown_keys_get_their_codes() {
+    let kw = Instance::started().await;
+    let (id, secret) = create_signing_key(&kw, "client", &[], &[]).await;
+    let signed = sign(&id, &secret, now(), "nonce-1");
+    let text = String::from_utf8(signed.base.clone()).unwrap();
+    let without_nonce = text.replace(";nonce=\"nonce-1\"", "");
+    let rsa = text.replace("alg=\"hmac-sha256\"", "alg=\"rsa-pss-sha512\"");
+    for base in [without_nonce, rsa, "\"@method\": GET".to_string()] {
+        let bad = Signed { base: base.into_bytes(), signature: signed.signature.clone(), headers: vec![] };
+        assert_eq!(check(&kw, &bad, &[], "").await.code(), VerifyCode::BadSignatureParams);
+    }
+    let unknown = text.replace(&id, "0190f0f0-0000-7000-8000-000000000000");
+    let unknown = Signed { base: unknown.into_bytes(), signature: signed.signature.clone(), headers: vec![] };
+    assert_eq!(check(&kw, &unknown, &[], "").await.code(), VerifyCode::Invalid);
+    // The genuine request still verifies: refused ones did not spend its nonce.
+    assert_eq!(check(&kw, &signed, &[], "").await.code(), VerifyCode::Valid);
+}
+
+#[tokio::test]
+async fn rotating_a_signing_key_hands_out_a_new_secret_once() {
+    let kw = Instance::started().await;
+    let (id, secret) = create_signing_key(&kw, "client", &[], &[]).await;
+    let request = proto::RotateKeyRequest { key_id: id.clone(), grace_period: None };
+    let rotated = kw.root_keys().await.rotate_key(request).await.expect("RotateKey").into_inner();
+    assert!(rotated.key.is_empty(), "no bearer form");
+    assert_eq!(rotated.signing_secret.len(), 32);
+    assert_ne!(rotated.signing_secret, secret);
+    let successor = rotated.info.unwrap();
+    assert_eq!(successor.kind(), KeyKind::Signing);
+    let signed = sign(&successor.key_id, &rotated.signing_secret, now(), "nonce-1");
+    assert_eq!(check(&kw, &signed, &[], "").await.code(), VerifyCode::Valid);
+    let old = sign(&id, &secret, now(), "nonce-1");
+    assert_eq!(check(&kw, &old, &[], "").await.code(), VerifyCode::Valid, "during the grace period");
+    let wrong = sign(&successor.key_id, &secret, now(), "nonce-2");
+    assert_eq!(check(&kw, &wrong, &[], "").await.code(), VerifyCode::Invalid, "the old secret");
+}
+
+/// Envoy's Check of the signed request (POST https://api.example.com/orders?page=1).
+fn ext_authz_check(signed: &Signed, drop_header: Option<&str>) -> CheckRequest {
+    let headers = signed.headers.iter().filter(|(name, _)| Some(name.as_str()) != drop_header).cloned().collect();
+    let http = HttpRequest {
+        method: "POST".into(),
+        path: "/orders?page=1".into(),
+        host: "api.example.com".into(),
+        scheme: "https".into(),
+        headers,
+        ..Default::default()
+    };
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(HttpRequestWrapper { http: Some(http), ..Default::default() }),
+            ..Default::default()
+        }),
+    }
+}
+
+fn allowed_key(response: &CheckResponse) -> Option<String> {
+    match &response.http_response {
+        Some(HttpResponse::OkResponse(ok)) => ok
+            .headers
+            .iter()
+            .filter_map(|h| h.header.as_ref())
+            .find(|h| h.key == "x-keyward-key-id")
+            .map(|h| h.value.clone()),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn the_gateway_verifies_signed_requests_from_their_headers() {
+    let kw = Instance::started().await;
+    let (gateway, _) = kw.create_key("envoy", &["keyward:verify"]).await;
+    let (id, secret) = create_signing_key(&kw, "signed-client", &[], &[]).await;
+    let mut authz = kw.ext_authz(Some(&gateway)).await;
+
+    let signed = sign(&id, &secret, now(), "nonce-1");
+    let first = authz.check(ext_authz_check(&signed, None)).await.unwrap().into_inner();
+    assert_eq!(allowed_key(&first), Some(id.clone()), "{first:?}");
+    let replayed = authz.check(ext_authz_check(&signed, None)).await.unwrap().into_inner();
+    assert_eq!(allowed_key(&replayed), None, "a replay is refused");
+
+    // A body whose digest the signature does not cover cannot be checked: refused.
+    let fresh = sign(&id, &secret, now(), "nonce-2");
+    let mut uncovered = fresh.headers.clone();
+    for (name, value) in &mut uncovered {
+        if name == "signature-input" {
+            *value = value.replace(r#" "content-digest""#, "");
+        }
+    }
+    let uncovered = Signed { headers: uncovered, base: vec![], signature: vec![] };
+    let refused = authz.check(ext_authz_check(&uncovered, None)).await.unwrap().into_inner();
+    assert_eq!(allowed_key(&refused), None);
+    // The covered content-digest header missing: refused; then the intact request passes.
+    let missing = authz.check(ext_authz_check(&fresh, Some("content-digest"))).await.unwrap().into_inner();
+    assert_eq!(allowed_key(&missing), None);
+    let intact = authz.check(ext_authz_check(&fresh, None)).await.unwrap().into_inner();
+    assert_eq!(allowed_key(&intact), Some(id));
+}
+
+#[tokio::test]
+async fn forward_auth_verifies_signed_requests_from_the_forwarded_headers() {
+    use crate::forward_auth::{Target, keyward_with_http, request};
+    let kw = keyward_with_http().await;
+    let (gateway, _) = kw.create_key("nginx", &["keyward:verify"]).await;
+    let (id, secret) = create_signing_key(&kw, "signed-client", &[], &[]).await;
+    let signed = sign(&id, &secret, now(), "nonce-1");
+    let mut headers: Vec<(&str, &str)> = vec![
+        ("x-keyward-gateway-key", gateway.as_str()),
+        ("x-forwarded-method", "POST"),
+        ("x-forwarded-uri", "/orders?page=1"),
+        ("x-forwarded-host", "api.example.com"),
+        ("x-forwarded-proto", "https"),
+    ];
+    headers.extend(signed.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+    let target = Target::Tcp(kw.http_addr());
+    let allowed = request(&target, "GET", "/v1/authorize", &headers).await;
+    assert_eq!((allowed.status, allowed.header("x-keyward-key-id")), (200, Some(id.as_str())), "{allowed:?}");
+    let replayed = request(&target, "GET", "/v1/authorize", &headers).await;
+    assert_eq!((replayed.status, replayed.error()), (401, "invalid_key".into()), "{replayed:?}");
+}
