@@ -6,19 +6,31 @@
 # data/ (the nodes' shared development token, keyward.toml and root.key; each node's own state in
 # data/nodes/<id>/), logs/. The first run installs what is missing, builds keyward (release) and
 # runs `keyward init --dev --etcd`; later runs reuse the data. Delete the directory to start over.
+# Overrides (the integration test uses them): KEYWARD_BIN=path runs that keyward binary instead of
+# building one; KEYWARD_CLUSTER_ETCD_PORTS, KEYWARD_CLUSTER_PEER_PORTS and KEYWARD_CLUSTER_NODE_PORTS
+# (three space-separated ports each) replace the ports above.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log() { echo "cluster-dev: $*" >&2; }
 
-ETCD_CLIENT_PORTS=(2379 22379 32379)
-ETCD_PEER_PORTS=(2380 22380 32380)
+read -r -a ETCD_CLIENT_PORTS <<<"${KEYWARD_CLUSTER_ETCD_PORTS:-2379 22379 32379}"
+read -r -a ETCD_PEER_PORTS <<<"${KEYWARD_CLUSTER_PEER_PORTS:-2380 22380 32380}"
+read -r -a NODE_PORTS <<<"${KEYWARD_CLUSTER_NODE_PORTS:-50061 50062 50063}"
+if [ ${#ETCD_CLIENT_PORTS[@]} -ne 3 ] || [ ${#ETCD_PEER_PORTS[@]} -ne 3 ] || [ ${#NODE_PORTS[@]} -ne 3 ]; then
+  log "KEYWARD_CLUSTER_ETCD_PORTS, _PEER_PORTS and _NODE_PORTS need three ports each"
+  exit 2
+fi
 NODE_IDS=(n1 n2 n3)
-NODE_ADDRS=(127.0.0.1:50061 127.0.0.1:50062 127.0.0.1:50063)
+NODE_ADDRS=("127.0.0.1:${NODE_PORTS[0]}" "127.0.0.1:${NODE_PORTS[1]}" "127.0.0.1:${NODE_PORTS[2]}")
 
 bash scripts/install-deps.sh
-cargo build --release -p keyward
-BIN=$PWD/target/release/keyward
+if [ -n "${KEYWARD_BIN:-}" ]; then
+  BIN=$(realpath "$KEYWARD_BIN")
+else
+  cargo build --release -p keyward
+  BIN=$PWD/target/release/keyward
+fi
 ETCD=$(command -v etcd || echo /usr/bin/etcd)
 
 mkdir -p "${KEYWARD_CLUSTER_DIR:-./cluster-dev}"

@@ -206,3 +206,32 @@ async fn the_baselines_survive_a_restart_rebuilt_from_the_usage_log() {
     assert_eq!(events.iter().map(|e| e.code.as_str()).collect::<Vec<_>>(), vec!["NEW_NETWORKS"]);
     assert!(events[0].reason.contains("(2 known)"), "the networks seen before the restart: {}", events[0].reason);
 }
+
+#[tokio::test]
+async fn a_key_used_after_idle_after_is_flagged_once() {
+    let mut kw = small_timescales();
+    kw.configure("anomaly", "idle_after", "\"3s\"");
+    kw.start().await;
+    let (key, id) = kw.create_key("orders", &[]).await;
+    let mut v = kw.root_verifier().await;
+    // Used right after its creation, then every half second: never idle for 3 s.
+    for _ in 0..6 {
+        assert_eq!(verify(&mut v, &key, "198.51.100.7", &[]).await, VerifyCode::Valid);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    a_few_windows().await;
+    assert_eq!(anomaly_events(&kw, &id).await.len(), 0, "a key in steady use is not idle");
+
+    tokio::time::sleep(Duration::from_secs(2)).await; // idle for 5 s in all, past idle_after
+    assert_eq!(verify(&mut v, &key, "198.51.100.7", &[]).await, VerifyCode::Valid, "ALERT blocks nothing");
+    let events = wait_for_anomaly(&kw, &id).await;
+    assert_eq!(events.iter().map(|e| e.code.as_str()).collect::<Vec<_>>(), vec!["IDLE_KEY_USED"]);
+    assert!(events[0].reason.starts_with("IDLE_KEY_USED: used after "), "{}", events[0].reason);
+    assert!(events[0].reason.contains("198.51.100.0/24"), "names the network it came from: {}", events[0].reason);
+    assert_eq!(key_info(&kw, &id).await.anomalies[0].kind(), AnomalyKind::IdleKeyUsed);
+
+    // Used again at once: not idle any more, no second event.
+    assert_eq!(verify(&mut v, &key, "198.51.100.7", &[]).await, VerifyCode::Valid);
+    a_few_windows().await;
+    assert_eq!(anomaly_events(&kw, &id).await.len(), 1);
+}

@@ -13,6 +13,7 @@ use crate::common::cluster::{ClusterNodes, Outcome, timed};
 mod acknowledged;
 mod anomaly;
 mod audit_trim;
+mod dev_script;
 mod etcd_faults;
 mod etcd_tls;
 mod init;
