@@ -95,6 +95,33 @@ impl Client {
         }
         Ok(verification)
     }
+
+    /// Asks keyward about a signed request (RFC 9421, `hmac-sha256`): its signature base (the
+    /// exact bytes that were signed, ending with the `"@signature-params"` line) and its
+    /// signature. keyward finds the signing key by the `keyid` parameter, checks the signature
+    /// in its HSM, refuses a stale `created` and a nonce it has seen (`DenyReason::Replayed`),
+    /// then applies the key's policies as [`Client::verify`] does. Never cached: every signed
+    /// request is a new nonce.
+    ///
+    /// A service that receives signed requests rebuilds the base from the request's covered
+    /// components (any RFC 9421 library does); [`crate::RequestSigner`] returns the base it
+    /// signed.
+    pub async fn verify_signature(
+        &self,
+        signature_base: &[u8],
+        signature: &[u8],
+        options: VerifyOptions,
+    ) -> Result<Verification, Error> {
+        let request = proto::VerifySignatureRequest {
+            signature_base: signature_base.to_vec(),
+            signature: signature.to_vec(),
+            client_ip: options.client_ip.map(|ip| ip.to_canonical().to_string()).unwrap_or_default(),
+            required_scopes: options.scopes,
+            cost: options.cost,
+        };
+        let response = self.verify.clone().verify_signature(request).await?.into_inner();
+        Verification::try_from(response)
+    }
 }
 
 /// Settings of a [`Client`]: TLS, mTLS, the caller's own key, timeouts, lazy connection and

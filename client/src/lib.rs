@@ -10,6 +10,8 @@
 //!   extensions; with feature `axum`, an extractor) and answers 401/403/429/503 (or the gRPC
 //!   codes) itself. It fails closed.
 //! - [`BearerInterceptor`]: attaches `authorization: Bearer <key>` to outgoing tonic calls.
+//! - [`RequestSigner`]: signs outgoing HTTP requests with a keyward signing key (RFC 9421,
+//!   `hmac-sha256`, a nonce, `Content-Digest`); [`Client::verify_signature`] asks keyward about one.
 //! - Caching: none unless you opt in with a bound ([`ClientBuilder::cache`], [`CacheConfig`]).
 //!
 //! # Verifying a key
@@ -86,6 +88,7 @@ mod extract;
 mod interceptor;
 mod layer;
 mod secret;
+mod signing;
 mod verification;
 
 /// The generated keyward.v1 messages and gRPC clients, for calls this crate does not wrap (the
@@ -103,4 +106,5 @@ pub use extract::NotVerified;
 pub use interceptor::BearerInterceptor;
 pub use layer::{ClientIpFn, KeyHeader, VerifyKeyBody, VerifyKeyLayer, VerifyKeyService, connection_ip};
 pub use secret::ApiKey;
+pub use signing::{RequestSigner, SIGNATURE_LABEL, SignError, Signed, SigningSecret};
 pub use verification::{DenyReason, Verification, VerifiedKey, VerifyOptions};

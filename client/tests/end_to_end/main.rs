@@ -4,6 +4,7 @@
 
 mod axum_service;
 mod keyward;
+mod signing;
 mod tls;
 mod tonic_service;
 mod verify;
