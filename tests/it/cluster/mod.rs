@@ -24,6 +24,7 @@ mod propagation;
 mod quota;
 mod rate_limit;
 mod secrecy;
+mod signing;
 mod watch_recovery;
 
 /// `cluster.max_staleness_ms`'s default: how long a node may go without proving it is current.
