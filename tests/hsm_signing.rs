@@ -8,7 +8,7 @@ use keyward::{
     domain::{
         ports::{Hsm, HsmError},
         secret::Pin,
-        signing::{CURRENT_WRAP_KEY, WrapKeyVersion, WrappedSecret},
+        signing::{FIRST_WRAP_KEY, WrapKeyVersion, WrappedSecret},
     },
     hsm::{Pkcs11Config, Pkcs11Hsm, UNWRAPPED_CACHE},
 };
@@ -38,8 +38,8 @@ async fn signing_secrets_wrapped_by_the_token_verify_client_hmacs_inside_the_hsm
     let hsm = Pkcs11Hsm::open(config).unwrap();
     hsm.ensure_token_keys().unwrap();
 
-    let (secret, wrapped) = hsm.new_signing_secret().await.unwrap();
-    assert_eq!(wrapped.version, CURRENT_WRAP_KEY);
+    let (secret, wrapped) = hsm.new_signing_secret(FIRST_WRAP_KEY).await.unwrap();
+    assert_eq!(wrapped.version, FIRST_WRAP_KEY);
     assert_eq!(wrapped.blob.len(), 40, "RFC 3394 wrap of 32 bytes");
     assert_eq!(format!("{secret:?}"), "Secret(<redacted>)");
     assert_eq!(format!("{wrapped:?}"), "WrappedSecret(v1, 40 bytes)");
@@ -59,7 +59,7 @@ async fn signing_secrets_wrapped_by_the_token_verify_client_hmacs_inside_the_hsm
     assert!(!hsm.verify_signature(&wrapped, message.clone(), signature[..16].to_vec()).await.unwrap(), "truncated");
 
     // Another secret does not verify the first one's signatures.
-    let (other, other_wrapped) = hsm.new_signing_secret().await.unwrap();
+    let (other, other_wrapped) = hsm.new_signing_secret(FIRST_WRAP_KEY).await.unwrap();
     assert_ne!(other.expose(), secret.expose());
     assert!(!hsm.verify_signature(&other_wrapped, message.clone(), signature.clone()).await.unwrap());
 
@@ -78,7 +78,7 @@ async fn signing_secrets_wrapped_by_the_token_verify_client_hmacs_inside_the_hsm
     // More secrets in use than the cache holds: every one still verifies, the cache stays bounded.
     let mut keys = Vec::new();
     for _ in 0..UNWRAPPED_CACHE + 20 {
-        let (secret, wrapped) = hsm.new_signing_secret().await.unwrap();
+        let (secret, wrapped) = hsm.new_signing_secret(FIRST_WRAP_KEY).await.unwrap();
         keys.push((hmac_sha256(secret.expose(), &message), wrapped));
     }
     for (signature, wrapped) in &keys {
