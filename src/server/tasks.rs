@@ -102,6 +102,9 @@ pub(super) async fn follow_master(
                 wait = (wait * 2).min(Duration::from_secs(5));
             }
         }
+        for retired in state.wrap_keys.iter().filter(|w| w.retired_at.is_some()) {
+            hsm.forget_wrap_key(retired.version);
+        }
         services.master.adopt(state);
     }
 }

@@ -20,7 +20,7 @@ use envoy_types::pb::envoy::service::auth::v3::{
 use crate::common::{Instance, MasterClient, pkcs11_tool, require_tool};
 
 /// A request signed by the Python library: the signature base and the signature.
-struct Signed {
+pub(crate) struct Signed {
     base: Vec<u8>,
     signature: Vec<u8>,
     /// The request's headers the library set: Signature-Input, Signature, Content-Digest.
@@ -38,11 +38,11 @@ fn python() -> PathBuf {
     python
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
-fn sign(key_id: &str, secret: &[u8], created: u64, nonce: &str) -> Signed {
+pub(crate) fn sign(key_id: &str, secret: &[u8], created: u64, nonce: &str) -> Signed {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/signing/sign_request.py");
     let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
     let out = Command::new(python()).arg(script).args([key_id, &hex, &created.to_string(), nonce]).output().unwrap();
@@ -60,14 +60,24 @@ fn sign(key_id: &str, secret: &[u8], created: u64, nonce: &str) -> Signed {
 }
 
 async fn check(kw: &Instance, signed: &Signed, scopes: &[&str], client_ip: &str) -> proto::VerifyKeyResponse {
-    let request = proto::VerifySignatureRequest {
-        signature_base: signed.base.clone(),
-        signature: signed.signature.clone(),
-        required_scopes: scopes.iter().map(|s| s.to_string()).collect(),
-        client_ip: client_ip.into(),
-        cost: None,
-    };
-    kw.root_verifier().await.verify_signature(request).await.expect("VerifySignature").into_inner()
+    kw.root_verifier()
+        .await
+        .verify_signature(signed.request(scopes, client_ip))
+        .await
+        .expect("VerifySignature")
+        .into_inner()
+}
+
+impl Signed {
+    pub(crate) fn request(&self, scopes: &[&str], client_ip: &str) -> proto::VerifySignatureRequest {
+        proto::VerifySignatureRequest {
+            signature_base: self.base.clone(),
+            signature: self.signature.clone(),
+            required_scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            client_ip: client_ip.into(),
+            cost: None,
+        }
+    }
 }
 
 async fn create_signing_key(kw: &Instance, name: &str, scopes: &[&str], cidrs: &[&str]) -> (String, Vec<u8>) {

@@ -167,7 +167,8 @@ async fn master_rotation_rewraps_signing_secrets_and_retirement_destroys_the_old
     assert_eq!(wrapped(revoked.id).version, w1, "a revoked key's secret is left as it was");
     let status = f.status();
     assert_eq!((status.secrets_pending, status.secrets_using[&w1], status.secrets_using[&w2]), (0, 0, 4));
-    let migrated = f.store.audit_after(0, 1000).unwrap().into_iter().rev().find(|e| e.event.action == AuditAction::MasterMigrated);
+    let migrated =
+        f.store.audit_after(0, 1000).unwrap().into_iter().rev().find(|e| e.event.action == AuditAction::MasterMigrated);
     let reason = migrated.unwrap().event.reason.unwrap();
     assert!(reason.contains("3 signing secrets re-wrapped under wrapping key v2"), "{reason}");
 

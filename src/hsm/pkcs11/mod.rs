@@ -135,6 +135,14 @@ impl Pkcs11Hsm {
         self.admin(Op::FindWrapKey, move |inner, conn| signing::pick_up_wrap_key(&inner.ctx, conn, version)).await
     }
 
+    /// Stops using wrapping key `version`, retired by another cluster node.
+    pub fn forget_wrap_key(&self, version: WrapKeyVersion) {
+        let guard = self.inner.conn.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(conn) = guard.as_ref() {
+            signing::forget_wrap_key(conn, version);
+        }
+    }
+
     /// Fails unless wrapping key `version` is on the token.
     pub fn require_wrap_key(&self, version: WrapKeyVersion) -> Result<(), StartError> {
         let guard = self.inner.conn.read().unwrap_or_else(|e| e.into_inner());

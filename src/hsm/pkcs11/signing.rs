@@ -200,9 +200,9 @@ pub(super) fn create_wrap_key(ctx: &Pkcs11, conn: &Connection, version: WrapKeyV
             tracing::warn!(%version, "adopting the wrapping key an unfinished rotation left on the token");
             existing
         }
-        None => session
-            .generate_key(&Mechanism::AesKeyGen, &wrapping_key_template(&wrap_key_label(version)))
-            .map_err(ck)?,
+        None => {
+            session.generate_key(&Mechanism::AesKeyGen, &wrapping_key_template(&wrap_key_label(version))).map_err(ck)?
+        }
     };
     take_copy(conn, version, handle, found.get(&version).copied());
     Ok(())
@@ -244,6 +244,16 @@ pub(super) fn destroy_wrap_key(ctx: &Pkcs11, conn: &Connection, version: WrapKey
     Ok(())
 }
 
+/// Drops this connection's session copy of wrapping key `version`, which another cluster node
+/// retired (and destroyed on the token): nothing here can unwrap under it any more.
+pub(super) fn forget_wrap_key(conn: &Connection, version: WrapKeyVersion) {
+    let removed = conn.wrapping.write().unwrap_or_else(|e| e.into_inner()).remove(&version);
+    if let Some(removed) = removed {
+        // A copy or, if the token would not copy it, the (already destroyed) token object.
+        drop_copy(conn, removed, None);
+    }
+}
+
 /// Keeps a session copy of token key `token` as wrapping key `version`.
 fn take_copy(conn: &Connection, version: WrapKeyVersion, token: ObjectHandle, on_token: Option<ObjectHandle>) {
     let handle = working_copy(&conn.owner.lock().unwrap_or_else(|e| e.into_inner()), token);
@@ -265,6 +275,25 @@ fn wrapping_handle(conn: &Connection, version: WrapKeyVersion) -> Result<ObjectH
     conn.wrapping.read().unwrap_or_else(|e| e.into_inner()).get(&version).copied().ok_or_else(rv::no_such_key)
 }
 
+/// The handle of wrapping key `version`; one this connection has not seen yet (made by another
+/// cluster node a moment ago) is looked up on the token through `session`.
+fn wrapping_handle_or_find(
+    session: &Session,
+    conn: &Connection,
+    version: WrapKeyVersion,
+) -> Result<ObjectHandle, CkError> {
+    if let Ok(handle) = wrapping_handle(conn, version) {
+        return Ok(handle);
+    }
+    let found = find_wrapping_keys(session).map_err(|_| rv::no_such_key())?;
+    let Some(&token) = found.get(&version) else { return Err(rv::no_such_key()) };
+    if !is_safe_wrapping_key(session, token)? {
+        return Err(rv::no_such_key());
+    }
+    take_copy(conn, version, token, Some(token));
+    wrapping_handle(conn, version)
+}
+
 /// A new signing secret and its form wrapped under `version`. The session object holding it
 /// exists only between the import and the wrap.
 pub(super) fn new_secret(
@@ -272,7 +301,7 @@ pub(super) fn new_secret(
     conn: &Connection,
     version: WrapKeyVersion,
 ) -> Result<(Secret, WrappedSecret), CkError> {
-    let wrapping = wrapping_handle(conn, version)?;
+    let wrapping = wrapping_handle_or_find(session, conn, version)?;
     let mut bytes = zeroize::Zeroizing::new([0u8; SECRET_LEN]);
     session.generate_random_slice(bytes.as_mut())?;
     let template = [
@@ -304,8 +333,8 @@ pub(super) fn rewrap(
     wrapped: &WrappedSecret,
     to: WrapKeyVersion,
 ) -> Result<WrappedSecret, CkError> {
-    let from = wrapping_handle(conn, wrapped.version)?;
-    let target = wrapping_handle(conn, to)?;
+    let from = wrapping_handle_or_find(session, conn, wrapped.version)?;
+    let target = wrapping_handle_or_find(session, conn, to)?;
     let template = [
         Attribute::Class(ObjectClass::SECRET_KEY),
         Attribute::KeyType(KeyType::GENERIC_SECRET),
@@ -386,7 +415,7 @@ pub(super) fn verify(
     let key = match cached {
         Some(key) => key,
         None => {
-            let wrapping = wrapping_handle(conn, wrapped.version)?;
+            let wrapping = wrapping_handle_or_find(session, conn, wrapped.version)?;
             let owner = conn.owner.lock().unwrap_or_else(|e| e.into_inner());
             let handle = match owner.unwrap_key(&Mechanism::AesKeyWrap, wrapping, &wrapped.blob, &unwrapped_template())
             {
