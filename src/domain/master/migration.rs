@@ -9,7 +9,7 @@ use crate::domain::{
     audit::{Actor, AuditAction, AuditEvent},
     error::{Error, Result},
     key::{Digest, KeyId, MasterKeyVersion},
-    ports::{DigestSwap, Hsm, Migration, SecretSwap, Store},
+    ports::{DigestSwap, Hsm, HsmError, Migration, SecretSwap, Store},
     signing::{WrapKeyVersion, WrappedSecret},
 };
 
@@ -128,8 +128,19 @@ impl<H: Hsm, S: Store> MasterKeys<H, S> {
             running.spawn(async move {
                 let new = if redigest { hsm.wrap(&expected, to).await? } else { expected.clone() };
                 let secret = match secret {
-                    Some(old) => Some(SecretSwap { new: hsm.rewrap(&old, wrap_to).await?, expected: old }),
                     None => None,
+                    Some(old) => match hsm.rewrap(&old, wrap_to).await {
+                        Ok(new) => Some(SecretSwap { new, expected: old }),
+                        // The token refused this blob (a damaged record): left as it is, so
+                        // that one record cannot stall the job; it keeps the old wrapping key
+                        // from being retired until it is revoked.
+                        Err(HsmError::Failed(e)) => {
+                            tracing::warn!(key_id = %id, from = %old.version, to = %wrap_to, error = %e,
+                                "a signing secret could not be re-wrapped; left under its wrapping key");
+                            None
+                        }
+                        Err(e) => return Err(e.into()),
+                    },
                 };
                 Ok(DigestSwap { id, expected, new, secret })
             });

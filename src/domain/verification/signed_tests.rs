@@ -213,3 +213,36 @@ async fn a_database_rotated_before_wrapping_keys_rotated_keeps_v1_until_its_next
     let base = signer.base(f.clock.now(), "b");
     assert_eq!(check(&f, &base, &signer.sign(&base), &[]).await.code, VerifyCode::Valid);
 }
+
+#[tokio::test]
+async fn a_signing_secret_the_hsm_cannot_rewrap_is_left_and_holds_its_wrapping_key_until_revoked() {
+    use crate::domain::signing::WrapKeyVersion;
+    let f = fixture_with(small_batches()).await;
+    let ctx = RequestContext::default();
+    let good = Signer::new(&f, &[]).await;
+    let damaged = Signer::new(&f, &[]).await;
+    f.store
+        .update_key(damaged.id, |r| {
+            let mut r = r.clone();
+            r.signing.as_mut().unwrap().blob[0] ^= 1;
+            Ok(Some((r, None)))
+        })
+        .await
+        .unwrap();
+    f.master.rotate_master(&f.root, &ctx).await.unwrap();
+    f.migrate_all().await;
+    assert!(f.status().state.migration.is_none(), "one bad record does not stall the job");
+    assert_eq!(f.store.get_key(good.id).unwrap().unwrap().signing.unwrap().version, WrapKeyVersion(2));
+    assert_eq!(f.store.get_key(damaged.id).unwrap().unwrap().signing.unwrap().version, WrapKeyVersion(1));
+    f.auth.authenticate(Some(&f.root_key), &ctx).await.unwrap();
+    f.settle().await;
+    let refused = f.master.retire_master(&f.root, V1, &ctx).await.unwrap_err();
+    let Error::FailedPrecondition(why) = &refused else { panic!("{refused:?}") };
+    assert!(why.starts_with("1 signing keys' secrets are still wrapped under wrapping key v1"), "{why}");
+    assert!(why.contains("revoke them"), "{why}");
+    f.keys.revoke(&f.root, &damaged.id.to_string(), "", &ctx).await.unwrap();
+    f.master.retire_master(&f.root, V1, &ctx).await.unwrap();
+    assert!(!f.hsm.has_wrap_key(WrapKeyVersion(1)));
+    let base = good.base(f.clock.now(), "n");
+    assert_eq!(check(&f, &base, &good.sign(&base), &[]).await.code, VerifyCode::Valid);
+}
