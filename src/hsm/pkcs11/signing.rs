@@ -229,7 +229,8 @@ pub(super) fn pick_up_wrap_key(ctx: &Pkcs11, conn: &Connection, version: WrapKey
     Ok(())
 }
 
-/// Destroys wrapping key `version` on the token (and forgets its session copy).
+/// Destroys wrapping key `version` on the token (and forgets its session copy and the secrets
+/// unwrapped with it).
 pub(super) fn destroy_wrap_key(ctx: &Pkcs11, conn: &Connection, version: WrapKeyVersion) -> Result<(), HsmError> {
     let ck = |e: CkError| rv::classify(&e);
     let session = ctx.open_rw_session(conn.slot).map_err(ck)?;
@@ -238,6 +239,7 @@ pub(super) fn destroy_wrap_key(ctx: &Pkcs11, conn: &Connection, version: WrapKey
     if let Some(removed) = removed {
         drop_copy(conn, removed, found.get(&version).copied());
     }
+    drop_unwrapped(conn, version);
     if let Some(&handle) = found.get(&version) {
         session.destroy_object(handle).map_err(ck)?;
     }
@@ -245,13 +247,14 @@ pub(super) fn destroy_wrap_key(ctx: &Pkcs11, conn: &Connection, version: WrapKey
 }
 
 /// Drops this connection's session copy of wrapping key `version`, which another cluster node
-/// retired (and destroyed on the token): nothing here can unwrap under it any more.
+/// retired (and destroyed on the token), and the secrets unwrapped with it.
 pub(super) fn forget_wrap_key(conn: &Connection, version: WrapKeyVersion) {
     let removed = conn.wrapping.write().unwrap_or_else(|e| e.into_inner()).remove(&version);
     if let Some(removed) = removed {
         // A copy or, if the token would not copy it, the (already destroyed) token object.
         drop_copy(conn, removed, None);
     }
+    drop_unwrapped(conn, version);
 }
 
 /// Keeps a session copy of token key `token` as wrapping key `version`.
@@ -400,6 +403,32 @@ impl UnwrapCache {
 
     pub(super) fn len(&self) -> usize {
         self.handles.len()
+    }
+
+    /// Forgets the secrets unwrapped with wrapping key `version`; returns the handles now safe
+    /// to destroy (the others once their last call ends, like evicted ones).
+    fn drop_version(&mut self, version: WrapKeyVersion) -> Vec<ObjectHandle> {
+        self.order.retain(|w| w.version != version);
+        let gone: Vec<WrappedSecret> = self.handles.keys().filter(|w| w.version == version).cloned().collect();
+        for wrapped in gone {
+            if let Some(handle) = self.handles.remove(&wrapped) {
+                self.retiring.push(handle);
+            }
+        }
+        let (done, busy): (Vec<_>, Vec<_>) = self.retiring.drain(..).partition(|h| Arc::strong_count(h) == 1);
+        self.retiring = busy;
+        done.into_iter().map(|h| h.0).collect()
+    }
+}
+
+/// Destroys the secrets this connection unwrapped with wrapping key `version` (retired).
+fn drop_unwrapped(conn: &Connection, version: WrapKeyVersion) {
+    let stale = conn.unwrapped.lock().unwrap_or_else(|e| e.into_inner()).drop_version(version);
+    let owner = conn.owner.lock().unwrap_or_else(|e| e.into_inner());
+    for handle in stale {
+        if let Err(e) = owner.destroy_object(handle) {
+            tracing::debug!(error = %e, "destroying an unwrapped signing secret of a retired wrapping key");
+        }
     }
 }
 
