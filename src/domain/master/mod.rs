@@ -300,7 +300,10 @@ impl<H: Hsm, S: Store> MasterKeys<H, S> {
         }
         let progress = match &status.state.migration {
             Some(_) => "the re-wrap after the last rotation is still running; retire once it finishes",
-            None => "the re-wrap could not unwrap them (damaged records: the log names them); revoke them, then retire",
+            None => {
+                "the re-wrap left them (a record the token would not unwrap, which the log names, or a key \
+                 created as the rotation began); rotate again, or revoke them, then retire"
+            }
         };
         Err(Error::FailedPrecondition(format!(
             "{using} signing keys' secrets are still wrapped under wrapping key {wrap}: {progress}"
