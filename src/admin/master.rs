@@ -35,18 +35,26 @@ fn describe(status: &proto::MasterKeyStatus) -> String {
         } else {
             "live"
         };
-        out.push_str(&format!("  v{}: {state}, needed by {} keys\n", v.version, v.keys_using));
+        out.push_str(&format!("  v{}: {state}, needed by {} keys", v.version, v.keys_using));
+        if v.wrap_key_live {
+            out.push_str(&format!("; wrapping key: {} signing keys", v.signing_keys_using));
+        }
+        out.push('\n');
     }
     match &status.migration {
         Some(m) => out.push_str(&format!(
-            "re-digest under v{}: running, {} keys done, {} to go\n",
-            m.to_version, m.keys_done, status.keys_pending
+            "re-digest under v{}: running, {} keys done, {} signing secrets re-wrapped, {} to go\n",
+            m.to_version, m.keys_done, m.signing_secrets_done, status.keys_pending
         )),
         None => out.push_str("re-digest: none running\n"),
     }
     out.push_str(&format!(
         "keys not yet on a plain v{} digest (move on their next verification): {}",
         status.current_version, status.keys_not_plain
+    ));
+    out.push_str(&format!(
+        "\nsigning keys not yet wrapped under wrapping key v{}: {}",
+        status.current_wrap_version, status.signing_keys_pending
     ));
     out
 }

@@ -153,10 +153,9 @@ impl Store for ClusterStore {
                     let mut replaced = 0;
                     for swap in &chunk {
                         let Some(mut record) = t.key(swap.id)? else { continue };
-                        if record.digest != swap.expected {
+                        if !swap.apply(&mut record) {
                             continue;
                         }
-                        record.digest = swap.new.clone();
                         t.put_key(record);
                         replaced += 1;
                     }

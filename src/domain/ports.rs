@@ -9,7 +9,7 @@ use super::{
     error::Error,
     key::{Digest, KeyId, KeyRecord, MasterKeyVersion},
     secret::{Secret, SensitiveBytes},
-    signing::WrappedSecret,
+    signing::{FIRST_WRAP_KEY, WrapKeyVersion, WrappedSecret},
     usage::UsageDelta,
     usage_log::{KeyUsage, Retention, UsageQuery, UsageRecord},
 };
@@ -52,9 +52,26 @@ pub trait Hsm: Send + Sync + 'static {
     /// Destroys master key `version` on the token; a version already gone is not an error.
     fn destroy_master_key(&self, version: MasterKeyVersion) -> impl Future<Output = Result<(), HsmError>> + Send;
     /// A new signing secret: 32 bytes from the HSM's random number generator, imported as a
-    /// session object, wrapped under the current wrapping key, then destroyed on the token. The
+    /// session object, wrapped under wrapping key `version`, then destroyed on the token. The
     /// clear secret is returned once, to hand to the client; keyward keeps only the wrapped blob.
-    fn new_signing_secret(&self) -> impl Future<Output = Result<(Secret, WrappedSecret), HsmError>> + Send;
+    fn new_signing_secret(
+        &self,
+        version: WrapKeyVersion,
+    ) -> impl Future<Output = Result<(Secret, WrappedSecret), HsmError>> + Send;
+    /// Generates wrapping key `version` inside the token (AES-256, sensitive, never extractable,
+    /// wrap and unwrap only). One already there is adopted only if keyward could have made it
+    /// (generated in the token, never extractable, wrap and unwrap only); otherwise `Refused`.
+    fn create_wrap_key(&self, version: WrapKeyVersion) -> impl Future<Output = Result<(), HsmError>> + Send;
+    /// Destroys wrapping key `version` on the token; a version already gone is not an error.
+    fn destroy_wrap_key(&self, version: WrapKeyVersion) -> impl Future<Output = Result<(), HsmError>> + Send;
+    /// The same signing secret wrapped under wrapping key `to`, without it ever leaving the HSM
+    /// in clear: unwrapped into a sensitive session object (extractable only so that it can be
+    /// wrapped again), wrapped under `to`, destroyed.
+    fn rewrap(
+        &self,
+        wrapped: &WrappedSecret,
+        to: WrapKeyVersion,
+    ) -> impl Future<Output = Result<WrappedSecret, HsmError>> + Send;
     /// Whether `signature` is the HMAC-SHA256 of `message` under the wrapped signing secret: the
     /// secret is unwrapped inside the HSM into a sensitive, non-extractable session object and
     /// the MAC checked with `C_Verify` (a constant-time comparison made by the HSM).
@@ -115,6 +132,17 @@ pub struct Migration {
     pub after: Option<KeyId>,
     /// Keys re-digested so far.
     pub wrapped: u64,
+    /// Signing secrets re-wrapped under the wrapping key of the same version so far.
+    pub rewrapped: u64,
+}
+
+/// One version of the AES key that wraps signing secrets (see `WrapKeyVersion`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WrapKey {
+    pub version: WrapKeyVersion,
+    pub created_at: SystemTime,
+    /// Set once the version was removed from the HSM.
+    pub retired_at: Option<SystemTime>,
 }
 
 /// What keyward keeps about its master keys: the version new digests use, every version made,
@@ -125,6 +153,9 @@ pub struct MasterState {
     /// Oldest first.
     pub versions: Vec<MasterVersion>,
     pub migration: Option<Migration>,
+    /// Every signing-secret wrapping key version made, oldest first; the newest live one wraps
+    /// new secrets. Never empty.
+    pub wrap_keys: Vec<WrapKey>,
 }
 
 impl MasterState {
@@ -133,7 +164,27 @@ impl MasterState {
             current: version,
             versions: vec![MasterVersion { version, created_at: at, retired_at: None, self_test }],
             migration: None,
+            wrap_keys: vec![WrapKey { version: FIRST_WRAP_KEY, created_at: at, retired_at: None }],
         }
+    }
+
+    /// The wrapping key new signing secrets use, and the one the migration re-wraps under.
+    pub fn wrap_current(&self) -> WrapKeyVersion {
+        self.wrap_keys.iter().filter(|w| w.retired_at.is_none()).map(|w| w.version).max().unwrap_or(FIRST_WRAP_KEY)
+    }
+
+    pub fn wrap_key(&self, version: WrapKeyVersion) -> Option<&WrapKey> {
+        self.wrap_keys.iter().find(|w| w.version == version)
+    }
+
+    /// Whether wrapping key `version` is still in the HSM.
+    pub fn is_wrap_live(&self, version: WrapKeyVersion) -> bool {
+        self.wrap_key(version).is_some_and(|w| w.retired_at.is_none())
+    }
+
+    /// Wrapping key versions still in the HSM.
+    pub fn live_wrap_keys(&self) -> impl Iterator<Item = WrapKeyVersion> + '_ {
+        self.wrap_keys.iter().filter(|w| w.retired_at.is_none()).map(|w| w.version)
     }
 
     pub fn version(&self, version: MasterKeyVersion) -> Option<&MasterVersion> {
@@ -150,12 +201,40 @@ impl MasterState {
     }
 }
 
-/// A digest to replace if, when the write runs, the key still has `expected`.
+/// A digest to replace if, when the write runs, the key still has `expected`; and, if given,
+/// its wrapped signing secret, replaced (independently of the digest) if still as expected.
 #[derive(Clone, Debug)]
 pub struct DigestSwap {
     pub id: KeyId,
     pub expected: Digest,
     pub new: Digest,
+    pub secret: Option<SecretSwap>,
+}
+
+/// A signing secret re-wrapped under a newer wrapping key.
+#[derive(Clone, Debug)]
+pub struct SecretSwap {
+    pub expected: WrappedSecret,
+    pub new: WrappedSecret,
+}
+
+impl DigestSwap {
+    /// Applies the swap to `record` as read in the write's transaction; returns whether
+    /// anything changed.
+    pub fn apply(&self, record: &mut KeyRecord) -> bool {
+        let mut changed = false;
+        if record.digest == self.expected && self.new != self.expected {
+            record.digest = self.new.clone();
+            changed = true;
+        }
+        if let Some(swap) = &self.secret
+            && record.signing.as_ref() == Some(&swap.expected)
+        {
+            record.signing = Some(swap.new.clone());
+            changed = true;
+        }
+        changed
+    }
 }
 
 /// A change to a key, decided by the domain from the current record: the new record and the
@@ -189,8 +268,9 @@ pub trait Store: Send + Sync + 'static {
     fn rotate_key<F>(&self, id: KeyId, change: F) -> impl Future<Output = Result<(Updated, KeyRecord), Error>> + Send
     where
         F: Fn(&KeyRecord) -> Result<(KeyRecord, KeyRecord, Vec<AuditEvent>), Error> + Send + 'static;
-    /// Replaces each digest that is still as expected and, if given, records `master` (a
-    /// migration's progress), in one transaction. Returns how many digests were replaced.
+    /// Applies each swap (`DigestSwap::apply`: each digest or wrapped secret still as expected
+    /// is replaced) and, if given, records `master` (a migration's progress), in one
+    /// transaction. Returns how many records changed.
     fn replace_digests(
         &self,
         swaps: Vec<DigestSwap>,

@@ -66,6 +66,12 @@ impl<H: Hsm, S: Store> Prover<H, S> {
         self.secret_matches(parsed, &self.decoy()).await.map(|_| ())
     }
 
+    /// Whether a signing secret's wrapping key is still on the token. One under a retired
+    /// wrapping key (a revoked key's, which the re-wrap skips) can no longer be checked.
+    pub fn can_unwrap(&self, wrapped: &crate::domain::signing::WrappedSecret) -> bool {
+        self.master.can_unwrap(wrapped)
+    }
+
     /// Whether the presented secret is `record`'s, checked in the HSM. A digest that needs a
     /// retired master key can no longer be checked: it costs and answers what an unknown key
     /// does. A proven key whose digest is not plain under the current master key is re-digested
@@ -105,7 +111,7 @@ impl<H: Hsm, S: Store> Prover<H, S> {
         tokio::spawn(async move {
             let result = async {
                 let new = hsm.digest(current, input).await?;
-                store.replace_digests(vec![DigestSwap { id, expected, new }], None).await?;
+                store.replace_digests(vec![DigestSwap { id, expected, new, secret: None }], None).await?;
                 Ok::<_, Error>(())
             }
             .await;

@@ -190,6 +190,32 @@ pub(crate) fn strings(s: &[&str]) -> Vec<String> {
 }
 
 impl Fixture {
+    /// The same HSM, store and clock with master state `state` recorded (and the HSM holding
+    /// only the wrapping keys it names as live), as a restarted keyward would find them.
+    pub async fn reopened_with(self, state: MasterState) -> Fixture {
+        for v in 1..=state.wrap_keys.iter().map(|w| w.version.0).max().unwrap_or(1) + 1 {
+            let version = crate::domain::signing::WrapKeyVersion(v);
+            if !state.is_wrap_live(version) {
+                crate::domain::ports::Hsm::destroy_wrap_key(&*self.hsm, version).await.unwrap();
+            }
+        }
+        let event = AuditEvent {
+            at: self.clock.now(),
+            actor: Actor::System("test".into()),
+            action: AuditAction::MasterRotated,
+            target: None,
+            client_addr: None,
+            reason: None,
+            changes: Vec::new(),
+            code: None,
+        };
+        self.store.set_master(state.clone(), event).await.unwrap();
+        let Services { auth, keys, verify, master, audit, cluster, anomaly } =
+            Services::new(self.hsm.clone(), self.store.clone(), self.clock.clone(), state, ServicesConfig::default());
+        let root = auth.authenticate(Some(&self.root_key), &RequestContext::default()).await.unwrap();
+        Fixture { auth, keys, verify, master, audit, cluster, anomaly, root, ..self }
+    }
+
     pub async fn create(&self, name: &str, scopes: &[&str]) -> CreatedKey {
         self.keys.create(&self.root, named(name, scopes), &RequestContext::default()).await.unwrap()
     }

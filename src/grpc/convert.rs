@@ -15,7 +15,7 @@ use crate::{
         listing::ListFilter,
         master::MasterStatus,
         policy::VerifyCode,
-        signing::KeyKind,
+        signing::{KeyKind, WrapKeyVersion},
         update::KeyPatch,
         usage_log::{KeyUsage, UsageQuery, UsageRecord},
         verification::Verification,
@@ -366,15 +366,20 @@ pub fn master_status(s: &MasterStatus) -> proto::MasterKeyStatus {
                 retired_at: v.retired_at.map(timestamp),
                 keys_using: s.keys_using.get(&v.version).copied().unwrap_or(0),
                 current: v.version == state.current,
+                signing_keys_using: s.secrets_using.get(&WrapKeyVersion(v.version.0)).copied().unwrap_or(0),
+                wrap_key_live: state.is_wrap_live(WrapKeyVersion(v.version.0)),
             })
             .collect(),
         migration: state.migration.as_ref().map(|m| proto::MasterKeyMigration {
             to_version: m.to.0,
             started_at: Some(timestamp(m.started_at)),
             keys_done: m.wrapped,
+            signing_secrets_done: m.rewrapped,
         }),
         keys_pending: s.keys_pending,
         keys_not_plain: s.keys_not_plain,
+        current_wrap_version: state.wrap_current().0,
+        signing_keys_pending: s.secrets_pending,
     }
 }
 

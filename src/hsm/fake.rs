@@ -1,7 +1,7 @@
 //! An in-memory HSM for unit tests only: HMAC-SHA256 in software, with a call counter.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
         Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -15,13 +15,15 @@ use crate::domain::{
     key::{Digest, MasterKeyVersion, WRAP_CONTEXT},
     ports::{AUDIT_MAC_LEN, AuditSealer, Hsm, HsmError},
     secret::{Secret, SensitiveBytes},
-    signing::{CURRENT_WRAP_KEY, WrappedSecret},
+    signing::{FIRST_WRAP_KEY, WrapKeyVersion, WrappedSecret},
 };
 
 pub struct FakeHsm {
     keys: Mutex<HashMap<MasterKeyVersion, [u8; 32]>>,
-    /// Signing secrets by their "wrapped" blob (a random handle standing in for the wrap).
-    signing: Mutex<HashMap<Vec<u8>, [u8; 32]>>,
+    /// Signing secrets by their "wrapped" form (a random handle standing in for the wrap).
+    signing: Mutex<HashMap<WrappedSecret, [u8; 32]>>,
+    /// The wrapping key versions on the "token".
+    wrap_keys: Mutex<HashSet<WrapKeyVersion>>,
     calls: AtomicU64,
     pub down: AtomicBool,
     /// Makes only audit sealing fail (an injected fault on the audit path).
@@ -45,6 +47,7 @@ impl FakeHsm {
         Self {
             keys: Mutex::new([(MasterKeyVersion(1), random_key()), (AUDIT, random_key())].into()),
             signing: Mutex::new(HashMap::new()),
+            wrap_keys: Mutex::new([FIRST_WRAP_KEY].into()),
             calls: AtomicU64::new(0),
             down: AtomicBool::new(false),
             seal_fails: AtomicBool::new(false),
@@ -58,6 +61,20 @@ impl FakeHsm {
 
     pub fn has(&self, version: MasterKeyVersion) -> bool {
         self.keys.lock().unwrap().contains_key(&version)
+    }
+
+    pub fn has_wrap_key(&self, version: WrapKeyVersion) -> bool {
+        self.wrap_keys.lock().unwrap().contains(&version)
+    }
+
+    fn require_wrap_key(&self, version: WrapKeyVersion) -> Result<(), HsmError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(HsmError::Unavailable("fake token removed".into()));
+        }
+        match self.has_wrap_key(version) {
+            true => Ok(()),
+            false => Err(HsmError::Failed("no such wrapping key".into())),
+        }
     }
 
     fn mac(&self, version: MasterKeyVersion, data: &[u8]) -> Result<[u8; 32], HsmError> {
@@ -128,11 +145,34 @@ impl Hsm for FakeHsm {
         Ok(())
     }
 
-    async fn new_signing_secret(&self) -> Result<(Secret, WrappedSecret), HsmError> {
+    async fn new_signing_secret(&self, version: WrapKeyVersion) -> Result<(Secret, WrappedSecret), HsmError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        let (secret, blob) = (random_key(), random_key().to_vec());
-        self.signing.lock().unwrap().insert(blob.clone(), secret);
-        Ok((Secret::from_bytes(secret), WrappedSecret { version: CURRENT_WRAP_KEY, blob }))
+        self.require_wrap_key(version)?;
+        let secret = random_key();
+        let wrapped = WrappedSecret { version, blob: random_key().to_vec() };
+        self.signing.lock().unwrap().insert(wrapped.clone(), secret);
+        Ok((Secret::from_bytes(secret), wrapped))
+    }
+
+    async fn create_wrap_key(&self, version: WrapKeyVersion) -> Result<(), HsmError> {
+        self.wrap_keys.lock().unwrap().insert(version);
+        Ok(())
+    }
+
+    async fn destroy_wrap_key(&self, version: WrapKeyVersion) -> Result<(), HsmError> {
+        self.wrap_keys.lock().unwrap().remove(&version);
+        Ok(())
+    }
+
+    async fn rewrap(&self, wrapped: &WrappedSecret, to: WrapKeyVersion) -> Result<WrappedSecret, HsmError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.require_wrap_key(wrapped.version)?;
+        self.require_wrap_key(to)?;
+        let mut signing = self.signing.lock().unwrap();
+        let secret = *signing.get(wrapped).ok_or_else(|| HsmError::Failed("wrapped secret does not unwrap".into()))?;
+        let new = WrappedSecret { version: to, blob: random_key().to_vec() };
+        signing.insert(new.clone(), secret);
+        Ok(new)
     }
 
     async fn verify_signature(
@@ -142,14 +182,12 @@ impl Hsm for FakeHsm {
         signature: Vec<u8>,
     ) -> Result<bool, HsmError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        if self.down.load(Ordering::SeqCst) {
-            return Err(HsmError::Unavailable("fake token removed".into()));
-        }
+        self.require_wrap_key(wrapped.version)?;
         let secret = *self
             .signing
             .lock()
             .unwrap()
-            .get(&wrapped.blob)
+            .get(wrapped)
             .ok_or_else(|| HsmError::Failed("wrapped secret does not unwrap".into()))?;
         let mut mac = Hmac::<Sha256>::new_from_slice(&secret).unwrap();
         mac.update(&message);

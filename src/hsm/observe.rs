@@ -22,6 +22,12 @@ pub enum Op {
     NewSigningSecret,
     /// `C_Verify` of a request signature (with `C_UnwrapKey` when not cached).
     VerifySignature,
+    CreateWrapKey,
+    DestroyWrapKey,
+    /// Finding a wrapping key version another cluster node made.
+    FindWrapKey,
+    /// A signing secret moved to a newer wrapping key: `C_UnwrapKey`, `C_WrapKey`.
+    Rewrap,
 }
 
 impl Op {
@@ -36,6 +42,10 @@ impl Op {
             Op::DestroyMasterKey => "destroy_master_key",
             Op::NewSigningSecret => "new_signing_secret",
             Op::VerifySignature => "verify_signature",
+            Op::CreateWrapKey => "create_wrap_key",
+            Op::DestroyWrapKey => "destroy_wrap_key",
+            Op::FindWrapKey => "find_wrap_key",
+            Op::Rewrap => "rewrap",
         }
     }
 

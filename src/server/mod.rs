@@ -133,6 +133,14 @@ impl Server {
             for retired in retired.into_iter().filter(|v| hsm.require_master_key(*v).is_ok()) {
                 tracing::warn!(version = %retired, "a retired master key is still on the token; run `keyward master retire` for it again to destroy it");
             }
+            for version in master.live_wrap_keys() {
+                hsm.require_wrap_key(version)?;
+            }
+            for retired in master.wrap_keys.iter().filter(|w| w.retired_at.is_some()) {
+                if hsm.require_wrap_key(retired.version).is_ok() {
+                    tracing::warn!(version = %retired.version, "a retired signing secret wrapping key is still on the token; run `keyward master retire` for its master key version again to destroy it");
+                }
+            }
         }
         let services_config = ServicesConfig {
             auth_cache_capacity: config.server.auth_cache_capacity,

@@ -75,7 +75,7 @@ pub(super) async fn run_migrations(master: Arc<MasterKeys<Pkcs11Hsm, Engine>>) {
 }
 
 /// Cluster mode: takes every master key state another node writes, once this node's HSM
-/// connection has the versions it names (they are on the shared token).
+/// connection has the master and wrapping key versions it names (they are on the shared token).
 pub(super) async fn follow_master(
     services: Domain,
     hsm: Pkcs11Hsm,
@@ -93,6 +93,17 @@ pub(super) async fn follow_master(
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(5));
             }
+        }
+        for version in state.live_wrap_keys() {
+            let mut wait = Duration::from_millis(100);
+            while let Err(e) = hsm.pick_up_wrap_key(version).await {
+                tracing::warn!(%version, error = %e, "cannot find a wrapping key version another node made; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+        for retired in state.wrap_keys.iter().filter(|w| w.retired_at.is_some()) {
+            hsm.forget_wrap_key(retired.version);
         }
         services.master.adopt(state);
     }

@@ -329,10 +329,9 @@ impl Store for SledStore {
             for swap in &swaps {
                 let Some(bytes) = t.get(Tree::Keys, swap.id.as_bytes())? else { continue };
                 let mut record = codec::decode_key(&bytes).or_else(|e| abort(Abort::Store(e)))?;
-                if record.digest != swap.expected {
+                if !swap.apply(&mut record) {
                     continue;
                 }
-                record.digest = swap.new.clone();
                 t.insert(Tree::Keys, swap.id.as_bytes(), codec::encode_key(&record));
                 replaced += 1;
             }

@@ -1,6 +1,7 @@
 //! Master key rotation on a real token: rotate (CLI and RPC) → old and new keys verify →
 //! background re-digest → retire, refused while a live key needs the version; a SIGKILL in the
-//! middle of the re-digest resumes after restart; a planted key is never adopted.
+//! middle of the re-digest resumes after restart; a planted master or wrapping key is never
+//! adopted.
 
 use std::time::{Duration, Instant};
 
@@ -193,4 +194,33 @@ async fn a_key_planted_on_the_token_under_the_next_label_is_never_adopted() {
     assert!(kw.logs().contains("lacks the attributes"), "startup warns about the planted key");
     let (key, _) = kw.create_key("after", &[]).await;
     assert_eq!(kw.code(&key, &[]).await, VerifyCode::Valid);
+}
+
+#[tokio::test]
+async fn a_wrapping_key_planted_under_the_next_label_is_never_adopted() {
+    let mut kw = Instance::init();
+    // An AES key an attacker made on the token, readable: signing secrets wrapped under it would
+    // be theirs to unwrap.
+    let out = pkcs11_tool(&kw, &["--keygen", "--key-type", "AES:32", "--label", "keyward-wrap-v2"]);
+    assert!(out.status.success(), "planting a key: {}", String::from_utf8_lossy(&out.stderr));
+    kw.start().await;
+    let mut m = kw.master(Some(&kw.root_key)).await;
+    let refused = m.rotate_master_key(proto::RotateMasterKeyRequest {}).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("wrapping key v2 already exists"), "{}", refused.message());
+    let s = status(&mut m).await;
+    assert_eq!((s.current_version, s.current_wrap_version), (1, 1), "nothing changed");
+    kw.stop().await;
+
+    // Removed: the next rotation adopts the master key v2 the refused one made, and makes its
+    // own wrapping key v2.
+    let out = pkcs11_tool(&kw, &["--delete-object", "--type", "secrkey", "--label", "keyward-wrap-v2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    kw.start().await;
+    let mut m = kw.master(Some(&kw.root_key)).await;
+    let rotated = m.rotate_master_key(proto::RotateMasterKeyRequest {}).await.expect("RotateMasterKey").into_inner();
+    assert_eq!((rotated.current_version, rotated.current_wrap_version), (2, 2));
+    let listing = token_labels(&kw);
+    assert_eq!(listing.matches("label:      keyward-wrap-v2").count(), 1, "{listing}");
+    assert_eq!(listing.matches("sensitive, always sensitive, never extractable, local").count(), 5, "{listing}");
 }

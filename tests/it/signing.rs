@@ -17,10 +17,10 @@ use envoy_types::pb::envoy::service::auth::v3::{
     check_response::HttpResponse,
 };
 
-use crate::common::{Instance, require_tool};
+use crate::common::{Instance, MasterClient, pkcs11_tool, require_tool};
 
 /// A request signed by the Python library: the signature base and the signature.
-struct Signed {
+pub(crate) struct Signed {
     base: Vec<u8>,
     signature: Vec<u8>,
     /// The request's headers the library set: Signature-Input, Signature, Content-Digest.
@@ -38,11 +38,11 @@ fn python() -> PathBuf {
     python
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
-fn sign(key_id: &str, secret: &[u8], created: u64, nonce: &str) -> Signed {
+pub(crate) fn sign(key_id: &str, secret: &[u8], created: u64, nonce: &str) -> Signed {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/signing/sign_request.py");
     let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
     let out = Command::new(python()).arg(script).args([key_id, &hex, &created.to_string(), nonce]).output().unwrap();
@@ -60,14 +60,24 @@ fn sign(key_id: &str, secret: &[u8], created: u64, nonce: &str) -> Signed {
 }
 
 async fn check(kw: &Instance, signed: &Signed, scopes: &[&str], client_ip: &str) -> proto::VerifyKeyResponse {
-    let request = proto::VerifySignatureRequest {
-        signature_base: signed.base.clone(),
-        signature: signed.signature.clone(),
-        required_scopes: scopes.iter().map(|s| s.to_string()).collect(),
-        client_ip: client_ip.into(),
-        cost: None,
-    };
-    kw.root_verifier().await.verify_signature(request).await.expect("VerifySignature").into_inner()
+    kw.root_verifier()
+        .await
+        .verify_signature(signed.request(scopes, client_ip))
+        .await
+        .expect("VerifySignature")
+        .into_inner()
+}
+
+impl Signed {
+    pub(crate) fn request(&self, scopes: &[&str], client_ip: &str) -> proto::VerifySignatureRequest {
+        proto::VerifySignatureRequest {
+            signature_base: self.base.clone(),
+            signature: self.signature.clone(),
+            required_scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            client_ip: client_ip.into(),
+            cost: None,
+        }
+    }
 }
 
 async fn create_signing_key(kw: &Instance, name: &str, scopes: &[&str], cidrs: &[&str]) -> (String, Vec<u8>) {
@@ -125,7 +135,7 @@ async fn requests_signed_by_an_independent_rfc_9421_library_verify_once_and_poli
     let after_revoke = sign(&id, &secret, now(), "nonce-5");
     assert_eq!(check(&kw, &after_revoke, &[], "").await.code(), VerifyCode::Revoked);
 
-    // Signing secrets are wrapped by their own HSM key: a master key rotation leaves them working.
+    // A master key rotation re-wraps signing secrets under a new wrapping key: they keep working.
     kw.master(Some(&kw.root_key)).await.rotate_master_key(proto::RotateMasterKeyRequest {}).await.unwrap();
     let rotated = sign(&fenced, &fenced_secret, now(), "nonce-3");
     assert_eq!(check(&kw, &rotated, &[], "10.1.2.3").await.code(), VerifyCode::Valid);
@@ -139,6 +149,92 @@ async fn requests_signed_by_an_independent_rfc_9421_library_verify_once_and_poli
         assert!(!logs.contains(&format!("{secret:?}")), "a signing secret in the logs");
         assert!(!any_file_contains(&kw.data_dir, secret), "a signing secret in the data directory");
     }
+}
+
+async fn master_status(m: &mut MasterClient) -> proto::MasterKeyStatus {
+    let request = proto::GetMasterKeyStatusRequest { skip_counts: false };
+    m.get_master_key_status(request).await.expect("GetMasterKeyStatus").into_inner()
+}
+
+fn version(s: &proto::MasterKeyStatus, v: u32) -> proto::MasterKeyVersionInfo {
+    s.versions.iter().find(|x| x.version == v).cloned().unwrap_or_else(|| panic!("no v{v}: {s:?}"))
+}
+
+/// The token's secret keys as pkcs11-tool (OpenSC, an independent PKCS#11 client) lists them.
+fn token_keys(kw: &Instance, label: Option<&str>) -> String {
+    let mut args = vec!["--list-objects", "--type", "secrkey"];
+    if let Some(label) = label {
+        args.extend(["--label", label]);
+    }
+    let out = pkcs11_tool(kw, &args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn master_rotation_rewraps_signing_secrets_in_the_hsm_and_retiring_destroys_the_old_wrapping_key() {
+    let kw = Instance::started().await;
+    let (id, secret) = create_signing_key(&kw, "client", &[], &[]).await;
+    let (revoked, revoked_secret) = create_signing_key(&kw, "gone", &[], &[]).await;
+    let revoke = proto::RevokeKeyRequest { key_id: revoked.clone(), ..Default::default() };
+    kw.root_keys().await.revoke_key(revoke).await.unwrap();
+    let before = [sign(&id, &secret, now(), "before-1"), sign(&id, &secret, now(), "before-2")];
+    let mut master = kw.master(Some(&kw.root_key)).await;
+    assert_eq!(master_status(&mut master).await.current_wrap_version, 1);
+
+    let rotated = master.rotate_master_key(proto::RotateMasterKeyRequest {}).await.unwrap().into_inner();
+    assert_eq!((rotated.current_version, rotated.current_wrap_version), (2, 2));
+    let listing = token_keys(&kw, Some("keyward-wrap-v2"));
+    assert!(listing.contains("Secret Key Object; AES length 32"), "{listing}");
+    assert!(listing.contains("sensitive, always sensitive, never extractable, local"), "{listing}");
+    assert!(listing.contains("Usage:      wrap, unwrap"), "{listing}");
+    let read = pkcs11_tool(&kw, &["--read-object", "--type", "secrkey", "--label", "keyward-wrap-v2"]);
+    assert!(!read.status.success() && read.stdout.is_empty(), "the wrapping key value was read");
+    let (fresh, fresh_secret) = create_signing_key(&kw, "fresh", &[], &[]).await;
+
+    // The background job re-wraps the live key's secret under v2 (the revoked one's stays).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let migrated = loop {
+        let s = master_status(&mut master).await;
+        if s.migration.is_none() && s.signing_keys_pending == 0 {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "the re-wrap did not finish in 60 s: {s:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let (v1, v2) = (version(&migrated, 1), version(&migrated, 2));
+    assert_eq!((v1.signing_keys_using, v2.signing_keys_using), (0, 2), "{migrated:?}");
+    assert!(v1.wrap_key_live && v2.wrap_key_live, "both until v1 is retired");
+    assert_eq!(check(&kw, &before[0], &[], "").await.code(), VerifyCode::Valid, "signed before the rotation");
+    let during = sign(&id, &secret, now(), "after-1");
+    assert_eq!(check(&kw, &during, &[], "").await.code(), VerifyCode::Valid);
+
+    // The root key's digest moves to v2 with its use; then v1 can go, wrapping key included.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let retired = loop {
+        match master.retire_master_key(proto::RetireMasterKeyRequest { version: 1 }).await {
+            Ok(s) => break s.into_inner(),
+            Err(e) if e.code() == tonic::Code::FailedPrecondition => {
+                assert!(!e.message().contains("signing"), "the secrets were re-wrapped: {}", e.message());
+                assert!(std::time::Instant::now() < deadline, "v1 still needed after 60 s: {}", e.message());
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("RetireMasterKey: {e:?}"),
+        }
+    };
+    assert!(!version(&retired, 1).wrap_key_live);
+    let listing = token_keys(&kw, None);
+    assert!(!listing.contains("keyward-wrap-v1") && !listing.contains("keyward-master-v1"), "{listing}");
+    assert!(listing.contains("keyward-wrap-v2"), "{listing}");
+
+    assert_eq!(check(&kw, &before[1], &[], "").await.code(), VerifyCode::Valid, "signed before the rotation");
+    let after = sign(&id, &secret, now(), "after-2");
+    assert_eq!(check(&kw, &after, &[], "").await.code(), VerifyCode::Valid);
+    let fresh = sign(&fresh, &fresh_secret, now(), "after-1");
+    assert_eq!(check(&kw, &fresh, &[], "").await.code(), VerifyCode::Valid);
+    // The revoked key's secret stayed under v1: it can no longer be unwrapped, so it is invalid.
+    let gone = sign(&revoked, &revoked_secret, now(), "after-1");
+    assert_eq!(check(&kw, &gone, &[], "").await.code(), VerifyCode::Invalid);
 }
 
 fn any_file_contains(dir: &Path, needle: &[u8]) -> bool {

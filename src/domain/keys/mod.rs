@@ -129,7 +129,7 @@ impl<H: Hsm, S: Store> KeyAdmin<H, S> {
         let signing_secret = match new.kind {
             KeyKind::Bearer => None,
             KeyKind::Signing => {
-                let (secret, wrapped) = self.deps.hsm.new_signing_secret().await?;
+                let (secret, wrapped) = self.deps.hsm.new_signing_secret(self.master.wrap_current()).await?;
                 record.signing = Some(wrapped);
                 Some(secret)
             }

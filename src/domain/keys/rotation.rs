@@ -82,7 +82,7 @@ impl<H: Hsm, S: Store> KeyAdmin<H, S> {
         // record read here tells it (the transaction below reads the key again for the rest).
         let is_signing = self.deps.store.get_key(id)?.is_some_and(|k| k.signing.is_some());
         let (signing_secret, wrapped) = if is_signing {
-            let (secret, wrapped) = self.deps.hsm.new_signing_secret().await?;
+            let (secret, wrapped) = self.deps.hsm.new_signing_secret(self.master.wrap_current()).await?;
             (Some(secret), Some(wrapped))
         } else {
             (None, None)

@@ -4,6 +4,12 @@
 //! operation per key, resumable from a checkpoint after a crash), and each key's next successful
 //! verification replaces its digest with a plain one under N+1 (lazy migration). A version is
 //! retired (destroyed in the HSM) only once no live key's digest needs it.
+//!
+//! Signing secrets move with it: rotating to version N also makes wrapping key vN (see
+//! `WrapKeyVersion`), new secrets are wrapped under it at once, and the same background job
+//! re-wraps every live signing key's secret under vN inside the HSM (never in clear outside
+//! it). Retiring version N also destroys wrapping key vN, once no live signing key's secret is
+//! wrapped under it.
 
 mod migration;
 mod view;
@@ -17,10 +23,11 @@ use super::{
     deps::Deps,
     error::{Error, Result},
     key::{Digest, KeyRecord, KeyState, MasterKeyVersion},
-    ports::{Hsm, MasterState, MasterVersion, Migration, Store},
+    ports::{Hsm, MasterState, MasterVersion, Migration, Store, WrapKey},
     proof::self_test_input,
     rotation::MigrationConfig,
     scope,
+    signing::WrapKeyVersion,
 };
 
 /// The master key state with what the keys need of it.
@@ -35,6 +42,25 @@ pub struct MasterStatus {
     pub keys_not_plain: u64,
     /// Live keys not yet under the current version at all (the background job's work left).
     pub keys_pending: u64,
+    /// For each live wrapping key version: signing keys that can still verify whose secret is
+    /// wrapped under it.
+    pub secrets_using: BTreeMap<WrapKeyVersion, u64>,
+    /// Live signing keys whose secret is not yet wrapped under the current wrapping key.
+    pub secrets_pending: u64,
+}
+
+impl MasterStatus {
+    /// `state` with nothing counted.
+    fn uncounted(state: MasterState) -> Self {
+        Self {
+            state,
+            keys_using: BTreeMap::new(),
+            keys_not_plain: 0,
+            keys_pending: 0,
+            secrets_using: BTreeMap::new(),
+            secrets_pending: 0,
+        }
+    }
 }
 
 /// Whether a key's digest still matters: not revoked, and not a rotated key past its overlap
@@ -126,15 +152,19 @@ impl<H: Hsm, S: Store> MasterKeys<H, S> {
             self.scan_master_status()
         } else {
             let state = self.master_state();
-            Ok(MasterStatus { state, keys_using: BTreeMap::new(), keys_not_plain: 0, keys_pending: 0 })
+            Ok(MasterStatus::uncounted(state))
         }
     }
 
     fn scan_master_status(&self) -> Result<MasterStatus> {
         let state = self.master_state();
-        let mut status = MasterStatus { keys_using: BTreeMap::new(), keys_not_plain: 0, keys_pending: 0, state };
+        let wrap_current = state.wrap_current();
+        let mut status = MasterStatus::uncounted(state);
         for v in status.state.live() {
             status.keys_using.insert(v.version, 0);
+        }
+        for v in status.state.live_wrap_keys() {
+            status.secrets_using.insert(v, 0);
         }
         let now = self.deps.clock.now();
         for record in self.deps.store.scan_keys(None) {
@@ -142,17 +172,28 @@ impl<H: Hsm, S: Store> MasterKeys<H, S> {
             if !digest_needed(&record, now) {
                 continue;
             }
-            for v in record.digest.versions() {
-                *status.keys_using.entry(v).or_default() += 1;
-            }
-            status.keys_not_plain += u64::from(!record.digest.is_plain_under(status.state.current));
             status.keys_pending += u64::from(record.digest.version != status.state.current);
+            match &record.signing {
+                // A signing key's digest is of a bearer secret nobody was given: never checked,
+                // it holds no master key version back. Its wrapped secret holds its wrapping key.
+                Some(wrapped) => {
+                    *status.secrets_using.entry(wrapped.version).or_default() += 1;
+                    status.secrets_pending += u64::from(wrapped.version != wrap_current);
+                }
+                None => {
+                    for v in record.digest.versions() {
+                        *status.keys_using.entry(v).or_default() += 1;
+                    }
+                    status.keys_not_plain += u64::from(!record.digest.is_plain_under(status.state.current));
+                }
+            }
         }
         Ok(status)
     }
 
-    /// Makes master key version N+1 in the HSM and current, and starts the background
-    /// re-digest. Refused while a previous rotation's re-digest is still running.
+    /// Makes master key version N+1 and wrapping key vN+1 in the HSM and current, and starts the
+    /// background re-digest (and re-wrap of signing secrets). Refused while a previous
+    /// rotation's re-digest is still running.
     pub async fn rotate_master(&self, caller: &Caller, ctx: &RequestContext) -> Result<MasterState> {
         self.access.authorize(caller, Permission::MasterRotate)?;
         let _ops = self.ops.lock().await;
@@ -165,13 +206,17 @@ impl<H: Hsm, S: Store> MasterKeys<H, S> {
         }
         let previous = state.current;
         let next = MasterKeyVersion(state.versions.iter().map(|v| v.version.0).max().unwrap_or(0) + 1);
+        let wrap_next = WrapKeyVersion(next.0);
         self.deps.hsm.create_master_key(next).await?;
+        self.deps.hsm.create_wrap_key(wrap_next).await?;
         let self_test = self.deps.hsm.digest(next, self_test_input()).await?;
         let now = self.deps.clock.now();
         let mut new = state.clone();
         new.current = next;
         new.versions.push(MasterVersion { version: next, created_at: now, retired_at: None, self_test });
-        new.migration = Some(Migration { to: next, started_at: now, after: None, wrapped: 0 });
+        new.wrap_keys.retain(|w| w.version != wrap_next);
+        new.wrap_keys.push(WrapKey { version: wrap_next, created_at: now, retired_at: None });
+        new.migration = Some(Migration { to: next, started_at: now, after: None, wrapped: 0, rewrapped: 0 });
         let event = AuditEvent {
             changes: vec![FieldChange {
                 field: "current_version".into(),
@@ -183,12 +228,15 @@ impl<H: Hsm, S: Store> MasterKeys<H, S> {
         self.deps.store.set_master(new.clone(), event).await?;
         self.view.set(new.clone());
         self.migration_wake.notify_one();
-        tracing::info!(from = %previous, to = %next, "master key rotated; re-digesting keys in the background");
+        tracing::info!(from = %previous, to = %next, "master key rotated; re-digesting keys and re-wrapping signing secrets in the background");
         Ok(new)
     }
 
-    /// Destroys master key `version` in the HSM, once no live key's digest needs it. Retiring a
-    /// retired version again only makes sure it is gone from the token.
+    /// Destroys master key `version` in the HSM, once no live key's digest needs it, and
+    /// wrapping key `version` with it, once no live signing key's secret is wrapped under it
+    /// (the current wrapping key stays: a database rotated before wrapping keys rotated has
+    /// only v1). Retiring a retired version again makes sure both are gone from the token, and
+    /// retires its wrapping key if that was left (then needed, or current).
     pub async fn retire_master(
         &self,
         caller: &Caller,
@@ -201,9 +249,21 @@ impl<H: Hsm, S: Store> MasterKeys<H, S> {
         let Some(found) = state.version(version) else {
             return Err(Error::NotFound(format!("master key {version}")));
         };
+        let wrap = WrapKeyVersion(version.0);
+        let wrap_retiring = state.is_wrap_live(wrap) && wrap != state.wrap_current();
         if found.retired_at.is_some() {
             self.deps.hsm.destroy_master_key(version).await?;
-            return Ok(state);
+            if !wrap_retiring {
+                if state.wrap_key(wrap).is_some_and(|w| w.retired_at.is_some()) {
+                    self.deps.hsm.destroy_wrap_key(wrap).await?;
+                }
+                return Ok(state);
+            }
+            Self::refuse_if_counted(wrap, &self.scan_master_status()?)?;
+            let new = self.record_retired(caller, &state, None, Some(wrap), ctx).await?;
+            self.deps.hsm.destroy_wrap_key(wrap).await?;
+            tracing::info!(version = %wrap, "signing secret wrapping key retired");
+            return Ok(new);
         }
         if version == state.current {
             return Err(Error::FailedPrecondition(format!(
@@ -220,20 +280,65 @@ impl<H: Hsm, S: Store> MasterKeys<H, S> {
                 state.current, version.0
             )));
         }
+        if wrap_retiring {
+            Self::refuse_if_counted(wrap, &status)?;
+        }
+        let new = self.record_retired(caller, &state, Some(version), wrap_retiring.then_some(wrap), ctx).await?;
+        // Recorded first: if destroying fails, retiring again finishes the job.
+        self.deps.hsm.destroy_master_key(version).await?;
+        if wrap_retiring {
+            self.deps.hsm.destroy_wrap_key(wrap).await?;
+        }
+        tracing::info!(%version, wrap_key_destroyed = wrap_retiring, "master key retired");
+        Ok(new)
+    }
+
+    fn refuse_if_counted(wrap: WrapKeyVersion, status: &MasterStatus) -> Result<()> {
+        let using = status.secrets_using.get(&wrap).copied().unwrap_or(0);
+        if using == 0 {
+            return Ok(());
+        }
+        let progress = match &status.state.migration {
+            Some(_) => "the re-wrap after the last rotation is still running; retire once it finishes",
+            None => {
+                "the re-wrap left them (a record the token would not unwrap, which the log names, or a key \
+                 created as the rotation began); rotate again, or revoke them, then retire"
+            }
+        };
+        Err(Error::FailedPrecondition(format!(
+            "{using} signing keys' secrets are still wrapped under wrapping key {wrap}: {progress}"
+        )))
+    }
+
+    /// Records master key `master` and wrapping key `wrap` as retired, audited.
+    async fn record_retired(
+        &self,
+        caller: &Caller,
+        state: &MasterState,
+        master: Option<MasterKeyVersion>,
+        wrap: Option<WrapKeyVersion>,
+        ctx: &RequestContext,
+    ) -> Result<MasterState> {
         let now = self.deps.clock.now();
         let mut new = state.clone();
-        if let Some(v) = new.versions.iter_mut().find(|v| v.version == version) {
+        if let Some(v) = new.versions.iter_mut().find(|v| Some(v.version) == master) {
             v.retired_at = Some(now);
         }
+        if let Some(w) = new.wrap_keys.iter_mut().find(|w| Some(w.version) == wrap) {
+            w.retired_at = Some(now);
+        }
+        let reason = match (master, wrap) {
+            (Some(m), Some(w)) => format!("master key {m} and signing secret wrapping key {w} destroyed in the HSM"),
+            (Some(m), None) => format!("master key {m} destroyed in the HSM"),
+            (None, Some(w)) => format!("signing secret wrapping key {w} destroyed in the HSM"),
+            (None, None) => String::new(),
+        };
         let event = AuditEvent {
-            reason: Some(format!("master key {version} destroyed in the HSM")),
+            reason: Some(reason),
             ..master_event(now, Actor::Key(caller.key_id), AuditAction::MasterRetired, ctx)
         };
         self.deps.store.set_master(new.clone(), event).await?;
         self.view.set(new.clone());
-        // Recorded first: if destroying fails, retiring again finishes the job.
-        self.deps.hsm.destroy_master_key(version).await?;
-        tracing::info!(%version, "master key retired");
         Ok(new)
     }
 }

@@ -9,6 +9,7 @@ use std::sync::{
 use crate::domain::{
     key::{Digest, MasterKeyVersion},
     ports::MasterState,
+    signing::{WrapKeyVersion, WrappedSecret},
 };
 
 pub struct MasterView {
@@ -36,6 +37,17 @@ impl MasterView {
     pub fn can_check(&self, digest: &Digest) -> bool {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
         digest.versions().all(|v| state.is_live(v))
+    }
+
+    /// The wrapping key new signing secrets use.
+    pub fn wrap_current(&self) -> WrapKeyVersion {
+        self.state.read().unwrap_or_else(|e| e.into_inner()).wrap_current()
+    }
+
+    /// Whether the wrapping key `wrapped` is under is live (not retired), so the HSM can still
+    /// unwrap it.
+    pub fn can_unwrap(&self, wrapped: &WrappedSecret) -> bool {
+        self.state.read().unwrap_or_else(|e| e.into_inner()).is_wrap_live(wrapped.version)
     }
 
     /// Replaces the state (after it was written).

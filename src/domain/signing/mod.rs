@@ -17,8 +17,12 @@ pub enum KeyKind {
 }
 
 /// A version of the AES key that wraps signing secrets on the token (label
-/// `keyward-wrap-v<n>`, beside the master keys' `keyward-master-v<n>`). It is separate from the
-/// master keys: rotating or retiring a master key version leaves every signing key verifying.
+/// `keyward-wrap-v<n>`, beside the master keys' `keyward-master-v<n>`). `keyward init` makes v1;
+/// rotating the master key to version N makes wrapping key vN too, and the re-digest that
+/// follows re-wraps every signing secret under it inside the HSM; retiring master key N destroys
+/// wrapping key vN once no secret needs it. A version number is thus shared with the master
+/// key made with it (a token rotated before signing keys existed keeps v1 until its next
+/// rotation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WrapKeyVersion(pub u32);
 
@@ -28,8 +32,8 @@ impl fmt::Display for WrapKeyVersion {
     }
 }
 
-/// The wrapping key version `keyward init` makes, and the one new signing secrets use.
-pub const CURRENT_WRAP_KEY: WrapKeyVersion = WrapKeyVersion(1);
+/// The wrapping key version `keyward init` makes (and `keyward serve` on a token that has none).
+pub const FIRST_WRAP_KEY: WrapKeyVersion = WrapKeyVersion(1);
 
 /// A signing secret as keyward stores it: wrapped (`CKM_AES_KEY_WRAP`, RFC 3394) under wrapping
 /// key `version`. The blob can be unwrapped only inside the HSM that holds that key; it is not

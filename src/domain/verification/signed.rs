@@ -57,7 +57,7 @@ impl<H: Hsm, S: Store> Verifier<H, S> {
         let Some(record) = self.deps.store.get_key(id)? else {
             return Ok(Proof::Unproven(VerifyCode::Invalid, None));
         };
-        let Some(wrapped) = record.signing.as_ref() else {
+        let Some(wrapped) = record.signing.as_ref().filter(|w| self.prover.can_unwrap(w)) else {
             return Ok(Proof::Unproven(VerifyCode::Invalid, Some(id)));
         };
         let genuine =

@@ -128,3 +128,121 @@ async fn a_rotated_signing_key_hands_its_successor_a_new_secret_and_both_verify_
     let base = new.base(f.clock.now(), "n-2");
     assert_eq!(check(&f, &base, &old.sign(&base), &[]).await.code, VerifyCode::Invalid, "the old secret");
 }
+
+#[tokio::test]
+async fn master_rotation_rewraps_signing_secrets_and_retirement_destroys_the_old_wrapping_key() {
+    use crate::domain::signing::WrapKeyVersion;
+    let (w1, w2) = (WrapKeyVersion(1), WrapKeyVersion(2));
+    let f = fixture_with(small_batches()).await;
+    let ctx = RequestContext::default();
+    let signers = [Signer::new(&f, &[]).await, Signer::new(&f, &[]).await, Signer::new(&f, &[]).await];
+    let revoked = Signer::new(&f, &[]).await;
+    f.keys.revoke(&f.root, &revoked.id.to_string(), "", &ctx).await.unwrap();
+    let before: Vec<_> = signers.iter().map(|s| (s.base(f.clock.now(), "before"), s)).collect();
+
+    let state = f.master.rotate_master(&f.root, &ctx).await.unwrap();
+    assert_eq!(state.wrap_current(), w2);
+    assert!(f.hsm.has_wrap_key(w2), "made with master key v2");
+    let fresh = Signer::new(&f, &[]).await;
+    let wrapped = |id| f.store.get_key(id).unwrap().unwrap().signing.unwrap();
+    assert_eq!(wrapped(fresh.id).version, w2, "new secrets use the new wrapping key at once");
+    assert_eq!(f.status().secrets_pending, 3);
+    // The root key moves to v2 on its next use; the signing keys' secrets hold v1 back.
+    f.auth.authenticate(Some(&f.root_key), &ctx).await.unwrap();
+    f.settle().await;
+    let early = f.master.retire_master(&f.root, V1, &ctx).await.unwrap_err();
+    let Error::FailedPrecondition(why) = &early else { panic!("{early:?}") };
+    assert!(why.contains("3 signing keys' secrets are still wrapped under wrapping key v1"), "{why}");
+
+    // One batch, then the rest: signatures verify all along, under either wrapping key.
+    assert!(f.master.migrate_batch().await.unwrap());
+    for (s, nonce) in signers.iter().zip(["during-0", "during-1", "during-2"]) {
+        let base = s.base(f.clock.now(), nonce);
+        assert_eq!(check(&f, &base, &s.sign(&base), &[]).await.code, VerifyCode::Valid);
+    }
+    f.migrate_all().await;
+    for s in &signers {
+        assert_eq!(wrapped(s.id).version, w2);
+    }
+    assert_eq!(wrapped(revoked.id).version, w1, "a revoked key's secret is left as it was");
+    let status = f.status();
+    assert_eq!((status.secrets_pending, status.secrets_using[&w1], status.secrets_using[&w2]), (0, 0, 4));
+    let migrated =
+        f.store.audit_after(0, 1000).unwrap().into_iter().rev().find(|e| e.event.action == AuditAction::MasterMigrated);
+    let reason = migrated.unwrap().event.reason.unwrap();
+    assert!(reason.contains("3 signing secrets re-wrapped under wrapping key v2"), "{reason}");
+
+    // Signing keys' digests (of a bearer secret nobody has) do not hold master key v1 back.
+    let state = f.master.retire_master(&f.root, V1, &ctx).await.unwrap();
+    assert!(state.wrap_key(w1).unwrap().retired_at.is_some());
+    assert!(!f.hsm.has_wrap_key(w1) && !f.hsm.has(V1), "both destroyed in the HSM");
+    for (base, s) in &before {
+        assert_eq!(check(&f, base, &s.sign(base), &[]).await.code, VerifyCode::Valid, "signed before the rotation");
+    }
+    let base = fresh.base(f.clock.now(), "after");
+    assert_eq!(check(&f, &base, &fresh.sign(&base), &[]).await.code, VerifyCode::Valid);
+    // The revoked key's secret can no longer be unwrapped: invalid, not an HSM error.
+    let base = revoked.base(f.clock.now(), "after");
+    assert_eq!(check(&f, &base, &revoked.sign(&base), &[]).await.code, VerifyCode::Invalid);
+}
+
+#[tokio::test]
+async fn a_database_rotated_before_wrapping_keys_rotated_keeps_v1_until_its_next_rotation() {
+    use crate::domain::signing::WrapKeyVersion;
+    let f = fixture_with(small_batches()).await;
+    let ctx = RequestContext::default();
+    f.master.rotate_master(&f.root, &ctx).await.unwrap();
+    f.migrate_all().await;
+    // As an older keyward would have left it: master key v2 current, only wrapping key v1.
+    let mut state = f.store.master().unwrap().unwrap();
+    state.wrap_keys.retain(|w| w.version == WrapKeyVersion(1));
+    let f = f.reopened_with(state).await;
+    let signer = Signer::new(&f, &[]).await;
+    f.auth.authenticate(Some(&f.root_key), &ctx).await.unwrap();
+    f.settle().await;
+    f.master.retire_master(&f.root, V1, &ctx).await.expect("master key v1 goes");
+    assert!(f.hsm.has_wrap_key(WrapKeyVersion(1)), "the only wrapping key stays");
+    let base = signer.base(f.clock.now(), "a");
+    assert_eq!(check(&f, &base, &signer.sign(&base), &[]).await.code, VerifyCode::Valid);
+
+    f.master.rotate_master(&f.root, &ctx).await.unwrap();
+    f.migrate_all().await;
+    assert_eq!(f.store.get_key(signer.id).unwrap().unwrap().signing.unwrap().version, WrapKeyVersion(3));
+    f.master.retire_master(&f.root, V1, &ctx).await.expect("retiring again retires wrapping key v1");
+    assert!(!f.hsm.has_wrap_key(WrapKeyVersion(1)));
+    let base = signer.base(f.clock.now(), "b");
+    assert_eq!(check(&f, &base, &signer.sign(&base), &[]).await.code, VerifyCode::Valid);
+}
+
+#[tokio::test]
+async fn a_signing_secret_the_hsm_cannot_rewrap_is_left_and_holds_its_wrapping_key_until_revoked() {
+    use crate::domain::signing::WrapKeyVersion;
+    let f = fixture_with(small_batches()).await;
+    let ctx = RequestContext::default();
+    let good = Signer::new(&f, &[]).await;
+    let damaged = Signer::new(&f, &[]).await;
+    f.store
+        .update_key(damaged.id, |r| {
+            let mut r = r.clone();
+            r.signing.as_mut().unwrap().blob[0] ^= 1;
+            Ok(Some((r, None)))
+        })
+        .await
+        .unwrap();
+    f.master.rotate_master(&f.root, &ctx).await.unwrap();
+    f.migrate_all().await;
+    assert!(f.status().state.migration.is_none(), "one bad record does not stall the job");
+    assert_eq!(f.store.get_key(good.id).unwrap().unwrap().signing.unwrap().version, WrapKeyVersion(2));
+    assert_eq!(f.store.get_key(damaged.id).unwrap().unwrap().signing.unwrap().version, WrapKeyVersion(1));
+    f.auth.authenticate(Some(&f.root_key), &ctx).await.unwrap();
+    f.settle().await;
+    let refused = f.master.retire_master(&f.root, V1, &ctx).await.unwrap_err();
+    let Error::FailedPrecondition(why) = &refused else { panic!("{refused:?}") };
+    assert!(why.starts_with("1 signing keys' secrets are still wrapped under wrapping key v1"), "{why}");
+    assert!(why.contains("revoke them"), "{why}");
+    f.keys.revoke(&f.root, &damaged.id.to_string(), "", &ctx).await.unwrap();
+    f.master.retire_master(&f.root, V1, &ctx).await.unwrap();
+    assert!(!f.hsm.has_wrap_key(WrapKeyVersion(1)));
+    let base = good.base(f.clock.now(), "n");
+    assert_eq!(check(&f, &base, &good.sign(&base), &[]).await.code, VerifyCode::Valid);
+}

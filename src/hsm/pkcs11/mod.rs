@@ -46,7 +46,7 @@ use crate::{
         key::{Digest, MasterKeyVersion},
         ports::{AUDIT_MAC_LEN, AuditSealer, Hsm, HsmError},
         secret::{Secret, SensitiveBytes},
-        signing::WrappedSecret,
+        signing::{WrapKeyVersion, WrappedSecret},
     },
     metrics,
 };
@@ -128,6 +128,32 @@ impl Pkcs11Hsm {
     /// Starts using master key `version`, made on the token by another cluster node.
     pub async fn pick_up_master_key(&self, version: MasterKeyVersion) -> Result<(), HsmError> {
         self.admin(Op::FindMasterKey, move |inner, conn| objects::pick_up_key(&inner.ctx, conn, version)).await
+    }
+
+    /// Starts using wrapping key `version`, made on the token by another cluster node.
+    pub async fn pick_up_wrap_key(&self, version: WrapKeyVersion) -> Result<(), HsmError> {
+        self.admin(Op::FindWrapKey, move |inner, conn| signing::pick_up_wrap_key(&inner.ctx, conn, version)).await
+    }
+
+    /// Stops using wrapping key `version`, retired by another cluster node.
+    pub fn forget_wrap_key(&self, version: WrapKeyVersion) {
+        let guard = self.inner.conn.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(conn) = guard.as_ref() {
+            signing::forget_wrap_key(conn, version);
+        }
+    }
+
+    /// Fails unless wrapping key `version` is on the token.
+    pub fn require_wrap_key(&self, version: WrapKeyVersion) -> Result<(), StartError> {
+        let guard = self.inner.conn.read().unwrap_or_else(|e| e.into_inner());
+        match guard.as_ref() {
+            Some(conn) if conn.wrapping.read().unwrap_or_else(|e| e.into_inner()).contains_key(&version) => Ok(()),
+            _ => Err(StartError::Pkcs11(format!(
+                "wrapping key {version} ({}) is not on the token: signing keys wrapped under it cannot verify; \
+                 is this the database's token?",
+                wrap_key_label(version)
+            ))),
+        }
     }
 
     /// Makes the audit chain key and the signing-secret wrapping key if the token lacks them
@@ -276,8 +302,21 @@ impl Hsm for Pkcs11Hsm {
         self.admin(Op::DestroyMasterKey, move |inner, conn| objects::destroy_key(&inner.ctx, conn, version)).await
     }
 
-    async fn new_signing_secret(&self) -> Result<(Secret, WrappedSecret), HsmError> {
-        self.run(Op::NewSigningSecret, signing::new_secret).await
+    async fn new_signing_secret(&self, version: WrapKeyVersion) -> Result<(Secret, WrappedSecret), HsmError> {
+        self.run(Op::NewSigningSecret, move |session, conn| signing::new_secret(session, conn, version)).await
+    }
+
+    async fn create_wrap_key(&self, version: WrapKeyVersion) -> Result<(), HsmError> {
+        self.admin(Op::CreateWrapKey, move |inner, conn| signing::create_wrap_key(&inner.ctx, conn, version)).await
+    }
+
+    async fn destroy_wrap_key(&self, version: WrapKeyVersion) -> Result<(), HsmError> {
+        self.admin(Op::DestroyWrapKey, move |inner, conn| signing::destroy_wrap_key(&inner.ctx, conn, version)).await
+    }
+
+    async fn rewrap(&self, wrapped: &WrappedSecret, to: WrapKeyVersion) -> Result<WrappedSecret, HsmError> {
+        let wrapped = wrapped.clone();
+        self.run(Op::Rewrap, move |session, conn| signing::rewrap(session, conn, &wrapped, to)).await
     }
 
     async fn verify_signature(

@@ -1,8 +1,10 @@
 //! Signing secrets on the token: the AES wrapping keys (`keyward-wrap-v<n>`: token objects,
-//! sensitive, never extractable, wrap and unwrap only), making a new secret (random bytes
-//! imported as a session object, wrapped with `CKM_AES_KEY_WRAP`, destroyed), and checking a
-//! signature (the blob unwrapped into a sensitive, non-extractable session object, then
-//! `C_Verify` with `CKM_SHA256_HMAC`), with a bounded cache of unwrapped handles.
+//! sensitive, never extractable, wrap and unwrap only; made, picked up from another node and
+//! destroyed with master key rotation and retirement), making a new secret (random bytes
+//! imported as a session object, wrapped with `CKM_AES_KEY_WRAP`, destroyed), moving a secret to
+//! a newer wrapping key (unwrapped into a sensitive session object, wrapped again, destroyed),
+//! and checking a signature (the blob unwrapped into a sensitive, non-extractable session
+//! object, then `C_Verify` with `CKM_SHA256_HMAC`), with a bounded cache of unwrapped handles.
 //!
 //! The cache holds at most `UNWRAPPED_CACHE` session objects (one per signing key in use; a
 //! few hundred bytes each inside the module, so well under a megabyte). They are owned by the
@@ -26,8 +28,9 @@ use cryptoki::{
 use super::{config::StartError, objects::working_copy, pool::Connection};
 use crate::{
     domain::{
+        ports::HsmError,
         secret::{SECRET_LEN, Secret},
-        signing::{CURRENT_WRAP_KEY, WrapKeyVersion, WrappedSecret},
+        signing::{FIRST_WRAP_KEY, WrapKeyVersion, WrappedSecret},
     },
     hsm::rv,
 };
@@ -113,25 +116,25 @@ pub(in crate::hsm) fn find_wrapping_keys(
         .collect()
 }
 
-/// Generates the current wrapping key in a read-write session (logged in) if the token lacks it.
-/// Returns whether it made one.
+/// Generates wrapping key v1 in a read-write session (logged in) if the token has no wrapping
+/// key at all (a token made before signing keys). Returns whether it made one.
 pub(in crate::hsm) fn generate_wrapping_key_if_missing(session: &Session) -> Result<bool, StartError> {
-    if find_wrapping_keys(session)?.contains_key(&CURRENT_WRAP_KEY) {
+    if !find_wrapping_keys(session)?.is_empty() {
         return Ok(false);
     }
-    session.generate_key(&Mechanism::AesKeyGen, &wrapping_key_template(&wrap_key_label(CURRENT_WRAP_KEY)))?;
+    session.generate_key(&Mechanism::AesKeyGen, &wrapping_key_template(&wrap_key_label(FIRST_WRAP_KEY)))?;
     Ok(true)
 }
 
-/// Makes the current wrapping key if the token has none (tokens made before signing keys), and
-/// takes session copies of every wrapping key.
+/// Makes wrapping key v1 if the token has none (tokens made before signing keys), and takes
+/// session copies of every wrapping key.
 pub(super) fn ensure_wrapping_key(ctx: &Pkcs11, conn: &Connection) -> Result<(), StartError> {
-    if conn.wrapping.read().unwrap_or_else(|e| e.into_inner()).contains_key(&CURRENT_WRAP_KEY) {
+    if !conn.wrapping.read().unwrap_or_else(|e| e.into_inner()).is_empty() {
         return Ok(());
     }
     let session = ctx.open_rw_session(conn.slot)?;
     if generate_wrapping_key_if_missing(&session)? {
-        tracing::info!(version = %CURRENT_WRAP_KEY, "signing secret wrapping key created on the token");
+        tracing::info!(version = %FIRST_WRAP_KEY, "signing secret wrapping key created on the token");
     }
     let owner = conn.owner.lock().unwrap_or_else(|e| e.into_inner());
     let copies: HashMap<_, _> =
@@ -140,14 +143,168 @@ pub(super) fn ensure_wrapping_key(ctx: &Pkcs11, conn: &Connection) -> Result<(),
     Ok(())
 }
 
+/// Whether `key` is a wrapping key keyward would have generated: made inside the token and
+/// never out of it, usable only to wrap and unwrap.
+fn is_safe_wrapping_key(session: &Session, key: ObjectHandle) -> Result<bool, CkError> {
+    use AttributeType as T;
+    let wanted = [
+        (T::Local, true),
+        (T::AlwaysSensitive, true),
+        (T::NeverExtractable, true),
+        (T::Sensitive, true),
+        (T::Extractable, false),
+        (T::Wrap, true),
+        (T::Unwrap, true),
+        (T::Encrypt, false),
+        (T::Decrypt, false),
+        (T::Sign, false),
+        (T::Verify, false),
+        (T::Derive, false),
+    ];
+    let types: Vec<T> = wanted.iter().map(|(t, _)| *t).collect();
+    let attrs = session.get_attributes(key, &types)?;
+    let value = |a: &Attribute| match a {
+        Attribute::Local(v)
+        | Attribute::AlwaysSensitive(v)
+        | Attribute::NeverExtractable(v)
+        | Attribute::Sensitive(v)
+        | Attribute::Extractable(v)
+        | Attribute::Wrap(v)
+        | Attribute::Unwrap(v)
+        | Attribute::Encrypt(v)
+        | Attribute::Decrypt(v)
+        | Attribute::Sign(v)
+        | Attribute::Verify(v)
+        | Attribute::Derive(v) => Some((a.attribute_type(), *v)),
+        _ => None,
+    };
+    let got: Vec<_> = attrs.iter().filter_map(value).collect();
+    Ok(wanted.iter().all(|w| got.contains(w)))
+}
+
+/// Generates wrapping key `version` (or adopts one an unfinished rotation left, if keyward
+/// could have made it) and starts using it.
+pub(super) fn create_wrap_key(ctx: &Pkcs11, conn: &Connection, version: WrapKeyVersion) -> Result<(), HsmError> {
+    let ck = |e: CkError| rv::classify(&e);
+    let session = ctx.open_rw_session(conn.slot).map_err(ck)?;
+    let found = find_wrapping_keys(&session).map_err(|e| HsmError::Refused(e.to_string()))?;
+    let handle = match found.get(&version) {
+        Some(&existing) => {
+            if !is_safe_wrapping_key(&session, existing).map_err(ck)? {
+                return Err(HsmError::Refused(format!(
+                    "wrapping key {version} already exists on the token but is not a key keyward would have \
+                     made (generated in the token, always sensitive, never extractable, wrap and unwrap only); \
+                     keyward will not use it: remove it, and find out who put it there"
+                )));
+            }
+            tracing::warn!(%version, "adopting the wrapping key an unfinished rotation left on the token");
+            existing
+        }
+        None => {
+            session.generate_key(&Mechanism::AesKeyGen, &wrapping_key_template(&wrap_key_label(version))).map_err(ck)?
+        }
+    };
+    take_copy(conn, version, handle, found.get(&version).copied());
+    Ok(())
+}
+
+/// Starts using wrapping key `version` that another cluster node made on the token; nothing to
+/// do if this connection has it. `Refused` when it is missing or not one keyward would make.
+pub(super) fn pick_up_wrap_key(ctx: &Pkcs11, conn: &Connection, version: WrapKeyVersion) -> Result<(), HsmError> {
+    if conn.wrapping.read().unwrap_or_else(|e| e.into_inner()).contains_key(&version) {
+        return Ok(());
+    }
+    let ck = |e: CkError| rv::classify(&e);
+    let session = ctx.open_ro_session(conn.slot).map_err(ck)?;
+    let found = find_wrapping_keys(&session).map_err(|e| HsmError::Refused(e.to_string()))?;
+    let Some(&token) = found.get(&version) else {
+        return Err(HsmError::Refused(format!("wrapping key {version} is not on the token")));
+    };
+    if !is_safe_wrapping_key(&session, token).map_err(ck)? {
+        return Err(HsmError::Refused(format!(
+            "wrapping key {version} on the token is not a key keyward would have made; keyward will not use it"
+        )));
+    }
+    take_copy(conn, version, token, Some(token));
+    Ok(())
+}
+
+/// Destroys wrapping key `version` on the token (and forgets its session copy and the secrets
+/// unwrapped with it).
+pub(super) fn destroy_wrap_key(ctx: &Pkcs11, conn: &Connection, version: WrapKeyVersion) -> Result<(), HsmError> {
+    let ck = |e: CkError| rv::classify(&e);
+    let session = ctx.open_rw_session(conn.slot).map_err(ck)?;
+    let found = find_wrapping_keys(&session).map_err(|e| HsmError::Failed(e.to_string()))?;
+    let removed = conn.wrapping.write().unwrap_or_else(|e| e.into_inner()).remove(&version);
+    if let Some(removed) = removed {
+        drop_copy(conn, removed, found.get(&version).copied());
+    }
+    drop_unwrapped(conn, version);
+    if let Some(&handle) = found.get(&version) {
+        session.destroy_object(handle).map_err(ck)?;
+    }
+    Ok(())
+}
+
+/// Drops this connection's session copy of wrapping key `version`, which another cluster node
+/// retired (and destroyed on the token), and the secrets unwrapped with it.
+pub(super) fn forget_wrap_key(conn: &Connection, version: WrapKeyVersion) {
+    let removed = conn.wrapping.write().unwrap_or_else(|e| e.into_inner()).remove(&version);
+    if let Some(removed) = removed {
+        // A copy or, if the token would not copy it, the (already destroyed) token object.
+        drop_copy(conn, removed, None);
+    }
+    drop_unwrapped(conn, version);
+}
+
+/// Keeps a session copy of token key `token` as wrapping key `version`.
+fn take_copy(conn: &Connection, version: WrapKeyVersion, token: ObjectHandle, on_token: Option<ObjectHandle>) {
+    let handle = working_copy(&conn.owner.lock().unwrap_or_else(|e| e.into_inner()), token);
+    if let Some(replaced) = conn.wrapping.write().unwrap_or_else(|e| e.into_inner()).insert(version, handle) {
+        drop_copy(conn, replaced, on_token);
+    }
+}
+
+/// Destroys `handle` if it is a session copy (not the token object itself).
+fn drop_copy(conn: &Connection, handle: ObjectHandle, token: Option<ObjectHandle>) {
+    if Some(handle) != token
+        && let Err(e) = conn.owner.lock().unwrap_or_else(|e| e.into_inner()).destroy_object(handle)
+    {
+        tracing::debug!(error = %e, "destroying a wrapping key's session copy");
+    }
+}
+
 fn wrapping_handle(conn: &Connection, version: WrapKeyVersion) -> Result<ObjectHandle, CkError> {
     conn.wrapping.read().unwrap_or_else(|e| e.into_inner()).get(&version).copied().ok_or_else(rv::no_such_key)
 }
 
-/// A new signing secret and its wrapped form. The session object holding it exists only
-/// between the import and the wrap.
-pub(super) fn new_secret(session: &Session, conn: &Connection) -> Result<(Secret, WrappedSecret), CkError> {
-    let wrapping = wrapping_handle(conn, CURRENT_WRAP_KEY)?;
+/// The handle of wrapping key `version`; one this connection has not seen yet (made by another
+/// cluster node a moment ago) is looked up on the token through `session`.
+fn wrapping_handle_or_find(
+    session: &Session,
+    conn: &Connection,
+    version: WrapKeyVersion,
+) -> Result<ObjectHandle, CkError> {
+    if let Ok(handle) = wrapping_handle(conn, version) {
+        return Ok(handle);
+    }
+    let found = find_wrapping_keys(session).map_err(|_| rv::no_such_key())?;
+    let Some(&token) = found.get(&version) else { return Err(rv::no_such_key()) };
+    if !is_safe_wrapping_key(session, token)? {
+        return Err(rv::no_such_key());
+    }
+    take_copy(conn, version, token, Some(token));
+    wrapping_handle(conn, version)
+}
+
+/// A new signing secret and its form wrapped under `version`. The session object holding it
+/// exists only between the import and the wrap.
+pub(super) fn new_secret(
+    session: &Session,
+    conn: &Connection,
+    version: WrapKeyVersion,
+) -> Result<(Secret, WrappedSecret), CkError> {
+    let wrapping = wrapping_handle_or_find(session, conn, version)?;
     let mut bytes = zeroize::Zeroizing::new([0u8; SECRET_LEN]);
     session.generate_random_slice(bytes.as_mut())?;
     let template = [
@@ -166,7 +323,46 @@ pub(super) fn new_secret(session: &Session, conn: &Connection) -> Result<(Secret
     let destroyed = session.destroy_object(imported);
     let blob = blob?;
     destroyed?;
-    Ok((Secret::from_bytes(*bytes), WrappedSecret { version: CURRENT_WRAP_KEY, blob }))
+    Ok((Secret::from_bytes(*bytes), WrappedSecret { version, blob }))
+}
+
+/// The secret `wrapped` holds, wrapped under wrapping key `to`, never in clear outside the
+/// HSM: unwrapped into a session object that is sensitive (its value is never readable) and
+/// extractable only because `C_WrapKey` needs it, usable for nothing else, wrapped under `to`,
+/// destroyed.
+pub(super) fn rewrap(
+    session: &Session,
+    conn: &Connection,
+    wrapped: &WrappedSecret,
+    to: WrapKeyVersion,
+) -> Result<WrappedSecret, CkError> {
+    let from = wrapping_handle_or_find(session, conn, wrapped.version)?;
+    let target = wrapping_handle_or_find(session, conn, to)?;
+    let template = [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::GENERIC_SECRET),
+        Attribute::Token(false),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(true),
+        Attribute::Sign(false),
+        Attribute::Verify(false),
+        Attribute::Wrap(false),
+        Attribute::Unwrap(false),
+        Attribute::Encrypt(false),
+        Attribute::Decrypt(false),
+        Attribute::Derive(false),
+    ];
+    let unwrapped = match session.unwrap_key(&Mechanism::AesKeyWrap, from, &wrapped.blob, &template) {
+        Ok(handle) => handle,
+        // The token still answers: it was the blob, not the token.
+        Err(e) if rv::is_token_gone(&e) && session.get_session_info().is_ok() => return Err(rv::wrapped_key_invalid()),
+        Err(e) => return Err(e),
+    };
+    let blob = session.wrap_key(&Mechanism::AesKeyWrap, target, unwrapped);
+    let destroyed = session.destroy_object(unwrapped);
+    let blob = blob?;
+    destroyed?;
+    Ok(WrappedSecret { version: to, blob })
 }
 
 /// An unwrapped secret's handle, shared by the workers verifying with it.
@@ -208,6 +404,32 @@ impl UnwrapCache {
     pub(super) fn len(&self) -> usize {
         self.handles.len()
     }
+
+    /// Forgets the secrets unwrapped with wrapping key `version`; returns the handles now safe
+    /// to destroy (the others once their last call ends, like evicted ones).
+    fn drop_version(&mut self, version: WrapKeyVersion) -> Vec<ObjectHandle> {
+        self.order.retain(|w| w.version != version);
+        let gone: Vec<WrappedSecret> = self.handles.keys().filter(|w| w.version == version).cloned().collect();
+        for wrapped in gone {
+            if let Some(handle) = self.handles.remove(&wrapped) {
+                self.retiring.push(handle);
+            }
+        }
+        let (done, busy): (Vec<_>, Vec<_>) = self.retiring.drain(..).partition(|h| Arc::strong_count(h) == 1);
+        self.retiring = busy;
+        done.into_iter().map(|h| h.0).collect()
+    }
+}
+
+/// Destroys the secrets this connection unwrapped with wrapping key `version` (retired).
+fn drop_unwrapped(conn: &Connection, version: WrapKeyVersion) {
+    let stale = conn.unwrapped.lock().unwrap_or_else(|e| e.into_inner()).drop_version(version);
+    let owner = conn.owner.lock().unwrap_or_else(|e| e.into_inner());
+    for handle in stale {
+        if let Err(e) = owner.destroy_object(handle) {
+            tracing::debug!(error = %e, "destroying an unwrapped signing secret of a retired wrapping key");
+        }
+    }
 }
 
 /// Whether `signature` is the HMAC-SHA256 of `message` under the wrapped secret.
@@ -222,7 +444,7 @@ pub(super) fn verify(
     let key = match cached {
         Some(key) => key,
         None => {
-            let wrapping = wrapping_handle(conn, wrapped.version)?;
+            let wrapping = wrapping_handle_or_find(session, conn, wrapped.version)?;
             let owner = conn.owner.lock().unwrap_or_else(|e| e.into_inner());
             let handle = match owner.unwrap_key(&Mechanism::AesKeyWrap, wrapping, &wrapped.blob, &unwrapped_template())
             {

@@ -10,7 +10,7 @@ use crate::domain::{
     anomaly::{AnomalyAction, AnomalyKind, KeyAnomaly},
     key::{KeyRecord, KeyState, Quota, RateLimit, Refill, Usage},
     ports::StoreError,
-    signing::{WrapKeyVersion, WrappedSecret},
+    signing::{FIRST_WRAP_KEY, WrapKeyVersion, WrappedSecret},
 };
 
 #[derive(Clone, PartialEq, Message)]
@@ -79,7 +79,8 @@ struct StoredKey {
     signing: Option<StoredWrappedSecret>,
 }
 
-/// A signing key's secret, wrapped by the HSM's wrapping key `version`.
+/// A signing key's secret, wrapped by the HSM's wrapping key `version` (master key rotation
+/// moves it to newer ones). Absent (0) reads as v1, the only version before that rotation.
 #[derive(Clone, PartialEq, Message)]
 struct StoredWrappedSecret {
     #[prost(uint32, tag = "1")]
@@ -279,7 +280,9 @@ pub fn decode_key(bytes: &[u8]) -> Result<KeyRecord, StoreError> {
             Some(_) => return Err(corrupt("key")),
         },
         anomalies: s.anomalies.into_iter().map(decode_anomaly).collect::<Result<_, _>>()?,
-        signing: s.signing.map(|w| WrappedSecret { version: WrapKeyVersion(w.version), blob: w.blob }),
+        signing: s
+            .signing
+            .map(|w| WrappedSecret { version: WrapKeyVersion(w.version.max(FIRST_WRAP_KEY.0)), blob: w.blob }),
     })
 }
 
@@ -351,6 +354,11 @@ mod tests {
         let decoded = decode_key(&encode_key(&record)).unwrap();
         assert_eq!(decoded, record);
         assert_eq!(decoded.kind(), crate::domain::signing::KeyKind::Signing);
+        // A wrapped secret without its version (never written so, but proto3 leaves 0 out) is v1.
+        let mut stored = StoredKey::decode(&encode_key(&record)[1..]).unwrap();
+        stored.signing.as_mut().unwrap().version = 0;
+        let read = decode_key(&wrap(&stored)).unwrap().signing.unwrap();
+        assert_eq!((read.version, read.blob), (FIRST_WRAP_KEY, vec![7; 40]));
     }
 
     /// A record written before signing keys (no field 29) decodes as a bearer key, and a bearer
