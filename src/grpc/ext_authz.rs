@@ -84,7 +84,8 @@ fn body<'a>(header: &dyn Fn(&str) -> Option<&'a str>, size: i64, sent: &'a [u8])
         || size > 0
         || !sent.is_empty()
         || partial;
-    let whole = !partial && length.is_none_or(|l| l == sent.len() as u64) && (has_body == !sent.is_empty());
+    // A body the request has, but none of it sent: not whole.
+    let whole = !partial && length.is_none_or(|l| l == sent.len() as u64) && (!has_body || !sent.is_empty());
     (has_body, if whole { Body::Whole(sent) } else { Body::Incomplete })
 }
 
