@@ -9,6 +9,7 @@ mod digest;
 
 use sfv::{BareItem, Dictionary, FieldType, List, ListEntry, Parser};
 
+use self::Unverifiable::Malformed;
 use super::{Body, Denial, GatewayRequest};
 
 /// What VerifySignature needs of a signed request.
@@ -42,8 +43,6 @@ impl Unverifiable {
         }
     }
 }
-
-use Unverifiable::Malformed;
 
 /// The signature base and signature of `request`'s first signature; `None` without
 /// `Signature-Input`.
