@@ -18,6 +18,11 @@ pub enum Denial {
     QuotaExceeded(Option<Duration>),
     /// The client's address failed too often (brute-force defence) and is blocked for a while.
     TooManyFailures(Duration),
+    /// A signed request's covered `Content-Digest` does not match the body the gateway sent.
+    ContentDigestMismatch,
+    /// A signed request covers `Content-Digest`, but the gateway sent only part of its body, or
+    /// none of it.
+    BodyIncomplete,
 }
 
 impl Denial {
@@ -43,7 +48,7 @@ impl Denial {
     /// 401, 403 or 429.
     pub fn http_status(self) -> u16 {
         match self {
-            Denial::MissingKey | Denial::InvalidKey => 401,
+            Denial::MissingKey | Denial::InvalidKey | Denial::ContentDigestMismatch | Denial::BodyIncomplete => 401,
             Denial::InsufficientScope | Denial::IpNotAllowed => 403,
             Denial::RateLimited(_) | Denial::QuotaExceeded(_) | Denial::TooManyFailures(_) => 429,
         }
@@ -59,6 +64,8 @@ impl Denial {
             Denial::RateLimited(_) => "rate_limited",
             Denial::QuotaExceeded(_) => "quota_exceeded",
             Denial::TooManyFailures(_) => "too_many_failures",
+            Denial::ContentDigestMismatch => "content_digest_mismatch",
+            Denial::BodyIncomplete => "body_incomplete",
         }
     }
 

@@ -7,6 +7,7 @@
 
 mod client_ip;
 mod denial;
+mod form;
 mod rules;
 mod signature;
 
@@ -15,6 +16,7 @@ use std::{net::IpAddr, sync::Arc};
 pub use self::{
     client_ip::client_ip,
     denial::Denial,
+    form::decode as form_decode,
     rules::{KeyHeader, Rules},
     signature::{SignedParts, Unverifiable, signed_parts},
 };
@@ -47,6 +49,24 @@ pub struct GatewayRequest<'a> {
     pub direct_client: Option<IpAddr>,
     /// Scopes the gateway's own route configuration asks for.
     pub route_scopes: Vec<String>,
+    /// Whether the request has a body, as the gateway says (a length above 0, or chunked).
+    pub has_body: bool,
+    /// What keyward sees of the body.
+    pub body: Body<'a>,
+}
+
+/// The request body as the gateway hands it to keyward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Body<'a> {
+    /// Forward-auth: gateways never send the body. A covered `content-digest` must be signed;
+    /// that it matches the body is for the upstream to check.
+    NotForwarded,
+    /// Envoy sent the whole body (`with_request_body`), possibly empty: a covered
+    /// `content-digest` must match it.
+    Whole(&'a [u8]),
+    /// Envoy sent part of the body, or none of a body the request has: a covered
+    /// `content-digest` cannot be checked, and the request is refused.
+    Incomplete,
 }
 
 /// A request let through: who called, for the upstream.
@@ -116,7 +136,7 @@ impl<H: Hsm, S: Store> Gatekeeper<H, S> {
             Some(Ok(parts)) => Presented::Signed(parts),
             Some(Err(why)) => {
                 tracing::debug!(%why, "signed request refused before verification");
-                return Ok(Decision::Deny(Denial::InvalidKey));
+                return Ok(Decision::Deny(why.denial()));
             }
             None => match self.presented_key(request.header) {
                 Some((key, header)) => Presented::Key(key, header),

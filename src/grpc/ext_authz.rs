@@ -21,7 +21,7 @@ use crate::{
         auth::Authenticator,
         ports::{Hsm, Store},
     },
-    gateway::{Allowed, Decision, Denial, Gatekeeper, GatewayRequest},
+    gateway::{Allowed, Body, Decision, Denial, Gatekeeper, GatewayRequest},
     tls::Identities,
 };
 
@@ -55,6 +55,8 @@ impl<H: Hsm, S: Store> Authorization for ExtAuthzApi<H, S> {
             .and_then(|a| a.context_extensions.get(REQUIRED_SCOPES))
             .map(|s| s.split_whitespace().map(str::to_owned).collect())
             .unwrap_or_default();
+        let sent = http.map_or(&[][..], |h| if h.raw_body.is_empty() { h.body.as_bytes() } else { &h.raw_body });
+        let (has_body, body) = body(&header, http.map_or(-1, |h| h.size), sent);
         let request = GatewayRequest {
             method: http.map_or("", |h| h.method.as_str()),
             path: http.map_or("", |h| h.path.as_str()),
@@ -63,10 +65,28 @@ impl<H: Hsm, S: Store> Authorization for ExtAuthzApi<H, S> {
             header: &header,
             direct_client: check.get_client_address().and_then(|a| a.parse::<IpAddr>().ok()),
             route_scopes,
+            has_body,
+            body,
         };
         let decision = self.gatekeeper.decide(&caller, request).await?;
         Ok(Response::new(answer(decision)))
     }
+}
+
+/// Whether the request has a body, and what keyward sees of it: the whole body only when Envoy
+/// sent all of it (`with_request_body`; `raw_body` with `pack_as_bytes`, else `body`), as long
+/// as the request's `content-length` says.
+fn body<'a>(header: &dyn Fn(&str) -> Option<&'a str>, size: i64, sent: &'a [u8]) -> (bool, Body<'a>) {
+    let length = header("content-length").and_then(|l| l.trim().parse::<u64>().ok());
+    let partial = header("x-envoy-auth-partial-body").is_some_and(|p| p.trim() == "true");
+    let has_body = length.is_some_and(|l| l > 0)
+        || header("transfer-encoding").is_some()
+        || size > 0
+        || !sent.is_empty()
+        || partial;
+    // A body the request has, but none of it sent: not whole.
+    let whole = !partial && length.is_none_or(|l| l == sent.len() as u64) && (!has_body || !sent.is_empty());
+    (has_body, if whole { Body::Whole(sent) } else { Body::Incomplete })
 }
 
 /// Envoy's answer to `decision`.

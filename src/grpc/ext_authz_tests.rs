@@ -72,3 +72,24 @@ fn refusals_are_401_with_a_challenge_403_and_429_with_retry_after() {
     assert_eq!(headers["retry-after"], "2", "rounded up to whole seconds");
     assert_eq!(body, r#"{"error":"rate_limited"}"#);
 }
+
+#[test]
+fn keyward_sees_the_whole_body_only_when_envoy_sent_all_of_it() {
+    let of = |headers: &[(&str, &str)], size: i64, sent: &'static [u8]| {
+        let headers: HashMap<String, String> = headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        let header = |name: &str| headers.get(name).map(|v| v.as_str());
+        let (has_body, body) = body(&header, size, sent);
+        (has_body, body == Body::Whole(sent), body == Body::Incomplete)
+    };
+    let json = b"{\"order\": 42}";
+    // (has a body, keyward sees all of it, keyward sees part of it or none)
+    assert_eq!(of(&[], -1, b""), (false, true, false), "no body: an empty one");
+    assert_eq!(of(&[("content-length", "0")], 0, b""), (false, true, false));
+    assert_eq!(of(&[("content-length", "13")], 13, json), (true, true, false), "with_request_body");
+    assert_eq!(of(&[("x-envoy-auth-partial-body", "false")], 13, json), (true, true, false), "chunked, all sent");
+    assert_eq!(of(&[("content-length", "13")], -1, b""), (true, false, true), "no with_request_body");
+    assert_eq!(of(&[("content-length", "13")], 13, &json[..5]), (true, false, true), "cut short");
+    assert_eq!(of(&[("x-envoy-auth-partial-body", "true")], 13, &json[..5]), (true, false, true), "partial");
+    assert_eq!(of(&[("transfer-encoding", "chunked")], -1, b""), (true, false, true), "chunked, none sent");
+    assert_eq!(of(&[("x-envoy-auth-partial-body", "false"), ("content-length", "13")], 13, b""), (true, false, true));
+}

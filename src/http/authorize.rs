@@ -19,7 +19,7 @@ use crate::{
         error::Error,
         ports::{Hsm, Store},
     },
-    gateway::{Allowed, Decision, Denial, Gatekeeper, GatewayRequest},
+    gateway::{self, Allowed, Decision, Denial, Gatekeeper, GatewayRequest},
     tls::{Identities, Resolution},
 };
 
@@ -34,6 +34,10 @@ pub const SCOPE_PARAM: &str = "scope";
 pub const FORWARDED_METHOD: &str = "x-forwarded-method";
 pub const FORWARDED_URI: &str = "x-forwarded-uri";
 pub const FORWARDED_FOR: &str = "x-forwarded-for";
+/// The original request's `Content-Length` and `Transfer-Encoding` (gateways send keyward no
+/// body, and drop these): whether it has a body.
+pub const FORWARDED_CONTENT_LENGTH: &str = "x-forwarded-content-length";
+pub const FORWARDED_TRANSFER_ENCODING: &str = "x-forwarded-transfer-encoding";
 /// A refusal's error code (as in its JSON body), for gateways that drop the body (nginx).
 pub const ERROR_HEADER: &str = "x-keyward-error";
 /// Uses left on a key with a quota, in an allowed answer.
@@ -85,6 +89,8 @@ impl<H: Hsm, S: Store> ForwardAuth<H, S> {
             // proxies vouch for); without it, whoever connected.
             direct_client: if headers.contains_key(FORWARDED_FOR) { None } else { connection.peer.map(|p| p.ip()) },
             route_scopes: required_scopes(headers, request.uri().query()),
+            has_body: has_body(&header),
+            body: gateway::Body::NotForwarded,
         };
         match self.gatekeeper.decide(&caller, gateway_request).await {
             Ok(Decision::Allow(allowed)) => allow(&allowed),
@@ -111,6 +117,17 @@ impl<H: Hsm, S: Store> ForwardAuth<H, S> {
     }
 }
 
+/// Whether the original request has a body, from what the gateway forwards of its length
+/// (or, from a gateway that copies them, its own `Content-Length` and `Transfer-Encoding`).
+fn has_body<'a>(header: &dyn Fn(&str) -> Option<&'a str>) -> bool {
+    let sized = |name| header(name).map(str::trim).is_some_and(|l| !l.is_empty() && l != "0");
+    let chunked = |name| header(name).is_some_and(|t| !t.trim().is_empty());
+    sized(FORWARDED_CONTENT_LENGTH)
+        || chunked(FORWARDED_TRANSFER_ENCODING)
+        || sized("content-length")
+        || chunked("transfer-encoding")
+}
+
 /// The scopes of every `X-Keyward-Required-Scopes` header and `scope` query parameter, each
 /// space-separated, without repeats.
 pub fn required_scopes(headers: &HeaderMap, query: Option<&str>) -> Vec<String> {
@@ -132,26 +149,10 @@ pub fn required_scopes(headers: &HeaderMap, query: Option<&str>) -> Vec<String> 
     scopes
 }
 
-/// `application/x-www-form-urlencoded` decoding: `+` is a space, `%XX` a byte; a malformed
-/// escape is kept as written (the scope it is in then fails validation, a clear 400).
+/// A query value, form-decoded (a malformed escape is kept as written: the scope it is in then
+/// fails validation, a clear 400).
 fn form_decode(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let hex = |b: u8| (b as char).to_digit(16);
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
-            (b'%', Some(high), Some(low)) => {
-                out.push((high * 16 + low) as u8);
-                i += 3;
-                continue;
-            }
-            (b'+', _, _) => out.push(b' '),
-            (b, _, _) => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8_lossy(&crate::gateway::form_decode(value)).into_owned()
 }
 
 /// A refusal: `{"error":"<code>"}`, the code also in `X-Keyward-Error`.

@@ -42,12 +42,31 @@ pub(crate) fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
-pub(crate) fn sign(key_id: &str, secret: &[u8], created: u64, nonce: &str) -> Signed {
+/// What sign_request.py printed for a request signed by `key_id` with `secret` at `created`,
+/// with its `options` (`--url`, `--method`, `--cover`, …).
+fn run_signer(key_id: &str, secret: &[u8], created: u64, nonce: &str, options: &[&str]) -> serde_json::Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/signing/sign_request.py");
     let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-    let out = Command::new(python()).arg(script).args([key_id, &hex, &created.to_string(), nonce]).output().unwrap();
+    let out = Command::new(python())
+        .arg(script)
+        .args([key_id, &hex, &created.to_string(), nonce])
+        .args(options)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The headers of a request the Python library signed now with `options` (sign_request.py's),
+/// lower-case names: what a client sends a gateway, besides the body.
+pub fn signed_headers(key_id: &str, secret: &[u8], nonce: &str, options: &[&str]) -> Vec<(String, String)> {
+    let printed = run_signer(key_id, secret, now(), nonce, options);
+    let headers = printed["headers"].as_object().expect("the signed request's headers");
+    headers.iter().map(|(name, value)| (name.clone(), value.as_str().unwrap().to_owned())).collect()
+}
+
+pub(crate) fn sign(key_id: &str, secret: &[u8], created: u64, nonce: &str) -> Signed {
+    let printed = run_signer(key_id, secret, created, nonce, &[]);
     let field = |name: &str| STANDARD.decode(printed[name].as_str().unwrap()).unwrap();
     let text = |name: &str| printed[name].as_str().unwrap().to_owned();
     let headers = vec![
@@ -80,7 +99,7 @@ impl Signed {
     }
 }
 
-async fn create_signing_key(kw: &Instance, name: &str, scopes: &[&str], cidrs: &[&str]) -> (String, Vec<u8>) {
+pub async fn create_signing_key(kw: &Instance, name: &str, scopes: &[&str], cidrs: &[&str]) -> (String, Vec<u8>) {
     let created = kw
         .root_keys()
         .await
@@ -286,8 +305,9 @@ async fn rotating_a_signing_key_hands_out_a_new_secret_once() {
     assert_eq!(check(&kw, &wrong, &[], "").await.code(), VerifyCode::Invalid, "the old secret");
 }
 
-/// Envoy's Check of the signed request (POST https://api.example.com/orders?page=1).
-fn ext_authz_check(signed: &Signed, drop_header: Option<&str>) -> CheckRequest {
+/// Envoy's Check of the signed request (POST https://api.example.com/orders?page=1), with the
+/// body Envoy sends (`with_request_body`, `pack_as_bytes`).
+fn ext_authz_check(signed: &Signed, drop_header: Option<&str>, body: &[u8]) -> CheckRequest {
     let headers = signed.headers.iter().filter(|(name, _)| Some(name.as_str()) != drop_header).cloned().collect();
     let http = HttpRequest {
         method: "POST".into(),
@@ -295,6 +315,8 @@ fn ext_authz_check(signed: &Signed, drop_header: Option<&str>) -> CheckRequest {
         host: "api.example.com".into(),
         scheme: "https".into(),
         headers,
+        size: body.len() as i64,
+        raw_body: body.to_vec(),
         ..Default::default()
     };
     CheckRequest {
@@ -317,18 +339,31 @@ fn allowed_key(response: &CheckResponse) -> Option<String> {
     }
 }
 
+/// What Envoy's client is told: the key id it was allowed as, or the error code of its refusal.
+fn outcome(response: &CheckResponse) -> Result<String, String> {
+    match &response.http_response {
+        Some(HttpResponse::DeniedResponse(denied)) => {
+            let body: serde_json::Value = serde_json::from_str(&denied.body).unwrap();
+            Err(body["error"].as_str().unwrap().to_owned())
+        }
+        _ => allowed_key(response).ok_or_else(|| format!("{response:?}")),
+    }
+}
+
 #[tokio::test]
-async fn the_gateway_verifies_signed_requests_from_their_headers() {
+async fn the_gateway_verifies_signed_requests_from_their_headers_and_body() {
     let kw = Instance::started().await;
     let (gateway, _) = kw.create_key("envoy", &["keyward:verify"]).await;
     let (id, secret) = create_signing_key(&kw, "signed-client", &[], &[]).await;
     let mut authz = kw.ext_authz(Some(&gateway)).await;
+    const BODY: &[u8] = br#"{"order": 42}"#;
+    let mut check = async |signed: &Signed, drop_header: Option<&str>, body: &[u8]| {
+        outcome(&authz.check(ext_authz_check(signed, drop_header, body)).await.unwrap().into_inner())
+    };
 
     let signed = sign(&id, &secret, now(), "nonce-1");
-    let first = authz.check(ext_authz_check(&signed, None)).await.unwrap().into_inner();
-    assert_eq!(allowed_key(&first), Some(id.clone()), "{first:?}");
-    let replayed = authz.check(ext_authz_check(&signed, None)).await.unwrap().into_inner();
-    assert_eq!(allowed_key(&replayed), None, "a replay is refused");
+    assert_eq!(check(&signed, None, BODY).await, Ok(id.clone()));
+    assert_eq!(check(&signed, None, BODY).await, Err("invalid_key".into()), "a replay is refused");
 
     // A body whose digest the signature does not cover cannot be checked: refused.
     let fresh = sign(&id, &secret, now(), "nonce-2");
@@ -339,13 +374,15 @@ async fn the_gateway_verifies_signed_requests_from_their_headers() {
         }
     }
     let uncovered = Signed { headers: uncovered, base: vec![], signature: vec![] };
-    let refused = authz.check(ext_authz_check(&uncovered, None)).await.unwrap().into_inner();
-    assert_eq!(allowed_key(&refused), None);
-    // The covered content-digest header missing: refused; then the intact request passes.
-    let missing = authz.check(ext_authz_check(&fresh, Some("content-digest"))).await.unwrap().into_inner();
-    assert_eq!(allowed_key(&missing), None);
-    let intact = authz.check(ext_authz_check(&fresh, None)).await.unwrap().into_inner();
-    assert_eq!(allowed_key(&intact), Some(id));
+    assert_eq!(check(&uncovered, None, BODY).await, Err("invalid_key".into()));
+    // The covered content-digest header missing: refused.
+    assert_eq!(check(&fresh, Some("content-digest"), BODY).await, Err("invalid_key".into()));
+    // A body that is not the one signed, a body Envoy did not send (or cut short): refused.
+    assert_eq!(check(&fresh, None, br#"{"order": 43}"#).await, Err("content_digest_mismatch".into()));
+    assert_eq!(check(&fresh, None, b"").await, Err("body_incomplete".into()));
+    assert_eq!(check(&fresh, None, &BODY[..12]).await, Err("body_incomplete".into()));
+    // None of these spent the nonce: the intact request passes.
+    assert_eq!(check(&fresh, None, BODY).await, Ok(id));
 }
 
 #[tokio::test]
@@ -361,8 +398,10 @@ async fn forward_auth_verifies_signed_requests_from_the_forwarded_headers() {
         ("x-forwarded-uri", "/orders?page=1"),
         ("x-forwarded-host", "api.example.com"),
         ("x-forwarded-proto", "https"),
+        ("x-forwarded-content-length", "13"),
     ];
-    headers.extend(signed.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+    // The original request's length comes as X-Forwarded-Content-Length (this request has no body).
+    headers.extend(signed.headers.iter().filter(|(n, _)| n != "content-length").map(|(n, v)| (n.as_str(), v.as_str())));
     let target = Target::Tcp(kw.http_addr());
     let allowed = request(&target, "GET", "/v1/authorize", &headers).await;
     assert_eq!((allowed.status, allowed.header("x-keyward-key-id")), (200, Some(id.as_str())), "{allowed:?}");

@@ -1,13 +1,16 @@
 //! RFC 9421 signatures at the gateway: from a request's `Signature-Input` and `Signature`
-//! headers and its covered components, the signature base and the signature VerifySignature
-//! checks. Covered components: `@method`, `@authority`, `@scheme`, `@target-uri`, `@path`,
-//! `@query` and header fields by name (without component parameters). A request with a body
-//! (`content-length` above 0, or `transfer-encoding`) must cover `content-digest`; that the
-//! digest matches the body is for whoever sees the body (the upstream), not the gateway.
+//! headers and its covered components (`components`), the signature base and the signature
+//! VerifySignature checks. A request with a body must cover `content-digest`; when the gateway
+//! sends keyward the body (Envoy's `with_request_body`), the covered digest must match it
+//! (`digest`, RFC 9530); when it does not (forward-auth), that is the upstream's to check.
+
+mod components;
+mod digest;
 
 use sfv::{BareItem, Dictionary, FieldType, List, ListEntry, Parser};
 
-use super::GatewayRequest;
+use self::Unverifiable::Malformed;
+use super::{Body, Denial, GatewayRequest};
 
 /// What VerifySignature needs of a signed request.
 #[derive(Debug, PartialEq, Eq)]
@@ -16,10 +19,30 @@ pub struct SignedParts {
     pub signature: Vec<u8>,
 }
 
-/// Why a signed request cannot be checked (the client is told its signature is not valid).
+/// Why a signed request is refused before its signature is checked.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct Unverifiable(pub &'static str);
+pub enum Unverifiable {
+    /// The signature cannot be checked (the client is told its signature is not valid).
+    #[error("{0}")]
+    Malformed(&'static str),
+    /// The covered `Content-Digest` does not match the body the gateway sent.
+    #[error("the content digest does not match the body")]
+    DigestMismatch,
+    /// The covered `Content-Digest` cannot be checked: the gateway sent only part of the body.
+    #[error("the gateway did not send the whole body, which the covered content digest needs")]
+    BodyIncomplete,
+}
+
+impl Unverifiable {
+    /// What the client is told.
+    pub fn denial(&self) -> Denial {
+        match self {
+            Unverifiable::Malformed(_) => Denial::InvalidKey,
+            Unverifiable::DigestMismatch => Denial::ContentDigestMismatch,
+            Unverifiable::BodyIncomplete => Denial::BodyIncomplete,
+        }
+    }
+}
 
 /// The signature base and signature of `request`'s first signature; `None` without
 /// `Signature-Input`.
@@ -30,73 +53,44 @@ pub fn signed_parts(request: &GatewayRequest<'_>) -> Option<Result<SignedParts, 
 
 fn parts(request: &GatewayRequest<'_>, input: &str) -> Result<SignedParts, Unverifiable> {
     let inputs: Dictionary =
-        Parser::new(input).parse().map_err(|_| Unverifiable("Signature-Input is not a structured dictionary"))?;
+        Parser::new(input).parse().map_err(|_| Malformed("Signature-Input is not a structured dictionary"))?;
     let Some((label, ListEntry::InnerList(covered))) = inputs.first() else {
-        return Err(Unverifiable("Signature-Input has no inner list"));
+        return Err(Malformed("Signature-Input has no inner list"));
     };
     let signatures: Dictionary = Parser::new((request.header)("signature").unwrap_or_default())
         .parse()
-        .map_err(|_| Unverifiable("Signature is not a structured dictionary"))?;
+        .map_err(|_| Malformed("Signature is not a structured dictionary"))?;
     let Some(ListEntry::Item(item)) = signatures.get(label) else {
-        return Err(Unverifiable("Signature has no entry for the Signature-Input label"));
+        return Err(Malformed("Signature has no entry for the Signature-Input label"));
     };
     let BareItem::ByteSequence(signature) = &item.bare_item else {
-        return Err(Unverifiable("the signature is not a byte sequence"));
+        return Err(Malformed("the signature is not a byte sequence"));
     };
     let mut base = String::new();
     let mut digest_covered = false;
     for component in &covered.items {
-        let Some(name) = component.bare_item.as_string().map(|s| s.as_str()) else {
-            return Err(Unverifiable("a covered component is not a string"));
-        };
-        if !component.params.is_empty() {
-            return Err(Unverifiable("covered components with parameters are not supported"));
-        }
-        digest_covered |= name == "content-digest";
-        let value = component_value(request, name)?;
-        base.push_str(&format!("\"{name}\": {value}\n"));
+        let value = components::value(request, component)?;
+        digest_covered |= component.bare_item.as_string().is_some_and(|name| name.as_str() == "content-digest");
+        base.push_str(&format!("{}: {value}\n", component.serialize()));
     }
-    if has_body(request) && !digest_covered {
-        return Err(Unverifiable("a request with a body must cover content-digest"));
+    if request.has_body && !digest_covered {
+        return Err(Malformed("a request with a body must cover content-digest"));
+    }
+    if digest_covered {
+        match request.body {
+            Body::NotForwarded => {}
+            Body::Whole(body) => {
+                let field = (request.header)("content-digest").ok_or(Malformed("a covered header field is missing"))?;
+                digest::check(field, body)?;
+            }
+            Body::Incomplete => return Err(Unverifiable::BodyIncomplete),
+        }
     }
     let params = List::from(vec![ListEntry::InnerList(covered.clone())])
         .serialize()
-        .ok_or(Unverifiable("the signature parameters do not serialize"))?;
+        .ok_or(Malformed("the signature parameters do not serialize"))?;
     base.push_str(&format!("\"@signature-params\": {params}"));
     Ok(SignedParts { base: base.into_bytes(), signature: signature.clone() })
-}
-
-fn component_value(request: &GatewayRequest<'_>, name: &str) -> Result<String, Unverifiable> {
-    let (path, query) = request.path.split_once('?').map_or((request.path, None), |(p, q)| (p, Some(q)));
-    let path = if path.is_empty() { "/" } else { path };
-    let authority = || {
-        let authority = request.authority.to_ascii_lowercase();
-        if authority.is_empty() { Err(Unverifiable("the request's authority is unknown")) } else { Ok(authority) }
-    };
-    let scheme = || {
-        let scheme = request.scheme.to_ascii_lowercase();
-        if scheme.is_empty() { Err(Unverifiable("the request's scheme is unknown")) } else { Ok(scheme) }
-    };
-    Ok(match name {
-        "@method" => request.method.to_owned(),
-        "@authority" => authority()?,
-        "@scheme" => scheme()?,
-        "@path" => path.to_owned(),
-        "@query" => format!("?{}", query.unwrap_or_default()),
-        "@target-uri" => format!("{}://{}{}", scheme()?, authority()?, request.path),
-        derived if derived.starts_with('@') => {
-            return Err(Unverifiable("a covered derived component is not supported"));
-        }
-        field => {
-            let value = (request.header)(field).ok_or(Unverifiable("a covered header field is missing"))?;
-            value.trim().to_owned()
-        }
-    })
-}
-
-fn has_body(request: &GatewayRequest<'_>) -> bool {
-    let length = (request.header)("content-length").map(str::trim);
-    length.is_some_and(|l| l != "0") || (request.header)("transfer-encoding").is_some()
 }
 
 #[cfg(test)]

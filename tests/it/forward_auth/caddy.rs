@@ -48,3 +48,13 @@ async fn caddy_forward_auth_allows_refuses_and_fails_closed_when_keyward_stops()
     let refused = caddy.get("/orders/1", &[("x-api-key", &keys.limited)]).await;
     assert_eq!(refused.status, 502, "Caddy fails closed with 502 when keyward is unreachable: {refused:?}");
 }
+
+#[tokio::test]
+async fn caddy_passes_signed_requests_keyward_verifies_from_the_forwarded_headers() {
+    let kw = keyward_with_http().await;
+    let keys = Keys::create(&kw).await;
+    let app = echo_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = start_caddy(dir.path(), &kw.http_addr().to_string(), app, &keys.gateway).await;
+    super::signed::signed_requests(&kw, &gateway).await;
+}

@@ -80,3 +80,13 @@ async fn nginx_with_a_gateway_key_keyward_refuses_lets_nothing_through() {
     let refused = nginx.get("/orders/1", &[("x-api-key", &keys.client)]).await;
     assert_eq!((refused.status, refused.error()), (403, "gateway_forbidden".into()), "{refused:?}");
 }
+
+#[tokio::test]
+async fn nginx_passes_signed_requests_keyward_verifies_from_the_forwarded_headers() {
+    let kw = keyward_with_http().await;
+    let keys = Keys::create(&kw).await;
+    let app = echo_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = start_nginx(dir.path(), &kw.http_addr().to_string(), app, &keys.gateway).await;
+    super::signed::signed_requests(&kw, &gateway).await;
+}

@@ -44,7 +44,7 @@ async fn authorize_over_tls(kw: &Instance, ca: &str, client: Option<&Pair>, head
     let tls =
         connector(ca, client).connect(ServerName::try_from("localhost").unwrap(), tcp).await.expect("a TLS handshake");
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
-    exchange(tls, "GET", "/v1/authorize", headers).await
+    exchange(tls, "GET", "/v1/authorize", headers, None).await
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> String {

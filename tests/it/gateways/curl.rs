@@ -34,11 +34,23 @@ pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
 
 /// `get`, or why curl got no answer (e.g. nothing listens yet).
 pub async fn try_get(url: &str, headers: &[(&str, &str)]) -> Result<Reply, String> {
+    try_send("GET", url, headers, None).await
+}
+
+/// `method url` with these request headers and this body (curl sets `content-length`).
+pub async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> Reply {
+    try_send(method, url, headers, body).await.unwrap_or_else(|e| panic!("curl {method} {url} failed: {e}"))
+}
+
+async fn try_send(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> Result<Reply, String> {
     let curl = require_tool("curl", "sudo apt-get install curl");
     let mut command = tokio::process::Command::new(curl);
-    command.args(["--silent", "--show-error", "--include", "--http1.1", "--max-time", "10"]);
+    command.args(["--silent", "--show-error", "--include", "--http1.1", "--max-time", "10", "--request", method]);
     for (name, value) in headers {
         command.arg("--header").arg(format!("{name}: {value}"));
+    }
+    if let Some(body) = body {
+        command.arg("--data-binary").arg(body);
     }
     let out = command.arg(url).output().await.expect("running curl");
     if !out.status.success() {

@@ -111,6 +111,12 @@ impl Envoy {
         curl::get(&format!("http://{}{path}", self.listener), headers).await
     }
 
+    /// `method path` through Envoy with these request headers and this body.
+    pub async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> curl::Reply {
+        self.sent.fetch_add(1, Ordering::SeqCst);
+        curl::send(method, &format!("http://{}{path}", self.listener), headers, body).await
+    }
+
     fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
     }

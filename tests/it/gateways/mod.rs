@@ -6,4 +6,5 @@ mod curl;
 mod envoy;
 mod envoy_bench;
 mod envoy_proxy;
+mod envoy_signed;
 mod upstream;
