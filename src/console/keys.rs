@@ -199,7 +199,7 @@ fn list_page<H: Hsm, S: Store>(
                         @let notice = policy::rotation_notice(k, now, &rules);
                         tr {
                             td { a href={ "/keys/" (k.id) } { (k.name) } }
-                            td { code title=(k.id) { (k.prefix) "_" (short_id(&k.id.to_string())) "…" } }
+                            td { code title=(k.id) { "…" (short_id(&k.id.to_string())) } }
                             td {
                                 (state_badge(k))
                                 @if notice.due && k.state == crate::domain::key::KeyState::Active { " " span.badge.due { "rotation due" } }

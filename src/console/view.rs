@@ -134,7 +134,7 @@ pub fn opt_time(t: Option<SystemTime>) -> Markup {
     }
 }
 
-/// A key id's first block, for narrow places (the full id is in the title).
+/// A key id's last (random) block, for narrow places (the full id is in the title).
 pub fn short_id(id: &str) -> String {
-    id.split('-').next().unwrap_or(id).to_owned()
+    id.rsplit('-').next().unwrap_or(id).to_owned()
 }
