@@ -129,8 +129,11 @@ impl Browser {
     }
 
     /// The page's visible text.
+    /// Read by script, not through an element reference, which goes stale while a form's
+    /// answer is loading.
     pub async fn text(&self) -> String {
-        self.find("body").await.text().await
+        let text = self.execute("return document.body ? document.body.innerText : ''").await;
+        text.as_str().unwrap_or_default().to_owned()
     }
 
     pub async fn find(&self, css: &str) -> Element<'_> {
