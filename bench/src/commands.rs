@@ -100,6 +100,18 @@ pub fn rotation(target: &str, key_file: &Path, options: &rotation::RotationOptio
     app::runtime()?.block_on(rotation::rotation(target, &key, options, &mut print))
 }
 
+/// `keyward-bench console`: prints each page's figures as soon as they are known.
+pub fn console(
+    target: &str,
+    console: std::net::SocketAddr,
+    key_file: &Path,
+    options: &crate::console::ConsoleOptions,
+) -> Result<()> {
+    let key = read_key_file(key_file)?;
+    let mut print = |line: String| println!("{line}");
+    app::runtime()?.block_on(crate::console::console(target, console, &key, options, &mut print))
+}
+
 /// `keyward-bench overload`: prints each phase as soon as it ends.
 pub fn overload(target: &str, key_file: &Path, options: &overload::OverloadOptions) -> Result<()> {
     let key = read_key_file(key_file)?;

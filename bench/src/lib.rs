@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod cluster;
 pub mod commands;
+pub mod console;
 pub mod drive;
 pub mod error;
 pub mod etcd;

@@ -5,6 +5,7 @@
 mod anomaly;
 mod authz;
 mod cluster;
+mod console;
 mod human;
 mod listen;
 mod sections;
@@ -25,6 +26,7 @@ pub use self::{
         ClusterFlags, ClusterSection, ClusterSettings, DEFAULT_ETCD_PREFIX, MAX_NODE_ID_LEN, host_name,
         sanitize_node_id,
     },
+    console::ConsoleSection,
     listen::{ListenAddr, UNIX_PREFIX},
     sections::{
         BruteForceSection, DEFAULT_MIN_FREE_BYTES, HsmSection, MasterSection, PolicySection, RotationSection,
@@ -83,6 +85,7 @@ pub struct Config {
     pub authz: AuthzSection,
     pub anomaly: AnomalySection,
     pub signing: SigningSection,
+    pub console: ConsoleSection,
 }
 
 /// Whether plaintext may be served on `addr`: on loopback and on a Unix socket always,

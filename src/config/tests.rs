@@ -73,6 +73,7 @@ fn the_configuration_reference_is_valid_and_says_the_defaults() {
     assert_eq!(toml::to_string(&c.cluster).unwrap(), toml::to_string(&d.cluster).unwrap());
     assert_eq!(toml::to_string(&c.anomaly).unwrap(), toml::to_string(&d.anomaly).unwrap());
     assert_eq!(toml::to_string(&c.signing).unwrap(), toml::to_string(&d.signing).unwrap());
+    assert_eq!(toml::to_string(&c.console).unwrap(), toml::to_string(&d.console).unwrap());
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! The server as one unit: `Server::build` opens the HSM and the database, checks them, builds
 //! the domain and binds the listeners; `Server::spawn` starts the gRPC server, the HTTP
-//! forward-auth listener when asked for, and every background task in one `JoinSet` under one `CancellationToken`; `ServerHandle::drain` ends
+//! forward-auth listener and the web console when asked for, and every background task in one `JoinSet` under one `CancellationToken`; `ServerHandle::drain` ends
 //! them, writes what is still in memory and closes the adapters.
 
 mod dev_clock;
@@ -17,6 +17,7 @@ use crate::{
     cluster::{ClusterStore, NodeSettings},
     config::ClusterSettings,
     config::{self, Config, DEV_TOKEN_LABEL, ListenAddr, ServerLimits},
+    console::{Console, ConsoleSettings},
     domain::{Services, ServicesConfig, key::MasterKeyVersion, ports::Store, proof::self_test_input},
     grpc,
     hsm::{self, Pkcs11Hsm},
@@ -40,6 +41,9 @@ pub struct Serving {
     /// `--http-listen`: the HTTP forward-auth listener (over `http_listen`); off when neither.
     pub http_listen: Option<ListenAddr>,
     pub http_addr_file: Option<PathBuf>,
+    /// `--console-listen`: the web console (over `console.listen`); off when neither.
+    pub console_listen: Option<ListenAddr>,
+    pub console_addr_file: Option<PathBuf>,
     pub metrics_listen: Option<SocketAddr>,
     pub metrics_addr_file: Option<PathBuf>,
     /// `--tls-cert`, `--tls-key`, `--client-ca`, over `[tls]`.
@@ -59,6 +63,8 @@ pub struct Server {
     transport: grpc::Transport,
     /// The HTTP forward-auth listener, its bound address and its TLS.
     http: Option<(Listener, ListenAddr, Option<Arc<TlsReloader>>)>,
+    /// The web console's listener, its bound address, its TLS and its settings.
+    console: Option<(Listener, ListenAddr, Option<Arc<TlsReloader>>, ConsoleSettings)>,
     /// The TLS configuration SIGHUP reloads, if TLS is configured.
     tls: Option<Arc<TlsReloader>>,
     identities: Arc<Identities>,
@@ -93,6 +99,14 @@ impl Server {
         let http_listen = serving.http_listen.clone().or_else(|| config.http_listen.clone());
         let http_tls = match &http_listen {
             Some(addr) => transport::for_listener(&tls, addr, serving, &config, "HTTP forward-auth")?,
+            None => None,
+        };
+        let console_listen = serving.console_listen.clone().or_else(|| config.console.listen.clone());
+        let console_tls = match &console_listen {
+            Some(addr) => {
+                config.console.check()?;
+                transport::for_listener(&tls, addr, serving, &config, "web console")?
+            }
             None => None,
         };
         let authz = Arc::new(crate::gateway::Rules::new(&config.authz)?);
@@ -191,6 +205,22 @@ impl Server {
                 Some((listener, local, http_tls))
             }
         };
+        let console = match console_listen {
+            None => None,
+            Some(addr) => {
+                let listener =
+                    Listener::bind(&addr).await.map_err(io(format!("listening for the web console on {addr}")))?;
+                let local = listener.local_addr().map_err(io("reading the bound console address"))?;
+                let settings = ConsoleSettings {
+                    idle_timeout: config.console.idle_timeout,
+                    max_sessions: config.console.max_sessions,
+                    page_size: config.console.page_size,
+                    request_timeout: config.server.limits().request_timeout,
+                    rotation: config.rotation.domain().rules,
+                };
+                Some((listener, local, console_tls, settings))
+            }
+        };
         let listener = Listener::bind(&listen).await.map_err(io(format!("listening on {listen}")))?;
         let local_addr = listener.local_addr().map_err(io("reading the bound address"))?;
         Ok(Self {
@@ -202,6 +232,7 @@ impl Server {
             metrics,
             transport,
             http,
+            console,
             tls,
             identities,
             authz,
@@ -222,6 +253,11 @@ impl Server {
         self.http.as_ref().map(|(_, addr, _)| addr)
     }
 
+    /// The address the web console is bound to, if it is on.
+    pub fn console_addr(&self) -> Option<&ListenAddr> {
+        self.console.as_ref().map(|(_, addr, _, _)| addr)
+    }
+
     /// The address the metrics endpoint is bound to, if it is on.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics.as_ref().map(|(_, addr)| *addr)
@@ -238,6 +274,7 @@ impl Server {
             metrics,
             transport,
             http,
+            console,
             tls,
             identities,
             authz,
@@ -294,6 +331,15 @@ impl Server {
             let stop = cancel.clone();
             tasks.spawn(async move {
                 crate::http::serve(listener, http_tls, api, http_limits, stop.cancelled_owned()).await;
+                Ok(())
+            });
+        }
+        if let Some((listener, addr, console_tls, settings)) = console {
+            tracing::info!(address = %addr, transport = transport::describe(console_tls.as_deref()), "serving the web console");
+            let console = Console::new(services.clone(), settings, console_tls.is_some());
+            let stop = cancel.clone();
+            tasks.spawn(async move {
+                crate::console::serve(listener, console_tls, console, stop.cancelled_owned()).await;
                 Ok(())
             });
         }

@@ -10,6 +10,7 @@ mod auth;
 mod brute_force;
 mod cluster;
 mod cluster_status;
+mod console;
 mod crash;
 mod disk_faults;
 mod docs_examples;

@@ -109,6 +109,10 @@ pub struct Instance {
     http_listening: Option<String>,
     /// `--http-listen` of `serve` (forward-auth off when `None`).
     pub http_listen: Option<String>,
+    /// Serve the web console on `127.0.0.1:0` (`--console-listen`).
+    pub console: bool,
+    /// The web console's address as the server wrote it, when it serves one.
+    console_listening: Option<String>,
     starts: u32,
     /// `RUST_LOG` for the server: `trace` unless a load test asks for less.
     pub log_filter: &'static str,
@@ -165,6 +169,8 @@ impl Instance {
             listening: None,
             http_listening: None,
             http_listen: None,
+            console: false,
+            console_listening: None,
             starts: 0,
             log_filter: "trace",
             metrics: false,
@@ -229,6 +235,7 @@ impl Instance {
         let addr_file = self.run_dir.join(format!("addr.{}", self.starts));
         let metrics_addr_file = self.run_dir.join(format!("metrics-addr.{}", self.starts));
         let http_addr_file = self.run_dir.join(format!("http-addr.{}", self.starts));
+        let console_addr_file = self.run_dir.join(format!("console-addr.{}", self.starts));
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log_file).unwrap();
         // SAFETY: geteuid only reads the process's effective user id.
         let mut command = if self.unprivileged && unsafe { libc::geteuid() } == 0 {
@@ -252,6 +259,9 @@ impl Instance {
         if self.metrics {
             command.args(["--metrics-listen", "127.0.0.1:0"]);
         }
+        if self.console {
+            command.args(["--console-listen", "127.0.0.1:0", "--console-addr-file"]).arg(&console_addr_file);
+        }
         let child = command
             .envs(env.iter().copied())
             .env("RUST_LOG", self.log_filter)
@@ -271,6 +281,7 @@ impl Instance {
                 // Written before the gRPC address, when metrics and forward-auth are served at all.
                 self.metrics_addr = fs::read_to_string(&metrics_addr_file).ok().map(|t| t.trim().parse().unwrap());
                 self.http_listening = fs::read_to_string(&http_addr_file).ok().map(|t| t.trim().to_owned());
+                self.console_listening = fs::read_to_string(&console_addr_file).ok().map(|t| t.trim().to_owned());
                 return;
             }
             if let Some(status) = self.server.as_mut().unwrap().try_wait().unwrap() {
@@ -308,6 +319,11 @@ impl Instance {
     /// The HTTP forward-auth listener's address as the server reported it.
     pub fn http_listening(&self) -> &str {
         self.http_listening.as_deref().expect("the server was started with http_listen")
+    }
+
+    /// The web console's TCP address.
+    pub fn console_addr(&self) -> SocketAddr {
+        self.console_listening.as_deref().expect("the server was started with console").parse().expect("TCP")
     }
 
     /// The bound metrics address, if the running server serves metrics.

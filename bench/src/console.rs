@@ -1,0 +1,180 @@
+//! `keyward-bench console`: the web console's page times with many keys. Tops a running server
+//! (started with `--console-listen`) up with keys by concurrent CreateKey, signs in to the
+//! console with the admin key, then loads each main page `rounds` times, one at a time, and
+//! reports for each the server's own time (the `Server-Timing` header the console sends) and
+//! the time until the whole response was read here.
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use keyward::proto;
+
+use crate::{
+    error::{BenchError, Result},
+    figures::{Figures, micros},
+    target::Target,
+};
+
+pub struct ConsoleOptions {
+    /// Keys to add before measuring (0: measure what is there).
+    pub keys: usize,
+    /// CreateKey calls in flight while adding them.
+    pub create_concurrency: usize,
+    /// Loads of each page.
+    pub rounds: usize,
+}
+
+struct Page {
+    status: http::StatusCode,
+    headers: http::HeaderMap,
+    body: String,
+    elapsed: Duration,
+}
+
+async fn get(addr: SocketAddr, method: &str, path: &str, cookie: &str, body: Option<String>) -> Result<Page> {
+    let io = |what: &str| BenchError::io(format!("{what} the console at {addr}"));
+    let started = Instant::now();
+    let stream = tokio::net::TcpStream::connect(addr).await.map_err(io("connecting to"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .map_err(|e| io("talking to")(std::io::Error::other(e)))?;
+    tokio::spawn(connection);
+    let origin = format!("http://{addr}");
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string())
+        .header("origin", origin)
+        .header("content-type", "application/x-www-form-urlencoded");
+    if !cookie.is_empty() {
+        request = request.header("cookie", cookie);
+    }
+    let request = request.body(Full::new(Bytes::from(body.unwrap_or_default()))).expect("a valid request");
+    let response = sender.send_request(request).await.map_err(|e| io("reading from")(std::io::Error::other(e)))?;
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.map_err(|e| io("reading from")(std::io::Error::other(e)))?.to_bytes();
+    Ok(Page {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+        elapsed: started.elapsed(),
+    })
+}
+
+/// `text` as a form value: bytes other than A-Z a-z 0-9 - _ . ~ percent-encoded.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The `app;dur=MS` of a `Server-Timing` header.
+fn server_time(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("server-timing")?.to_str().ok()?;
+    let ms: f64 = value.split("dur=").nth(1)?.split([',', ';']).next()?.parse().ok()?;
+    Some(Duration::from_secs_f64(ms / 1000.0))
+}
+
+/// The `href` of the page's `rel="next"` link, unescaped.
+fn next_link(body: &str) -> Option<String> {
+    let at = body.find("rel=\"next\" href=\"")? + "rel=\"next\" href=\"".len();
+    let end = body[at..].find('"')?;
+    Some(body[at..at + end].replace("&amp;", "&"))
+}
+
+pub async fn console(
+    target: &str,
+    console: SocketAddr,
+    admin_key: &str,
+    o: &ConsoleOptions,
+    out: &mut impl FnMut(String),
+) -> Result<()> {
+    let connections = 4;
+    let target = Target::connect(target, admin_key, connections).await?;
+    let mut ids = Vec::new();
+    if o.keys > 0 {
+        let template = proto::CreateKeyRequest {
+            name: "bench-console".into(),
+            scopes: vec!["bench:read".into()],
+            ..Default::default()
+        };
+        let (made, figures) = target.create_many(&template, o.keys, o.create_concurrency.max(1)).await?;
+        out(figures
+            .report(&format!("CreateKey, {} keys, x{} over {connections} connections", o.keys, o.create_concurrency)));
+        ids = made;
+    }
+
+    let form = format!("key={}", percent_encode(admin_key));
+    let signed_in = get(console, "POST", "/login", "", Some(form)).await?;
+    let cookie = signed_in
+        .headers
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::to_owned)
+        .ok_or(BenchError::Usage("signing in to the console failed: is --key-file an admin key of this server?"))?;
+
+    let first = get(console, "GET", "/keys", &cookie, None).await?;
+    let second = next_link(&first.body).unwrap_or_else(|| "/keys".into());
+    let detail = match ids.last() {
+        Some(id) => format!("/keys/{id}"),
+        None => "/keys".into(),
+    };
+    let pages = [
+        ("keys, first page", "/keys".to_owned()),
+        ("keys, second page", second),
+        ("keys, sorted by name", "/keys?sort=name&dir=desc".to_owned()),
+        ("keys, a name matching none (3 x 10,000 records read)", "/keys?name=no-such-key".to_owned()),
+        ("key page (chart: 24 KeyUsage reads, audit events)", detail),
+        ("audit (events, checkpoint, chain check of the latest 1000)", "/audit".to_owned()),
+        ("master key", "/master".to_owned()),
+        ("master key with counts (reads every key)", "/master?count=1".to_owned()),
+    ];
+    for (what, path) in pages {
+        let (mut server, mut client, mut errors) = (Vec::new(), Vec::new(), 0);
+        let started = Instant::now();
+        for _ in 0..o.rounds.max(1) {
+            let page = get(console, "GET", &path, &cookie, None).await?;
+            if page.status != http::StatusCode::OK {
+                errors += 1;
+            }
+            server.push(micros(server_time(&page.headers).unwrap_or_default()));
+            client.push(micros(page.elapsed));
+        }
+        let elapsed = started.elapsed();
+        let (server, client) = (Figures::new(server, errors, elapsed), Figures::new(client, 0, elapsed));
+        out(format!(
+            "{what}: server ms p50 {:.2} p99 {:.2} max {:.2}; client ms p50 {:.2} max {:.2}; {} loads, {} not 200",
+            server.quantile_ms(0.5),
+            server.quantile_ms(0.99),
+            server.quantile_ms(1.0),
+            client.quantile_ms(0.5),
+            client.quantile_ms(1.0),
+            server.calls,
+            errors
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_timing_and_next_links_are_read() {
+        let mut h = http::HeaderMap::new();
+        h.insert("server-timing", "app;dur=12.345".parse().unwrap());
+        assert_eq!(server_time(&h), Some(Duration::from_micros(12_345)));
+        let body = r#"<a rel="next" href="/keys?name=a&amp;after=x.y">Next</a>"#;
+        assert_eq!(next_link(body).as_deref(), Some("/keys?name=a&after=x.y"));
+        assert_eq!(next_link("none"), None);
+    }
+}
