@@ -72,6 +72,14 @@ impl<H: Hsm, S: Store> Prover<H, S> {
         self.master.can_unwrap(wrapped)
     }
 
+    /// For a signature naming a key that does not exist or is not a signing key: one HSM
+    /// verification of the signature base against the decoy, so that the answer costs what a
+    /// wrong signature costs and does not tell which key ids exist.
+    pub async fn unknown_signer(&self, signature_base: &[u8]) -> Result<()> {
+        self.deps.hsm.verify(SensitiveBytes::new(signature_base.to_vec()), &self.decoy()).await?;
+        Ok(())
+    }
+
     /// Whether the presented secret is `record`'s, checked in the HSM. A digest that needs a
     /// retired master key can no longer be checked: it costs and answers what an unknown key
     /// does. A proven key whose digest is not plain under the current master key is re-digested

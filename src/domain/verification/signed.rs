@@ -55,9 +55,13 @@ impl<H: Hsm, S: Store> Verifier<H, S> {
             return Ok(Proof::Unproven(VerifyCode::Invalid, None));
         };
         let Some(record) = self.deps.store.get_key(id)? else {
+            self.prover.unknown_signer(req.signature_base).await?;
             return Ok(Proof::Unproven(VerifyCode::Invalid, None));
         };
+        // A bearer key, or a secret under a retired wrapping key (a revoked key's): answered as
+        // an unknown key is, after the same decoy operation.
         let Some(wrapped) = record.signing.as_ref().filter(|w| self.prover.can_unwrap(w)) else {
+            self.prover.unknown_signer(req.signature_base).await?;
             return Ok(Proof::Unproven(VerifyCode::Invalid, Some(id)));
         };
         let genuine =

@@ -246,3 +246,20 @@ async fn a_signing_secret_the_hsm_cannot_rewrap_is_left_and_holds_its_wrapping_k
     let base = good.base(f.clock.now(), "n");
     assert_eq!(check(&f, &base, &good.sign(&base), &[]).await.code, VerifyCode::Valid);
 }
+
+#[tokio::test]
+async fn a_signature_naming_an_unknown_or_bearer_key_costs_one_hsm_call_and_says_only_invalid() {
+    let f = fixture().await;
+    let signer = Signer::new(&f, &[]).await;
+    let bearer = f.create("bearer", &[]).await;
+    let unknown = Signer { id: KeyId::new_v7(), secret: signer.secret.clone() };
+    let as_bearer = Signer { id: bearer.record.id, secret: signer.secret.clone() };
+    let wrong = Signer { id: signer.id, secret: vec![9; 32] };
+    for (n, s) in [unknown, as_bearer, wrong].iter().enumerate() {
+        let base = s.base(f.clock.now(), &format!("n-{n}"));
+        let before = f.hsm.calls();
+        let v = check(&f, &base, &s.sign(&base), &[]).await;
+        assert_eq!((v.code, v.record.is_none()), (VerifyCode::Invalid, true), "case {n}");
+        assert_eq!(f.hsm.calls(), before + 1, "case {n}: one HSM operation, whether or not the key exists");
+    }
+}
