@@ -78,7 +78,17 @@ pub(in crate::hsm) fn is_safe_master_key(session: &Session, key: ObjectHandle) -
         (T::Unwrap, false),
         (T::Derive, false),
     ];
-    let types: Vec<T> = wanted.iter().map(|(t, _)| *t).collect();
+    has_flags(session, key, &wanted)
+}
+
+/// Whether `key`'s boolean attributes are exactly those `wanted` says (an attribute the token
+/// does not report counts as not matching).
+pub(in crate::hsm) fn has_flags(
+    session: &Session,
+    key: ObjectHandle,
+    wanted: &[(AttributeType, bool)],
+) -> Result<bool, CkError> {
+    let types: Vec<AttributeType> = wanted.iter().map(|(t, _)| *t).collect();
     let attrs = session.get_attributes(key, &types)?;
     let value = |a: &Attribute| match a {
         Attribute::Local(v)

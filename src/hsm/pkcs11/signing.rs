@@ -25,7 +25,11 @@ use cryptoki::{
     session::Session,
 };
 
-use super::{config::StartError, objects::working_copy, pool::Connection};
+use super::{
+    config::StartError,
+    objects::{has_flags, working_copy},
+    pool::Connection,
+};
 use crate::{
     domain::{
         ports::HsmError,
@@ -161,25 +165,7 @@ fn is_safe_wrapping_key(session: &Session, key: ObjectHandle) -> Result<bool, Ck
         (T::Verify, false),
         (T::Derive, false),
     ];
-    let types: Vec<T> = wanted.iter().map(|(t, _)| *t).collect();
-    let attrs = session.get_attributes(key, &types)?;
-    let value = |a: &Attribute| match a {
-        Attribute::Local(v)
-        | Attribute::AlwaysSensitive(v)
-        | Attribute::NeverExtractable(v)
-        | Attribute::Sensitive(v)
-        | Attribute::Extractable(v)
-        | Attribute::Wrap(v)
-        | Attribute::Unwrap(v)
-        | Attribute::Encrypt(v)
-        | Attribute::Decrypt(v)
-        | Attribute::Sign(v)
-        | Attribute::Verify(v)
-        | Attribute::Derive(v) => Some((a.attribute_type(), *v)),
-        _ => None,
-    };
-    let got: Vec<_> = attrs.iter().filter_map(value).collect();
-    Ok(wanted.iter().all(|w| got.contains(w)))
+    has_flags(session, key, &wanted)
 }
 
 /// Generates wrapping key `version` (or adopts one an unfinished rotation left, if keyward
