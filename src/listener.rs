@@ -106,6 +106,29 @@ async fn remove_stale_socket(path: &Path) -> io::Result<()> {
     }
 }
 
+/// A connection accepted by a [`Listener`].
+pub enum Accepted {
+    Tcp(tokio::net::TcpStream),
+    Unix(UnixStream),
+}
+
+impl Listener {
+    /// The next connection, with the peer's address for TCP (`TCP_NODELAY` set: the HTTP
+    /// listeners answer small requests one at a time).
+    pub async fn accept(&self) -> io::Result<(Accepted, Option<std::net::SocketAddr>)> {
+        match self {
+            Listener::Tcp(l) => {
+                let (tcp, peer) = l.accept().await?;
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(%peer, error = %e, "setting TCP_NODELAY failed");
+                }
+                Ok((Accepted::Tcp(tcp), Some(peer)))
+            }
+            Listener::Unix(l, _) => Ok((Accepted::Unix(l.accept().await?.0), None)),
+        }
+    }
+}
+
 /// The connections of a Unix listener, as the stream tonic serves.
 pub struct UnixIncoming(pub UnixListener);
 

@@ -20,7 +20,7 @@ mod session;
 mod view;
 mod web;
 
-use std::{convert::Infallible, future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
+use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use http::Request;
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
@@ -30,7 +30,7 @@ use tokio::{
     sync::watch,
     task::JoinSet,
 };
-use tokio_rustls::{TlsAcceptor, rustls::ServerConfig};
+use tokio_rustls::TlsAcceptor;
 
 pub use self::session::Sessions;
 use crate::{
@@ -39,8 +39,8 @@ use crate::{
         policy::RotationRules,
         ports::{Hsm, Store},
     },
-    listener::Listener,
-    tls::TlsReloader,
+    listener::{Accepted, Listener},
+    tls::{TlsReloader, http1_only},
 };
 
 /// A TLS handshake not finished by then is dropped.
@@ -97,7 +97,7 @@ pub async fn serve<H: Hsm, S: Store>(
         let accepted = tokio::select! {
             () = &mut shutdown => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-            accepted = accept(&listener) => accepted,
+            accepted = listener.accept() => accepted,
         };
         let (io, peer) = match accepted {
             Ok(accepted) => accepted,
@@ -131,29 +131,6 @@ pub async fn serve<H: Hsm, S: Store>(
     if drained.is_err() {
         connections.shutdown().await;
     }
-}
-
-enum Accepted {
-    Tcp(tokio::net::TcpStream),
-    Unix(tokio::net::UnixStream),
-}
-
-async fn accept(listener: &Listener) -> io::Result<(Accepted, Option<SocketAddr>)> {
-    match listener {
-        Listener::Tcp(l) => {
-            let (tcp, peer) = l.accept().await?;
-            let _ = tcp.set_nodelay(true);
-            Ok((Accepted::Tcp(tcp), Some(peer)))
-        }
-        Listener::Unix(l, _) => Ok((Accepted::Unix(l.accept().await?.0), None)),
-    }
-}
-
-/// keyward's TLS configuration offering HTTP/1.1 instead of h2.
-fn http1_only(config: &ServerConfig) -> Arc<ServerConfig> {
-    let mut config = config.clone();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
 }
 
 async fn serve_connection<H: Hsm, S: Store, IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(

@@ -5,7 +5,7 @@
 
 mod authorize;
 
-use std::{convert::Infallible, future::Future, io, sync::Arc, time::Duration};
+use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 
 use http::Request;
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
@@ -15,7 +15,7 @@ use tokio::{
     sync::{Semaphore, watch},
     task::JoinSet,
 };
-use tokio_rustls::{TlsAcceptor, rustls::ServerConfig};
+use tokio_rustls::TlsAcceptor;
 
 pub use self::authorize::{
     Connection, ERROR_HEADER, FORWARDED_FOR, FORWARDED_METHOD, FORWARDED_URI, ForwardAuth, GATEWAY_KEY_HEADER,
@@ -23,8 +23,8 @@ pub use self::authorize::{
 };
 use crate::{
     domain::ports::{Hsm, Store},
-    listener::Listener,
-    tls::TlsReloader,
+    listener::{Accepted, Listener},
+    tls::{TlsReloader, http1_only},
 };
 
 /// The forward-auth endpoint's path.
@@ -70,7 +70,7 @@ pub async fn serve<H: Hsm, S: Store>(
         let accepted = tokio::select! {
             () = &mut shutdown => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-            accepted = accept(&listener) => accepted,
+            accepted = listener.accept() => accepted,
         };
         let (io, peer) = match accepted {
             Ok(accepted) => accepted,
@@ -112,31 +112,6 @@ pub async fn serve<H: Hsm, S: Store>(
         tracing::warn!(left = connections.len(), "forward-auth connections still open after the grace period; closed");
         connections.shutdown().await;
     }
-}
-
-enum Accepted {
-    Tcp(tokio::net::TcpStream),
-    Unix(tokio::net::UnixStream),
-}
-
-async fn accept(listener: &Listener) -> io::Result<(Accepted, Option<std::net::SocketAddr>)> {
-    match listener {
-        Listener::Tcp(l) => {
-            let (tcp, peer) = l.accept().await?;
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(%peer, error = %e, "setting TCP_NODELAY failed");
-            }
-            Ok((Accepted::Tcp(tcp), Some(peer)))
-        }
-        Listener::Unix(l, _) => Ok((Accepted::Unix(l.accept().await?.0), None)),
-    }
-}
-
-/// keyward's TLS configuration (the one in force now) offering HTTP/1.1 instead of h2.
-fn http1_only(config: &ServerConfig) -> Arc<ServerConfig> {
-    let mut config = config.clone();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
 }
 
 /// What a connection serves: the endpoint, the questions in flight, the limits.

@@ -32,6 +32,14 @@ pub use self::{
 };
 use crate::config::{ClientAuth, TlsSettings};
 
+/// `config` (keyward's TLS configuration in force now) offering HTTP/1.1 instead of h2: for the
+/// HTTP/1 listeners (forward-auth, console).
+pub fn http1_only(config: &ServerConfig) -> Arc<ServerConfig> {
+    let mut config = config.clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
 /// A TLS file that cannot be used, or a configuration rustls refuses. Says which file and
 /// what is wrong; never quotes a private key.
 #[derive(Debug, thiserror::Error)]
