@@ -175,6 +175,10 @@ enum BenchCommand {
         /// Loads of each page.
         #[arg(long, default_value_t = 20)]
         rounds: usize,
+        /// Seconds of VerifyKey on one key before measuring, so that its page (usage chart, top
+        /// addresses) is measured for a busy key (0: none).
+        #[arg(long, default_value_t = 5)]
+        busy_seconds: u64,
     },
     /// Key and master key rotation against a running server. First RotateKey: makes
     /// `--rotations` keys and rotates each once, reporting latency percentiles and rate. Then
@@ -413,8 +417,9 @@ fn dispatch(command: Option<BenchCommand>, suite: SuiteArgs) -> Result<()> {
                 commands::verify(&target, &key_file, concurrency, connections, seconds, policies)
             }
         }
-        Some(BenchCommand::Console { target, console, key_file, keys, create_concurrency, rounds }) => {
-            let options = crate::console::ConsoleOptions { keys, create_concurrency, rounds };
+        Some(BenchCommand::Console { target, console, key_file, keys, create_concurrency, rounds, busy_seconds }) => {
+            let busy = Duration::from_secs(busy_seconds);
+            let options = crate::console::ConsoleOptions { keys, create_concurrency, rounds, busy };
             commands::console(&target, console, &key_file, &options)
         }
         Some(BenchCommand::Rotation {

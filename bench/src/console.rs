@@ -6,6 +6,7 @@
 
 use std::{
     net::SocketAddr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -16,7 +17,7 @@ use keyward::proto;
 use crate::{
     error::{BenchError, Result},
     figures::{Figures, micros},
-    target::Target,
+    target::{Presented, Target},
 };
 
 pub struct ConsoleOptions {
@@ -26,6 +27,8 @@ pub struct ConsoleOptions {
     pub create_concurrency: usize,
     /// Loads of each page.
     pub rounds: usize,
+    /// VerifyKey on one key for this long first, so its page is a busy key's (zero: none).
+    pub busy: Duration,
 }
 
 struct Page {
@@ -82,11 +85,42 @@ fn server_time(headers: &http::HeaderMap) -> Option<Duration> {
     Some(Duration::from_secs_f64(ms / 1000.0))
 }
 
-/// The `href` of the page's `rel="next"` link, unescaped.
-fn next_link(body: &str) -> Option<String> {
-    let at = body.find("rel=\"next\" href=\"")? + "rel=\"next\" href=\"".len();
+/// The `href` of the page's `rel="prev"` or `rel="next"` link, unescaped.
+fn rel_link(body: &str, rel: &str) -> Option<String> {
+    let marker = format!("rel=\"{rel}\" href=\"");
+    let at = body.find(&marker)? + marker.len();
     let end = body[at..].find('"')?;
     Some(body[at..at + end].replace("&amp;", "&"))
+}
+
+/// The `href` of the page's `rel="next"` link, unescaped.
+fn next_link(body: &str) -> Option<String> {
+    rel_link(body, "next")
+}
+
+/// The number of pages a keys list says it has ("page N of M").
+fn page_count(body: &str) -> Option<usize> {
+    let at = body.find(" of ")?;
+    let rest = &body[at..];
+    let at = rest.find(", page ")?;
+    let rest = &rest[at..];
+    let of = rest.find(" of ")? + 4;
+    rest[of..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+/// Makes one key and verifies it from 16 tasks for `seconds` (then waits for the usage log's
+/// flush), so that its page shows a busy key's chart; returns its id.
+async fn busy_key(target: &Target, seconds: Duration, out: &mut impl FnMut(String)) -> Result<String> {
+    let create = proto::CreateKeyRequest { name: "bench-console-busy".into(), ..Default::default() };
+    let mut client = proto::key_service_client::KeyServiceClient::new(target.channel());
+    let created = client.create_key(target.request(create)).await.map_err(|s| BenchError::call("CreateKey", &s))?;
+    let created = created.into_inner();
+    let id = created.info.map(|i| i.key_id).unwrap_or_default();
+    let presented = Presented { key: Arc::new(created.key), client_ip: "192.0.2.7".into(), required_scopes: vec![] };
+    let figures = target.run(&presented, 16, seconds).await?;
+    out(figures.report(&format!("VerifyKey on the busy key, x16, {} s", seconds.as_secs())));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok(id)
 }
 
 pub async fn console(
@@ -121,22 +155,31 @@ pub async fn console(
         .map(str::to_owned)
         .ok_or(BenchError::Usage("signing in to the console failed: is --key-file an admin key of this server?"))?;
 
+    let busy = if o.busy.is_zero() { None } else { Some(busy_key(&target, o.busy, out).await?) };
+
     let first = get(console, "GET", "/keys", &cookie, None).await?;
     let second = next_link(&first.body).unwrap_or_else(|| "/keys".into());
+    let by_name = get(console, "GET", "/keys?sort=name&dir=desc", &cookie, None).await?;
+    let last = page_count(&by_name.body).unwrap_or(1);
     let detail = match ids.last() {
         Some(id) => format!("/keys/{id}"),
         None => "/keys".into(),
     };
-    let pages = [
-        ("keys, first page", "/keys".to_owned()),
+    let mut pages = vec![
+        ("keys, first page (oldest first)", "/keys".to_owned()),
         ("keys, second page", second),
-        ("keys, sorted by name", "/keys?sort=name&dir=desc".to_owned()),
-        ("keys, a name matching none (3 x 10,000 records read)", "/keys?name=no-such-key".to_owned()),
-        ("key page (chart: 24 KeyUsage reads, audit events)", detail),
+        ("keys, every key sorted by name, descending", "/keys?sort=name&dir=desc".to_owned()),
+        ("keys, sorted by name, last page", format!("/keys?sort=name&dir=desc&page={last}")),
+        ("keys, every key sorted by last use", "/keys?sort=last_used&dir=desc".to_owned()),
+        ("keys, a name matching none", "/keys?name=no-such-key".to_owned()),
+        ("keys, a name matching every bench key, sorted by owner", "/keys?name=bench&sort=owner".to_owned()),
+        ("key page, a key never used", detail),
         ("audit (events, checkpoint, chain check of the latest 1000)", "/audit".to_owned()),
-        ("master key", "/master".to_owned()),
-        ("master key with counts (reads every key)", "/master?count=1".to_owned()),
+        ("master key with per-version counts", "/master".to_owned()),
     ];
+    if let Some(id) = busy {
+        pages.push(("key page, a busy key (usage chart, top addresses)", format!("/keys/{id}")));
+    }
     for (what, path) in pages {
         let (mut server, mut client, mut errors) = (Vec::new(), Vec::new(), 0);
         let started = Instant::now();
@@ -173,8 +216,15 @@ mod tests {
         let mut h = http::HeaderMap::new();
         h.insert("server-timing", "app;dur=12.345".parse().unwrap());
         assert_eq!(server_time(&h), Some(Duration::from_micros(12_345)));
-        let body = r#"<a rel="next" href="/keys?name=a&amp;after=x.y">Next</a>"#;
-        assert_eq!(next_link(body).as_deref(), Some("/keys?name=a&after=x.y"));
+        let body = r#"<a rel="next" href="/keys?name=a&amp;page=2">Next</a>"#;
+        assert_eq!(next_link(body).as_deref(), Some("/keys?name=a&page=2"));
         assert_eq!(next_link("none"), None);
+    }
+
+    #[test]
+    fn the_page_count_is_read_from_the_summary() {
+        let body = r#"<p id="list-summary">Keys 1–50 of 100001, page 1 of 2001.</p>"#;
+        assert_eq!(page_count(body), Some(2001));
+        assert_eq!(page_count("No keys match."), None);
     }
 }

@@ -96,6 +96,11 @@ impl Target {
         request
     }
 
+    /// The first connection.
+    pub(crate) fn channel(&self) -> Channel {
+        self.channels[0].clone()
+    }
+
     pub(crate) fn master_client(&self) -> MasterKeyServiceClient<Channel> {
         MasterKeyServiceClient::new(self.channels[0].clone())
     }

@@ -10,6 +10,7 @@ use crate::domain::{
     cluster::ClusterStatus as NodeStatus,
     error::Error,
     key::{KeyId, KeyRecord},
+    key_index::KeyIndex,
     ports::{DigestSwap, KeyChange, MasterState, Store, StoreError, Updated},
     usage::UsageDelta,
     usage_log::{KeyUsage, Retention, UsageQuery, UsageRecord},
@@ -52,6 +53,11 @@ impl Store for ClusterStore {
     fn get_key(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
         self.0.view.require_current()?;
         Ok(self.0.view.key(id))
+    }
+
+    fn key_index(&self) -> Result<&KeyIndex, StoreError> {
+        self.0.view.require_current()?;
+        Ok(self.0.view.index())
     }
 
     fn get_key_last_known(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {

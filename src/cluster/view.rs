@@ -14,6 +14,7 @@ use std::{
 
 use crate::domain::{
     key::{KeyId, KeyRecord, KeyState},
+    key_index::KeyIndex,
     ports::{AUDIT_MAC_LEN, MasterState, StoreError},
 };
 
@@ -65,6 +66,8 @@ pub struct Stopped {
 
 pub struct NodeView {
     records: RwLock<Records>,
+    /// The key records' summaries, changed with `records` under its write lock.
+    index: KeyIndex,
     /// The revision up to which the watch delivered everything.
     applied: AtomicI64,
     /// Nanoseconds after `epoch` at which the view was last proven current (0: never).
@@ -84,6 +87,7 @@ impl NodeView {
     pub fn new(max_staleness: Duration) -> Self {
         Self {
             records: RwLock::default(),
+            index: KeyIndex::new(),
             applied: AtomicI64::new(0),
             proven: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -154,7 +158,10 @@ impl NodeView {
     /// Replaces everything (a full load at revision `rev`).
     pub fn replace(&self, records: Records, rev: i64) {
         let master = records.master.as_ref().map(|(m, _)| m.clone());
-        *self.write() = records;
+        let mut held = self.write();
+        self.index.replace(records.keys.values().map(|(r, _)| r));
+        *held = records;
+        drop(held);
         self.applied.store(rev, Ordering::Release);
         self.applied_tx.send_replace(rev);
         self.publish_master(master);
@@ -169,6 +176,7 @@ impl NodeView {
             return None;
         }
         let stopped = stops(previous.map(|(r, _)| r), &record);
+        self.index.put(&record);
         records.keys.insert(record.id, (record, rev));
         stopped
     }
@@ -177,6 +185,7 @@ impl NodeView {
         let mut records = self.write();
         if records.keys.get(&id).is_some_and(|(_, at)| *at < rev) {
             records.keys.remove(&id);
+            self.index.remove(id);
         }
     }
 
@@ -226,6 +235,11 @@ impl NodeView {
     pub fn keys_after(&self, after: Option<KeyId>, limit: usize) -> Vec<KeyRecord> {
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
         self.read().keys.range((start, Bound::Unbounded)).take(limit).map(|(_, (r, _))| r.clone()).collect()
+    }
+
+    /// The key records' summaries (not checked for currency: see `require_current`).
+    pub fn index(&self) -> &KeyIndex {
+        &self.index
     }
 
     pub fn key_count(&self) -> usize {
@@ -298,6 +312,27 @@ mod tests {
         assert!(matches!(err, StoreError::Unavailable(ref why) if why.contains("cannot prove")), "{err}");
         view.prove(Instant::now());
         assert!(view.is_current(), "a new proof restores it");
+    }
+
+    #[test]
+    fn the_key_index_follows_the_newest_revision_of_each_key() {
+        use crate::domain::key::{Digest, MasterKeyVersion};
+        let view = NodeView::new(Duration::from_secs(1));
+        let at = std::time::SystemTime::UNIX_EPOCH;
+        let digest = Digest::plain(MasterKeyVersion(1), [1; 32]);
+        let a = KeyRecord::new(KeyId::new_v7(), "A".into(), "kw".into(), vec![], at, digest.clone());
+        let b = KeyRecord::new(KeyId::new_v7(), "B".into(), "kw".into(), vec![], at, digest);
+        let mut records = Records::default();
+        records.keys.insert(a.id, (a.clone(), 5));
+        view.replace(records, 5);
+        assert_eq!(view.index().len(), 1);
+        view.put_key(b.clone(), 6);
+        view.put_key(KeyRecord { name: "Newer".into(), ..a.clone() }, 7);
+        view.put_key(KeyRecord { name: "Stale".into(), ..a.clone() }, 6);
+        assert_eq!(view.index().get(a.id).unwrap().name_lower, "newer", "an older revision is ignored");
+        view.remove_key(b.id, 8);
+        assert!(view.index().get(b.id).is_none());
+        assert_eq!(view.index().len(), view.key_count());
     }
 
     #[test]

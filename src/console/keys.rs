@@ -1,4 +1,5 @@
-//! The keys pages and actions: the list (filters, paging, sorting within the page), the
+//! The keys pages and actions: the list (filters, sorting across every matching key, paging
+//! forward and back, through `KeyAdmin::browse`), the
 //! create form, and the actions on one key (update, rotate, disable, enable, revoke), each
 //! a KeyAdmin call with the signed-in key as the caller. The key page itself is `key_page`.
 
@@ -13,13 +14,14 @@ use maud::{Markup, html};
 
 use super::{
     routes::Ctx,
-    view::{self, Nav, csrf_field, opt_time, parse_state, short_id, state_badge, state_name, time},
+    view::{self, Nav, csrf_field, opt_time, parse_state, short_id, state_badge, time},
     web::{self, Body, query_string},
 };
 use crate::domain::{
     error::Error,
     key::{KeyRecord, RateLimit},
-    keys::NewKey,
+    key_index::SortBy,
+    keys::{KeyPage, NewKey, Window},
     listing::ListFilter,
     policy,
     ports::{Hsm, Store},
@@ -28,10 +30,6 @@ use crate::domain::{
 };
 
 pub use super::key_page::detail;
-
-/// ListKeys calls one page may make to fill itself with a narrow filter (each reads at most
-/// `listing::MAX_SCAN` records).
-const MAX_LIST_CALLS: usize = 3;
 
 /// The list's filters as the query string gives them.
 struct Filters<'a> {
@@ -42,6 +40,7 @@ struct Filters<'a> {
     name: &'a str,
     sort: &'a str,
     dir: &'a str,
+    page: &'a str,
 }
 
 impl<'a> Filters<'a> {
@@ -55,7 +54,44 @@ impl<'a> Filters<'a> {
             name: q("name"),
             sort: q("sort"),
             dir: q("dir"),
+            page: q("page"),
         }
+    }
+
+    /// The sort and the page (1-based) asked for.
+    fn window<H, S>(&self, ctx: &Ctx<'_, H, S>) -> Result<Window, Error> {
+        let sort = match self.sort {
+            "" | "created" => SortBy::Created,
+            "name" => SortBy::Name,
+            "state" => SortBy::State,
+            "owner" => SortBy::Owner,
+            "last_used" => SortBy::LastUsed,
+            _ => return Err(Error::invalid("sort", "must be name, state, owner, created or last_used")),
+        };
+        let descending = match self.dir {
+            "" | "asc" => false,
+            "desc" => true,
+            _ => return Err(Error::invalid("dir", "must be asc or desc")),
+        };
+        let page = match self.page {
+            "" => 1,
+            p => p
+                .parse::<usize>()
+                .ok()
+                .filter(|p| (1..=1_000_000).contains(p))
+                .ok_or_else(|| Error::invalid("page", "must be a page number from 1"))?,
+        };
+        let limit = ctx.console.settings.page_size as usize;
+        Ok(Window { sort, descending, offset: (page - 1) * limit, limit })
+    }
+
+    /// The link to page `page` (1-based) with the same filters and sort.
+    fn page_link(&self, page: usize) -> String {
+        let page = page.to_string();
+        let mut pairs = self.pairs();
+        pairs.extend([("sort", self.sort), ("dir", self.dir)]);
+        pairs.push(("page", page.as_str()));
+        format!("/keys?{}", query_string(&pairs))
     }
 
     fn domain(&self) -> Result<ListFilter, Error> {
@@ -81,7 +117,8 @@ impl<'a> Filters<'a> {
 
     /// The link that sorts by `column` (the other way when it is the current sort).
     fn sort_link(&self, column: &str) -> String {
-        let dir = if self.sort == column && self.dir != "desc" { "desc" } else { "asc" };
+        let current = self.sort == column || (self.sort.is_empty() && column == "created");
+        let dir = if current && self.dir != "desc" { "desc" } else { "asc" };
         let mut pairs = self.pairs();
         pairs.push(("sort", column));
         pairs.push(("dir", dir));
@@ -89,7 +126,8 @@ impl<'a> Filters<'a> {
     }
 
     fn aria_sort(&self, column: &str) -> &'static str {
-        match (self.sort == column, self.dir) {
+        let current = self.sort == column || (self.sort.is_empty() && column == "created");
+        match (current, self.dir) {
             (false, _) => "none",
             (true, "desc") => "descending",
             (true, _) => "ascending",
@@ -99,49 +137,17 @@ impl<'a> Filters<'a> {
 
 pub fn list<H: Hsm, S: Store>(ctx: &Ctx<'_, H, S>) -> Response<Body> {
     let filters = Filters::of(ctx);
-    let filter = match filters.domain() {
-        Ok(f) => f,
-        Err(e) => {
-            return ctx.page(
-                StatusCode::BAD_REQUEST,
-                "Keys",
-                Nav::Keys,
-                list_page(ctx, &filters, Some(&e.to_string()), &[], None),
-            );
-        }
+    let bad = |e: &Error| {
+        ctx.page(StatusCode::BAD_REQUEST, "Keys", Nav::Keys, list_page(ctx, &filters, Some(&e.to_string()), None))
     };
-    let size = ctx.console.settings.page_size as usize;
-    let mut token = ctx.req.query("after").to_owned();
-    let mut keys = Vec::new();
-    let mut next = None;
-    for _ in 0..MAX_LIST_CALLS {
-        let want = (size - keys.len()) as i32;
-        match ctx.console.services.keys.list(&ctx.caller, &filter, want, &token) {
-            Ok((page, more)) => {
-                keys.extend(page);
-                next = more;
-            }
-            Err(e) => return ctx.fail(e, Nav::Keys),
-        }
-        match &next {
-            Some(t) if keys.len() < size => token = t.clone(),
-            _ => break,
-        }
-    }
-    sort(&mut keys, filters.sort, filters.dir == "desc");
-    ctx.page(StatusCode::OK, "Keys", Nav::Keys, list_page(ctx, &filters, None, &keys, next.as_deref()))
-}
-
-fn sort(keys: &mut [KeyRecord], column: &str, desc: bool) {
-    match column {
-        "name" => keys.sort_by_cached_key(|k| k.name.to_lowercase()),
-        "state" => keys.sort_by_key(|k| state_name(k.state)),
-        "owner" => keys.sort_by(|a, b| a.owner.cmp(&b.owner)),
-        "last_used" => keys.sort_by_key(|k| k.usage.last_used_at),
-        _ => keys.sort_by_key(|k| k.created_at),
-    }
-    if desc {
-        keys.reverse();
+    let (filter, window) = match filters.domain().and_then(|f| Ok((f, filters.window(ctx)?))) {
+        Ok(found) => found,
+        Err(e) => return bad(&e),
+    };
+    match ctx.console.services.keys.browse(&ctx.caller, &filter, window) {
+        Ok(page) => ctx.page(StatusCode::OK, "Keys", Nav::Keys, list_page(ctx, &filters, None, Some(&page))),
+        Err(e @ Error::InvalidArgument { .. }) => bad(&e),
+        Err(e) => ctx.fail(e, Nav::Keys),
     }
 }
 
@@ -149,9 +155,13 @@ fn list_page<H: Hsm, S: Store>(
     ctx: &Ctx<'_, H, S>,
     f: &Filters<'_>,
     problem: Option<&str>,
-    keys: &[KeyRecord],
-    next: Option<&str>,
+    page: Option<&KeyPage>,
 ) -> Markup {
+    let keys = page.map_or(&[][..], |p| p.keys.as_slice());
+    let (total, offset) = page.map_or((0, 0), |p| (p.total, p.offset));
+    let size = ctx.console.settings.page_size as usize;
+    let number = offset / size + 1;
+    let pages = total.div_ceil(size).max(1);
     let now = SystemTime::now();
     let rules = ctx.console.settings.rotation;
     let header = |column: &str, label: &str| {
@@ -181,7 +191,11 @@ fn list_page<H: Hsm, S: Store>(
             a href="/keys" { "Clear" }
         }
         @if let Some(problem) = problem { p.alert role="alert" { (problem) } }
-        p.muted { "Keys are listed oldest first, " (ctx.console.settings.page_size) " per page; sorting applies to the page shown." }
+        p.muted #list-summary role="status" {
+            @if total == 0 { "No keys match." }
+            @else if keys.is_empty() { (total) " keys match; this page is past the last (" (pages) ")." }
+            @else { "Keys " (offset + 1) "–" (offset + keys.len()) " of " (total) ", page " (number) " of " (pages) "." }
+        }
         div.scroll {
             table.keys {
                 caption.visually-hidden { "Keys matching the filters" }
@@ -216,10 +230,11 @@ fn list_page<H: Hsm, S: Store>(
             }
         }
         nav.pager aria-label="Pages" {
-            @if !ctx.req.query("after").is_empty() { a href={ "/keys?" (query_string(&f.pairs())) } { "First page" } }
-            @if let Some(next) = next {
-                a rel="next" href={ "/keys?" (query_string(&[f.pairs(), vec![("after", next)]].concat())) } { "Next page" }
+            @if number > 1 {
+                a href=(f.page_link(1)) { "First page" }
+                a rel="prev" href=(f.page_link((number - 1).min(pages))) { "Previous page" }
             }
+            @if number < pages { a rel="next" href=(f.page_link(number + 1)) { "Next page" } }
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The master key page: its versions, the re-digest migration's progress and the HSM's
-//! health (GetMasterStatus; the key counts, which read every key record, on request).
+//! health, with the key counts (GetMasterStatus, counted from the in-memory key index).
 
 use http::{Response, StatusCode};
 use maud::html;
@@ -9,11 +9,13 @@ use super::{
     view::{Nav, opt_time, time},
     web::Body,
 };
-use crate::domain::ports::{Hsm, Store};
+use crate::domain::{
+    ports::{Hsm, Store},
+    signing::WrapKeyVersion,
+};
 
 pub fn page<H: Hsm, S: Store>(ctx: &Ctx<'_, H, S>) -> Response<Body> {
-    let count = ctx.req.query("count") == "1";
-    let status = match ctx.console.services.master.master_status(&ctx.caller, count) {
+    let status = match ctx.console.services.master.master_status(&ctx.caller, true) {
         Ok(s) => s,
         Err(e) => return ctx.fail(e, Nav::Master),
     };
@@ -36,15 +38,11 @@ pub fn page<H: Hsm, S: Store>(ctx: &Ctx<'_, H, S>) -> Response<Body> {
                     None => p #migration { "No re-digest under way: every key's digest is made under the current version or moves on its next use." },
                     Some(m) => p #migration {
                         "Re-digesting to version " (m.to) " since " (time(m.started_at)) ": " strong { (m.wrapped) } " keys done"
-                        @if count { " of about " (m.wrapped + status.keys_pending) } "."
+                        " of about " (m.wrapped + status.keys_pending) "."
                     },
                 }
-                @if count {
-                    p { (status.keys_pending) " live keys not yet under the current version; "
-                        (status.keys_not_plain) " not yet plain under it." }
-                } @else {
-                    p { a href="/master?count=1" { "Count the keys under each version" } " (reads every key record)." }
-                }
+                p #pending { (status.keys_pending) " live keys not yet under the current version; "
+                    (status.keys_not_plain) " not yet plain under it." }
             }
         }
         h2 { "Versions" }
@@ -52,7 +50,7 @@ pub fn page<H: Hsm, S: Store>(ctx: &Ctx<'_, H, S>) -> Response<Body> {
             table.versions {
                 thead { tr {
                     th scope="col" { "Version" } th scope="col" { "Created" } th scope="col" { "State" }
-                    @if count { th scope="col" { "Keys using it" } }
+                    th scope="col" { "Keys using it" } th scope="col" { "Signing secrets" }
                 } }
                 tbody {
                     @for v in state.versions.iter().rev() {
@@ -64,7 +62,8 @@ pub fn page<H: Hsm, S: Store>(ctx: &Ctx<'_, H, S>) -> Response<Body> {
                                 @else if v.retired_at.is_some() { span.badge.revoked { "retired " } (opt_time(v.retired_at)) }
                                 @else { span.badge { "live" } }
                             }
-                            @if count { td { (status.keys_using.get(&v.version).copied().unwrap_or(0)) } }
+                            td { (status.keys_using.get(&v.version).copied().unwrap_or(0)) }
+                            td { (status.secrets_using.get(&WrapKeyVersion(v.version.0)).copied().unwrap_or(0)) }
                         }
                     }
                 }

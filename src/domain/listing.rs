@@ -5,7 +5,9 @@
 use super::{
     error::{Error, Result},
     key::{KeyId, KeyRecord, KeyState, MasterKeyVersion},
-    key_format, scope,
+    key_format,
+    key_index::KeySummary,
+    scope,
 };
 
 /// Records one ListKeys call may read before it answers, even with a short page.
@@ -62,6 +64,16 @@ impl ListFilter {
             && self.scope.as_ref().is_none_or(|s| scope::any_grants(&r.scopes, s))
             && self.master_version.is_none_or(|v| r.digest.uses(v))
             && self.owner.as_ref().is_none_or(|o| r.owner.as_ref() == Some(o))
+    }
+
+    /// `matches` on a key's summary in the key index (the same answer as on its record).
+    pub fn matches_summary(&self, k: &KeySummary) -> bool {
+        self.state.is_none_or(|s| k.state() == s)
+            && self.prefix.as_ref().is_none_or(|p| &k.prefix == p)
+            && self.name_contains.as_ref().is_none_or(|n| k.name_lower.contains(n.as_str()))
+            && self.scope.as_ref().is_none_or(|s| scope::any_grants(&k.scopes, s))
+            && self.master_version.is_none_or(|v| k.custody.digest_versions().any(|u| u == v))
+            && self.owner.as_ref().is_none_or(|o| k.owner.as_ref() == Some(o))
     }
 
     fn fingerprint(&self) -> String {
@@ -122,6 +134,29 @@ mod tests {
         let owned = KeyRecord { owner: Some("team-a".into()), ..r.clone() };
         assert!(team_a.matches(&owned));
         assert!(!ListFilter::default().with_owner("team-b").unwrap().matches(&owned));
+    }
+
+    #[test]
+    fn a_summary_matches_as_its_record_does() {
+        let mut owned = record("Billing Worker", "bill", &["orders:*"]);
+        owned.owner = Some("team-a".into());
+        let records = [record("Billing Worker", "bill", &["orders:*"]), owned];
+        let filters = [
+            ListFilter::default(),
+            ListFilter::new(Some(KeyState::Active), "bill", "WORKER", "orders:read").unwrap(),
+            ListFilter::new(Some(KeyState::Revoked), "", "", "").unwrap(),
+            ListFilter::new(None, "kw", "", "").unwrap(),
+            ListFilter::new(None, "", "ling w", "").unwrap(),
+            ListFilter::new(None, "", "", "billing:read").unwrap(),
+            ListFilter::default().with_owner("team-a").unwrap(),
+            ListFilter::default().with_master_version(1),
+            ListFilter::default().with_master_version(2),
+        ];
+        for r in &records {
+            for f in &filters {
+                assert_eq!(f.matches_summary(&KeySummary::of(r)), f.matches(r), "{f:?} on {:?}", r.owner);
+            }
+        }
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod deps;
 pub mod error;
 pub mod key;
 pub mod key_format;
+pub mod key_index;
 pub mod keys;
 pub mod ledger;
 pub mod listing;

@@ -8,6 +8,7 @@ use super::{
     cluster::ClusterStatus,
     error::Error,
     key::{Digest, KeyId, KeyRecord, MasterKeyVersion},
+    key_index::KeyIndex,
     secret::{Secret, SensitiveBytes},
     signing::{FIRST_WRAP_KEY, WrapKeyVersion, WrappedSecret},
     usage::UsageDelta,
@@ -255,6 +256,9 @@ pub trait Store: Send + Sync + 'static {
     fn get_key(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError>;
     /// Keys in id (creation) order, starting after `after`.
     fn scan_keys(&self, after: Option<KeyId>) -> impl Iterator<Item = Result<KeyRecord, StoreError>> + '_;
+    /// The summary of every key record as of the last commit (see `key_index`). A cluster
+    /// node that cannot show its view is current fails closed.
+    fn key_index(&self) -> Result<&KeyIndex, StoreError>;
     /// Adds a new key with its audit event.
     fn insert_key(&self, record: KeyRecord, event: AuditEvent) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Reads key `id`, lets `change` decide (it must be pure: it may run more than once), and

@@ -53,6 +53,9 @@ impl Store for CountingStore {
     fn scan_keys(&self, after: Option<KeyId>) -> impl Iterator<Item = Result<KeyRecord, StoreError>> + '_ {
         self.inner.scan_keys(after)
     }
+    fn key_index(&self) -> Result<&crate::domain::key_index::KeyIndex, StoreError> {
+        self.inner.key_index()
+    }
     async fn insert_key(&self, record: KeyRecord, event: AuditEvent) -> Result<(), StoreError> {
         self.inner.insert_key(record, event).await
     }
@@ -263,8 +266,11 @@ impl Fixture {
         self.keys.get(&self.root, &id.to_string()).unwrap().quota.map(|q| q.remaining)
     }
 
+    /// The counted master status, from the key index; checked against a scan of every record.
     pub fn status(&self) -> MasterStatus {
-        self.master.master_status(&self.root, true).unwrap()
+        let indexed = self.master.master_status(&self.root, true).unwrap();
+        assert_eq!(indexed, self.master.scanned_status().unwrap(), "the key index counts as a scan does");
+        indexed
     }
 
     pub async fn migrate_all(&self) -> usize {

@@ -31,7 +31,8 @@ impl<H, S> MasterApi<H, S> {
 }
 
 impl<H: Hsm, S: Store> MasterApi<H, S> {
-    /// The status; counting reads every key record, so it runs off the async workers.
+    /// The status; counting walks the key index (memory, every key), so it runs off the async
+    /// workers.
     async fn status(&self, caller: &Caller, count: bool) -> Result<Response<proto::MasterKeyStatus>, Status> {
         let (master, caller) = (self.master.clone(), caller.clone());
         let status = tokio::task::spawn_blocking(move || master.master_status(&caller, count))

@@ -12,6 +12,7 @@ use crate::{
         cluster::ClusterStatus,
         error::Error,
         key::{KeyId, KeyRecord},
+        key_index::KeyIndex,
         ports::{DigestSwap, KeyChange, MasterState, Store, StoreError, Updated},
         usage::UsageDelta,
         usage_log::{KeyUsage, Retention, UsageQuery, UsageRecord},
@@ -62,6 +63,10 @@ macro_rules! each {
 impl Store for Engine {
     fn get_key(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
         each!(self, s => s.get_key(id))
+    }
+
+    fn key_index(&self) -> Result<&KeyIndex, StoreError> {
+        each!(self, s => s.key_index())
     }
 
     fn get_key_last_known(&self, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {

@@ -18,6 +18,7 @@ use crate::domain::{
     audit::{self, AuditEvent, AuditQuery, ChainReport, RecordedEvent},
     error::Error,
     key::{KeyId, KeyRecord},
+    key_index::KeyIndex,
     ports::{AUDIT_MAC_LEN, AuditSealer, DigestSwap, KeyChange, MasterState, Store, StoreError, Updated},
     usage::UsageDelta,
     usage_log::{KeyUsage, Retention, UsageQuery, UsageRecord},
@@ -68,6 +69,26 @@ struct Inner {
     disk: DiskGuard,
     /// Bounds every wait for sled in the write path by `store.write_timeout`.
     gate: WriteGate,
+    /// Every key record's summary; the write thread keeps it current.
+    index: Arc<KeyIndex>,
+    /// Key records that did not decode when the database opened.
+    corrupt_keys: usize,
+}
+
+/// The key index of the records in `keys`, read once when the database opens, and how many
+/// records did not decode (the index cannot answer for them: see `Store::key_index`).
+fn load_index(keys: &sled::Tree) -> Result<(KeyIndex, usize), StoreError> {
+    let index = KeyIndex::new();
+    let mut records = Vec::with_capacity(keys.len());
+    let mut corrupt = 0;
+    for item in keys.iter() {
+        match codec::decode_key(&item.map_err(unavailable)?.1) {
+            Ok(record) => records.push(record),
+            Err(_) => corrupt += 1,
+        }
+    }
+    index.replace(records.iter());
+    Ok((index, corrupt))
 }
 
 fn seq_of(index_key: &[u8]) -> Result<u64, StoreError> {
@@ -140,7 +161,9 @@ impl SledStore {
             by_time: by_time.clone(),
             meta: meta.clone(),
         };
-        let writer = Writer::start(trees, head, sealer.clone(), flusher.tickets(), limits.write_timeout);
+        let (index, corrupt_keys) = load_index(&keys)?;
+        let index = Arc::new(index);
+        let writer = Writer::start(trees, head, sealer.clone(), flusher.tickets(), limits.write_timeout, index.clone());
         let disk = DiskGuard::new(path, limits.min_free_bytes);
         disk.measure();
         Ok(Self(Arc::new(Inner {
@@ -157,6 +180,8 @@ impl SledStore {
             flusher,
             disk,
             gate: WriteGate::new(limits.write_timeout),
+            index,
+            corrupt_keys,
         })))
     }
 
@@ -245,6 +270,13 @@ impl Store for SledStore {
         match self.0.keys.get(id.as_bytes()).map_err(unavailable)? {
             Some(bytes) => codec::decode_key(&bytes).map(Some),
             None => Ok(None),
+        }
+    }
+
+    fn key_index(&self) -> Result<&KeyIndex, StoreError> {
+        match self.0.corrupt_keys {
+            0 => Ok(&self.0.index),
+            n => Err(StoreError::Corrupt(format!("{n} key records did not decode when the database opened"))),
         }
     }
 

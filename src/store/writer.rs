@@ -28,6 +28,7 @@ use crate::domain::{
     audit::{self, AuditEvent},
     error::Error,
     key::KeyId,
+    key_index::KeyIndex,
     ports::{AUDIT_MAC_LEN, AuditSealer, StoreError},
 };
 
@@ -110,6 +111,8 @@ pub(super) enum Tree {
 }
 
 struct Tx<'a> {
+    /// The key records this attempt wrote (id, encoded record), for the key index.
+    key_writes: &'a RefCell<Vec<(Vec<u8>, Vec<u8>)>>,
     keys: &'a TransactionalTree,
     audit: &'a TransactionalTree,
     by_key: &'a TransactionalTree,
@@ -245,6 +248,9 @@ impl Stage<'_> {
     /// Writes what was staged; returns the next sequence number and the last MAC after it.
     fn apply(self) -> BodyResult<(u64, [u8; AUDIT_MAC_LEN])> {
         for (tree, key, value) in self.writes.into_inner() {
+            if tree == Tree::Keys {
+                self.tx.key_writes.borrow_mut().push((key.clone(), value.clone()));
+            }
             self.tx.tree(tree).insert(key, value)?;
         }
         let events = self.events.into_inner();
@@ -342,6 +348,8 @@ struct State {
     published: Arc<Mutex<Head>>,
     sealer: Arc<dyn AuditSealer>,
     tickets: Tickets,
+    /// Told of every key record a committed batch wrote.
+    index: Arc<KeyIndex>,
 }
 
 impl Writer {
@@ -351,10 +359,11 @@ impl Writer {
         sealer: Arc<dyn AuditSealer>,
         tickets: Tickets,
         stop_within: Duration,
+        index: Arc<KeyIndex>,
     ) -> Self {
         let (queue, jobs) = flume::bounded(QUEUE);
         let published = Arc::new(Mutex::new(head));
-        let mut state = State { trees, head, published: published.clone(), sealer, tickets };
+        let mut state = State { trees, head, published: published.clone(), sealer, tickets, index };
         let thread = std::thread::Builder::new()
             .name("keyward-write".into())
             .spawn(move || {
@@ -409,7 +418,8 @@ impl State {
     fn commit(&mut self, batch: Vec<Box<dyn Queued>>) {
         let committed = std::panic::catch_unwind(AssertUnwindSafe(|| self.transaction(&batch)));
         match committed {
-            Ok(Ok(head)) => {
+            Ok(Ok((head, key_writes))) => {
+                self.index_keys(key_writes);
                 self.head = head;
                 *self.published.lock().unwrap_or_else(PoisonError::into_inner) = head;
                 let ticket = self.tickets.issue();
@@ -420,12 +430,30 @@ impl State {
         }
     }
 
-    fn transaction(&self, batch: &[Box<dyn Queued>]) -> Result<Head, StoreError> {
+    /// Tells the key index of the records a committed batch wrote, in the order written.
+    fn index_keys(&self, writes: Vec<(Vec<u8>, Vec<u8>)>) {
+        for (id, value) in writes {
+            match codec::decode_key(&value) {
+                Ok(record) => self.index.put(&record),
+                Err(e) => {
+                    tracing::error!(error = %e, "a key record just written does not decode; the key index lacks it");
+                    if let Ok(id) = <[u8; 16]>::try_from(id.as_slice()) {
+                        self.index.remove(KeyId::from_bytes(id));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Commits `batch`; returns the new head and the key records written (id, encoded record).
+    fn transaction(&self, batch: &[Box<dyn Queued>]) -> Result<(Head, Vec<(Vec<u8>, Vec<u8>)>), StoreError> {
         let seals = Seals::default();
+        let key_writes = RefCell::new(Vec::new());
         let t = &self.trees;
         (&t.keys, &t.audit, &t.by_key, &t.by_time, &t.meta)
             .transaction(|(keys, audit, by_key, by_time, meta)| {
-                let tx = Tx { keys, audit, by_key, by_time, meta };
+                key_writes.borrow_mut().clear();
+                let tx = Tx { key_writes: &key_writes, keys, audit, by_key, by_time, meta };
                 let mut head = self.head;
                 for job in batch {
                     let stage = Stage {
@@ -451,6 +479,7 @@ impl State {
                 }
                 Ok(head)
             })
+            .map(|head| (head, key_writes.take()))
             .map_err(|e: TransactionError<Abort>| match e {
                 TransactionError::Storage(e) => unavailable(e),
                 TransactionError::Abort(Abort::Store(e)) => e,

@@ -287,3 +287,52 @@ async fn a_write_stuck_in_its_transaction_answers_unavailable_within_the_write_t
     assert!(!store.writes_confirmed());
     sealer.release();
 }
+
+/// The key index holds what the records hold: summaries of `store`'s records, by id.
+fn index_matches_records(store: &SledStore) -> usize {
+    let index = store.key_index().unwrap();
+    let records: Vec<KeyRecord> = store.scan_keys(None).map(Result::unwrap).collect();
+    assert_eq!(index.len(), records.len());
+    for r in &records {
+        assert_eq!(*index.get(r.id).unwrap(), crate::domain::key_index::KeySummary::of(r));
+    }
+    records.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_key_index_follows_committed_batches_only_and_reloads_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let sealer = TestSealer::new();
+    let store = SledStore::open(&dir.path().join("db"), sealer.clone()).unwrap();
+    let refused = record("refused");
+    *sealer.refuse.lock().unwrap() = Some(refused.id);
+    let held = hold_writer(&store, &sealer).await;
+    let mut writes = Vec::new();
+    for r in [record("a"), record("b"), refused.clone()] {
+        let s = store.clone();
+        writes.push(tokio::spawn(async move { s.insert_key(r.clone(), event(AuditAction::KeyCreated, r.id)).await }));
+    }
+    wait_queued(&store, 3).await;
+    sealer.release();
+    held.await.unwrap();
+    let results = answers(writes).await;
+    assert!(results[2].is_err(), "the write whose event cannot be sealed fails");
+    assert!(store.key_index().unwrap().get(refused.id).is_none(), "a write that failed is not indexed");
+    assert_eq!(index_matches_records(&store), 3);
+
+    let renamed = store.scan_keys(None).next().unwrap().unwrap().id;
+    store
+        .update_key(renamed, |r| {
+            let after = KeyRecord { name: "Renamed".into(), ..r.clone() };
+            Ok(Some((after, Some(event(AuditAction::KeyUpdated, r.id)))))
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.key_index().unwrap().get(renamed).unwrap().name_lower, "renamed");
+    index_matches_records(&store);
+    store.close();
+    drop(store);
+
+    let store = SledStore::open(&dir.path().join("db"), sealer).unwrap();
+    assert_eq!(index_matches_records(&store), 3);
+}

@@ -3,6 +3,7 @@
 //! audit event in one transaction; what the caller may touch follows its permissions and, for
 //! team-scoped ones, the keys' owners (`ownership`).
 
+mod browse;
 mod leak;
 mod rotation;
 mod sweep;
@@ -13,7 +14,12 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-pub use self::{leak::LeakReport, rotation::RotatedKey, sweep::SweepReport};
+pub use self::{
+    browse::{KeyPage, MAX_BROWSE_PAGE, Window},
+    leak::LeakReport,
+    rotation::RotatedKey,
+    sweep::SweepReport,
+};
 use super::{
     access::{self, Access, Caller, Permission, RequestContext},
     anomaly::AnomalyAction,

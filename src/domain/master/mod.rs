@@ -22,7 +22,8 @@ use super::{
     audit::{Actor, AuditAction, AuditEvent, FieldChange},
     deps::Deps,
     error::{Error, Result},
-    key::{Digest, KeyRecord, KeyState, MasterKeyVersion},
+    key::{Digest, KeyRecord, MasterKeyVersion},
+    key_index::{self, Custody},
     ports::{Hsm, MasterState, MasterVersion, Migration, Store, WrapKey},
     proof::self_test_input,
     rotation::MigrationConfig,
@@ -31,7 +32,7 @@ use super::{
 };
 
 /// The master key state with what the keys need of it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct MasterStatus {
     pub state: MasterState,
     /// For each version: keys that can still verify (not revoked, not rotated past their
@@ -61,16 +62,34 @@ impl MasterStatus {
             secrets_pending: 0,
         }
     }
+
+    /// Adds one key.
+    fn count(&mut self, key: &Custody, now: SystemTime) {
+        if !key.digest_needed(now) {
+            return;
+        }
+        let current = self.state.current;
+        self.keys_pending += u64::from(key.digest_version != current);
+        match key.signing {
+            // A signing key's digest is of a bearer secret nobody was given: never checked,
+            // it holds no master key version back. Its wrapped secret holds its wrapping key.
+            Some(wrap) => {
+                *self.secrets_using.entry(wrap).or_default() += 1;
+                self.secrets_pending += u64::from(wrap != self.state.wrap_current());
+            }
+            None => {
+                for v in key.digest_versions() {
+                    *self.keys_using.entry(v).or_default() += 1;
+                }
+                self.keys_not_plain += u64::from(!key.is_plain_under(current));
+            }
+        }
+    }
 }
 
-/// Whether a key's digest still matters: not revoked, and not a rotated key past its overlap
-/// (neither can ever verify again).
+/// Whether a key's digest (or wrapped secret) still matters: see `key_index::digest_needed`.
 fn digest_needed(r: &KeyRecord, now: SystemTime) -> bool {
-    match r.state {
-        KeyState::Revoked => false,
-        KeyState::Rotated => r.rotation_deadline.is_none_or(|at| now < at),
-        KeyState::Active | KeyState::Disabled => true,
-    }
+    key_index::digest_needed(r.state, r.rotation_deadline, now)
 }
 
 fn master_event(at: SystemTime, actor: Actor, action: AuditAction, ctx: &RequestContext) -> AuditEvent {
@@ -143,52 +162,55 @@ impl<H: Hsm, S: Store> MasterKeys<H, S> {
     }
 
     /// Needs `keyward:master:read` (or `keyward:master:rotate`, which reads what it changes).
-    /// Counting reads every key record; without it the counts are zero.
+    /// The counts come from the store's key index; without `count` they are zero.
     pub fn master_status(&self, caller: &Caller, count: bool) -> Result<MasterStatus> {
         if !scope::any_grants(&caller.scopes, Permission::MasterRotate.scope()) {
             self.access.authorize(caller, Permission::MasterRead)?;
         }
         if count {
-            self.scan_master_status()
+            self.indexed_master_status()
         } else {
             let state = self.master_state();
             Ok(MasterStatus::uncounted(state))
         }
     }
 
+    /// The counts from the store's key index (memory; no record is read). Fails closed like
+    /// any read when the store cannot show a current view.
+    fn indexed_master_status(&self) -> Result<MasterStatus> {
+        let index = self.deps.store.key_index()?;
+        let mut status = self.empty_status();
+        let now = self.deps.clock.now();
+        index.for_each_custody(|c| status.count(c, now));
+        Ok(status)
+    }
+
+    /// The counts from every key record: what retirement decides on.
     fn scan_master_status(&self) -> Result<MasterStatus> {
-        let state = self.master_state();
-        let wrap_current = state.wrap_current();
-        let mut status = MasterStatus::uncounted(state);
+        let mut status = self.empty_status();
+        let now = self.deps.clock.now();
+        for record in self.deps.store.scan_keys(None) {
+            status.count(&Custody::of(&record?), now);
+        }
+        Ok(status)
+    }
+
+    /// The counts `scan_master_status` makes, for tests comparing them with the index's.
+    #[cfg(test)]
+    pub(crate) fn scanned_status(&self) -> Result<MasterStatus> {
+        self.scan_master_status()
+    }
+
+    /// The current state with a zero count for each live version.
+    fn empty_status(&self) -> MasterStatus {
+        let mut status = MasterStatus::uncounted(self.master_state());
         for v in status.state.live() {
             status.keys_using.insert(v.version, 0);
         }
         for v in status.state.live_wrap_keys() {
             status.secrets_using.insert(v, 0);
         }
-        let now = self.deps.clock.now();
-        for record in self.deps.store.scan_keys(None) {
-            let record = record?;
-            if !digest_needed(&record, now) {
-                continue;
-            }
-            status.keys_pending += u64::from(record.digest.version != status.state.current);
-            match &record.signing {
-                // A signing key's digest is of a bearer secret nobody was given: never checked,
-                // it holds no master key version back. Its wrapped secret holds its wrapping key.
-                Some(wrapped) => {
-                    *status.secrets_using.entry(wrapped.version).or_default() += 1;
-                    status.secrets_pending += u64::from(wrapped.version != wrap_current);
-                }
-                None => {
-                    for v in record.digest.versions() {
-                        *status.keys_using.entry(v).or_default() += 1;
-                    }
-                    status.keys_not_plain += u64::from(!record.digest.is_plain_under(status.state.current));
-                }
-            }
-        }
-        Ok(status)
+        status
     }
 
     /// Makes master key version N+1 and wrapping key vN+1 in the HSM and current, and starts the

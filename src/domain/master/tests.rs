@@ -122,3 +122,40 @@ async fn a_self_test_against_another_master_key_fails() {
     let services = Services::new(other, f.store.clone(), f.clock.clone(), master, ServicesConfig::default());
     assert!(matches!(services.master.self_test().await, Err(Error::FailedPrecondition(_))));
 }
+
+#[tokio::test]
+async fn counts_from_the_key_index_match_a_scan_through_rotation_revocation_and_overlaps() {
+    let f = fixture_with(small_batches()).await;
+    let ctx = RequestContext::default();
+    let kept = f.create("kept", &[]).await;
+    let revoked = f.create("revoked", &[]).await;
+    let rotated = f.create("rotated", &[]).await;
+    let signer = NewKey { kind: crate::domain::signing::KeyKind::Signing, ..named("signer", &[]) };
+    f.keys.create(&f.root, signer, &ctx).await.unwrap();
+    f.keys.revoke(&f.root, &revoked.record.id.to_string(), "gone", &ctx).await.unwrap();
+    let grace = Some(Duration::from_secs(60));
+    f.keys.rotate(&f.root, &rotated.record.id.to_string(), grace, &ctx).await.unwrap();
+    let before = f.status();
+    // root, kept, the rotated key (inside its overlap) and its successor; the signer's digest
+    // holds no master version, its secret holds wrapping key v1.
+    assert_eq!(before.keys_using[&V1], 4);
+    assert_eq!(before.secrets_using.values().sum::<u64>(), 1);
+
+    f.master.rotate_master(&f.root, &ctx).await.unwrap();
+    assert_eq!(f.status().keys_pending, 5, "every live key, the signer included, waits for the re-digest");
+    f.migrate_all().await;
+    assert_eq!(f.code(kept.key.expose(), &[]).await, VerifyCode::Valid);
+    f.settle().await;
+    let after = f.status();
+    assert_eq!(after.keys_pending, 0);
+    assert_eq!(after.keys_not_plain, 3, "root, the rotated key and its successor are still wrapped");
+
+    // Past the overlap the rotated key needs nothing: the index's counts follow the clock.
+    f.clock.advance(Duration::from_secs(61));
+    assert_eq!(f.status().keys_not_plain, 2);
+
+    // A store opened again loads its index from the records.
+    let state = f.master.master_state();
+    let f = f.reopened_with(state).await;
+    assert_eq!(f.status().keys_not_plain, 2);
+}

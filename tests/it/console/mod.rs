@@ -5,6 +5,7 @@
 //! `keyward:keys:read` cannot sign in. With KEYWARD_CONSOLE_SCREENSHOTS=1 the main pages are
 //! saved to docs/console/*.png (committed; CI does not rewrite them).
 
+mod paging;
 mod webdriver;
 
 use std::{net::SocketAddr, path::PathBuf};

@@ -1,0 +1,288 @@
+//! The key index: a summary of every key record, held in memory by the store adapter and kept
+//! current with each committed write (sled: by the write thread after each batch; cluster: by
+//! the watch that applies etcd's changes). What it is for: the master key's per-version counts
+//! and the console's filtered, sorted lists read memory instead of decoding every record. It
+//! holds no digest, secret or policy: names, owners, scopes, states, times and which master
+//! and wrapping key versions a key's digest and secret need (about 200 bytes a key).
+//!
+//! It answers what the store holds as of its last commit; a decision that destroys something
+//! (retiring a master key version) still reads the records themselves.
+
+use std::{
+    cmp::Ordering,
+    collections::BTreeMap,
+    sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard},
+    time::SystemTime,
+};
+
+use super::{
+    key::{KeyId, KeyRecord, KeyState, MasterKeyVersion},
+    signing::WrapKeyVersion,
+};
+
+/// What a key needs of the HSM's keys: for the master key counts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Custody {
+    pub state: KeyState,
+    /// A rotated key verifies until then.
+    pub rotation_deadline: Option<SystemTime>,
+    /// The digest's outermost version (the one `C_Verify` runs under).
+    pub digest_version: MasterKeyVersion,
+    /// The versions of the digest's inner MACs, innermost first; empty for a plain digest.
+    pub digest_wrapped: Vec<MasterKeyVersion>,
+    /// The wrapping key version of a signing key's secret; `None` for a bearer key.
+    pub signing: Option<WrapKeyVersion>,
+}
+
+impl Custody {
+    pub fn of(r: &KeyRecord) -> Self {
+        Self {
+            state: r.state,
+            rotation_deadline: r.rotation_deadline,
+            digest_version: r.digest.version,
+            digest_wrapped: r.digest.wrapped.clone(),
+            signing: r.signing.as_ref().map(|s| s.version),
+        }
+    }
+
+    /// Whether the key's digest still matters: not revoked, and not a rotated key past its
+    /// overlap (neither can ever verify again).
+    pub fn digest_needed(&self, now: SystemTime) -> bool {
+        digest_needed(self.state, self.rotation_deadline, now)
+    }
+
+    /// Every master key version the digest needs, innermost first.
+    pub fn digest_versions(&self) -> impl Iterator<Item = MasterKeyVersion> + '_ {
+        self.digest_wrapped.iter().copied().chain(std::iter::once(self.digest_version))
+    }
+
+    /// A plain digest made under `version`: nothing left to migrate.
+    pub fn is_plain_under(&self, version: MasterKeyVersion) -> bool {
+        self.digest_version == version && self.digest_wrapped.is_empty()
+    }
+}
+
+/// Whether a key in `state` (with this rotation deadline) can still verify at `now`: not
+/// revoked, and not a rotated key past its overlap.
+pub fn digest_needed(state: KeyState, rotation_deadline: Option<SystemTime>, now: SystemTime) -> bool {
+    match state {
+        KeyState::Revoked => false,
+        KeyState::Rotated => rotation_deadline.is_none_or(|at| now < at),
+        KeyState::Active | KeyState::Disabled => true,
+    }
+}
+
+/// One key as the index holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeySummary {
+    pub id: KeyId,
+    /// Lowercase, for filtering and sorting.
+    pub name_lower: String,
+    pub prefix: String,
+    pub owner: Option<String>,
+    pub scopes: Vec<String>,
+    pub created_at: SystemTime,
+    pub last_used_at: Option<SystemTime>,
+    pub custody: Custody,
+}
+
+impl KeySummary {
+    pub fn of(r: &KeyRecord) -> Self {
+        Self {
+            id: r.id,
+            name_lower: r.name.to_lowercase(),
+            prefix: r.prefix.clone(),
+            owner: r.owner.clone(),
+            scopes: r.scopes.clone(),
+            created_at: r.created_at,
+            last_used_at: r.usage.last_used_at,
+            custody: Custody::of(r),
+        }
+    }
+
+    pub fn state(&self) -> KeyState {
+        self.custody.state
+    }
+}
+
+/// The order of a sorted list; ties (and `Created`) fall back to id order, which is creation
+/// order, so a sort is total and stable from page to page.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SortBy {
+    #[default]
+    Created,
+    Name,
+    State,
+    Owner,
+    LastUsed,
+}
+
+impl SortBy {
+    fn compare(self, a: &KeySummary, b: &KeySummary) -> Ordering {
+        let first = match self {
+            SortBy::Created => Ordering::Equal,
+            SortBy::Name => a.name_lower.cmp(&b.name_lower),
+            SortBy::State => state_rank(a.state()).cmp(&state_rank(b.state())),
+            SortBy::Owner => a.owner.cmp(&b.owner),
+            SortBy::LastUsed => a.last_used_at.cmp(&b.last_used_at),
+        };
+        first.then_with(|| a.id.cmp(&b.id))
+    }
+}
+
+/// States in the order a list sorts them: alphabetical by name, as they are shown.
+fn state_rank(s: KeyState) -> u8 {
+    match s {
+        KeyState::Active => 0,
+        KeyState::Disabled => 1,
+        KeyState::Revoked => 2,
+        KeyState::Rotated => 3,
+    }
+}
+
+/// Every key's summary by id.
+#[derive(Default)]
+pub struct KeyIndex {
+    keys: RwLock<BTreeMap<KeyId, Arc<KeySummary>>>,
+}
+
+impl KeyIndex {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, BTreeMap<KeyId, Arc<KeySummary>>> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, BTreeMap<KeyId, Arc<KeySummary>>> {
+        self.keys.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes `record` as it now stands (new or changed).
+    pub fn put(&self, record: &KeyRecord) {
+        let summary = Arc::new(KeySummary::of(record));
+        self.write().insert(record.id, summary);
+    }
+
+    pub fn remove(&self, id: KeyId) {
+        self.write().remove(&id);
+    }
+
+    /// Replaces everything with `records` (a store opened, a cluster view loaded afresh).
+    pub fn replace<'a>(&self, records: impl IntoIterator<Item = &'a KeyRecord>) {
+        let keys = records.into_iter().map(|r| (r.id, Arc::new(KeySummary::of(r)))).collect();
+        *self.write() = keys;
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.read().is_empty()
+    }
+
+    pub fn get(&self, id: KeyId) -> Option<Arc<KeySummary>> {
+        self.read().get(&id).cloned()
+    }
+
+    /// The custody of every key, for counting. Holds the index's read lock while `each` runs:
+    /// keep it short (writers wait).
+    pub fn for_each_custody(&self, mut each: impl FnMut(&Custody)) {
+        for summary in self.read().values() {
+            each(&summary.custody);
+        }
+    }
+
+    /// The keys `keep` accepts, sorted by `sort` (descending when `desc`). The read lock is
+    /// held only while filtering; the sort runs after it is released.
+    pub fn select(&self, keep: impl Fn(&KeySummary) -> bool, sort: SortBy, desc: bool) -> Vec<Arc<KeySummary>> {
+        let mut keys: Vec<Arc<KeySummary>> = self.read().values().filter(|s| keep(s)).cloned().collect();
+        if sort != SortBy::Created {
+            keys.sort_unstable_by(|a, b| sort.compare(a, b));
+        }
+        if desc {
+            keys.reverse();
+        }
+        keys
+    }
+}
+
+impl std::fmt::Debug for KeyIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyIndex").field("keys", &self.len()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::domain::key::Digest;
+
+    fn record(name: &str, at: u64) -> KeyRecord {
+        let digest = Digest::plain(MasterKeyVersion(1), [7; 32]);
+        let when = SystemTime::UNIX_EPOCH + Duration::from_secs(at);
+        KeyRecord::new(KeyId::new_v7(), name.into(), "kw".into(), vec!["a:b".into()], when, digest)
+    }
+
+    #[test]
+    fn follows_puts_and_removes() {
+        let index = KeyIndex::new();
+        let mut a = record("Alpha", 1);
+        index.put(&a);
+        assert_eq!(index.get(a.id).unwrap().name_lower, "alpha");
+        a.state = KeyState::Revoked;
+        a.name = "Renamed".into();
+        index.put(&a);
+        let held = index.get(a.id).unwrap();
+        assert_eq!((held.name_lower.as_str(), held.state()), ("renamed", KeyState::Revoked));
+        assert_eq!(index.len(), 1);
+        index.remove(a.id);
+        assert!(index.is_empty());
+    }
+
+    #[test]
+    fn sorts_whole_selection_with_ties_in_creation_order() {
+        let index = KeyIndex::new();
+        let recs = [record("b", 3), record("a", 2), record("b", 1), record("C", 4)];
+        index.replace(recs.iter());
+        let names = |sort, desc| -> Vec<(String, KeyId)> {
+            index.select(|_| true, sort, desc).iter().map(|s| (s.name_lower.clone(), s.id)).collect()
+        };
+        let by_name = names(SortBy::Name, false);
+        assert_eq!(by_name.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["a", "b", "b", "c"]);
+        assert_eq!((by_name[1].1, by_name[2].1), (recs[0].id, recs[2].id), "equal names: creation (id) order");
+        let desc = names(SortBy::Name, true);
+        assert_eq!(desc.first().unwrap().0, "c");
+        let created: Vec<KeyId> = names(SortBy::Created, false).into_iter().map(|(_, id)| id).collect();
+        assert_eq!(created, recs.iter().map(|r| r.id).collect::<Vec<_>>());
+        let only_b = index.select(|s| s.name_lower == "b", SortBy::Name, false);
+        assert_eq!(only_b.len(), 2);
+    }
+
+    #[test]
+    fn never_used_sorts_before_used() {
+        let index = KeyIndex::new();
+        let mut used = record("used", 1);
+        used.usage.last_used_at = Some(SystemTime::UNIX_EPOCH + Duration::from_secs(9));
+        let unused = record("unused", 2);
+        index.replace([&used, &unused]);
+        let order: Vec<KeyId> = index.select(|_| true, SortBy::LastUsed, false).iter().map(|s| s.id).collect();
+        assert_eq!(order, [unused.id, used.id]);
+    }
+
+    #[test]
+    fn custody_mirrors_the_digest() {
+        let mut r = record("x", 1);
+        r.digest.wrapped = vec![MasterKeyVersion(1)];
+        r.digest.version = MasterKeyVersion(2);
+        let c = Custody::of(&r);
+        assert_eq!(c.digest_versions().collect::<Vec<_>>(), r.digest.versions().collect::<Vec<_>>());
+        assert_eq!(c.is_plain_under(MasterKeyVersion(2)), r.digest.is_plain_under(MasterKeyVersion(2)));
+        r.digest.wrapped.clear();
+        assert!(Custody::of(&r).is_plain_under(MasterKeyVersion(2)));
+    }
+}
