@@ -112,7 +112,7 @@ pub(super) enum Tree {
 
 struct Tx<'a> {
     /// The key records this attempt wrote (id, encoded record), for the key index.
-    key_writes: &'a RefCell<Vec<(Vec<u8>, Vec<u8>)>>,
+    key_writes: &'a RefCell<KeyWrites>,
     keys: &'a TransactionalTree,
     audit: &'a TransactionalTree,
     by_key: &'a TransactionalTree,
@@ -135,6 +135,9 @@ type Seals = RefCell<HashMap<u64, (Vec<u8>, [u8; AUDIT_MAC_LEN])>>;
 
 /// A staged write: tree, key, value.
 type Write = (Tree, Vec<u8>, Vec<u8>);
+
+/// Key records a transaction wrote: id, encoded record.
+type KeyWrites = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// A sealed event ready to write: sequence number, stored value, target key, time index key.
 type Sealed = (u64, Vec<u8>, Option<KeyId>, [u8; 8]);
@@ -431,7 +434,7 @@ impl State {
     }
 
     /// Tells the key index of the records a committed batch wrote, in the order written.
-    fn index_keys(&self, writes: Vec<(Vec<u8>, Vec<u8>)>) {
+    fn index_keys(&self, writes: KeyWrites) {
         for (id, value) in writes {
             match codec::decode_key(&value) {
                 Ok(record) => self.index.put(&record),
@@ -446,9 +449,9 @@ impl State {
     }
 
     /// Commits `batch`; returns the new head and the key records written (id, encoded record).
-    fn transaction(&self, batch: &[Box<dyn Queued>]) -> Result<(Head, Vec<(Vec<u8>, Vec<u8>)>), StoreError> {
+    fn transaction(&self, batch: &[Box<dyn Queued>]) -> Result<(Head, KeyWrites), StoreError> {
         let seals = Seals::default();
-        let key_writes = RefCell::new(Vec::new());
+        let key_writes = RefCell::new(KeyWrites::new());
         let t = &self.trees;
         (&t.keys, &t.audit, &t.by_key, &t.by_time, &t.meta)
             .transaction(|(keys, audit, by_key, by_time, meta)| {
