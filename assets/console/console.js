@@ -1,8 +1,18 @@
 // keyward console: the only script the pages load (CSP script-src 'self', no inline script).
 // - forms with data-confirm ask for confirmation before they are sent;
-// - buttons with data-copy="ID" copy the text of the input ID to the clipboard.
-// The pages work without it, except that nothing asks for confirmation.
+// - buttons with data-copy="ID" copy the text of the input ID to the clipboard;
+// - a page holding an element with data-refresh="SECONDS" reloads itself after that long (the
+//   audit page while the whole-chain check runs).
+// The pages work without it, except that nothing asks for confirmation or reloads by itself.
 "use strict";
+
+(function () {
+  var marked = document.querySelector("[data-refresh]");
+  var seconds = marked ? parseInt(marked.getAttribute("data-refresh"), 10) : 0;
+  if (seconds > 0) {
+    window.setTimeout(function () { window.location.reload(); }, seconds * 1000);
+  }
+})();
 
 document.addEventListener("submit", function (event) {
   var form = event.target;

@@ -1,14 +1,15 @@
 //! The audit page: the event stream newest first with filters and paging (QueryEvents), the
 //! chain's head (the latest checkpoint) and its verification (VerifyChain): over the latest
-//! events on every load, over the whole trail on request.
+//! events on every load; over the whole trail in the background on request (`chain_check`),
+//! the page showing its progress and last result.
 
 use http::{Response, StatusCode};
 use maud::{Markup, html};
 
 use super::{
     routes::Ctx,
-    view::{Nav, short_id, time},
-    web::{Body, query_string},
+    view::{Nav, csrf_field, short_id, time},
+    web::{self, Body, query_string},
 };
 use crate::domain::{
     audit::{Actor, AuditAction, AuditQuery, ChainReport, RecordedEvent},
@@ -72,9 +73,8 @@ pub async fn page<H: Hsm, S: Store>(ctx: &Ctx<'_, H, S>) -> Response<Body> {
         Ok(head) => head,
         Err(e) => return ctx.fail(e, Nav::Audit),
     };
-    let whole = q("verify") == "all";
-    let from = match (&head, whole) {
-        (Some(h), false) if h.seq > RECENT_CHECK => h.seq - RECENT_CHECK + 1,
+    let from = match &head {
+        Some(h) if h.seq > RECENT_CHECK => h.seq - RECENT_CHECK + 1,
         _ => 0,
     };
     let report = match reader.verify_chain(&ctx.caller, from, 0).await {
@@ -84,7 +84,7 @@ pub async fn page<H: Hsm, S: Store>(ctx: &Ctx<'_, H, S>) -> Response<Body> {
     let status = if problem.is_some() { StatusCode::BAD_REQUEST } else { StatusCode::OK };
     let content = html! {
         h1 { "Audit" }
-        (chain(head.as_ref(), &report, whole))
+        (chain(ctx, head.as_ref(), &report))
         h2 { "Events" }
         form.filters method="get" action="/audit" role="search" aria-label="Filter events" {
             label { "Action"
@@ -111,23 +111,61 @@ pub async fn page<H: Hsm, S: Store>(ctx: &Ctx<'_, H, S>) -> Response<Body> {
     ctx.page(status, "Audit", Nav::Audit, content)
 }
 
-fn chain(head: Option<&RecordedEvent>, report: &ChainReport, whole: bool) -> Markup {
-    let span = if whole { "the whole trail" } else { "the latest events" };
+/// Starts the whole-chain check in the background (unless one runs) and goes back to the
+/// audit page, which shows its progress.
+pub fn start_whole_check<H: Hsm, S: Store>(ctx: &Ctx<'_, H, S>) -> Response<Body> {
+    let reader = &ctx.console.services.audit;
+    let head = match reader.checkpoint(&ctx.caller) {
+        Ok(head) => head.map_or(0, |h| h.seq),
+        Err(e) => return ctx.fail(e, Nav::Audit),
+    };
+    ctx.console.chain_check.start(reader.clone(), ctx.caller.clone(), head);
+    web::redirect("/audit")
+}
+
+fn report_text(report: &ChainReport, span: &str) -> Markup {
+    html! {
+        "Intact: " (report.checked) " events of " (span) " checked (seq " (report.first) "–" (report.last) ")"
+        @if report.unsealed > 0 { ", " (report.unsealed) " from before the chain (not checkable)" } "."
+    }
+}
+
+fn chain<H, S>(ctx: &Ctx<'_, H, S>, head: Option<&RecordedEvent>, report: &ChainReport) -> Markup {
+    let (running, last) = ctx.console.chain_check.snapshot();
     html! {
         section.card.chain aria-labelledby="h-chain" {
             h2 #h-chain { "Chain" }
             @match &report.broken {
-                None => p #chain-status .ok role="status" {
-                    "Intact: " (report.checked) " events of " (span) " checked (seq " (report.first) "–" (report.last) ")"
-                    @if report.unsealed > 0 { ", " (report.unsealed) " from before the chain (not checkable)" } "."
-                },
+                None => p #chain-status .ok role="status" { (report_text(report, "the latest events")) },
                 Some((seq, why)) => p #chain-status .alert role="alert" { "Broken at event " (seq) ": " (why) },
             }
             @if let Some(h) = head {
                 p { "Latest checkpoint: event " strong #checkpoint-seq { (h.seq) } " at " (time(h.event.at))
                     @if let Some(mac) = &h.mac { ", MAC " code { (hex(&mac[..8])) "…" } } "." }
             }
-            @if !whole { p { a href="/audit?verify=all" { "Verify the whole chain" } " (reads every event; the HSM checks each MAC)." } }
+            @if let Some(p) = &running {
+                p #whole-chain role="status" data-refresh="2" {
+                    "Checking the whole chain: events up to " (p.checked_to) " of " (p.head) " checked so far (started "
+                    (time(p.started_at)) " by key " code { (short_id(&p.by.to_string())) } "). "
+                    a href="/audit" { "Refresh" }
+                }
+            } @else if let Some(o) = &last {
+                @let when = html! { " (checked " (time(o.started_at)) " in " (format!("{:.1}", o.took.as_secs_f64())) " s, by key " code { (short_id(&o.by.to_string())) } ")" };
+                @match &o.result {
+                    Ok(r) if r.broken.is_none() => p #whole-chain .ok role="status" { "Whole chain " (report_text(r, "the whole trail")) (when) },
+                    Ok(r) => p #whole-chain .alert role="alert" {
+                        @if let Some((seq, why)) = &r.broken { "Whole chain broken at event " (seq) ": " (why) (when) }
+                    },
+                    Err(why) => p #whole-chain .alert role="alert" { "The whole-chain check could not finish: " (why) (when) },
+                }
+            }
+            @if running.is_none() {
+                form.inline method="post" action="/audit/verify" {
+                    (csrf_field(&ctx.session.csrf))
+                    button type="submit" { "Verify the whole chain" }
+                    " " span.muted { "(in the background: every event is read and the HSM checks each MAC)" }
+                }
+            }
         }
     }
 }

@@ -6,11 +6,12 @@
 //!
 //! - `session`: the in-memory sign-in sessions (random ids, idle timeout, CSRF tokens);
 //! - `web`: requests and responses (cookies, forms, security headers, static assets);
-//! - `routes`: the router and the sign-in; `keys` (with `key_page`), `audit`, `master`: the
-//!   pages and actions;
+//! - `routes`: the router and the sign-in; `keys` (with `key_page`), `audit` (with
+//!   `chain_check`, the whole-chain check in the background), `master`: the pages and actions;
 //! - `view` and `chart`: the HTML (maud) and the usage chart (SVG).
 
 mod audit;
+mod chain_check;
 mod chart;
 mod key_page;
 mod keys;
@@ -72,12 +73,14 @@ pub struct Console<H, S> {
     settings: ConsoleSettings,
     /// Served over TLS: cookies are `Secure` and HSTS is sent.
     tls: bool,
+    /// The audit page's whole-chain check.
+    chain_check: Arc<chain_check::ChainCheck>,
 }
 
 impl<H: Hsm, S: Store> Console<H, S> {
     pub fn new(services: Services<H, S>, settings: ConsoleSettings, tls: bool) -> Self {
         let sessions = Sessions::new(settings.idle_timeout, settings.max_sessions);
-        Self { services, sessions, settings, tls }
+        Self { services, sessions, settings, tls, chain_check: Arc::default() }
     }
 }
 

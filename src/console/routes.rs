@@ -133,6 +133,7 @@ async fn signed_in_route<H: Hsm, S: Store>(ctx: &Ctx<'_, H, S>) -> Response<Body
         (&Method::GET, ["keys", id]) => keys::detail(ctx, id),
         (&Method::POST, ["keys", id, action]) => keys::act(ctx, id, action).await,
         (&Method::GET, ["audit"]) => audit::page(ctx).await,
+        (&Method::POST, ["audit", "verify"]) => audit::start_whole_check(ctx),
         (&Method::GET, ["master"]) => master::page(ctx),
         _ => ctx.page(
             StatusCode::NOT_FOUND,

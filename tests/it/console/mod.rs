@@ -5,6 +5,7 @@
 //! `keyward:keys:read` cannot sign in. With KEYWARD_CONSOLE_SCREENSHOTS=1 the main pages are
 //! saved to docs/console/*.png (committed; CI does not rewrite them).
 
+mod chain;
 mod paging;
 mod webdriver;
 
@@ -316,7 +317,7 @@ async fn console_refuses_forged_forms_cross_site_posts_and_non_admin_keys() {
     assert_eq!(headers["cache-control"], "no-store");
     assert!(headers.contains_key("server-timing"));
     assert!(!body.contains("<script>") && !body.contains("style=\""), "no inline script or style");
-    let (status, headers, _) = request(addr, "GET", "/assets/console-1.js", &[], None).await;
+    let (status, headers, _) = request(addr, "GET", "/assets/console-2.js", &[], None).await;
     assert_eq!(status, http::StatusCode::OK);
     assert!(headers["cache-control"].to_str().unwrap().contains("max-age=31536000"));
 }
