@@ -98,6 +98,51 @@ fn next_link(body: &str) -> Option<String> {
     rel_link(body, "next")
 }
 
+/// The value of the page's CSRF field.
+fn csrf_token(body: &str) -> Option<String> {
+    let marker = "name=\"csrf\" value=\"";
+    let at = body.find(marker)? + marker.len();
+    let end = body[at..].find('"')?;
+    Some(body[at..at + end].to_owned())
+}
+
+/// The text of the audit page's whole-chain result, tags removed, once the check finished.
+fn whole_chain_result(body: &str) -> Option<String> {
+    let at = body.find("id=\"whole-chain\"")?;
+    let rest = &body[at..];
+    let text = &rest[rest.find('>')? + 1..rest.find("</p>")?];
+    let mut plain = String::new();
+    let mut in_tag = false;
+    for c in text.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => in_tag = false,
+            c if !in_tag => plain.push(c),
+            _ => {}
+        }
+    }
+    (!plain.starts_with("Checking")).then_some(plain)
+}
+
+/// Starts the audit page's whole-chain check and waits for its result; reports how long it took.
+async fn whole_chain(console: SocketAddr, cookie: &str, out: &mut impl FnMut(String)) -> Result<()> {
+    let audit = get(console, "GET", "/audit", cookie, None).await?;
+    let csrf = csrf_token(&audit.body).ok_or(BenchError::Usage("the audit page has no CSRF field"))?;
+    let started = Instant::now();
+    get(console, "POST", "/audit/verify", cookie, Some(format!("csrf={}", percent_encode(&csrf)))).await?;
+    loop {
+        let page = get(console, "GET", "/audit", cookie, None).await?;
+        if let Some(result) = whole_chain_result(&page.body) {
+            out(format!("whole-chain check: {result}; {:.1} s until the page showed it", started.elapsed().as_secs_f64()));
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            return Err(BenchError::Usage("the whole-chain check did not finish within 10 minutes"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The number of pages a keys list says it has ("page N of M").
 fn page_count(body: &str) -> Option<usize> {
     let at = body.find(" of ")?;
@@ -204,7 +249,7 @@ pub async fn console(
             errors
         ));
     }
-    Ok(())
+    whole_chain(console, &cookie, out).await
 }
 
 #[cfg(test)]
@@ -219,6 +264,15 @@ mod tests {
         let body = r#"<a rel="next" href="/keys?name=a&amp;page=2">Next</a>"#;
         assert_eq!(next_link(body).as_deref(), Some("/keys?name=a&page=2"));
         assert_eq!(next_link("none"), None);
+    }
+
+    #[test]
+    fn the_csrf_token_and_the_whole_chain_result_are_read() {
+        assert_eq!(csrf_token(r#"<input type="hidden" name="csrf" value="ab12">"#).as_deref(), Some("ab12"));
+        let done = r#"<p id="whole-chain" class="ok" role="status">Whole chain Intact: 9 events (checked <code>x</code>)</p>"#;
+        assert_eq!(whole_chain_result(done).as_deref(), Some("Whole chain Intact: 9 events (checked x)"));
+        let running = r#"<p id="whole-chain" role="status" data-refresh="2">Checking the whole chain</p>"#;
+        assert_eq!(whole_chain_result(running), None);
     }
 
     #[test]
