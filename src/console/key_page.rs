@@ -10,6 +10,7 @@ use maud::{Markup, html};
 use super::{
     audit::events_table,
     chart::{self, Bucket, Span},
+    key_actions::update_form,
     routes::Ctx,
     view::{Nav, csrf_field, needs, opt_time, state_badge, time},
     web::Body,
@@ -175,27 +176,12 @@ fn clients(usage: &KeyUsage) -> Markup {
 fn actions<H: Hsm, S: Store>(ctx: &Ctx<'_, H, S>, k: &KeyRecord) -> Markup {
     let csrf = &ctx.session.csrf;
     let action = |name: &str| format!("/keys/{}/{name}", k.id);
-    let rate = k.rate_limit;
     html! {
         section.actions aria-labelledby="h-actions" {
             h2 #h-actions { "Actions" }
             @if k.state == KeyState::Revoked { p.muted { "A revoked key cannot change." } } @else {
                 div.cards {
-                    form.card.update method="post" action=(action("update")) data-confirm="Save these changes to the key?" {
-                        h3 { "Update" }
-                        (csrf_field(csrf))
-                        label for="u-name" { "Name" } input #u-name type="text" name="name" value=(k.name) required;
-                        label for="u-scopes" { "Scopes" } input #u-scopes type="text" name="scopes" value=(k.scopes.join(" "));
-                        label for="u-cidrs" { "Allowed networks" }
-                        input #u-cidrs type="text" name="allowed_cidrs" value=(k.allowed_cidrs.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(" "));
-                        label for="u-owner" { "Owner (team)" } input #u-owner type="text" name="owner" value=(k.owner.as_deref().unwrap_or(""));
-                        fieldset {
-                            legend { "Rate limit (empty: none)" }
-                            label for="u-rate" { "Verifications" } input #u-rate type="number" min="1" name="rate_limit" value=(rate.map(|r| r.limit.to_string()).unwrap_or_default());
-                            label for="u-window" { "per" } input #u-window type="text" name="rate_window" placeholder="1m" value=(rate.map(|r| crate::domain::key::duration_text(r.window)).unwrap_or_default());
-                        }
-                        button type="submit" { "Save" }
-                    }
+                    (update_form(csrf, k))
                     @if k.state != KeyState::Rotated {
                         form.card.rotate method="post" action=(action("rotate")) data-confirm="Rotate this key? A new key is made; this one keeps working for the grace period." {
                             h3 { "Rotate" }

@@ -24,7 +24,7 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 const CSS: &str = include_str!("../../assets/console/console.css");
 const JS: &str = include_str!("../../assets/console/console.js");
 /// Where the assets are served; the version in the path lets them be cached for long.
-pub const CSS_PATH: &str = "/assets/console-1.css";
+pub const CSS_PATH: &str = "/assets/console-2.css";
 pub const JS_PATH: &str = "/assets/console-1.js";
 
 /// A request as the console's handlers see it.
