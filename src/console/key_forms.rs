@@ -9,12 +9,13 @@ use maud::{Markup, html};
 use super::{
     form_fields::{self as ff, inputs_of},
     routes::{Ctx, status_of},
+    session::{self, Sent},
     view::{Nav, csrf_field},
     web::Body,
 };
 use crate::domain::{
     error::Error,
-    key::KeyRecord,
+    key::{KeyId, KeyRecord},
     keys::NewKey,
     ports::{Hsm, Store},
     secret::KeyString,
@@ -40,6 +41,7 @@ fn create_form<H: Hsm, S: Store>(ctx: &Ctx<'_, H, S>, problem: Option<&Error>) -
         form.stack method="post" action="/keys" data-confirm="Create this key?" aria-describedby=[problem.map(|_| "create-problem")] {
             @if let Some(problem) = problem { p.alert #create-problem role="alert" { (problem) } }
             (csrf_field(&ctx.session.csrf))
+            input type="hidden" name="form_id" value=(session::form_id());
             label for="name" { "Name" }
             input #name type="text" name="name" required value=(v("name")) aria-invalid=[bad("name")] aria-describedby=[described("name")];
             fieldset.choices {
@@ -100,13 +102,26 @@ fn create_form<H: Hsm, S: Store>(ctx: &Ctx<'_, H, S>, problem: Option<&Error>) -
     }
 }
 
+/// Creates the key the form describes, once per form: a form sent again (a reload, a double
+/// submit) makes no second key and shows no key again.
 pub async fn create<H: Hsm, S: Store>(ctx: &Ctx<'_, H, S>) -> Response<Body> {
     let refused = |e: &Error| ctx.page(status_of(e), "Create key", Nav::Keys, create_form(ctx, Some(e)));
     let new = match new_key(ctx) {
         Ok(new) => new,
         Err(e) => return refused(&e),
     };
-    match ctx.console.services.keys.create(&ctx.caller, new, &ctx.rctx).await {
+    let sessions = &ctx.console.sessions;
+    let form_id = ctx.req.field("form_id").trim();
+    if !form_id.is_empty()
+        && let Sent::Again(made) = sessions.claim_form(&ctx.session.id, form_id)
+    {
+        return ctx.page(StatusCode::CONFLICT, "Already sent", Nav::Keys, already_sent(made));
+    }
+    let created = ctx.console.services.keys.create(&ctx.caller, new, &ctx.rctx).await;
+    if !form_id.is_empty() {
+        sessions.form_done(&ctx.session.id, form_id, created.as_ref().ok().map(|c| c.record.id));
+    }
+    match created {
         Ok(created) => {
             tracing::info!(key_id = %created.record.id, actor = %ctx.caller.key_id, "key created (console)");
             let signing = created.signing_secret.as_ref().map(signing_text);
@@ -115,6 +130,21 @@ pub async fn create<H: Hsm, S: Store>(ctx: &Ctx<'_, H, S>) -> Response<Body> {
         }
         Err(e @ (Error::InvalidArgument { .. } | Error::PermissionDenied(_))) => refused(&e),
         Err(e) => ctx.fail(e, Nav::Keys),
+    }
+}
+
+/// The page for a create form sent again: the key it made, not shown again.
+fn already_sent(made: Option<KeyId>) -> Markup {
+    html! {
+        h1 { "This form was already sent" }
+        p.note role="status" {
+            @match made {
+                Some(id) => { "It made key " a #made-key-link href={ "/keys/" (id) } { (id) } ". " }
+                None => { "The key it asked for is being made. " }
+            }
+            "A new key, and a signing secret, is shown only once: it is not shown again. "
+            a href="/keys/new" { "Create another key" } "."
+        }
     }
 }
 
