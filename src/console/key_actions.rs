@@ -10,7 +10,8 @@ use maud::{Markup, html};
 use super::{
     form_fields as ff,
     key_forms::{shown_once, signing_text},
-    routes::Ctx,
+    key_page,
+    routes::{Ctx, status_of},
     view::{self, Nav, csrf_field, opt_time},
     web::{self, Body, Req},
 };
@@ -168,6 +169,10 @@ pub async fn act<H: Hsm, S: Store>(ctx: &Ctx<'_, H, S>, id: &str, action: &str) 
             tracing::info!(key_id = %id, action, actor = %ctx.caller.key_id, "key changed (console)");
             web::redirect(&format!("/keys/{id}"))
         }
+        // The update form again, as sent, with the error beside it.
+        Err(e @ Error::InvalidArgument { .. }) if action == "update" => {
+            key_page::detail_with(ctx, id, status_of(&e), Some(&e))
+        }
         Err(e) => ctx.fail(e, Nav::Keys),
     }
 }
@@ -182,61 +187,85 @@ fn rotated_page(key: &KeyString, record: &KeyRecord, previous: &KeyRecord, signi
     }
 }
 
-/// A text input of the update form with the hidden field of the value it is shown with.
-fn input(id: &str, name: &str, kind: &str, value: &str) -> Markup {
-    html! {
-        input id=(id) type=(kind) name=(name) value=(value) step=[(kind == "datetime-local").then_some("1")]
-            min=[(kind == "number").then_some("0")];
-        input type="hidden" name=(was(name)) value=(value);
-    }
-}
-
-/// The update form, filled with the key's current values.
-pub fn update_form(csrf: &str, k: &KeyRecord) -> Markup {
-    let action = format!("/keys/{}/update", k.id);
+/// The update form, filled with the key's current values; with `refused`, with the values as
+/// they were sent (and still compared with the values first shown), the error beside them.
+pub fn update_form(csrf: &str, k: &KeyRecord, refused: Option<(&Req, &Error)>) -> Markup {
     let cidrs = k.allowed_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ");
     let rate = k.rate_limit;
     let refill = k.quota.and_then(|q| q.refill);
-    let anomaly = k.anomaly_action.to_string();
-    let metadata = ff::metadata_text(&k.metadata);
+    let current = |name: &str| -> String {
+        match name {
+            "name" => k.name.clone(),
+            "scopes" => k.scopes.join(" "),
+            "allowed_cidrs" => cidrs.clone(),
+            "owner" => k.owner.clone().unwrap_or_default(),
+            "not_before" => ff::time_value(k.not_before),
+            "expires_at" => ff::time_value(k.expires_at),
+            "max_age" => ff::duration_value(k.max_age),
+            "rate_limit" => rate.map(|r| r.limit.to_string()).unwrap_or_default(),
+            "rate_window" => ff::duration_value(rate.map(|r| r.window)),
+            "remaining" => k.quota.map(|q| q.remaining.to_string()).unwrap_or_default(),
+            "refill_amount" => refill.map(|r| r.amount.to_string()).unwrap_or_default(),
+            "refill_interval" => ff::duration_value(refill.map(|r| r.interval)),
+            "anomaly_action" => k.anomaly_action.to_string(),
+            "metadata" => ff::metadata_text(&k.metadata),
+            _ => String::new(),
+        }
+    };
+    // What a field shows, and the value it was first shown with.
+    let value = |name: &str| refused.map_or_else(|| current(name), |(req, _)| req.field(name).to_owned());
+    let shown = |name: &str| refused.map_or_else(|| current(name), |(req, _)| req.field(&was(name)).to_owned());
+    let bad_inputs = match refused {
+        Some((_, Error::InvalidArgument { field, .. })) => ff::inputs_of(field),
+        _ => &[],
+    };
+    let input = |id: &str, name: &str, kind: &str| {
+        let bad = bad_inputs.contains(&name);
+        html! {
+            input id=(id) type=(kind) name=(name) value=(value(name))
+                step=[(kind == "datetime-local").then_some("1")] min=[(kind == "number").then_some("0")]
+                aria-invalid=[bad.then_some("true")] aria-describedby=[bad.then_some("update-problem")];
+            input type="hidden" name=(was(name)) value=(shown(name));
+        }
+    };
+    let anomaly = value("anomaly_action");
     html! {
-        form.card.update method="post" action=(action) data-confirm="Save these changes to the key?" {
+        form.card.update method="post" action={ "/keys/" (k.id) "/update" } data-confirm="Save these changes to the key?" {
             h3 { "Update" }
             p.muted { "Only the fields you change are saved." }
+            @if let Some((_, e)) = refused { p.alert #update-problem role="alert" { (e) } }
             (csrf_field(csrf))
-            label for="u-name" { "Name" }
-            input #u-name type="text" name="name" value=(k.name) required;
-            input type="hidden" name=(was("name")) value=(k.name);
-            label for="u-scopes" { "Scopes" } (input("u-scopes", "scopes", "text", &k.scopes.join(" ")))
-            label for="u-cidrs" { "Allowed networks" } (input("u-cidrs", "allowed_cidrs", "text", &cidrs))
-            label for="u-owner" { "Owner (team)" } (input("u-owner", "owner", "text", k.owner.as_deref().unwrap_or("")))
+            label for="u-name" { "Name" } (input("u-name", "name", "text"))
+            label for="u-scopes" { "Scopes" } (input("u-scopes", "scopes", "text"))
+            label for="u-cidrs" { "Allowed networks" } (input("u-cidrs", "allowed_cidrs", "text"))
+            label for="u-owner" { "Owner (team)" } (input("u-owner", "owner", "text"))
             fieldset {
                 legend { "Validity (UTC; empty: none)" }
-                label for="u-not-before" { "Not before" } (input("u-not-before", "not_before", "datetime-local", &ff::time_value(k.not_before)))
-                label for="u-expires" { "Expires at" } (input("u-expires", "expires_at", "datetime-local", &ff::time_value(k.expires_at)))
-                label for="u-max-age" { "Maximum age " span.muted { "(e.g. 90d)" } } (input("u-max-age", "max_age", "text", &ff::duration_value(k.max_age)))
+                label for="u-not-before" { "Not before" } (input("u-not-before", "not_before", "datetime-local"))
+                label for="u-expires" { "Expires at" } (input("u-expires", "expires_at", "datetime-local"))
+                label for="u-max-age" { "Maximum age " span.muted { "(e.g. 90d)" } } (input("u-max-age", "max_age", "text"))
             }
             fieldset {
                 legend { "Rate limit (empty: none)" }
-                label for="u-rate" { "Verifications" } (input("u-rate", "rate_limit", "number", &rate.map(|r| r.limit.to_string()).unwrap_or_default()))
-                label for="u-window" { "per" } (input("u-window", "rate_window", "text", &ff::duration_value(rate.map(|r| r.window))))
+                label for="u-rate" { "Verifications" } (input("u-rate", "rate_limit", "number"))
+                label for="u-window" { "per" } (input("u-window", "rate_window", "text"))
             }
             fieldset {
                 legend { "Quota (empty: unlimited)" }
-                label for="u-remaining" { "Remaining uses" } (input("u-remaining", "remaining", "number", &k.quota.map(|q| q.remaining.to_string()).unwrap_or_default()))
-                label for="u-refill" { "Refill with" } (input("u-refill", "refill_amount", "number", &refill.map(|r| r.amount.to_string()).unwrap_or_default()))
-                label for="u-refill-every" { "every" } (input("u-refill-every", "refill_interval", "text", &ff::duration_value(refill.map(|r| r.interval))))
+                label for="u-remaining" { "Remaining uses" } (input("u-remaining", "remaining", "number"))
+                label for="u-refill" { "Refill with" } (input("u-refill", "refill_amount", "number"))
+                label for="u-refill-every" { "every" } (input("u-refill-every", "refill_interval", "text"))
             }
             label for="u-anomaly" { "On anomalies" }
             select #u-anomaly name="anomaly_action" {
                 @for a in [AnomalyAction::Alert, AnomalyAction::Disable] {
-                    option value=(a.to_string()) selected[a == k.anomaly_action] { (a.to_string()) }
+                    option value=(a.to_string()) selected[a.to_string() == anomaly] { (a.to_string()) }
                 }
             }
-            input type="hidden" name=(was("anomaly_action")) value=(anomaly);
+            input type="hidden" name=(was("anomaly_action")) value=(shown("anomaly_action"));
             label for="u-metadata" { "Metadata " span.muted { "(one key=value a line)" } }
-            textarea #u-metadata name="metadata" rows="3" { (metadata) }
-            input type="hidden" name=(was("metadata")) value=(metadata);
+            textarea #u-metadata name="metadata" rows="3" { (value("metadata")) }
+            input type="hidden" name=(was("metadata")) value=(shown("metadata"));
             button type="submit" { "Save" }
         }
     }

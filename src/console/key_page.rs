@@ -18,6 +18,7 @@ use super::{
 use crate::domain::{
     access::Permission,
     audit::{AuditQuery, RecordedEvent},
+    error::Error,
     key::{KeyRecord, KeyState},
     policy,
     ports::{Hsm, Store},
@@ -39,6 +40,16 @@ struct Usage {
 }
 
 pub fn detail<H: Hsm, S: Store>(ctx: &Ctx<'_, H, S>, id: &str) -> Response<Body> {
+    detail_with(ctx, id, StatusCode::OK, None)
+}
+
+/// The key's page; with `refused`, the update form as it was sent, the domain's error beside it.
+pub fn detail_with<H: Hsm, S: Store>(
+    ctx: &Ctx<'_, H, S>,
+    id: &str,
+    status: StatusCode,
+    refused: Option<&Error>,
+) -> Response<Body> {
     let services = &ctx.console.services;
     let record = match services.keys.get(&ctx.caller, id) {
         Ok(r) => r,
@@ -48,7 +59,7 @@ pub fn detail<H: Hsm, S: Store>(ctx: &Ctx<'_, H, S>, id: &str) -> Response<Body>
         let span = Span::parse(ctx.req.query("range"));
         let ranges = span.ranges(SystemTime::now());
         let since = ranges.first().map(|r| r.0);
-        let read = || -> Result<Usage, crate::domain::error::Error> {
+        let read = || -> Result<Usage, Error> {
             let mut buckets = Vec::with_capacity(ranges.len());
             for (start, end) in &ranges {
                 let usage = services.audit.key_usage(&ctx.caller, record.id, Some(*start), Some(*end))?;
@@ -67,10 +78,15 @@ pub fn detail<H: Hsm, S: Store>(ctx: &Ctx<'_, H, S>, id: &str) -> Response<Body>
         None
     };
     let title = format!("Key {}", record.name);
-    ctx.page(StatusCode::OK, &title, Nav::Keys, page(ctx, &record, usage.as_ref()))
+    ctx.page(status, &title, Nav::Keys, page(ctx, &record, usage.as_ref(), refused))
 }
 
-fn page<H: Hsm, S: Store>(ctx: &Ctx<'_, H, S>, k: &KeyRecord, usage: Option<&Usage>) -> Markup {
+fn page<H: Hsm, S: Store>(
+    ctx: &Ctx<'_, H, S>,
+    k: &KeyRecord,
+    usage: Option<&Usage>,
+    refused: Option<&Error>,
+) -> Markup {
     let notice = policy::rotation_notice(k, SystemTime::now(), &ctx.console.settings.rotation);
     let link = |id: Option<crate::domain::key::KeyId>| {
         html! { @if let Some(id) = id { a href={ "/keys/" (id) } { code { (id) } } } @else { span.muted { "—" } } }
@@ -141,7 +157,7 @@ fn page<H: Hsm, S: Store>(ctx: &Ctx<'_, H, S>, k: &KeyRecord, usage: Option<&Usa
                 }
             }
         }
-        (actions(ctx, k))
+        (actions(ctx, k, refused))
         section aria-labelledby="h-events" {
             h2 #h-events { "Audit events" }
             @match usage {
@@ -173,7 +189,7 @@ fn clients(usage: &KeyUsage) -> Markup {
     }
 }
 
-fn actions<H: Hsm, S: Store>(ctx: &Ctx<'_, H, S>, k: &KeyRecord) -> Markup {
+fn actions<H: Hsm, S: Store>(ctx: &Ctx<'_, H, S>, k: &KeyRecord, refused: Option<&Error>) -> Markup {
     let csrf = &ctx.session.csrf;
     let action = |name: &str| format!("/keys/{}/{name}", k.id);
     html! {
@@ -181,7 +197,7 @@ fn actions<H: Hsm, S: Store>(ctx: &Ctx<'_, H, S>, k: &KeyRecord) -> Markup {
             h2 #h-actions { "Actions" }
             @if k.state == KeyState::Revoked { p.muted { "A revoked key cannot change." } } @else {
                 div.cards {
-                    (update_form(csrf, k))
+                    (update_form(csrf, k, refused.map(|e| (ctx.req, e))))
                     @if k.state != KeyState::Rotated {
                         form.card.rotate method="post" action=(action("rotate")) data-confirm="Rotate this key? A new key is made; this one keeps working for the grace period." {
                             h3 { "Rotate" }

@@ -181,6 +181,20 @@ async fn console_create_fields_reach_the_key_and_updates_change_only_what_change
         .events;
     assert_eq!(again.len(), events.len(), "no update event for an untouched form");
 
+    // A refused update comes back as sent, the field named and marked; corrected, it is saved.
+    browser.find("#u-rate").await.type_text("5").await;
+    browser.find("#u-window").await.type_text("soon").await;
+    submit_confirmed(&browser, "form.update", "Save these changes").await;
+    let page = browser.wait_for_text("invalid rate_limit.window").await;
+    assert!(page.contains("renamed-over-grpc"), "the key's page, with the form: {page}");
+    assert_eq!(browser.find("#u-rate").await.property("value").await, "5", "what was typed stays");
+    assert_eq!(browser.find("#u-window").await.property("ariaInvalid").await, "true");
+    browser.execute("document.getElementById('u-window').value = ''").await;
+    browser.find("#u-window").await.type_text("1m").await;
+    submit_confirmed(&browser, "form.update", "Save these changes").await;
+    let page = browser.wait_for_text("5 per 60s").await;
+    assert!(page.contains("4 left"), "the quota (5, one spent) was not part of the change: {page}");
+
     // Sign-out is an audit event too.
     browser.find("form.signout button").await.click().await;
     browser.wait_for_url(|u| u.ends_with("/login")).await;
