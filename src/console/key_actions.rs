@@ -222,7 +222,7 @@ pub fn update_form(csrf: &str, k: &KeyRecord, refused: Option<(&Req, &Error)>) -
     let input = |id: &str, name: &str, kind: &str| {
         let bad = bad_inputs.contains(&name);
         html! {
-            input id=(id) type=(kind) name=(name) value=(value(name))
+            input id=(id) type=(kind) name=(name) value=(value(name)) required[name == "name"]
                 step=[(kind == "datetime-local").then_some("1")] min=[(kind == "number").then_some("0")]
                 aria-invalid=[bad.then_some("true")] aria-describedby=[bad.then_some("update-problem")];
             input type="hidden" name=(was(name)) value=(shown(name));
