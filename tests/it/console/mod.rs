@@ -105,6 +105,7 @@ async fn console_signs_in_creates_rotates_revokes_audits_and_signs_out() {
     // Create a key: it is shown once, and it verifies.
     browser.find("a.button[href='/keys/new']").await.click().await;
     browser.wait_for_url(|u| u.ends_with("/keys/new")).await;
+    shot(&browser, "create-form", WIDE.0).await;
     browser.find("#name").await.type_text("console-e2e").await;
     browser.find("#scopes").await.type_text("orders:read orders:write").await;
     browser.find("#metadata").await.type_text("team=billing").await;
