@@ -133,7 +133,10 @@ async fn whole_chain(console: SocketAddr, cookie: &str, out: &mut impl FnMut(Str
     loop {
         let page = get(console, "GET", "/audit", cookie, None).await?;
         if let Some(result) = whole_chain_result(&page.body) {
-            out(format!("whole-chain check: {result}; {:.1} s until the page showed it", started.elapsed().as_secs_f64()));
+            out(format!(
+                "whole-chain check: {result}; {:.1} s until the page showed it",
+                started.elapsed().as_secs_f64()
+            ));
             return Ok(());
         }
         if started.elapsed() > Duration::from_secs(600) {
@@ -269,7 +272,8 @@ mod tests {
     #[test]
     fn the_csrf_token_and_the_whole_chain_result_are_read() {
         assert_eq!(csrf_token(r#"<input type="hidden" name="csrf" value="ab12">"#).as_deref(), Some("ab12"));
-        let done = r#"<p id="whole-chain" class="ok" role="status">Whole chain Intact: 9 events (checked <code>x</code>)</p>"#;
+        let done =
+            r#"<p id="whole-chain" class="ok" role="status">Whole chain Intact: 9 events (checked <code>x</code>)</p>"#;
         assert_eq!(whole_chain_result(done).as_deref(), Some("Whole chain Intact: 9 events (checked x)"));
         let running = r#"<p id="whole-chain" role="status" data-refresh="2">Checking the whole chain</p>"#;
         assert_eq!(whole_chain_result(running), None);

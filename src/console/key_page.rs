@@ -10,6 +10,7 @@ use maud::{Markup, html};
 use super::{
     audit::events_table,
     chart::{self, Bucket, Span},
+    key_actions::update_form,
     routes::Ctx,
     view::{Nav, csrf_field, needs, opt_time, state_badge, time},
     web::Body,
@@ -17,6 +18,7 @@ use super::{
 use crate::domain::{
     access::Permission,
     audit::{AuditQuery, RecordedEvent},
+    error::Error,
     key::{KeyRecord, KeyState},
     policy,
     ports::{Hsm, Store},
@@ -38,6 +40,16 @@ struct Usage {
 }
 
 pub fn detail<H: Hsm, S: Store>(ctx: &Ctx<'_, H, S>, id: &str) -> Response<Body> {
+    detail_with(ctx, id, StatusCode::OK, None)
+}
+
+/// The key's page; with `refused`, the update form as it was sent, the domain's error beside it.
+pub fn detail_with<H: Hsm, S: Store>(
+    ctx: &Ctx<'_, H, S>,
+    id: &str,
+    status: StatusCode,
+    refused: Option<&Error>,
+) -> Response<Body> {
     let services = &ctx.console.services;
     let record = match services.keys.get(&ctx.caller, id) {
         Ok(r) => r,
@@ -47,7 +59,7 @@ pub fn detail<H: Hsm, S: Store>(ctx: &Ctx<'_, H, S>, id: &str) -> Response<Body>
         let span = Span::parse(ctx.req.query("range"));
         let ranges = span.ranges(SystemTime::now());
         let since = ranges.first().map(|r| r.0);
-        let read = || -> Result<Usage, crate::domain::error::Error> {
+        let read = || -> Result<Usage, Error> {
             let mut buckets = Vec::with_capacity(ranges.len());
             for (start, end) in &ranges {
                 let usage = services.audit.key_usage(&ctx.caller, record.id, Some(*start), Some(*end))?;
@@ -66,10 +78,15 @@ pub fn detail<H: Hsm, S: Store>(ctx: &Ctx<'_, H, S>, id: &str) -> Response<Body>
         None
     };
     let title = format!("Key {}", record.name);
-    ctx.page(StatusCode::OK, &title, Nav::Keys, page(ctx, &record, usage.as_ref()))
+    ctx.page(status, &title, Nav::Keys, page(ctx, &record, usage.as_ref(), refused))
 }
 
-fn page<H: Hsm, S: Store>(ctx: &Ctx<'_, H, S>, k: &KeyRecord, usage: Option<&Usage>) -> Markup {
+fn page<H: Hsm, S: Store>(
+    ctx: &Ctx<'_, H, S>,
+    k: &KeyRecord,
+    usage: Option<&Usage>,
+    refused: Option<&Error>,
+) -> Markup {
     let notice = policy::rotation_notice(k, SystemTime::now(), &ctx.console.settings.rotation);
     let link = |id: Option<crate::domain::key::KeyId>| {
         html! { @if let Some(id) = id { a href={ "/keys/" (id) } { code { (id) } } } @else { span.muted { "—" } } }
@@ -140,7 +157,7 @@ fn page<H: Hsm, S: Store>(ctx: &Ctx<'_, H, S>, k: &KeyRecord, usage: Option<&Usa
                 }
             }
         }
-        (actions(ctx, k))
+        (actions(ctx, k, refused))
         section aria-labelledby="h-events" {
             h2 #h-events { "Audit events" }
             @match usage {
@@ -172,30 +189,15 @@ fn clients(usage: &KeyUsage) -> Markup {
     }
 }
 
-fn actions<H: Hsm, S: Store>(ctx: &Ctx<'_, H, S>, k: &KeyRecord) -> Markup {
+fn actions<H: Hsm, S: Store>(ctx: &Ctx<'_, H, S>, k: &KeyRecord, refused: Option<&Error>) -> Markup {
     let csrf = &ctx.session.csrf;
     let action = |name: &str| format!("/keys/{}/{name}", k.id);
-    let rate = k.rate_limit;
     html! {
         section.actions aria-labelledby="h-actions" {
             h2 #h-actions { "Actions" }
             @if k.state == KeyState::Revoked { p.muted { "A revoked key cannot change." } } @else {
                 div.cards {
-                    form.card.update method="post" action=(action("update")) data-confirm="Save these changes to the key?" {
-                        h3 { "Update" }
-                        (csrf_field(csrf))
-                        label for="u-name" { "Name" } input #u-name type="text" name="name" value=(k.name) required;
-                        label for="u-scopes" { "Scopes" } input #u-scopes type="text" name="scopes" value=(k.scopes.join(" "));
-                        label for="u-cidrs" { "Allowed networks" }
-                        input #u-cidrs type="text" name="allowed_cidrs" value=(k.allowed_cidrs.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(" "));
-                        label for="u-owner" { "Owner (team)" } input #u-owner type="text" name="owner" value=(k.owner.as_deref().unwrap_or(""));
-                        fieldset {
-                            legend { "Rate limit (empty: none)" }
-                            label for="u-rate" { "Verifications" } input #u-rate type="number" min="1" name="rate_limit" value=(rate.map(|r| r.limit.to_string()).unwrap_or_default());
-                            label for="u-window" { "per" } input #u-window type="text" name="rate_window" placeholder="1m" value=(rate.map(|r| crate::domain::key::duration_text(r.window)).unwrap_or_default());
-                        }
-                        button type="submit" { "Save" }
-                    }
+                    (update_form(csrf, k, refused.map(|e| (ctx.req, e))))
                     @if k.state != KeyState::Rotated {
                         form.card.rotate method="post" action=(action("rotate")) data-confirm="Rotate this key? A new key is made; this one keeps working for the grace period." {
                             h3 { "Rotate" }

@@ -1,32 +1,24 @@
-//! The keys pages and actions: the list (filters, sorting across every matching key, paging
-//! forward and back, through `KeyAdmin::browse`), the
-//! create form, and the actions on one key (update, rotate, disable, enable, revoke), each
-//! a KeyAdmin call with the signed-in key as the caller. The key page itself is `key_page`.
+//! The keys list: filters, sorting across every matching key and paging forward and back
+//! (`KeyAdmin::browse`, with the signed-in key as the caller). The key page itself is
+//! `key_page`; the create form is `key_forms`, the actions on one key `key_actions`.
 
-use std::{
-    collections::BTreeMap,
-    time::{Duration, SystemTime},
-};
+use std::time::SystemTime;
 
-use base64::Engine as _;
 use http::{Response, StatusCode};
 use maud::{Markup, html};
 
 use super::{
     routes::Ctx,
-    view::{self, Nav, csrf_field, opt_time, parse_state, short_id, state_badge, time},
-    web::{self, Body, query_string},
+    view::{Nav, opt_time, parse_state, short_id, state_badge, time},
+    web::{Body, query_string},
 };
 use crate::domain::{
     error::Error,
-    key::{KeyRecord, RateLimit},
     key_index::SortBy,
-    keys::{KeyPage, NewKey, Window},
+    keys::{KeyPage, Window},
     listing::ListFilter,
     policy,
     ports::{Hsm, Store},
-    secret::KeyString,
-    update::KeyPatch,
 };
 
 pub use super::key_page::detail;
@@ -236,227 +228,5 @@ fn list_page<H: Hsm, S: Store>(
             }
             @if number < pages { a rel="next" href=(f.page_link(number + 1)) { "Next page" } }
         }
-    }
-}
-
-pub fn new_form<H: Hsm, S: Store>(ctx: &Ctx<'_, H, S>) -> Response<Body> {
-    ctx.page(StatusCode::OK, "Create key", Nav::Keys, create_form(ctx, None))
-}
-
-fn create_form<H: Hsm, S: Store>(ctx: &Ctx<'_, H, S>, problem: Option<&str>) -> Markup {
-    let v = |name| ctx.req.field(name);
-    html! {
-        h1 { "Create a key" }
-        @if let Some(problem) = problem { p.alert role="alert" { (problem) } }
-        form.stack method="post" action="/keys" data-confirm="Create this key?" {
-            (csrf_field(&ctx.session.csrf))
-            label for="name" { "Name" }
-            input #name type="text" name="name" required value=(v("name"));
-            label for="scopes" { "Scopes " span.muted { "(separated by spaces or commas)" } }
-            input #scopes type="text" name="scopes" value=(v("scopes")) placeholder="orders:read orders:write";
-            label for="owner" { "Owner (team) " span.muted { "(optional; a team admin must name one of its teams)" } }
-            input #owner type="text" name="owner" value=(v("owner"));
-            label for="prefix" { "Prefix " span.muted { "(optional)" } }
-            input #prefix type="text" name="prefix" value=(v("prefix")) placeholder="kw";
-            label for="expires_in" { "Expires in " span.muted { "(optional, e.g. 90d)" } }
-            input #expires_in type="text" name="expires_in" value=(v("expires_in"));
-            label for="allowed_cidrs" { "Allowed networks " span.muted { "(optional CIDRs)" } }
-            input #allowed_cidrs type="text" name="allowed_cidrs" value=(v("allowed_cidrs"));
-            label for="metadata" { "Metadata " span.muted { "(optional, one key=value a line)" } }
-            textarea #metadata name="metadata" rows="3" { (v("metadata")) }
-            button type="submit" { "Create key" }
-        }
-    }
-}
-
-/// Words separated by spaces or commas.
-fn words(text: &str) -> Vec<String> {
-    text.split(|c: char| c == ',' || c.is_whitespace()).filter(|w| !w.is_empty()).map(str::to_owned).collect()
-}
-
-fn metadata(text: &str) -> Result<BTreeMap<String, String>, Error> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            l.split_once('=')
-                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-                .ok_or_else(|| Error::invalid("metadata", "write one key=value a line"))
-        })
-        .collect()
-}
-
-fn duration(field: &'static str, text: &str) -> Result<Option<Duration>, Error> {
-    let text = text.trim();
-    if text.is_empty() {
-        return Ok(None);
-    }
-    humantime::parse_duration(text).map(Some).map_err(|e| Error::invalid(field, format!("{text:?}: {e}")))
-}
-
-pub async fn create<H: Hsm, S: Store>(ctx: &Ctx<'_, H, S>) -> Response<Body> {
-    let new = match new_key(ctx) {
-        Ok(new) => new,
-        Err(e) => {
-            return ctx.page(StatusCode::BAD_REQUEST, "Create key", Nav::Keys, create_form(ctx, Some(&e.to_string())));
-        }
-    };
-    match ctx.console.services.keys.create(&ctx.caller, new, &ctx.rctx).await {
-        Ok(created) => {
-            tracing::info!(key_id = %created.record.id, actor = %ctx.caller.key_id, "key created (console)");
-            ctx.page(
-                StatusCode::OK,
-                "Key created",
-                Nav::Keys,
-                shown_once("Key created", &created.key, &created.record, None),
-            )
-        }
-        Err(e @ (Error::InvalidArgument { .. } | Error::PermissionDenied(_))) => {
-            ctx.page(status_for(&e), "Create key", Nav::Keys, create_form(ctx, Some(&e.to_string())))
-        }
-        Err(e) => ctx.fail(e, Nav::Keys),
-    }
-}
-
-fn status_for(e: &Error) -> StatusCode {
-    super::routes::status_of(e)
-}
-
-fn new_key<H, S>(ctx: &Ctx<'_, H, S>) -> Result<NewKey, Error> {
-    let f = |name| ctx.req.field(name);
-    let expires_at = duration("expires_in", f("expires_in"))?.map(|d| SystemTime::now() + d);
-    Ok(NewKey {
-        name: f("name").trim().to_owned(),
-        prefix: f("prefix").trim().to_owned(),
-        scopes: words(f("scopes")),
-        owner: f("owner").trim().to_owned(),
-        expires_at,
-        allowed_cidrs: words(f("allowed_cidrs")),
-        metadata: metadata(f("metadata"))?,
-        ..Default::default()
-    })
-}
-
-/// The page that shows a new key, once (a signing key: its signing secret, base64, instead:
-/// it is never presented as a bearer key).
-fn shown_once(title: &str, key: &KeyString, record: &KeyRecord, signing: Option<&KeyString>) -> Markup {
-    let (label, shown) = match signing {
-        Some(secret) => ("The new signing secret (base64)", secret),
-        None => ("The new key", key),
-    };
-    html! {
-        h1 { (title) }
-        section.once {
-            p.warning role="alert" {
-                strong { "Copy this now. " }
-                "keyward keeps only a digest of the key: it will not be shown again."
-            }
-            label for="new-key" { (label) }
-            div.copyrow {
-                input #new-key type="text" readonly value=(shown.expose()) spellcheck="false" autocomplete="off";
-                button type="button" data-copy="new-key" { "Copy" }
-            }
-            p { "Key " a #new-key-link href={ "/keys/" (record.id) } { (record.id) } ", " (record.name) "." }
-        }
-    }
-}
-
-/// The actions on one key, from the key page's forms.
-pub async fn act<H: Hsm, S: Store>(ctx: &Ctx<'_, H, S>, id: &str, action: &str) -> Response<Body> {
-    let keys = &ctx.console.services.keys;
-    let f = |name| ctx.req.field(name);
-    let done = match action {
-        "update" => match patch(ctx) {
-            Ok(patch) => keys.update(&ctx.caller, id, patch, &ctx.rctx).await.map(|_| ()),
-            Err(e) => Err(e),
-        },
-        "disable" => keys.disable(&ctx.caller, id, f("reason").trim(), &ctx.rctx).await.map(|_| ()),
-        "enable" => keys.enable(&ctx.caller, id, &ctx.rctx).await.map(|_| ()),
-        "revoke" => keys.revoke(&ctx.caller, id, f("reason").trim(), &ctx.rctx).await.map(|_| ()),
-        "rotate" => {
-            let rotated = match duration("grace_period", f("grace")) {
-                Ok(grace) => keys.rotate(&ctx.caller, id, grace, &ctx.rctx).await,
-                Err(e) => Err(e),
-            };
-            return match rotated {
-                Ok(r) => {
-                    tracing::info!(key_id = %r.previous.id, new_key_id = %r.record.id, actor = %ctx.caller.key_id, "key rotated (console)");
-                    let signing = r
-                        .signing_secret
-                        .as_ref()
-                        .map(|s| KeyString::new(base64::engine::general_purpose::STANDARD.encode(s.expose())));
-                    let page = rotated_page(&r.key, &r.record, &r.previous, signing.as_ref());
-                    ctx.page(StatusCode::OK, "Key rotated", Nav::Keys, page)
-                }
-                Err(e) => ctx.fail(e, Nav::Keys),
-            };
-        }
-        _ => {
-            return ctx.page(
-                StatusCode::NOT_FOUND,
-                "Not found",
-                Nav::Keys,
-                view::error_box(StatusCode::NOT_FOUND, "no such action"),
-            );
-        }
-    };
-    match done {
-        Ok(()) => {
-            tracing::info!(key_id = %id, action, actor = %ctx.caller.key_id, "key changed (console)");
-            web::redirect(&format!("/keys/{id}"))
-        }
-        Err(e) => ctx.fail(e, Nav::Keys),
-    }
-}
-
-fn rotated_page(key: &KeyString, record: &KeyRecord, previous: &KeyRecord, signing: Option<&KeyString>) -> Markup {
-    html! {
-        (shown_once("Key rotated", key, record, signing))
-        p {
-            "The old key " a href={ "/keys/" (previous.id) } { (previous.id) } " keeps verifying until "
-            (opt_time(previous.rotation_deadline)) "."
-        }
-    }
-}
-
-/// The update form's fields: name, scopes, allowed networks, owner and rate limit, all set
-/// (a field left as it was changes nothing).
-fn patch<H, S>(ctx: &Ctx<'_, H, S>) -> Result<KeyPatch, Error> {
-    let f = |name| ctx.req.field(name);
-    let rate_limit = match (f("rate_limit").trim(), f("rate_window").trim()) {
-        ("", "") => None,
-        (limit, window) => Some(RateLimit {
-            limit: limit.parse().map_err(|_| Error::invalid("rate_limit", "must be a whole number"))?,
-            window: duration("rate_limit", window)?
-                .ok_or_else(|| Error::invalid("rate_limit", "needs a window, e.g. 1m"))?,
-        }),
-    };
-    let mask = ["name", "scopes", "allowed_cidrs", "owner", "rate_limit"];
-    Ok(KeyPatch {
-        mask: mask.iter().map(|s| s.to_string()).collect(),
-        name: f("name").trim().to_owned(),
-        scopes: words(f("scopes")),
-        allowed_cidrs: words(f("allowed_cidrs")),
-        owner: f("owner").trim().to_owned(),
-        rate_limit,
-        ..Default::default()
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn form_text_becomes_lists_maps_and_durations() {
-        assert_eq!(words(" a:read, b:write  c "), ["a:read", "b:write", "c"]);
-        assert!(words("  ").is_empty());
-        let m = metadata("team = billing\n\nenv=prod\n").unwrap();
-        assert_eq!(m.get("team").map(String::as_str), Some("billing"));
-        assert_eq!(m.len(), 2);
-        assert!(matches!(metadata("no equals"), Err(Error::InvalidArgument { field: "metadata", .. })));
-        assert_eq!(duration("x", "1h").unwrap(), Some(Duration::from_secs(3600)));
-        assert_eq!(duration("x", " ").unwrap(), None);
-        assert!(matches!(duration("grace_period", "soon"), Err(Error::InvalidArgument { field: "grace_period", .. })));
     }
 }

@@ -6,13 +6,18 @@
 //!
 //! - `session`: the in-memory sign-in sessions (random ids, idle timeout, CSRF tokens);
 //! - `web`: requests and responses (cookies, forms, security headers, static assets);
-//! - `routes`: the router and the sign-in; `keys` (with `key_page`), `audit` (with
-//!   `chain_check`, the whole-chain check in the background), `master`: the pages and actions;
+//! - `routes`: the router and the sign-in (audited as `console.sign_in` / `console.sign_out`);
+//!   `keys` (the list), `key_page`, `key_forms` (create), `key_actions` (update, rotate,
+//!   disable, enable, revoke; `form_fields` reads their fields), `audit` (with `chain_check`,
+//!   the whole-chain check in the background), `master`: the pages and actions;
 //! - `view` and `chart`: the HTML (maud) and the usage chart (SVG).
 
 mod audit;
 mod chain_check;
 mod chart;
+mod form_fields;
+mod key_actions;
+mod key_forms;
 mod key_page;
 mod keys;
 mod master;

@@ -9,13 +9,14 @@ use hyper::body::Incoming;
 use maud::Markup;
 
 use super::{
-    Console, audit, keys, master,
+    Console, audit, key_actions, key_forms, keys, master,
     session::{Full, Session, same_token},
     view,
     web::{self, Body, Req},
 };
 use crate::domain::{
     access::{Caller, RequestContext},
+    auth::ConsoleSession,
     error::Error,
     listing::ListFilter,
     ports::{Hsm, Store},
@@ -125,13 +126,13 @@ async fn signed_in_route<H: Hsm, S: Store>(ctx: &Ctx<'_, H, S>) -> Response<Body
     let req = ctx.req;
     let segments: Vec<&str> = req.path.trim_matches('/').split('/').collect();
     match (&req.method, segments.as_slice()) {
-        (&Method::POST, ["logout"]) => sign_out(ctx),
+        (&Method::POST, ["logout"]) => sign_out(ctx).await,
         (&Method::GET, [""]) => web::redirect("/keys"),
         (&Method::GET, ["keys"]) => keys::list(ctx),
-        (&Method::GET, ["keys", "new"]) => keys::new_form(ctx),
-        (&Method::POST, ["keys"]) => keys::create(ctx).await,
+        (&Method::GET, ["keys", "new"]) => key_forms::new_form(ctx),
+        (&Method::POST, ["keys"]) => key_forms::create(ctx).await,
         (&Method::GET, ["keys", id]) => keys::detail(ctx, id),
-        (&Method::POST, ["keys", id, action]) => keys::act(ctx, id, action).await,
+        (&Method::POST, ["keys", id, action]) => key_actions::act(ctx, id, action).await,
         (&Method::GET, ["audit"]) => audit::page(ctx).await,
         (&Method::POST, ["audit", "verify"]) => audit::start_whole_check(ctx),
         (&Method::GET, ["master"]) => master::page(ctx),
@@ -180,7 +181,9 @@ fn csrf_ok<H, S>(ctx: &Ctx<'_, H, S>) -> bool {
 }
 
 /// Signs in with a keyward key: checked like a bearer key, and it must hold some form of
-/// `keyward:keys:read` (checked, and a refusal counted, by ListKeys itself).
+/// `keyward:keys:read` (checked, and a refusal counted, by ListKeys itself). A refused sign-in
+/// is counted as a refused call (`auth.failed`, grouped per source); a session begun is a
+/// `console.sign_in` event.
 async fn sign_in<H: Hsm, S: Store>(console: &Console<H, S>, req: &Req) -> Response<Body> {
     if !req.same_origin() {
         return web::html(StatusCode::FORBIDDEN, view::login(Some("this sign-in did not come from this console")));
@@ -217,15 +220,29 @@ async fn sign_in<H: Hsm, S: Store>(console: &Console<H, S>, req: &Req) -> Respon
             );
         }
     };
+    if let Err(e) = console.services.auth.record_console_session(&caller, ConsoleSession::SignedIn, &rctx).await {
+        // No session that the audit trail does not know of.
+        console.sessions.close(&session.id);
+        tracing::warn!(key_id = %caller.key_id, error = %e, "console sign-in refused: its audit event was not written");
+        return web::html(status_of(&e), view::login(Some(&e.to_string())));
+    }
     tracing::info!(key_id = %caller.key_id, "console sign-in");
     let mut response = web::redirect("/keys");
     response.headers_mut().insert(header::SET_COOKIE, web::session_cookie(Some(&session.id), console.tls));
     response
 }
 
-fn sign_out<H: Hsm, S: Store>(ctx: &Ctx<'_, H, S>) -> Response<Body> {
+/// Ends the session, then records it (a sign-out the trail could not record still signs out).
+async fn sign_out<H: Hsm, S: Store>(ctx: &Ctx<'_, H, S>) -> Response<Body> {
     ctx.console.sessions.close(&ctx.session.id);
-    tracing::info!(key_id = %ctx.caller.key_id, "console sign-out");
+    let recorded =
+        ctx.console.services.auth.record_console_session(&ctx.caller, ConsoleSession::SignedOut, &ctx.rctx).await;
+    match recorded {
+        Ok(()) => tracing::info!(key_id = %ctx.caller.key_id, "console sign-out"),
+        Err(e) => {
+            tracing::warn!(key_id = %ctx.caller.key_id, error = %e, "console sign-out: its audit event was not written")
+        }
+    }
     let mut response = web::redirect("/login");
     response.headers_mut().insert(header::SET_COOKIE, web::session_cookie(None, ctx.console.tls));
     response

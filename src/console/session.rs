@@ -2,9 +2,11 @@
 //! zeroizing `KeyString`, checked again through the Authenticator on every request, so that a
 //! key revoked or disabled meanwhile ends its sessions), a per-session CSRF token, and the
 //! time of last use. A session unused for the idle timeout is gone; at most `max` are kept.
+//! A session also remembers the create forms it sent (by their one-time form id), so that a
+//! form sent again (a reload, a double submit) makes no second key.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::Mutex,
     time::{Duration, Instant},
 };
@@ -13,6 +15,8 @@ use crate::domain::{key::KeyId, secret::KeyString};
 
 /// Bytes of randomness in a session id and in a CSRF token.
 const TOKEN_BYTES: usize = 32;
+/// Create forms a session remembers having sent (the oldest is forgotten first).
+const SENT_FORMS: usize = 64;
 
 /// A signed-in session, as a request sees it.
 #[derive(Clone)]
@@ -32,6 +36,17 @@ impl std::fmt::Debug for Session {
 struct Entry {
     session: Session,
     last_used: Instant,
+    /// Create forms sent, by form id, with the key each made (`None`: being made).
+    sent: VecDeque<(String, Option<KeyId>)>,
+}
+
+/// A create form's one-time id, as its sending finds it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Sent {
+    /// Not sent before (or no session): go ahead, then `form_done`.
+    First,
+    /// Sent before: the key it made (`None`: still being made).
+    Again(Option<KeyId>),
 }
 
 /// Why a sign-in got no session.
@@ -63,7 +78,7 @@ impl Sessions {
             return Err(Full::TooMany);
         }
         let session = Session { id: random_token(), key: std::sync::Arc::new(key), key_id, csrf: random_token() };
-        entries.insert(session.id.clone(), Entry { session: session.clone(), last_used: now });
+        entries.insert(session.id.clone(), Entry { session: session.clone(), last_used: now, sent: VecDeque::new() });
         Ok(session)
     }
 
@@ -86,10 +101,44 @@ impl Sessions {
         self.entries.lock().expect("sessions lock").remove(id);
     }
 
+    /// Claims the create form `form_id` for session `id`: `First` once, `Again` after.
+    pub fn claim_form(&self, id: &str, form_id: &str) -> Sent {
+        let mut entries = self.entries.lock().expect("sessions lock");
+        let Some(entry) = entries.get_mut(id) else { return Sent::First };
+        if let Some((_, made)) = entry.sent.iter().find(|(f, _)| f == form_id) {
+            return Sent::Again(*made);
+        }
+        if entry.sent.len() == SENT_FORMS {
+            entry.sent.pop_front();
+        }
+        entry.sent.push_back((form_id.to_owned(), None));
+        Sent::First
+    }
+
+    /// Records what the claimed form `form_id` made; `None` (it made nothing) releases it, so
+    /// that the form, corrected, can be sent again.
+    pub fn form_done(&self, id: &str, form_id: &str, made: Option<KeyId>) {
+        let mut entries = self.entries.lock().expect("sessions lock");
+        let Some(entry) = entries.get_mut(id) else { return };
+        match made {
+            Some(key) => {
+                if let Some(slot) = entry.sent.iter_mut().find(|(f, _)| f == form_id) {
+                    slot.1 = Some(key);
+                }
+            }
+            None => entry.sent.retain(|(f, _)| f != form_id),
+        }
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.entries.lock().unwrap().len()
     }
+}
+
+/// A create form's one-time id.
+pub fn form_id() -> String {
+    random_token()
 }
 
 /// 256 random bits, hex.
@@ -138,6 +187,24 @@ mod tests {
         s.open(key(), KeyId::new_v7()).expect("idle sessions make room");
         assert_eq!(s.len(), 1, "both idle sessions were dropped");
         assert!(s.get(&a.id).is_none(), "idle past the timeout");
+    }
+
+    #[test]
+    fn a_create_form_is_sent_once_and_again_only_after_it_made_nothing() {
+        let s = Sessions::new(Duration::from_secs(60), 10);
+        let a = s.open(key(), KeyId::new_v7()).unwrap();
+        let made = KeyId::new_v7();
+        assert_eq!(s.claim_form(&a.id, "f1"), Sent::First);
+        assert_eq!(s.claim_form(&a.id, "f1"), Sent::Again(None), "still being made");
+        s.form_done(&a.id, "f1", Some(made));
+        assert_eq!(s.claim_form(&a.id, "f1"), Sent::Again(Some(made)));
+        assert_eq!(s.claim_form(&a.id, "f2"), Sent::First);
+        s.form_done(&a.id, "f2", None);
+        assert_eq!(s.claim_form(&a.id, "f2"), Sent::First, "a refused form can be corrected and sent");
+        for i in 0..SENT_FORMS {
+            s.claim_form(&a.id, &format!("g{i}"));
+        }
+        assert_eq!(s.claim_form(&a.id, "f1"), Sent::First, "the oldest forms are forgotten");
     }
 
     #[test]

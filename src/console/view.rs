@@ -58,7 +58,7 @@ pub fn layout(title: &str, nav: Nav, user: Option<&User>, content: Markup) -> Ma
                         }
                     }
                 }
-                main #main { (content) }
+                main #main tabindex="-1" { (content) }
             }
         }
     }
@@ -79,7 +79,7 @@ pub fn login(message: Option<&str>) -> Markup {
             }
             form method="post" action="/login" {
                 label for="key" { "Admin key" }
-                input #key type="password" name="key" autocomplete="off" required autofocus spellcheck="false";
+                input #key type="password" name="key" autocomplete="off" required spellcheck="false";
                 button type="submit" { "Sign in" }
             }
         }

@@ -104,10 +104,15 @@ pub enum AuditAction {
     /// The anomaly detector found unusual use of a key: the code is the kind (`NEW_NETWORKS`,
     /// …), the reason the evidence; a state change if the key's policy disabled it.
     KeyAnomaly,
+    /// A console session began: the actor (and target) is the key signed in with, the client
+    /// address the browser's. Refused sign-ins are `AuthFailed`, counted like refused calls.
+    ConsoleSignIn,
+    /// A console session was ended by its key (signing out); sessions that time out are not events.
+    ConsoleSignOut,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 14] = [
+    pub const ALL: [AuditAction; 16] = [
         AuditAction::KeyCreated,
         AuditAction::KeyRevoked,
         AuditAction::KeyUpdated,
@@ -122,6 +127,8 @@ impl AuditAction {
         AuditAction::AuthFailed,
         AuditAction::KeyLeaked,
         AuditAction::KeyAnomaly,
+        AuditAction::ConsoleSignIn,
+        AuditAction::ConsoleSignOut,
     ];
 
     pub fn as_str(&self) -> &'static str {
@@ -140,6 +147,8 @@ impl AuditAction {
             AuditAction::AuthFailed => "auth.failed",
             AuditAction::KeyLeaked => "key.leaked",
             AuditAction::KeyAnomaly => "key.anomaly",
+            AuditAction::ConsoleSignIn => "console.sign_in",
+            AuditAction::ConsoleSignOut => "console.sign_out",
         }
     }
 

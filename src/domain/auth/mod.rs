@@ -10,6 +10,7 @@ use std::{net::IpAddr, sync::Arc, time::Duration};
 use self::cache::AuthCache;
 use super::{
     access::{Access, Caller, RequestContext},
+    audit::{Actor, AuditAction, AuditEvent},
     brute_force::{BruteForce, Source},
     deps::Deps,
     error::{Error, Result},
@@ -30,6 +31,13 @@ pub enum CallerRecord {
     /// As the store last knew it, however stale: only for `GetClusterStatus`, which must answer
     /// while the node fails closed. A revocation the node has not seen yet is not applied then.
     LastKnown,
+}
+
+/// A console session's start or end, as the audit trail records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsoleSession {
+    SignedIn,
+    SignedOut,
 }
 
 /// The authenticator's tunables.
@@ -224,6 +232,33 @@ impl<H: Hsm, S: Store> Authenticator<H, S> {
             VerifyCode::IpNotAllowed => Err(Error::Unauthenticated("credential is not allowed from this address")),
             _ => Err(Error::Unauthenticated("credential is revoked, disabled, expired or not yet valid")),
         }
+    }
+
+    /// Records a console session of `caller` beginning or ending as one chained audit event
+    /// (`console.sign_in`, `console.sign_out`): the key as actor and target, the browser's
+    /// address as the client. Refused sign-ins are not recorded here: `authenticate` and the
+    /// permission check count them as refused calls (`auth.failed`, grouped per source).
+    pub async fn record_console_session(
+        &self,
+        caller: &Caller,
+        session: ConsoleSession,
+        ctx: &RequestContext,
+    ) -> Result<()> {
+        let action = match session {
+            ConsoleSession::SignedIn => AuditAction::ConsoleSignIn,
+            ConsoleSession::SignedOut => AuditAction::ConsoleSignOut,
+        };
+        let event = AuditEvent {
+            at: self.deps.clock.now(),
+            actor: Actor::Key(caller.key_id),
+            action,
+            target: Some(caller.key_id),
+            client_addr: ctx.client_addr.map(|a| a.to_string()),
+            reason: None,
+            changes: Vec::new(),
+            code: None,
+        };
+        Ok(self.deps.store.append_events(vec![event]).await?)
     }
 
     /// Writes the refused calls counted since the last call, by any service, as `auth.failed`

@@ -1,7 +1,7 @@
 //! Tests of the authenticator: bearer credentials, mTLS identities, the auth cache and the
 //! caller's allowlist.
 
-use crate::domain::testing::*;
+use crate::domain::{auth::ConsoleSession, testing::*};
 
 #[tokio::test]
 async fn authentication_rejects_missing_bad_revoked_and_expired_credentials() {
@@ -87,4 +87,28 @@ async fn a_caller_key_with_an_allowlist_is_checked_against_the_peer_address() {
     assert!(f.auth.authenticate(Some(admin.key.expose()), &from("10.1.1.1:4000")).await.is_ok());
     let err = f.auth.authenticate(Some(admin.key.expose()), &from("127.0.0.1:4000")).await.unwrap_err();
     assert!(matches!(err, Error::Unauthenticated(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn console_sessions_are_chained_events_with_the_key_as_actor_and_its_address() {
+    let f = fixture().await;
+    let admin = f.create("admin", &["keyward:keys:read"]).await;
+    let ctx = RequestContext { client_addr: Some("192.0.2.7:41000".parse().unwrap()) };
+    let caller = f.auth.authenticate(Some(admin.key.expose()), &ctx).await.unwrap();
+    f.auth.record_console_session(&caller, ConsoleSession::SignedIn, &ctx).await.unwrap();
+    f.auth.record_console_session(&caller, ConsoleSession::SignedOut, &ctx).await.unwrap();
+
+    let events: Vec<AuditEvent> = f.store.audit_after(0, 1000).unwrap().into_iter().map(|e| e.event).collect();
+    let console: Vec<&AuditEvent> = events
+        .iter()
+        .filter(|e| matches!(e.action, AuditAction::ConsoleSignIn | AuditAction::ConsoleSignOut))
+        .collect();
+    assert_eq!(console.len(), 2, "{events:?}");
+    assert_eq!(console[0].action, AuditAction::ConsoleSignIn);
+    assert_eq!(console[1].action, AuditAction::ConsoleSignOut);
+    for e in console {
+        assert_eq!(e.actor, Actor::Key(admin.record.id));
+        assert_eq!(e.target, Some(admin.record.id));
+        assert_eq!(e.client_addr.as_deref(), Some("192.0.2.7:41000"));
+    }
 }

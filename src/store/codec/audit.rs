@@ -173,4 +173,29 @@ mod tests {
         let before_the_chain = decode_audit(&encode_event(&event)).unwrap();
         assert_eq!((before_the_chain.event, before_the_chain.mac), (event, None));
     }
+
+    #[test]
+    fn console_session_events_round_trip_with_their_action_names() {
+        let admin = KeyId::new_v7();
+        for (action, name) in
+            [(AuditAction::ConsoleSignIn, "console.sign_in"), (AuditAction::ConsoleSignOut, "console.sign_out")]
+        {
+            let event = AuditEvent {
+                at: SystemTime::now(),
+                actor: Actor::Key(admin),
+                action,
+                target: Some(admin),
+                client_addr: Some("192.0.2.7:41000".into()),
+                reason: None,
+                changes: Vec::new(),
+                code: None,
+            };
+            assert_eq!(action.as_str(), name);
+            assert_eq!(AuditAction::parse(name), Some(action));
+            let bytes = encode_event(&event);
+            assert_eq!(decode_event(&bytes).unwrap(), event);
+            let sealed = decode_audit(&encode_sealed(bytes, &[9; 32])).unwrap();
+            assert_eq!((sealed.event, sealed.mac), (event, Some([9; 32])));
+        }
+    }
 }

@@ -2,10 +2,13 @@
 //! WebDriver): sign in, create a key and verify the key shown, find it in the list, rotate it,
 //! revoke it, read the audit events and the chain status, sign out; a team admin sees only its
 //! team's keys; a form without the CSRF token and a cross-site POST are refused; a key without
-//! `keyward:keys:read` cannot sign in. With KEYWARD_CONSOLE_SCREENSHOTS=1 the main pages are
+//! `keyward:keys:read` cannot sign in. `key_fields`: the create and update forms' fields;
+//! `keyboard`: the console by keyboard alone. With KEYWARD_CONSOLE_SCREENSHOTS=1 the main pages are
 //! saved to docs/console/*.png (committed; CI does not rewrite them).
 
 mod chain;
+mod key_fields;
+mod keyboard;
 mod paging;
 mod webdriver;
 
@@ -104,6 +107,7 @@ async fn console_signs_in_creates_rotates_revokes_audits_and_signs_out() {
     // Create a key: it is shown once, and it verifies.
     browser.find("a.button[href='/keys/new']").await.click().await;
     browser.wait_for_url(|u| u.ends_with("/keys/new")).await;
+    shot(&browser, "create-form", WIDE.0).await;
     browser.find("#name").await.type_text("console-e2e").await;
     browser.find("#scopes").await.type_text("orders:read orders:write").await;
     browser.find("#metadata").await.type_text("team=billing").await;
@@ -167,7 +171,7 @@ async fn console_signs_in_creates_rotates_revokes_audits_and_signs_out() {
     // The audit page: the events, done as the signed-in key, and the chain intact.
     browser.goto(&format!("{}/audit", base(&kw))).await;
     let audit = browser.text().await;
-    for action in ["key.created", "key.rotated", "key.revoked"] {
+    for action in ["console.sign_in", "key.created", "key.rotated", "key.revoked"] {
         assert!(audit.contains(action), "{action} is listed: {audit}");
     }
     assert!(audit.contains(&root_id), "the actor is the signed-in key");

@@ -16,6 +16,9 @@ use serde_json::{Value, json};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+/// The WebDriver key codes of Tab and Enter, for `Browser::press`.
+pub const TAB: &str = "\u{E004}";
+pub const ENTER: &str = "\u{E007}";
 /// The W3C name of an element reference in JSON.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
@@ -210,6 +213,29 @@ impl Browser {
             assert!(Instant::now() < deadline, "the page never said {needle:?}; it says:\n{text}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Presses `keys` one after the other on the focused element, as a keyboard would (WebDriver
+    /// key actions: no element is clicked or targeted). `TAB`, `ENTER`; a space is Space.
+    pub async fn press(&self, keys: &str) {
+        let actions: Vec<Value> = keys
+            .chars()
+            .flat_map(|c| {
+                [
+                    json!({ "type": "keyDown", "value": c.to_string() }),
+                    json!({ "type": "keyUp", "value": c.to_string() }),
+                ]
+            })
+            .collect();
+        let body = json!({ "actions": [{ "type": "key", "id": "keyboard", "actions": actions }] });
+        // Each key is released in the sequence: no Release Actions call (it fails while the
+        // key press has opened a dialog).
+        self.command("POST", "/actions", Some(body)).await;
+    }
+
+    /// Reloads the page.
+    pub async fn refresh(&self) {
+        self.command("POST", "/refresh", Some(json!({}))).await;
     }
 
     pub async fn cookies(&self) -> Vec<Value> {
