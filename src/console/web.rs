@@ -45,11 +45,16 @@ impl Req {
         let (parts, body) = request.into_parts();
         let query = parts.uri.query().map(parse_pairs).unwrap_or_default();
         let form = if parts.method == Method::POST {
-            let bytes = Limited::new(body, MAX_FORM_BYTES)
-                .collect()
-                .await
-                .map_err(|_| StatusCode::PAYLOAD_TOO_LARGE)?
-                .to_bytes();
+            // The sign-in form carries a key: the raw body is wiped once parsed (as are the
+            // parsed values, with the request).
+            let bytes: zeroize::Zeroizing<Vec<u8>> = zeroize::Zeroizing::new(
+                Limited::new(body, MAX_FORM_BYTES)
+                    .collect()
+                    .await
+                    .map_err(|_| StatusCode::PAYLOAD_TOO_LARGE)?
+                    .to_bytes()
+                    .into(),
+            );
             let form_type = parts
                 .headers
                 .get(header::CONTENT_TYPE)
