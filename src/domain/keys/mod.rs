@@ -4,6 +4,7 @@
 //! team-scoped ones, the keys' owners (`ownership`).
 
 mod browse;
+mod catch_up;
 mod leak;
 mod rotation;
 mod sweep;
@@ -142,6 +143,7 @@ impl<H: Hsm, S: Store> KeyAdmin<H, S> {
         };
         let event = key_event(now, Actor::Key(caller.key_id), AuditAction::KeyCreated, id, ctx, None);
         self.deps.store.insert_key(record.clone(), event).await?;
+        self.catch_up_with_rotation(&mut record, &secret).await;
         let key = key_format::render(&record.prefix, id, &secret);
         Ok(CreatedKey { key, record, signing_secret })
     }

@@ -231,3 +231,59 @@ async fn listing_filters_and_pages_stably() {
     let err = f.keys.list(&f.root, &ListFilter::default(), 1, &token.unwrap()).unwrap_err();
     assert!(matches!(err, Error::InvalidArgument { field: "page_token", .. }));
 }
+
+/// Keys whose create read the master versions just before a rotation landed, written after
+/// the rotation's re-digest had passed: they move under the new versions themselves.
+#[tokio::test]
+async fn a_key_made_as_a_rotation_lands_moves_under_the_new_versions() {
+    use crate::domain::{
+        ports::Hsm as _,
+        proof::key_digest_input,
+        signing::{FIRST_WRAP_KEY, WrapKeyVersion},
+    };
+    let f = fixture().await;
+    let ctx = RequestContext::default();
+    f.master.rotate_master(&f.root, &ctx).await.unwrap();
+    f.migrate_all().await;
+    assert_eq!(f.status().keys_pending, 0);
+
+    // The records as creates that began under v1 write them, after the migration finished:
+    // a bearer key, and a signing key (its secret wrapped under wrapping key v1).
+    let mut late = Vec::new();
+    for signing in [false, true] {
+        let id = KeyId::new_v7();
+        let secret = f.hsm.random_secret().await.unwrap();
+        let digest = f.hsm.digest(V1, key_digest_input(id, &secret)).await.unwrap();
+        let mut record = KeyRecord::new(id, "late".into(), "kw".into(), vec![], f.clock.now(), digest);
+        if signing {
+            record.signing = Some(f.hsm.new_signing_secret(FIRST_WRAP_KEY).await.unwrap().1);
+        }
+        let event = AuditEvent {
+            at: f.clock.now(),
+            actor: Actor::System("test".into()),
+            action: AuditAction::KeyCreated,
+            target: Some(id),
+            client_addr: None,
+            reason: None,
+            changes: Vec::new(),
+            code: None,
+        };
+        f.store.insert_key(record.clone(), event).await.unwrap();
+        late.push((record, secret));
+    }
+    let status = f.status();
+    assert_eq!((status.keys_pending, status.secrets_pending), (2, 1), "the migration passed them by");
+
+    for (record, secret) in &mut late {
+        f.keys.catch_up_with_rotation(record, secret).await;
+        let stored = f.store.get_key(record.id).unwrap().unwrap();
+        assert!(stored.digest.is_plain_under(MasterKeyVersion(2)), "{:?}", stored.digest);
+        assert_eq!((&record.digest, &record.signing), (&stored.digest, &stored.signing), "what was written");
+    }
+    assert_eq!(late[1].0.signing.as_ref().map(|w| w.version), Some(WrapKeyVersion(2)));
+    let status = f.status();
+    assert_eq!((status.keys_pending, status.secrets_pending), (0, 0), "nothing holds version 1 back");
+    let (bearer, secret) = &late[0];
+    let key = key_format::render("kw", bearer.id, secret);
+    assert_eq!(f.code(key.expose(), &[]).await, VerifyCode::Valid);
+}
