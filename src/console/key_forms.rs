@@ -34,6 +34,14 @@ fn create_form<H: Hsm, S: Store>(ctx: &Ctx<'_, H, S>, problem: Option<&Error>) -
     };
     let bad = |id: &str| bad_inputs.contains(&id).then_some("true");
     let described = |id: &str| bad_inputs.contains(&id).then_some("create-problem");
+    // One input named `name` (its id too), filled with what was sent, marked when refused.
+    let field = |name: &str, kind: &str, placeholder: Option<&str>, min: Option<&str>| {
+        let step = matches!(kind, "number" | "datetime-local").then_some("1");
+        html! {
+            input id=(name) type=(kind) name=(name) required[name == "name"] value=(ctx.req.field(name)) placeholder=[placeholder]
+                min=[min] step=[step] aria-invalid=[bad(name)] aria-describedby=[described(name)];
+        }
+    };
     let signing = v("kind") == "signing";
     let action = v("anomaly_action");
     html! {
@@ -43,7 +51,7 @@ fn create_form<H: Hsm, S: Store>(ctx: &Ctx<'_, H, S>, problem: Option<&Error>) -
             (csrf_field(&ctx.session.csrf))
             input type="hidden" name="form_id" value=(session::form_id());
             label for="name" { "Name" }
-            input #name type="text" name="name" required value=(v("name")) aria-invalid=[bad("name")] aria-describedby=[described("name")];
+            (field("name", "text", None, None))
             fieldset.choices {
                 legend { "Kind" }
                 label.choice for="kind-bearer" {
@@ -56,39 +64,39 @@ fn create_form<H: Hsm, S: Store>(ctx: &Ctx<'_, H, S>, problem: Option<&Error>) -
                 }
             }
             label for="scopes" { "Scopes " span.muted { "(separated by spaces or commas)" } }
-            input #scopes type="text" name="scopes" value=(v("scopes")) placeholder="orders:read orders:write" aria-invalid=[bad("scopes")] aria-describedby=[described("scopes")];
+            (field("scopes", "text", Some("orders:read orders:write"), None))
             label for="owner" { "Owner (team) " span.muted { "(optional; a team admin must name one of its teams)" } }
-            input #owner type="text" name="owner" value=(v("owner")) aria-invalid=[bad("owner")] aria-describedby=[described("owner")];
+            (field("owner", "text", None, None))
             label for="prefix" { "Prefix " span.muted { "(optional)" } }
-            input #prefix type="text" name="prefix" value=(v("prefix")) placeholder="kw" aria-invalid=[bad("prefix")] aria-describedby=[described("prefix")];
+            (field("prefix", "text", Some("kw"), None))
             fieldset {
                 legend { "Validity " span.muted { "(optional; times in UTC)" } }
                 label for="not_before" { "Not before" }
-                input #not_before type="datetime-local" step="1" name="not_before" value=(v("not_before")) aria-invalid=[bad("not_before")] aria-describedby=[described("not_before")];
+                (field("not_before", "datetime-local", None, None))
                 label for="expires_in" { "Expires in " span.muted { "(e.g. 90d)" } }
-                input #expires_in type="text" name="expires_in" value=(v("expires_in")) aria-invalid=[bad("expires_in")] aria-describedby=[described("expires_in")];
+                (field("expires_in", "text", None, None))
                 label for="expires_at" { "or expires at" }
-                input #expires_at type="datetime-local" step="1" name="expires_at" value=(v("expires_at")) aria-invalid=[bad("expires_at")] aria-describedby=[described("expires_at")];
+                (field("expires_at", "datetime-local", None, None))
                 label for="max_age" { "Maximum age " span.muted { "(rotate by then, e.g. 90d; empty: the configured default; 0: none)" } }
-                input #max_age type="text" name="max_age" value=(v("max_age")) aria-invalid=[bad("max_age")] aria-describedby=[described("max_age")];
+                (field("max_age", "text", None, None))
             }
             label for="allowed_cidrs" { "Allowed networks " span.muted { "(optional CIDRs or addresses)" } }
-            input #allowed_cidrs type="text" name="allowed_cidrs" value=(v("allowed_cidrs")) placeholder="10.0.0.0/8 2001:db8::/32" aria-invalid=[bad("allowed_cidrs")] aria-describedby=[described("allowed_cidrs")];
+            (field("allowed_cidrs", "text", Some("10.0.0.0/8 2001:db8::/32"), None))
             fieldset {
                 legend { "Rate limit " span.muted { "(optional)" } }
                 label for="rate_limit" { "Verifications" }
-                input #rate_limit type="number" min="1" step="1" name="rate_limit" value=(v("rate_limit")) aria-invalid=[bad("rate_limit")] aria-describedby=[described("rate_limit")];
+                (field("rate_limit", "number", None, Some("1")))
                 label for="rate_window" { "per " span.muted { "(e.g. 1m)" } }
-                input #rate_window type="text" name="rate_window" value=(v("rate_window")) placeholder="1m" aria-invalid=[bad("rate_window")] aria-describedby=[described("rate_window")];
+                (field("rate_window", "text", Some("1m"), None))
             }
             fieldset {
                 legend { "Quota " span.muted { "(optional; verifications the key may make)" } }
                 label for="remaining" { "Remaining uses" }
-                input #remaining type="number" min="0" step="1" name="remaining" value=(v("remaining")) aria-invalid=[bad("remaining")] aria-describedby=[described("remaining")];
+                (field("remaining", "number", None, Some("0")))
                 label for="refill_amount" { "Refill with " span.muted { "(uses)" } }
-                input #refill_amount type="number" min="1" step="1" name="refill_amount" value=(v("refill_amount")) aria-invalid=[bad("refill_amount")] aria-describedby=[described("refill_amount")];
+                (field("refill_amount", "number", None, Some("1")))
                 label for="refill_interval" { "every " span.muted { "(e.g. 1d)" } }
-                input #refill_interval type="text" name="refill_interval" value=(v("refill_interval")) placeholder="1d" aria-invalid=[bad("refill_interval")] aria-describedby=[described("refill_interval")];
+                (field("refill_interval", "text", Some("1d"), None))
             }
             label for="anomaly_action" { "On anomalies" }
             select #anomaly_action name="anomaly_action" aria-invalid=[bad("anomaly_action")] aria-describedby=[described("anomaly_action")] {
