@@ -1,6 +1,6 @@
-//! One key's page: its policies, scopes, owner, metadata, rotation links, last use; with
-//! `keyward:audit:read`, its usage over time (KeyUsage per hour or day), top client addresses
-//! and audit events; its recent anomalies; and the forms of the actions on it.
+//! One key's page: its policies, scopes, owner, metadata, rotation links, last use, its usage
+//! over time (KeyUsage per hour or day) and top client addresses; with `keyward:audit:read`,
+//! its audit events; its recent anomalies; and the forms of the actions on it.
 
 use std::time::SystemTime;
 
@@ -31,12 +31,11 @@ const TOP_CLIENTS: usize = 10;
 /// Audit events shown on a key's page.
 const KEY_EVENTS: i32 = 20;
 
-/// What the audit reader tells about the key, for a caller holding `keyward:audit:read`.
+/// The key's usage from the usage log, for whoever may read the key.
 struct Usage {
     span: Span,
     buckets: Vec<Bucket>,
     total: KeyUsage,
-    events: Vec<RecordedEvent>,
 }
 
 pub fn detail<H: Hsm, S: Store>(ctx: &Ctx<'_, H, S>, id: &str) -> Response<Body> {
@@ -55,36 +54,40 @@ pub fn detail_with<H: Hsm, S: Store>(
         Ok(r) => r,
         Err(e) => return ctx.fail(e, Nav::Keys),
     };
-    let usage = if scope::any_grants(&ctx.caller.scopes, Permission::AuditRead.scope()) {
-        let span = Span::parse(ctx.req.query("range"));
-        let ranges = span.ranges(SystemTime::now());
-        let since = ranges.first().map(|r| r.0);
-        let read = || -> Result<Usage, Error> {
-            let mut buckets = Vec::with_capacity(ranges.len());
-            for (start, end) in &ranges {
-                let usage = services.audit.key_usage(&ctx.caller, record.id, Some(*start), Some(*end))?;
-                buckets.push(Bucket::of(*start, &usage));
-            }
-            let total = services.audit.key_usage(&ctx.caller, record.id, since, None)?;
-            let query = AuditQuery { key: Some(record.id), newest_first: true, ..Default::default() };
-            let (events, _) = services.audit.query_events(&ctx.caller, &query, KEY_EVENTS, "")?;
-            Ok(Usage { span, buckets, total, events })
-        };
-        match read() {
-            Ok(u) => Some(u),
+    let span = Span::parse(ctx.req.query("range"));
+    let ranges = span.ranges(SystemTime::now());
+    let since = ranges.first().map(|r| r.0);
+    let read_usage = || -> Result<Usage, Error> {
+        let mut buckets = Vec::with_capacity(ranges.len());
+        for (start, end) in &ranges {
+            let usage = services.audit.key_usage(&ctx.caller, record.id, Some(*start), Some(*end))?;
+            buckets.push(Bucket::of(*start, &usage));
+        }
+        let total = services.audit.key_usage(&ctx.caller, record.id, since, None)?;
+        Ok(Usage { span, buckets, total })
+    };
+    let usage = match read_usage() {
+        Ok(u) => u,
+        Err(e) => return ctx.fail(e, Nav::Keys),
+    };
+    let events = if scope::any_grants(&ctx.caller.scopes, Permission::AuditRead.scope()) {
+        let query = AuditQuery { key: Some(record.id), newest_first: true, ..Default::default() };
+        match services.audit.query_events(&ctx.caller, &query, KEY_EVENTS, "") {
+            Ok((events, _)) => Some(events),
             Err(e) => return ctx.fail(e, Nav::Keys),
         }
     } else {
         None
     };
     let title = format!("Key {}", record.name);
-    ctx.page(status, &title, Nav::Keys, page(ctx, &record, usage.as_ref(), refused))
+    ctx.page(status, &title, Nav::Keys, page(ctx, &record, &usage, events.as_deref(), refused))
 }
 
 fn page<H: Hsm, S: Store>(
     ctx: &Ctx<'_, H, S>,
     k: &KeyRecord,
-    usage: Option<&Usage>,
+    usage: &Usage,
+    events: Option<&[RecordedEvent]>,
     refused: Option<&Error>,
 ) -> Markup {
     let notice = policy::rotation_notice(k, SystemTime::now(), &ctx.console.settings.rotation);
@@ -142,27 +145,22 @@ fn page<H: Hsm, S: Store>(
         }
         section aria-labelledby="h-usage" {
             h2 #h-usage { "Usage" }
-            @match usage {
-                None => (needs("keyward:audit:read")),
-                Some(u) => {
-                    nav.tabs aria-label="Chart span" {
-                        @for span in [Span::Day, Span::Month] {
-                            @let label = if span == Span::Day { "Last 24 hours" } else { "Last 30 days" };
-                            @if span == u.span { a aria-current="true" href={ "/keys/" (k.id) "?range=" (span.param()) } { (label) } }
-                            @else { a href={ "/keys/" (k.id) "?range=" (span.param()) } { (label) } }
-                        }
-                    }
-                    (chart::render(u.span, &u.buckets))
-                    (clients(&u.total))
+            nav.tabs aria-label="Chart span" {
+                @for span in [Span::Day, Span::Month] {
+                    @let label = if span == Span::Day { "Last 24 hours" } else { "Last 30 days" };
+                    @if span == usage.span { a aria-current="true" href={ "/keys/" (k.id) "?range=" (span.param()) } { (label) } }
+                    @else { a href={ "/keys/" (k.id) "?range=" (span.param()) } { (label) } }
                 }
             }
+            (chart::render(usage.span, &usage.buckets))
+            (clients(&usage.total))
         }
         (actions(ctx, k, refused))
         section aria-labelledby="h-events" {
             h2 #h-events { "Audit events" }
-            @match usage {
+            @match events {
                 None => (needs("keyward:audit:read")),
-                Some(u) => (events_table(&u.events)),
+                Some(events) => (events_table(events)),
             }
         }
     }

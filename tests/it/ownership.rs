@@ -128,3 +128,31 @@ async fn a_team_admin_cannot_create_for_others_or_escalate() {
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("scopes"), "{}", status.message());
 }
+
+#[tokio::test]
+async fn a_team_admin_reads_its_own_keys_usage_and_no_other_teams() {
+    let kw = Instance::started().await;
+    let mut root = kw.root_keys().await;
+    let (reader, _) =
+        create(&mut root, new_key("team-a reader", &["keyward:keys:read@team-a"], "team-a")).await.unwrap();
+    let (a_key, a_id) = create(&mut root, new_key("a worker", &["orders:read"], "team-a")).await.unwrap();
+    let (_, b_id) = create(&mut root, new_key("b worker", &["orders:read"], "team-b")).await.unwrap();
+    assert_eq!(kw.code(&a_key, &[]).await, proto::VerifyCode::Valid);
+
+    let mut audit = kw.audit(Some(&reader)).await;
+    let usage = |key_id: &str| proto::KeyUsageRequest { key_id: key_id.into(), ..Default::default() };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let counted = audit.key_usage(usage(&a_id)).await.unwrap().into_inner();
+        if counted.total == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the verification never reached the usage log: {counted:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let other = audit.key_usage(usage(&b_id)).await.unwrap_err();
+    assert_eq!(other.code(), Code::NotFound, "another team's key is not found, as with GetKey: {other:?}");
+    // The rest of the audit trail stays closed to it.
+    let events = audit.query_events(proto::QueryEventsRequest::default()).await.unwrap_err();
+    assert_eq!(events.code(), Code::PermissionDenied);
+}

@@ -116,7 +116,12 @@ const TABLE: &[Row] = &[
     Row { rpc: Rpc::ExportEvents, granted_by: &["keyward:audit:read"], wildcard: AUDIT, permitted: OK },
     Row { rpc: Rpc::TailEvents, granted_by: &["keyward:audit:read"], wildcard: AUDIT, permitted: OK },
     Row { rpc: Rpc::GetCheckpoint, granted_by: &["keyward:audit:read"], wildcard: AUDIT, permitted: OK },
-    Row { rpc: Rpc::KeyUsage, granted_by: &["keyward:audit:read"], wildcard: AUDIT, permitted: OK },
+    Row {
+        rpc: Rpc::KeyUsage,
+        granted_by: &["keyward:audit:read", "keyward:keys:read"],
+        wildcard: AUDIT,
+        permitted: OK,
+    },
     Row { rpc: Rpc::QueryUsage, granted_by: &["keyward:audit:read"], wildcard: AUDIT, permitted: OK },
     Row {
         rpc: Rpc::GetClusterStatus,

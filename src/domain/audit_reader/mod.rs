@@ -1,6 +1,7 @@
 //! The audit reader: the audit trail (QueryEvents, ExportEvents and TailEvents pages, the
 //! chain's head, VerifyChain) and the usage log (KeyUsage, QueryUsage), for callers holding
-//! `keyward:audit:read`. Reads only: the store writes both.
+//! `keyward:audit:read` (one key's usage also for readers of that key). Reads only: the store
+//! writes both.
 
 use std::{sync::Arc, time::SystemTime};
 
@@ -10,7 +11,9 @@ use super::{
     audit_log,
     error::{Error, Result},
     key::KeyId,
+    ownership::{self, Reach},
     ports::Store,
+    scope,
     usage_log::{KeyUsage, MAX_QUERY_SCAN, MAX_USAGE_SCAN, UsageQuery, UsageRecord},
     validate,
 };
@@ -89,6 +92,9 @@ impl<S: Store> AuditReader<S> {
     }
 
     /// One key's verifications over `[since, until)`, counted by code and by client address.
+    /// Needs `keyward:audit:read`, or `keyward:keys:read` reaching the key (a team's admin
+    /// reads its own keys' usage, as GetKey already shows their counts and last address); a
+    /// key outside that reach is `NOT_FOUND`, as with GetKey.
     pub fn key_usage(
         &self,
         caller: &Caller,
@@ -96,13 +102,28 @@ impl<S: Store> AuditReader<S> {
         since: Option<SystemTime>,
         until: Option<SystemTime>,
     ) -> Result<KeyUsage> {
-        self.access.authorize(caller, Permission::AuditRead)?;
+        self.authorize_key_usage(caller, key)?;
         if let (Some(since), Some(until)) = (since, until)
             && since >= until
         {
             return Err(Error::invalid("until", "must be after since"));
         }
         Ok(self.store.key_usage(key, since, until, MAX_USAGE_SCAN)?)
+    }
+
+    fn authorize_key_usage(&self, caller: &Caller, key: KeyId) -> Result<()> {
+        if scope::any_grants(&caller.scopes, Permission::AuditRead.scope()) {
+            return Ok(());
+        }
+        let reach = Reach::of(&caller.scopes, Permission::KeysRead);
+        if reach.is_none() {
+            // Neither permission: refused (and counted) as an audit read.
+            return self.access.authorize(caller, Permission::AuditRead);
+        }
+        match self.store.get_key(key)? {
+            Some(record) if reach.covers(record.owner.as_deref()) => Ok(()),
+            _ => Err(ownership::not_found(key)),
+        }
     }
 
     /// One page of usage records matching `query`, and the token for the next page if there
