@@ -12,6 +12,7 @@ pub mod gateway;
 pub mod grpc;
 pub mod hsm;
 pub mod http;
+pub mod http1;
 pub mod init;
 pub mod listener;
 pub mod metrics;

@@ -26,17 +26,10 @@ mod session;
 mod view;
 mod web;
 
-use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 
 use http::Request;
-use hyper::{body::Incoming, server::conn::http1, service::service_fn};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    sync::watch,
-    task::JoinSet,
-};
-use tokio_rustls::TlsAcceptor;
+use hyper::{body::Incoming, service::service_fn};
 
 pub use self::session::Sessions;
 use crate::{
@@ -45,14 +38,11 @@ use crate::{
         policy::RotationRules,
         ports::{Hsm, Store},
     },
-    listener::{Accepted, Listener},
-    tls::{TlsReloader, http1_only},
+    http1::{Connection, Http1},
+    listener::Listener,
+    tls::TlsReloader,
 };
 
-/// A TLS handshake not finished by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Request headers not read by then close the connection.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long open connections may take to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -98,72 +88,14 @@ pub async fn serve<H: Hsm, S: Store>(
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let console = Arc::new(console);
-    let (stop, stopping) = watch::channel(false);
-    let mut connections = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        let accepted = tokio::select! {
-            () = &mut shutdown => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-            accepted = listener.accept() => accepted,
-        };
-        let (io, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "accepting a console connection failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let console = console.clone();
-        let stopping = stopping.clone();
-        let tls = tls.as_ref().map(|tls| http1_only(&tls.current()));
-        connections.spawn(async move {
-            match (io, tls) {
-                (Accepted::Tcp(tcp), Some(config)) => {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(tcp)).await {
-                        Ok(Ok(stream)) => serve_connection(stream, peer, console, stopping).await,
-                        Ok(Err(e)) => tracing::info!(?peer, error = %e, "console TLS handshake failed"),
-                        Err(_) => tracing::info!(?peer, "console TLS handshake timed out"),
-                    }
-                }
-                (Accepted::Tcp(tcp), None) => serve_connection(tcp, peer, console, stopping).await,
-                (Accepted::Unix(unix), _) => serve_connection(unix, None, console, stopping).await,
-            }
-        });
-    }
-    drop(listener);
-    let _ = stop.send(true);
-    let drained =
-        tokio::time::timeout(SHUTDOWN_GRACE, async { while connections.join_next().await.is_some() {} }).await;
-    if drained.is_err() {
-        connections.shutdown().await;
-    }
-}
-
-async fn serve_connection<H: Hsm, S: Store, IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
-    io: IO,
-    peer: Option<SocketAddr>,
-    console: Arc<Console<H, S>>,
-    mut stopping: watch::Receiver<bool>,
-) {
-    let service = service_fn(move |request: Request<Incoming>| {
-        let console = console.clone();
-        async move { Ok::<_, Infallible>(routes::respond(&console, request, peer).await) }
-    });
-    let served = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .serve_connection(TokioIo::new(io), service);
-    tokio::pin!(served);
-    let result = tokio::select! {
-        result = served.as_mut() => result,
-        () = async { drop(stopping.wait_for(|stop| *stop).await) } => {
-            served.as_mut().graceful_shutdown();
-            served.await
-        }
-    };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "console connection ended");
-    }
+    let http1 = Http1 { name: "console", max_buf_size: None, shutdown_grace: SHUTDOWN_GRACE };
+    http1
+        .serve(listener, tls, shutdown, move |connection: Connection| {
+            let (console, peer) = (console.clone(), connection.peer);
+            service_fn(move |request: Request<Incoming>| {
+                let console = console.clone();
+                async move { Ok::<_, Infallible>(routes::respond(&console, request, peer).await) }
+            })
+        })
+        .await
 }

@@ -7,10 +7,10 @@
 
 use std::sync::Arc;
 
+pub use crate::http1::Connection;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
-use tokio_rustls::rustls::pki_types::CertificateDer;
 
 use crate::{
     domain::{
@@ -44,14 +44,6 @@ pub const ERROR_HEADER: &str = "x-keyward-error";
 pub const RATE_LIMIT_REMAINING: &str = "x-ratelimit-remaining";
 
 pub type Body = Full<Bytes>;
-
-/// The connection a request came on: the peer's address (TCP) and its verified client
-/// certificate (mTLS).
-#[derive(Clone, Debug, Default)]
-pub struct Connection {
-    pub peer: Option<std::net::SocketAddr>,
-    pub client_cert: Option<CertificateDer<'static>>,
-}
 
 /// The forward-auth endpoint over the domain.
 pub struct ForwardAuth<H, S> {
