@@ -11,6 +11,7 @@
 use std::{
     cmp::Ordering,
     collections::BTreeMap,
+    ops::Bound,
     sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard},
     time::SystemTime,
 };
@@ -195,6 +196,39 @@ impl KeyIndex {
         }
     }
 
+    /// Up to `limit` ids after `after` (id order, which is creation order) of keys `keep`
+    /// accepts, and whether any key after the last one returned is accepted too. Reads in
+    /// slices of `SLICE` summaries, taking the read lock for each apart, so that writers never
+    /// wait long behind a narrow filter over many keys.
+    pub fn ids_after(
+        &self,
+        after: Option<KeyId>,
+        keep: impl Fn(&KeySummary) -> bool,
+        limit: usize,
+    ) -> (Vec<KeyId>, bool) {
+        const SLICE: usize = 4096;
+        let mut ids = Vec::with_capacity(limit.min(SLICE));
+        let mut cursor = after;
+        loop {
+            let start = cursor.map_or(Bound::Unbounded, Bound::Excluded);
+            let keys = self.read();
+            let mut seen = 0;
+            for (id, summary) in keys.range((start, Bound::Unbounded)).take(SLICE) {
+                seen += 1;
+                cursor = Some(*id);
+                if keep(summary) {
+                    if ids.len() == limit {
+                        return (ids, true);
+                    }
+                    ids.push(*id);
+                }
+            }
+            if seen < SLICE {
+                return (ids, false);
+            }
+        }
+    }
+
     /// The keys `keep` accepts, sorted by `sort` (descending when `desc`). The read lock is
     /// held only while filtering; the sort runs after it is released.
     pub fn select(&self, keep: impl Fn(&KeySummary) -> bool, sort: SortBy, desc: bool) -> Vec<Arc<KeySummary>> {
@@ -261,6 +295,23 @@ mod tests {
         assert_eq!(created, recs.iter().map(|r| r.id).collect::<Vec<_>>());
         let only_b = index.select(|s| s.name_lower == "b", SortBy::Name, false);
         assert_eq!(only_b.len(), 2);
+    }
+
+    #[test]
+    fn ids_after_pages_through_matches_in_creation_order() {
+        let index = KeyIndex::new();
+        let recs: Vec<KeyRecord> =
+            (0..10_000).map(|i| record(if i % 1000 == 7 { "rare" } else { "common" }, i)).collect();
+        index.replace(recs.iter());
+        let rare = |s: &KeySummary| s.name_lower == "rare";
+        let (first, more) = index.ids_after(None, rare, 4);
+        assert_eq!(first, [7, 1007, 2007, 3007].map(|i| recs[i].id));
+        assert!(more);
+        let (rest, more) = index.ids_after(first.last().copied(), rare, 10);
+        assert_eq!(rest.len(), 6, "past a slice boundary: {rest:?}");
+        assert!(!more);
+        let (exact, more) = index.ids_after(None, rare, 10);
+        assert_eq!((exact.len(), more), (10, false), "a full last page says there is no more");
     }
 
     #[test]

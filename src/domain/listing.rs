@@ -10,9 +10,6 @@ use super::{
     scope,
 };
 
-/// Records one ListKeys call may read before it answers, even with a short page.
-pub const MAX_SCAN: usize = 10_000;
-
 /// The filters of a ListKeys request, all optional and combined with AND.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ListFilter {

@@ -29,8 +29,9 @@ use super::{
     error::{Error, Result},
     key::{KeyId, KeyRecord, KeyState, Quota, RateLimit, Refill},
     key_format,
+    key_index::KeySummary,
     ledger::Ledger,
-    listing::{self, ListFilter},
+    listing::ListFilter,
     master::MasterView,
     ownership::{self, Reach},
     ports::{Hsm, Store},
@@ -157,9 +158,9 @@ impl<H: Hsm, S: Store> KeyAdmin<H, S> {
     }
 
     /// One page of keys matching `filter`, oldest first, and the token for the next page if
-    /// there may be more. A page reads at most `listing::MAX_SCAN` records, so with narrow
-    /// filters it may come back short, or empty, with a token. A team-scoped reader sees only
-    /// its teams' keys.
+    /// there are more. The matches are found in the key index (memory), so a page is full
+    /// whatever the filters, but for a key changed between the index and the read of its record
+    /// (then checked again). A team-scoped reader sees only its teams' keys.
     pub fn list(
         &self,
         caller: &Caller,
@@ -170,20 +171,19 @@ impl<H: Hsm, S: Store> KeyAdmin<H, S> {
         let reach = self.access.reach(caller, Permission::KeysRead)?;
         let size = validate::page_size(page_size)?;
         let after = filter.resume_after(page_token)?;
-        let mut keys = Vec::with_capacity(size);
-        let mut last = None;
-        for (scanned, record) in self.deps.store.scan_keys(after).enumerate() {
-            let record = record?;
-            if keys.len() == size || scanned == listing::MAX_SCAN {
-                // There is at least one more record: resume after the last one looked at.
-                return Ok((keys, last.map(|id| filter.token(id))));
-            }
-            last = Some(record.id);
-            if filter.matches(&record) && reach.covers(record.owner.as_deref()) {
+        let keep = |k: &KeySummary| filter.matches_summary(k) && reach.covers(k.owner.as_deref());
+        let (ids, more) = self.deps.store.key_index()?.ids_after(after, keep, size);
+        let mut keys = Vec::with_capacity(ids.len());
+        for id in &ids {
+            if let Some(record) = self.deps.store.get_key(*id)?
+                && filter.matches(&record)
+                && reach.covers(record.owner.as_deref())
+            {
                 keys.push(self.view(record));
             }
         }
-        Ok((keys, None))
+        let next = ids.last().filter(|_| more).map(|last| filter.token(*last));
+        Ok((keys, next))
     }
 
     /// Changes the fields `patch.mask` names, audited with each change before and after.
