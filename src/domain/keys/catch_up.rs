@@ -1,11 +1,13 @@
-//! A key made while a master key rotation lands: its digest was computed (and its signing
-//! secret wrapped) under the versions current when the request began. If the rotation's
-//! background re-digest started before the new record was written, it may have passed the key
-//! by, leaving it on the old versions (and the old version unretirable). `create` therefore
-//! checks the versions again once the record is written, and while the new secret is still at
-//! hand moves the key under the current ones itself: a plain digest under the new master key,
-//! the signing secret re-wrapped inside the HSM. A rotation that lands after that check starts
-//! its re-digest after the record was written, so it finds the key.
+//! A key made (CreateKey, or RotateKey's successor) while a master key rotation lands: its
+//! digest was computed (and its signing secret wrapped) under the versions current when the
+//! request began. If the rotation's background re-digest started before the new record was
+//! written, it may have passed the key by, leaving it on the old versions (and the old version
+//! unretirable). Both calls therefore check the versions again once the record is written and,
+//! while the new secret is still at hand, move the key under the current ones: a plain digest
+//! under the new master key, the signing secret re-wrapped inside the HSM. A rotation that
+//! lands after that check starts its re-digest after the record was written, so it finds the
+//! key. (In cluster mode the check reads this node's view, which learns of a rotation made on
+//! another node a watch delivery later: a key written in that window can still be passed by.)
 
 use super::KeyAdmin;
 use crate::domain::{

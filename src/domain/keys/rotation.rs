@@ -159,7 +159,8 @@ impl<H: Hsm, S: Store> KeyAdmin<H, S> {
                 _ => *account = Default::default(),
             }
         }
-        let (updated, new) = rotation?;
+        let (updated, mut new) = rotation?;
+        self.catch_up_with_rotation(&mut new, &secret).await;
         let key = key_format::render(&new.prefix, new.id, &secret);
         Ok(RotatedKey { key, record: self.view(new), previous: self.view(updated.after), signing_secret })
     }
