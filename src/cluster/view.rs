@@ -329,7 +329,7 @@ mod tests {
         view.put_key(b.clone(), 6);
         view.put_key(KeyRecord { name: "Newer".into(), ..a.clone() }, 7);
         view.put_key(KeyRecord { name: "Stale".into(), ..a.clone() }, 6);
-        assert_eq!(view.index().get(a.id).unwrap().name_lower, "newer", "an older revision is ignored");
+        assert_eq!(&*view.index().get(a.id).unwrap().name_lower, "newer", "an older revision is ignored");
         view.remove_key(b.id, 8);
         assert!(view.index().get(b.id).is_none());
         assert_eq!(view.index().len(), view.key_count());

@@ -3,16 +3,17 @@
 //! the watch that applies etcd's changes). What it is for: the master key's per-version counts
 //! and the console's filtered, sorted lists read memory instead of decoding every record. It
 //! holds no digest, secret or policy: names, owners, scopes, states, times and which master
-//! and wrapping key versions a key's digest and secret need (about 200 bytes a key).
+//! and wrapping key versions a key's digest and secret need (about 300 bytes a key with its map
+//! entry, measured).
 //!
 //! It answers what the store holds as of its last commit; a decision that destroys something
 //! (retiring a master key version) still reads the records themselves.
 
 use std::{
     cmp::Ordering,
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     ops::Bound,
-    sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard},
+    sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard},
     time::SystemTime,
 };
 
@@ -30,7 +31,7 @@ pub struct Custody {
     /// The digest's outermost version (the one `C_Verify` runs under).
     pub digest_version: MasterKeyVersion,
     /// The versions of the digest's inner MACs, innermost first; empty for a plain digest.
-    pub digest_wrapped: Vec<MasterKeyVersion>,
+    pub digest_wrapped: Box<[MasterKeyVersion]>,
     /// The wrapping key version of a signing key's secret; `None` for a bearer key.
     pub signing: Option<WrapKeyVersion>,
 }
@@ -41,7 +42,7 @@ impl Custody {
             state: r.state,
             rotation_deadline: r.rotation_deadline,
             digest_version: r.digest.version,
-            digest_wrapped: r.digest.wrapped.clone(),
+            digest_wrapped: r.digest.wrapped.as_slice().into(),
             signing: r.signing.as_ref().map(|s| s.version),
         }
     }
@@ -73,15 +74,16 @@ pub fn digest_needed(state: KeyState, rotation_deadline: Option<SystemTime>, now
     }
 }
 
-/// One key as the index holds it.
+/// One key as the index holds it. Prefixes, owners and scope lists repeat across keys: the
+/// index holds one copy of each (`Interned`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeySummary {
     pub id: KeyId,
     /// Lowercase, for filtering and sorting.
-    pub name_lower: String,
-    pub prefix: String,
-    pub owner: Option<String>,
-    pub scopes: Vec<String>,
+    pub name_lower: Box<str>,
+    pub prefix: Arc<str>,
+    pub owner: Option<Arc<str>>,
+    pub scopes: Arc<[String]>,
     pub created_at: SystemTime,
     pub last_used_at: Option<SystemTime>,
     pub custody: Custody,
@@ -89,12 +91,16 @@ pub struct KeySummary {
 
 impl KeySummary {
     pub fn of(r: &KeyRecord) -> Self {
+        Self::interned(r, &mut Interned::default())
+    }
+
+    fn interned(r: &KeyRecord, shared: &mut Interned) -> Self {
         Self {
             id: r.id,
-            name_lower: r.name.to_lowercase(),
-            prefix: r.prefix.clone(),
-            owner: r.owner.clone(),
-            scopes: r.scopes.clone(),
+            name_lower: r.name.to_lowercase().into_boxed_str(),
+            prefix: shared.text(&r.prefix),
+            owner: r.owner.as_deref().map(|o| shared.text(o)),
+            scopes: shared.scopes(&r.scopes),
             created_at: r.created_at,
             last_used_at: r.usage.last_used_at,
             custody: Custody::of(r),
@@ -141,10 +147,39 @@ fn state_rank(s: KeyState) -> u8 {
     }
 }
 
+/// One shared copy of each prefix, owner and scope list the index has seen (kept while the
+/// process runs: they are few, and bounded by the keys ever indexed).
+#[derive(Default)]
+struct Interned {
+    texts: HashSet<Arc<str>>,
+    scopes: HashSet<Arc<[String]>>,
+}
+
+impl Interned {
+    fn text(&mut self, text: &str) -> Arc<str> {
+        if let Some(held) = self.texts.get(text) {
+            return held.clone();
+        }
+        let held: Arc<str> = text.into();
+        self.texts.insert(held.clone());
+        held
+    }
+
+    fn scopes(&mut self, scopes: &[String]) -> Arc<[String]> {
+        if let Some(held) = self.scopes.get(scopes) {
+            return held.clone();
+        }
+        let held: Arc<[String]> = scopes.into();
+        self.scopes.insert(held.clone());
+        held
+    }
+}
+
 /// Every key's summary by id.
 #[derive(Default)]
 pub struct KeyIndex {
     keys: RwLock<BTreeMap<KeyId, Arc<KeySummary>>>,
+    interned: Mutex<Interned>,
 }
 
 impl KeyIndex {
@@ -160,9 +195,14 @@ impl KeyIndex {
         self.keys.write().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn summarize(&self, record: &KeyRecord) -> Arc<KeySummary> {
+        let mut interned = self.interned.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::new(KeySummary::interned(record, &mut interned))
+    }
+
     /// Takes `record` as it now stands (new or changed).
     pub fn put(&self, record: &KeyRecord) {
-        let summary = Arc::new(KeySummary::of(record));
+        let summary = self.summarize(record);
         self.write().insert(record.id, summary);
     }
 
@@ -172,7 +212,7 @@ impl KeyIndex {
 
     /// Replaces everything with `records` (a store opened, a cluster view loaded afresh).
     pub fn replace<'a>(&self, records: impl IntoIterator<Item = &'a KeyRecord>) {
-        let keys = records.into_iter().map(|r| (r.id, Arc::new(KeySummary::of(r)))).collect();
+        let keys = records.into_iter().map(|r| (r.id, self.summarize(r))).collect();
         *self.write() = keys;
     }
 
@@ -267,12 +307,12 @@ mod tests {
         let index = KeyIndex::new();
         let mut a = record("Alpha", 1);
         index.put(&a);
-        assert_eq!(index.get(a.id).unwrap().name_lower, "alpha");
+        assert_eq!(&*index.get(a.id).unwrap().name_lower, "alpha");
         a.state = KeyState::Revoked;
         a.name = "Renamed".into();
         index.put(&a);
         let held = index.get(a.id).unwrap();
-        assert_eq!((held.name_lower.as_str(), held.state()), ("renamed", KeyState::Revoked));
+        assert_eq!((&*held.name_lower, held.state()), ("renamed", KeyState::Revoked));
         assert_eq!(index.len(), 1);
         index.remove(a.id);
         assert!(index.is_empty());
@@ -284,7 +324,7 @@ mod tests {
         let recs = [record("b", 3), record("a", 2), record("b", 1), record("C", 4)];
         index.replace(recs.iter());
         let names = |sort, desc| -> Vec<(String, KeyId)> {
-            index.select(|_| true, sort, desc).iter().map(|s| (s.name_lower.clone(), s.id)).collect()
+            index.select(|_| true, sort, desc).iter().map(|s| (s.name_lower.to_string(), s.id)).collect()
         };
         let by_name = names(SortBy::Name, false);
         assert_eq!(by_name.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["a", "b", "b", "c"]);
@@ -293,7 +333,7 @@ mod tests {
         assert_eq!(desc.first().unwrap().0, "c");
         let created: Vec<KeyId> = names(SortBy::Created, false).into_iter().map(|(_, id)| id).collect();
         assert_eq!(created, recs.iter().map(|r| r.id).collect::<Vec<_>>());
-        let only_b = index.select(|s| s.name_lower == "b", SortBy::Name, false);
+        let only_b = index.select(|s| &*s.name_lower == "b", SortBy::Name, false);
         assert_eq!(only_b.len(), 2);
     }
 
@@ -303,7 +343,7 @@ mod tests {
         let recs: Vec<KeyRecord> =
             (0..10_000).map(|i| record(if i % 1000 == 7 { "rare" } else { "common" }, i)).collect();
         index.replace(recs.iter());
-        let rare = |s: &KeySummary| s.name_lower == "rare";
+        let rare = |s: &KeySummary| &*s.name_lower == "rare";
         let (first, more) = index.ids_after(None, rare, 4);
         assert_eq!(first, [7, 1007, 2007, 3007].map(|i| recs[i].id));
         assert!(more);
@@ -312,6 +352,18 @@ mod tests {
         assert!(!more);
         let (exact, more) = index.ids_after(None, rare, 10);
         assert_eq!((exact.len(), more), (10, false), "a full last page says there is no more");
+    }
+
+    #[test]
+    fn keys_share_one_copy_of_equal_prefixes_owners_and_scope_lists() {
+        let index = KeyIndex::new();
+        let (mut a, mut b) = (record("a", 1), record("b", 2));
+        (a.owner, b.owner) = (Some("team".into()), Some("team".into()));
+        index.replace([&a, &b]);
+        let (a, b) = (index.get(a.id).unwrap(), index.get(b.id).unwrap());
+        assert!(Arc::ptr_eq(&a.scopes, &b.scopes) && Arc::ptr_eq(&a.prefix, &b.prefix));
+        assert!(Arc::ptr_eq(a.owner.as_ref().unwrap(), b.owner.as_ref().unwrap()));
+        assert_eq!(*a.scopes, ["a:b".to_string()]);
     }
 
     #[test]

@@ -66,11 +66,11 @@ impl ListFilter {
     /// `matches` on a key's summary in the key index (the same answer as on its record).
     pub fn matches_summary(&self, k: &KeySummary) -> bool {
         self.state.is_none_or(|s| k.state() == s)
-            && self.prefix.as_ref().is_none_or(|p| &k.prefix == p)
+            && self.prefix.as_ref().is_none_or(|p| *k.prefix == **p)
             && self.name_contains.as_ref().is_none_or(|n| k.name_lower.contains(n.as_str()))
             && self.scope.as_ref().is_none_or(|s| scope::any_grants(&k.scopes, s))
             && self.master_version.is_none_or(|v| k.custody.digest_versions().any(|u| u == v))
-            && self.owner.as_ref().is_none_or(|o| k.owner.as_ref() == Some(o))
+            && self.owner.as_ref().is_none_or(|o| k.owner.as_deref() == Some(o.as_str()))
     }
 
     fn fingerprint(&self) -> String {

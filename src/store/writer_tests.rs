@@ -328,7 +328,7 @@ async fn the_key_index_follows_committed_batches_only_and_reloads_on_open() {
         })
         .await
         .unwrap();
-    assert_eq!(store.key_index().unwrap().get(renamed).unwrap().name_lower, "renamed");
+    assert_eq!(&*store.key_index().unwrap().get(renamed).unwrap().name_lower, "renamed");
     index_matches_records(&store);
     store.close();
     drop(store);
