@@ -67,10 +67,16 @@ impl Sessions {
         Self { idle, max: max.max(1), entries: Mutex::new(HashMap::new()) }
     }
 
+    /// The sessions; a lock poisoned by a panic elsewhere still holds consistent entries (each
+    /// change is one map operation).
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Opens a session for `key`; idle sessions are dropped first to make room.
     pub fn open(&self, key: KeyString, key_id: KeyId) -> Result<Session, Full> {
         let now = Instant::now();
-        let mut entries = self.entries.lock().expect("sessions lock");
+        let mut entries = self.lock();
         if entries.len() >= self.max {
             entries.retain(|_, e| now.duration_since(e.last_used) < self.idle);
         }
@@ -86,7 +92,7 @@ impl Sessions {
     /// restarts the timeout.
     pub fn get(&self, id: &str) -> Option<Session> {
         let now = Instant::now();
-        let mut entries = self.entries.lock().expect("sessions lock");
+        let mut entries = self.lock();
         let entry = entries.get_mut(id)?;
         if now.duration_since(entry.last_used) >= self.idle {
             entries.remove(id);
@@ -98,12 +104,16 @@ impl Sessions {
 
     /// Ends a session (sign-out, or its key no longer authenticates).
     pub fn close(&self, id: &str) {
-        self.entries.lock().expect("sessions lock").remove(id);
+        self.lock().remove(id);
     }
 
-    /// Claims the create form `form_id` for session `id`: `First` once, `Again` after.
+    /// Claims the create form `form_id` for session `id`: `First` once, `Again` after. An id
+    /// that is not one `form_id` makes (a forged form's) is not remembered.
     pub fn claim_form(&self, id: &str, form_id: &str) -> Sent {
-        let mut entries = self.entries.lock().expect("sessions lock");
+        if !is_form_id(form_id) {
+            return Sent::First;
+        }
+        let mut entries = self.lock();
         let Some(entry) = entries.get_mut(id) else { return Sent::First };
         if let Some((_, made)) = entry.sent.iter().find(|(f, _)| f == form_id) {
             return Sent::Again(*made);
@@ -118,7 +128,7 @@ impl Sessions {
     /// Records what the claimed form `form_id` made; `None` (it made nothing) releases it, so
     /// that the form, corrected, can be sent again.
     pub fn form_done(&self, id: &str, form_id: &str, made: Option<KeyId>) {
-        let mut entries = self.entries.lock().expect("sessions lock");
+        let mut entries = self.lock();
         let Some(entry) = entries.get_mut(id) else { return };
         match made {
             Some(key) => {
@@ -139,6 +149,11 @@ impl Sessions {
 /// A create form's one-time id.
 pub fn form_id() -> String {
     random_token()
+}
+
+/// Whether `text` has the shape of a `form_id`: what a session remembers stays bounded.
+fn is_form_id(text: &str) -> bool {
+    text.len() == TOKEN_BYTES * 2 && text.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// 256 random bits, hex.
@@ -194,17 +209,21 @@ mod tests {
         let s = Sessions::new(Duration::from_secs(60), 10);
         let a = s.open(key(), KeyId::new_v7()).unwrap();
         let made = KeyId::new_v7();
-        assert_eq!(s.claim_form(&a.id, "f1"), Sent::First);
-        assert_eq!(s.claim_form(&a.id, "f1"), Sent::Again(None), "still being made");
-        s.form_done(&a.id, "f1", Some(made));
-        assert_eq!(s.claim_form(&a.id, "f1"), Sent::Again(Some(made)));
-        assert_eq!(s.claim_form(&a.id, "f2"), Sent::First);
-        s.form_done(&a.id, "f2", None);
-        assert_eq!(s.claim_form(&a.id, "f2"), Sent::First, "a refused form can be corrected and sent");
-        for i in 0..SENT_FORMS {
-            s.claim_form(&a.id, &format!("g{i}"));
+        let (f1, f2) = (form_id(), form_id());
+        assert_eq!(s.claim_form(&a.id, &f1), Sent::First);
+        assert_eq!(s.claim_form(&a.id, &f1), Sent::Again(None), "still being made");
+        s.form_done(&a.id, &f1, Some(made));
+        assert_eq!(s.claim_form(&a.id, &f1), Sent::Again(Some(made)));
+        assert_eq!(s.claim_form(&a.id, &f2), Sent::First);
+        s.form_done(&a.id, &f2, None);
+        assert_eq!(s.claim_form(&a.id, &f2), Sent::First, "a refused form can be corrected and sent");
+        for _ in 0..SENT_FORMS {
+            s.claim_form(&a.id, &form_id());
         }
-        assert_eq!(s.claim_form(&a.id, "f1"), Sent::First, "the oldest forms are forgotten");
+        assert_eq!(s.claim_form(&a.id, &f1), Sent::First, "the oldest forms are forgotten");
+        let forged = "x".repeat(60_000);
+        assert_eq!(s.claim_form(&a.id, &forged), Sent::First);
+        assert_eq!(s.claim_form(&a.id, &forged), Sent::First, "an id no form carries is not remembered");
     }
 
     #[test]
