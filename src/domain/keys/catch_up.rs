@@ -6,16 +6,19 @@
 //! while the new secret is still at hand, move the key under the current ones: a plain digest
 //! under the new master key, the signing secret re-wrapped inside the HSM. A rotation that
 //! lands after that check starts its re-digest after the record was written, so it finds the
-//! key. (In cluster mode the check reads this node's view, which learns of a rotation made on
-//! another node a watch delivery later: a key written in that window can still be passed by.)
+//! key. The check reads the store's master state, not the services' copy of it: in cluster
+//! mode a write is answered only once this node's view holds every change committed before it
+//! (its audit events come after theirs in the chain), so a rotation made on another node before
+//! the key was written is seen here.
 
 use super::KeyAdmin;
 use crate::domain::{
     error::Result,
-    key::KeyRecord,
+    key::{KeyRecord, MasterKeyVersion},
     ports::{DigestSwap, Hsm, SecretSwap, Store},
     proof::key_digest_input,
     secret::Secret,
+    signing::WrapKeyVersion,
 };
 
 impl<H: Hsm, S: Store> KeyAdmin<H, S> {
@@ -24,13 +27,17 @@ impl<H: Hsm, S: Store> KeyAdmin<H, S> {
     /// was written. A failure is logged and leaves the key as it is: it verifies all the same,
     /// and its first verification moves its digest (retiring the old version waits until then).
     pub(super) async fn catch_up_with_rotation(&self, record: &mut KeyRecord, secret: &Secret) {
-        let (current, wrap_current) = (self.master.current(), self.master.wrap_current());
+        let (current, wrap_current) = match self.deps.store.master() {
+            Ok(Some(state)) => (state.current, state.wrap_current()),
+            _ => (self.master.current(), self.master.wrap_current()),
+        };
         let digest_behind = record.digest.version != current;
         let secret_behind = record.signing.as_ref().is_some_and(|w| w.version != wrap_current);
         if !digest_behind && !secret_behind {
             return;
         }
-        match self.swap_for(record, secret, digest_behind, secret_behind).await {
+        let versions = (digest_behind.then_some(current), secret_behind.then_some(wrap_current));
+        match self.swap_for(record, secret, versions).await {
             Ok(swap) => {
                 record.digest = swap.new;
                 if let Some(s) = swap.secret {
@@ -43,20 +50,20 @@ impl<H: Hsm, S: Store> KeyAdmin<H, S> {
         }
     }
 
+    /// The swap to these versions (`None`: that part stays), written.
     async fn swap_for(
         &self,
         record: &KeyRecord,
         secret: &Secret,
-        digest_behind: bool,
-        secret_behind: bool,
+        (master, wrap): (Option<MasterKeyVersion>, Option<WrapKeyVersion>),
     ) -> Result<DigestSwap> {
-        let new = match digest_behind {
-            true => self.deps.hsm.digest(self.master.current(), key_digest_input(record.id, secret)).await?,
-            false => record.digest.clone(),
+        let new = match master {
+            Some(version) => self.deps.hsm.digest(version, key_digest_input(record.id, secret)).await?,
+            None => record.digest.clone(),
         };
-        let secret = match (&record.signing, secret_behind) {
-            (Some(old), true) => {
-                let new = self.deps.hsm.rewrap(old, self.master.wrap_current()).await?;
+        let secret = match (&record.signing, wrap) {
+            (Some(old), Some(version)) => {
+                let new = self.deps.hsm.rewrap(old, version).await?;
                 Some(SecretSwap { expected: old.clone(), new })
             }
             _ => None,

@@ -149,6 +149,12 @@ impl<H: Hsm, S: Store> KeyAdmin<H, S> {
         Ok(CreatedKey { key, record, signing_secret })
     }
 
+    /// The master key version new digests use, as this service last saw it.
+    #[cfg(test)]
+    pub(crate) fn master_current_for_tests(&self) -> super::key::MasterKeyVersion {
+        self.master.current()
+    }
+
     pub fn get(&self, caller: &Caller, key_id: &str) -> Result<KeyRecord> {
         let reach = self.access.reach(caller, Permission::KeysRead)?;
         let id = validate::key_id("key_id", key_id)?;

@@ -287,3 +287,37 @@ async fn a_key_made_as_a_rotation_lands_moves_under_the_new_versions() {
     let key = key_format::render("kw", bearer.id, secret);
     assert_eq!(f.code(key.expose(), &[]).await, VerifyCode::Valid);
 }
+
+/// Two services over one store, as two cluster nodes are: the first rotates the master key; the
+/// second, whose copy of the master state has not caught up, makes a bearer and a signing key
+/// under the old versions. Each moves under the store's new versions once written.
+#[tokio::test]
+async fn a_key_made_by_a_node_that_missed_a_rotation_moves_under_the_stores_versions() {
+    use crate::domain::signing::{KeyKind, WrapKeyVersion};
+    let f = fixture().await;
+    let ctx = RequestContext::default();
+    let stale = Services::new(
+        f.hsm.clone(),
+        f.store.clone(),
+        f.clock.clone(),
+        f.master.master_state(),
+        ServicesConfig::default(),
+    );
+    f.master.rotate_master(&f.root, &ctx).await.unwrap();
+    f.migrate_all().await;
+    assert_eq!(stale.keys.master_current_for_tests(), V1, "the second node still makes keys under v1");
+
+    let bearer = stale.keys.create(&f.root, named("late-bearer", &[]), &ctx).await.unwrap();
+    let signing = NewKey { kind: KeyKind::Signing, ..named("late-signer", &[]) };
+    let signer = stale.keys.create(&f.root, signing, &ctx).await.unwrap();
+    for created in [&bearer, &signer] {
+        let stored = f.store.get_key(created.record.id).unwrap().unwrap();
+        assert!(stored.digest.is_plain_under(MasterKeyVersion(2)), "{:?}", stored.digest);
+        assert_eq!(created.record.digest, stored.digest, "the answer shows what was written");
+    }
+    let stored = f.store.get_key(signer.record.id).unwrap().unwrap();
+    assert_eq!(stored.signing.map(|w| w.version), Some(WrapKeyVersion(2)));
+    let status = f.status();
+    assert_eq!((status.keys_pending, status.secrets_pending), (0, 0), "nothing holds version 1 back");
+    assert_eq!(f.code(bearer.key.expose(), &[]).await, VerifyCode::Valid);
+}
