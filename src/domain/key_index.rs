@@ -269,6 +269,35 @@ impl KeyIndex {
         }
     }
 
+    /// In creation order (newest first when `desc`): the ids of the keys `keep` accepts at
+    /// positions `offset..offset + limit`, and how many it accepts in all. Clones only the
+    /// window's ids (the whole-list sort of `select` is not needed for this order).
+    pub fn window_by_creation(
+        &self,
+        keep: impl Fn(&KeySummary) -> bool,
+        desc: bool,
+        offset: usize,
+        limit: usize,
+    ) -> (Vec<KeyId>, usize) {
+        let keys = self.read();
+        let mut ids = Vec::with_capacity(limit.min(keys.len()));
+        let mut total = 0;
+        let mut take = |summary: &KeySummary| {
+            if keep(summary) {
+                if total >= offset && ids.len() < limit {
+                    ids.push(summary.id);
+                }
+                total += 1;
+            }
+        };
+        if desc {
+            keys.values().rev().for_each(|s| take(s));
+        } else {
+            keys.values().for_each(|s| take(s));
+        }
+        (ids, total)
+    }
+
     /// The keys `keep` accepts, sorted by `sort` (descending when `desc`). The read lock is
     /// held only while filtering; the sort runs after it is released.
     pub fn select(&self, keep: impl Fn(&KeySummary) -> bool, sort: SortBy, desc: bool) -> Vec<Arc<KeySummary>> {
@@ -364,6 +393,23 @@ mod tests {
         assert!(Arc::ptr_eq(&a.scopes, &b.scopes) && Arc::ptr_eq(&a.prefix, &b.prefix));
         assert!(Arc::ptr_eq(a.owner.as_ref().unwrap(), b.owner.as_ref().unwrap()));
         assert_eq!(*a.scopes, ["a:b".to_string()]);
+    }
+
+    #[test]
+    fn a_window_in_creation_order_matches_the_sorted_selection() {
+        let index = KeyIndex::new();
+        let recs: Vec<KeyRecord> = (0..50).map(|i| record(if i % 3 == 0 { "x" } else { "y" }, i)).collect();
+        index.replace(recs.iter());
+        let keep = |s: &KeySummary| &*s.name_lower == "x";
+        for desc in [false, true] {
+            let all: Vec<KeyId> = index.select(keep, SortBy::Created, desc).iter().map(|s| s.id).collect();
+            for (offset, limit) in [(0, 5), (5, 5), (15, 10), (17, 3), (40, 5)] {
+                let (ids, total) = index.window_by_creation(keep, desc, offset, limit);
+                assert_eq!(total, all.len());
+                let expected: Vec<KeyId> = all.iter().skip(offset).take(limit).copied().collect();
+                assert_eq!(ids, expected, "desc {desc}, offset {offset}, limit {limit}");
+            }
+        }
     }
 
     #[test]

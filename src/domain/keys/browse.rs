@@ -7,7 +7,7 @@ use crate::domain::{
     access::{Caller, Permission},
     error::{Error, Result},
     key::KeyRecord,
-    key_index::SortBy,
+    key_index::{KeySummary, SortBy},
     listing::ListFilter,
     ports::{Hsm, Store},
 };
@@ -43,20 +43,24 @@ impl<H: Hsm, S: Store> KeyAdmin<H, S> {
             return Err(Error::invalid("page_size", format!("must be between 1 and {MAX_BROWSE_PAGE}")));
         }
         let index = self.deps.store.key_index()?;
-        let selected = index.select(
-            |k| filter.matches_summary(k) && reach.covers(k.owner.as_deref()),
-            window.sort,
-            window.descending,
-        );
-        let mut keys = Vec::with_capacity(window.limit.min(selected.len()));
-        for summary in selected.iter().skip(window.offset).take(window.limit) {
+        let keep = |k: &KeySummary| filter.matches_summary(k) && reach.covers(k.owner.as_deref());
+        let (ids, total) = match window.sort {
+            SortBy::Created => index.window_by_creation(keep, window.descending, window.offset, window.limit),
+            sort => {
+                let selected = index.select(keep, sort, window.descending);
+                let ids = selected.iter().skip(window.offset).take(window.limit).map(|s| s.id).collect();
+                (ids, selected.len())
+            }
+        };
+        let mut keys = Vec::with_capacity(ids.len());
+        for id in ids {
             // The record may have changed since the index was read: its owner is checked again.
-            if let Some(record) = self.deps.store.get_key(summary.id)?
+            if let Some(record) = self.deps.store.get_key(id)?
                 && reach.covers(record.owner.as_deref())
             {
                 keys.push(self.view(record));
             }
         }
-        Ok(KeyPage { keys, total: selected.len(), offset: window.offset })
+        Ok(KeyPage { keys, total, offset: window.offset })
     }
 }
