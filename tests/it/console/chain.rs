@@ -1,7 +1,7 @@
 //! The audit page's whole-chain check in a real browser: started by a form, it runs in the
 //! background and the page then shows the whole trail checked, intact, with who asked.
 
-use super::{WIDE, base, console_instance, sign_in};
+use super::{WIDE, base, console_instance, root_id, sign_in};
 use crate::console::webdriver::Browser;
 
 #[tokio::test]
@@ -35,9 +35,6 @@ async fn console_checks_the_whole_chain_in_the_background() {
     let checked: u64 = result["Whole chain Intact: ".len()..].split(' ').next().unwrap().parse().unwrap();
     assert!(checked >= head, "every event up to the head at the start was checked: {result}");
     assert!(result.contains("(seq 1–"), "from the first event: {result}");
-    let root_id =
-        kw.root_keys().await.list_keys(keyward::proto::ListKeysRequest::default()).await.unwrap().into_inner().keys[0]
-            .key_id
-            .clone();
+    let root_id = root_id(&kw).await;
     assert!(result.contains(&root_id[root_id.len() - 8..]), "by the signed-in key: {result}");
 }

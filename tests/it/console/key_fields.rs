@@ -8,7 +8,7 @@ use base64::{Engine as _, engine::general_purpose::STANDARD};
 use keyward::proto;
 
 use super::{
-    WIDE, base, console_instance, csrf_of, session_cookie, sign_in, submit_confirmed, verify_from,
+    WIDE, base, console_instance, csrf_of, root_id, session_cookie, sign_in, submit_confirmed, verify_from,
     webdriver::{Browser, request},
 };
 
@@ -27,9 +27,7 @@ async fn shown_once(browser: &Browser) -> (String, String) {
 #[tokio::test]
 async fn console_create_fields_reach_the_key_and_updates_change_only_what_changed() {
     let kw = console_instance().await;
-    let root_id = kw.root_keys().await.list_keys(proto::ListKeysRequest::default()).await.unwrap().into_inner().keys[0]
-        .key_id
-        .clone();
+    let root_id = root_id(&kw).await;
     let browser = Browser::start(WIDE.0, WIDE.1).await;
     sign_in(&browser, &kw, &kw.root_key).await;
     browser.wait_for_url(|u| u.ends_with("/keys")).await;

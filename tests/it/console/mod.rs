@@ -30,6 +30,12 @@ async fn console_instance() -> Instance {
     kw
 }
 
+/// The root key's id (the first key, made by `init`).
+async fn root_id(kw: &Instance) -> String {
+    let keys = kw.root_keys().await.list_keys(proto::ListKeysRequest::default()).await.unwrap().into_inner().keys;
+    keys[0].key_id.clone()
+}
+
 fn base(kw: &Instance) -> String {
     format!("http://{}", kw.console_addr())
 }
@@ -83,9 +89,7 @@ async fn verify_from(kw: &Instance, key: &str, client_ip: &str) -> proto::Verify
 #[tokio::test]
 async fn console_signs_in_creates_rotates_revokes_audits_and_signs_out() {
     let kw = console_instance().await;
-    let root_id = kw.root_keys().await.list_keys(proto::ListKeysRequest::default()).await.unwrap().into_inner().keys[0]
-        .key_id
-        .clone();
+    let root_id = root_id(&kw).await;
     let browser = Browser::start(WIDE.0, WIDE.1).await;
 
     // Signed out, every page leads to the sign-in page.
