@@ -212,20 +212,29 @@ pub(super) fn pick_up_key(ctx: &Pkcs11, conn: &Connection, version: MasterKeyVer
     if conn.keys.read().unwrap_or_else(|e| e.into_inner()).contains_key(&version) {
         return Ok(());
     }
-    let ck = |e: CkError| rv::classify(&e);
-    let session = ctx.open_ro_session(conn.slot).map_err(ck)?;
+    let session = ctx.open_ro_session(conn.slot).map_err(|e| rv::classify(&e))?;
     let found = find_master_keys(&session).map_err(|e| HsmError::Refused(e.to_string()))?;
-    let Some(&token) = found.get(&version) else {
-        return Err(HsmError::Refused(format!("master key {version} is not on the token")));
-    };
-    if !is_safe_master_key(&session, token).map_err(ck)? {
-        return Err(HsmError::Refused(format!(
-            "master key {version} on the token is not a key keyward would have made; keyward will not use it"
-        )));
-    }
+    let token = vetted(&session, found.get(&version).copied(), is_safe_master_key, &format!("master key {version}"))?;
     let handle = working_copy(&conn.owner.lock().unwrap_or_else(|e| e.into_inner()), token);
     conn.keys.write().unwrap_or_else(|e| e.into_inner()).entry(version).or_insert(handle);
     Ok(())
+}
+
+/// The token's key `what` (`found`: its handle, if the token holds it) if keyward could have
+/// made it (`is_safe`); `Refused` when it is missing or is not.
+pub(super) fn vetted(
+    session: &Session,
+    found: Option<ObjectHandle>,
+    is_safe: fn(&Session, ObjectHandle) -> Result<bool, CkError>,
+    what: &str,
+) -> Result<ObjectHandle, HsmError> {
+    let token = found.ok_or_else(|| HsmError::Refused(format!("{what} is not on the token")))?;
+    if !is_safe(session, token).map_err(|e| rv::classify(&e))? {
+        return Err(HsmError::Refused(format!(
+            "{what} on the token is not a key keyward would have made; keyward will not use it"
+        )));
+    }
+    Ok(token)
 }
 
 /// Destroys master key `version` on the token (and forgets its session copy).

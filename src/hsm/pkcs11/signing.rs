@@ -27,7 +27,7 @@ use cryptoki::{
 
 use super::{
     config::StartError,
-    objects::{has_flags, working_copy},
+    objects::{has_flags, vetted, working_copy},
     pool::Connection,
 };
 use crate::{
@@ -200,17 +200,10 @@ pub(super) fn pick_up_wrap_key(ctx: &Pkcs11, conn: &Connection, version: WrapKey
     if conn.wrapping.read().unwrap_or_else(|e| e.into_inner()).contains_key(&version) {
         return Ok(());
     }
-    let ck = |e: CkError| rv::classify(&e);
-    let session = ctx.open_ro_session(conn.slot).map_err(ck)?;
+    let session = ctx.open_ro_session(conn.slot).map_err(|e| rv::classify(&e))?;
     let found = find_wrapping_keys(&session).map_err(|e| HsmError::Refused(e.to_string()))?;
-    let Some(&token) = found.get(&version) else {
-        return Err(HsmError::Refused(format!("wrapping key {version} is not on the token")));
-    };
-    if !is_safe_wrapping_key(&session, token).map_err(ck)? {
-        return Err(HsmError::Refused(format!(
-            "wrapping key {version} on the token is not a key keyward would have made; keyward will not use it"
-        )));
-    }
+    let what = format!("wrapping key {version}");
+    let token = vetted(&session, found.get(&version).copied(), is_safe_wrapping_key, &what)?;
     take_copy(conn, version, token, Some(token));
     Ok(())
 }
